@@ -1,0 +1,98 @@
+"""Configuration dataclasses: the model's shape (ModelArgs) and how to sample (SamplingParams)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+SUPPORTED_ARCHS = ("llama", "qwen2", "mistral")
+
+
+@dataclass
+class ModelArgs:
+    """Shape of a Llama-family decoder. Built from a HF config dict or GGUF metadata."""
+
+    arch: str = "llama"
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 32
+    head_dim: int | None = None
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # q/k/v projections carry a bias (qwen2)
+
+    def __post_init__(self) -> None:
+        if self.arch not in SUPPORTED_ARCHS:
+            raise ValueError(f"unsupported architecture {self.arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}")
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
+
+    @classmethod
+    def from_hf_config(cls, config: dict[str, Any]) -> "ModelArgs":
+        """Tolerant constructor: unknown keys are ignored, the architecture comes from model_type."""
+        arch = config.get("model_type", "llama")
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in config.items() if k in known and v is not None}
+        kwargs["arch"] = arch
+        if "attention_bias" not in config:
+            kwargs["attention_bias"] = arch == "qwen2"
+        rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+        if "rope_theta" not in kwargs and isinstance(rope, dict) and "rope_theta" in rope:
+            kwargs["rope_theta"] = rope["rope_theta"]
+        if not kwargs.get("num_key_value_heads"):
+            kwargs["num_key_value_heads"] = kwargs.get("num_attention_heads", cls.num_attention_heads)
+        return cls(**kwargs)
+
+    def to_hf_config(self) -> dict[str, Any]:
+        """The matching transformers config dict (used to cache converted models as HF dirs)."""
+        d = dataclasses.asdict(self)
+        d["model_type"] = d.pop("arch")
+        d["architectures"] = [
+            {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}[self.arch]
+        ]
+        if self.arch != "llama" and self.arch != "mistral":
+            d.pop("attention_bias")
+        return d
+
+
+@dataclass
+class SamplingParams:
+    """How the next token is chosen. temperature == 0 means greedy (argmax)."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    max_new_tokens: int = 128
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line message on an invalid value."""
+        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0, got {self.top_k}")
+        if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty strings")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0

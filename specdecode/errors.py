@@ -1,0 +1,17 @@
+"""User-facing errors. The CLI prints these as one line and exits non-zero, never a traceback."""
+
+
+class SpecdecodeError(Exception):
+    """A mistake the user can fix (bad input, missing model, checksum mismatch...)."""
+
+
+class ModelNotFoundError(SpecdecodeError):
+    """A model name or path that cannot be resolved."""
+
+
+class ModelLoadError(SpecdecodeError):
+    """A model file that exists but cannot be read (truncated, wrong format, bad checksum)."""
+
+
+class ContextLengthError(SpecdecodeError):
+    """The prompt (plus the requested tokens) does not fit the model's context."""
