@@ -1,0 +1,47 @@
+"""The Drafter protocol: propose k tokens, then hear how many the target accepted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from ..config import SamplingParams
+
+
+@dataclass
+class Draft:
+    """Proposed tokens and, for drafters that sample, the distributions they came from."""
+
+    tokens: list[int]  # host copy (k,)
+    token_tensor: torch.Tensor  # (k,) int64 on the target's device
+    q: torch.Tensor | None = None  # (k, V) draft probabilities; None = point mass at each token
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    """A cheap guesser. Losslessness never depends on its quality, only speed does."""
+
+    name: str
+
+    def begin(self, prompt: list[int], max_len: int, device: torch.device) -> None:
+        """Start a request whose context will not exceed max_len tokens."""
+
+    def propose(
+        self, context: list[int], k: int, params: SamplingParams, generator: torch.Generator | None
+    ) -> Draft:
+        """Up to k tokens likely to follow `context` (prompt + accepted output so far)."""
+
+    def on_verified(self, num_accepted: int) -> None:
+        """The target kept the first num_accepted drafts (and appended its own next token)."""
+
+    def end(self) -> None:
+        """Release per-request state (also after a cancelled generation)."""
+
+
+def empty_draft(device: torch.device) -> Draft:
+    return Draft([], torch.empty(0, dtype=torch.long, device=device), None)

@@ -1,0 +1,62 @@
+"""NgramDrafter (prompt lookup decoding): copy what followed an earlier occurrence of the suffix.
+
+No model and no probabilities: the draft is a point mass, which verification handles exactly.
+Strong on code editing, summarisation and RAG, where the output repeats the input.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import SamplingParams
+from .base import Draft, empty_draft
+
+
+class NgramDrafter:
+    """Looks up the longest suffix n-gram (max_ngram down to min_ngram) seen earlier.
+
+    An index from each n-gram to the position right after its latest occurrence is kept and
+    extended incrementally, so a lookup costs O(max_ngram) instead of a scan of the context.
+    """
+
+    name = "ngram"
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
+        if not 1 <= min_ngram <= max_ngram:
+            raise ValueError("need 1 <= min_ngram <= max_ngram")
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self._index: dict[tuple[int, ...], int] = {}
+        self._indexed_until = 0
+
+    def begin(self, prompt: list[int], max_len: int, device: torch.device) -> None:
+        self.device = device
+        self._index = {}
+        self._indexed_until = 0
+
+    def _extend_index(self, context: list[int]) -> None:
+        # Index continuations that start at positions e <= len-1 (so context[e] exists).
+        for e in range(max(self._indexed_until, 1), len(context)):
+            for n in range(self.min_ngram, min(self.max_ngram, e) + 1):
+                self._index[tuple(context[e - n : e])] = e
+        self._indexed_until = max(self._indexed_until, len(context))
+
+    def propose(
+        self, context: list[int], k: int, params: SamplingParams, generator: torch.Generator | None
+    ) -> Draft:
+        if k <= 0:
+            return empty_draft(self.device)
+        self._extend_index(context)
+        L = len(context)
+        for n in range(min(self.max_ngram, L - 1), self.min_ngram - 1, -1):
+            start = self._index.get(tuple(context[L - n :]))
+            if start is not None:
+                tokens = context[start : start + k]
+                return Draft(tokens, torch.tensor(tokens, dtype=torch.long, device=self.device), None)
+        return empty_draft(self.device)
+
+    def on_verified(self, num_accepted: int) -> None:
+        pass  # the index only ever holds verified context
+
+    def end(self) -> None:
+        self._index = {}
+        self._indexed_until = 0

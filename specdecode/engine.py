@@ -1,0 +1,269 @@
+"""The decoding loop, layered step -> token stream -> text stream -> string (as mlx-lm).
+
+One round: the drafter proposes k tokens, the target scores last-token + k drafts in one pass,
+verification keeps the longest acceptable prefix plus one target token, caches roll back.
+Without a drafter the same loop is the plain target-only decoder (k = 0 every round).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import SamplingParams
+from .drafters.base import Drafter
+from .drafters.policy import AdaptiveDraftLength, FixedDraftLength
+from .errors import ContextLengthError, SpecdecodeError
+from .metrics import SpecStats
+from .sampling import logits_to_probs, make_generator, sample
+from .verify import greedy_verify, rejection_sample
+
+DEFAULT_NUM_DRAFT_TOKENS = {"model": 6, "ngram": 8}
+
+
+@dataclass
+class Chunk:
+    """A piece of streamed output."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None  # "stop" (EOS or stop string) | "length" on the last chunk
+    stats: SpecStats | None = None
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    stats: SpecStats = field(default_factory=SpecStats)
+
+
+class Engine:
+    """Speculative (or plain) generation for one target model and an optional drafter.
+
+    target: a model from specdecode.load(), a transformers PreTrainedModel (pass tokenizer=),
+    or anything implementing specdecode.lm.LanguageModel.
+    drafter: None (target only), a Drafter (ModelDrafter, NgramDrafter, ...), or a model,
+    which becomes a ModelDrafter.
+    """
+
+    def __init__(
+        self,
+        target,
+        drafter=None,
+        *,
+        tokenizer=None,
+        num_draft_tokens: int | None = None,
+        adaptive: bool = False,
+        eos_token_ids: list[int] | None = None,
+    ) -> None:
+        from .loader import as_language_model, as_tokenizer
+
+        self.target, target_tokenizer = as_language_model(target)
+        self.tokenizer = as_tokenizer(tokenizer or target_tokenizer)
+        self.drafter = _as_drafter(drafter, self.target, self.tokenizer)
+        if num_draft_tokens is None and self.drafter is not None:
+            num_draft_tokens = DEFAULT_NUM_DRAFT_TOKENS.get(self.drafter.name, 5)
+        if num_draft_tokens is not None and num_draft_tokens < 1:
+            raise SpecdecodeError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
+        self.num_draft_tokens = num_draft_tokens or 0
+        self.adaptive = adaptive
+        if eos_token_ids is None and self.tokenizer is not None:
+            eos_token_ids = self.tokenizer.eos_token_ids
+        self.eos_token_ids = set(eos_token_ids or ())
+
+    def _policy(self):
+        if self.drafter is None:
+            return None
+        if self.adaptive:
+            return AdaptiveDraftLength(self.num_draft_tokens, 1, max(16, self.num_draft_tokens))
+        return FixedDraftLength(self.num_draft_tokens)
+
+    # -- layer 1: rounds ---------------------------------------------------------------------
+
+    def _rounds(self, prompt_ids: list[int], params: SamplingParams, stats: SpecStats) -> Iterator[list[int]]:
+        """Yield the new tokens of each round, unbounded; the caller decides when to stop."""
+        target, drafter, policy = self.target, self.drafter, self._policy()
+        device = target.device
+        k_max = policy.k_max if isinstance(policy, AdaptiveDraftLength) else self.num_draft_tokens
+        max_len = min(len(prompt_ids) + params.max_new_tokens + k_max + 1, target.max_context + k_max + 1)
+        generator = make_generator(params.seed, device)
+        cache = target.new_cache(max_len)
+        tokens = list(prompt_ids)
+        if drafter is not None:
+            drafter.begin(tokens, max_len, device)
+        try:
+            t0 = time.perf_counter()
+            ids = torch.tensor([tokens], dtype=torch.long, device=device)
+            logits = target(ids, torch.arange(len(tokens), device=device)[None], cache, num_logits=1)[0, -1]
+            first = int(_pick(logits, params, generator))
+            stats.prefill_seconds = time.perf_counter() - t0
+            tokens.append(first)
+            yield [first]
+            while True:
+                k = min(policy.next_k(), max_len - len(tokens) - 1) if policy else 0
+                t0 = time.perf_counter()
+                if k > 0:
+                    draft = drafter.propose(tokens, k, params, generator)
+                    draft_tokens, draft_tensor, q = draft.tokens, draft.token_tensor, draft.q
+                else:
+                    draft_tokens, draft_tensor, q = [], None, None
+                t1 = time.perf_counter()
+                n = len(tokens)
+                last = torch.tensor([tokens[-1]], dtype=torch.long, device=device)
+                inp = torch.cat([last, draft_tensor]) if draft_tokens else last  # (k'+1,)
+                positions = torch.arange(n - 1, n + len(draft_tokens), device=device)
+                logits = target(inp[None], positions[None], cache)[0]  # (k'+1, V)
+                if params.greedy:
+                    num_accepted, next_token = greedy_verify(inp[1:], logits)
+                else:
+                    p = logits_to_probs(logits, params)  # (k'+1, V)
+                    num_accepted, next_token = rejection_sample(inp[1:], q, p, generator)
+                cache.trim(n + num_accepted)  # invariant: the cache holds tokens[:-1]
+                if drafter is not None and draft_tokens:
+                    drafter.on_verified(num_accepted)
+                if policy:
+                    policy.update(len(draft_tokens), num_accepted)
+                stats.draft_seconds += t1 - t0
+                stats.verify_seconds += time.perf_counter() - t1
+                stats.record_round(len(draft_tokens), num_accepted)
+                new = draft_tokens[:num_accepted] + [next_token]
+                tokens.extend(new)
+                yield new
+        finally:
+            if drafter is not None:
+                drafter.end()
+
+    # -- layer 2: token stream with EOS and length --------------------------------------------
+
+    def stream_tokens(
+        self, prompt_ids: list[int], params: SamplingParams, stats: SpecStats | None = None
+    ) -> Iterator[tuple[list[int], str | None]]:
+        """Yield (new token ids, finish_reason or None); stops at EOS or max_new_tokens.
+
+        EOS tokens are not yielded. Closing the iterator early (a cancelled request) releases
+        the request's caches; the engine stays reusable.
+        """
+        params.validate()
+        stats = stats if stats is not None else SpecStats()
+        if not prompt_ids:
+            raise SpecdecodeError("the prompt is empty")
+        ctx = self.target.max_context
+        if len(prompt_ids) >= ctx:
+            raise ContextLengthError(
+                f"the prompt has {len(prompt_ids)} tokens but the model's context is {ctx} tokens"
+            )
+        budget = min(params.max_new_tokens, ctx - len(prompt_ids))
+        eos = set() if params.ignore_eos else self.eos_token_ids
+        stats.prompt_tokens = len(prompt_ids)
+        rounds = self._rounds(prompt_ids, params, stats)
+        start = None
+        try:
+            for new in rounds:
+                if start is None:
+                    start = time.perf_counter()
+                finish = None
+                for i, tok in enumerate(new):
+                    if tok in eos:
+                        new, finish = new[:i], "stop"
+                        break
+                if finish is None and stats.generated_tokens + len(new) >= budget:
+                    new, finish = new[: budget - stats.generated_tokens], "length"
+                stats.generated_tokens += len(new) + (1 if finish == "stop" else 0)
+                stats.decode_seconds = time.perf_counter() - start
+                yield new, finish
+                if finish:
+                    return
+        finally:
+            rounds.close()
+
+    # -- layer 3: text ---------------------------------------------------------------------------
+
+    def encode(self, prompt, chat: bool | None = None) -> list[int]:
+        if self.tokenizer is None:
+            raise SpecdecodeError("this engine has no tokenizer: pass tokenizer= or use token ids")
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+            return list(prompt)
+        return self.tokenizer.encode_prompt(prompt, chat=chat)
+
+    def stream(self, prompt, params: SamplingParams | None = None, *, chat: bool | None = None, **kwargs) -> Iterator[Chunk]:
+        """Yield text chunks as they are decoded; the last chunk carries finish_reason and stats.
+
+        prompt: a string (chat template applied for instruct models unless chat=False), a list
+        of chat messages, or a list of token ids. kwargs build SamplingParams when params is None.
+        """
+        from .stopping import StopStringMatcher
+
+        params = params or SamplingParams(**kwargs)
+        prompt_ids = self.encode(prompt, chat)
+        stats = SpecStats()
+        detok = self.tokenizer.detokenizer()
+        stopper = StopStringMatcher(params.stop)
+        out_ids: list[int] = []
+        tokens = self.stream_tokens(prompt_ids, params, stats)
+        try:
+            for new, finish in tokens:
+                out_ids.extend(new)
+                text, hit = stopper.feed(detok.add(new))
+                if hit:
+                    yield Chunk(text, new, "stop", stats)
+                    return
+                if finish:
+                    text2, hit = stopper.feed(detok.flush())
+                    yield Chunk(text + text2 + ("" if hit else stopper.flush()), new, "stop" if hit else finish, stats)
+                    return
+                if text or new:
+                    yield Chunk(text, new)
+        finally:
+            tokens.close()
+
+    def generate(self, prompt, params: SamplingParams | None = None, *, chat: bool | None = None, **kwargs) -> GenerationResult:
+        """Generate to completion; returns text, token ids, finish reason and SpecStats."""
+        parts, ids, finish, stats = [], [], "length", SpecStats()
+        for chunk in self.stream(prompt, params, chat=chat, **kwargs):
+            parts.append(chunk.text)
+            ids.extend(chunk.token_ids)
+            if chunk.finish_reason:
+                finish, stats = chunk.finish_reason, chunk.stats
+        return GenerationResult("".join(parts), ids, finish, stats)
+
+    def generate_ids(self, prompt_ids: list[int], params: SamplingParams) -> tuple[list[int], SpecStats]:
+        """Token ids in, token ids out (no tokenizer needed); EOS and max_new_tokens apply."""
+        stats, ids = SpecStats(), []
+        for new, _ in self.stream_tokens(prompt_ids, params, stats):
+            ids.extend(new)
+        return ids, stats
+
+
+def _pick(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
+    if params.greedy:
+        return logits.argmax(-1)
+    return sample(logits_to_probs(logits, params), generator)
+
+
+def _as_drafter(drafter, target, tokenizer) -> Drafter | None:
+    from .drafters.model import ModelDrafter
+    from .loader import as_language_model
+
+    if drafter is None or isinstance(drafter, Drafter):
+        if isinstance(drafter, ModelDrafter):
+            _check_same_vocab(target, drafter.model, tokenizer, None)
+        return drafter
+    model, draft_tokenizer = as_language_model(drafter)
+    _check_same_vocab(target, model, tokenizer, draft_tokenizer)
+    return ModelDrafter(model)
+
+
+def _check_same_vocab(target, draft, tokenizer, draft_tokenizer) -> None:
+    if target.vocab_size != draft.vocab_size:
+        raise SpecdecodeError(
+            f"the draft's vocabulary ({draft.vocab_size} tokens) does not match the target's "
+            f"({target.vocab_size}); a draft model must share the target's tokenizer"
+        )
+    if tokenizer is not None and draft_tokenizer is not None:
+        if tokenizer.hf.get_vocab() != draft_tokenizer.hf.get_vocab():
+            raise SpecdecodeError("the draft's tokenizer differs from the target's; they must be identical")

@@ -1,0 +1,102 @@
+"""specdecode.load(): a short name, .gguf file, HF directory or hub id -> a ready Model.
+
+Also the adapters that let the Engine take whatever the user already has (a loaded Model, a
+transformers model, any LanguageModel).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .errors import SpecdecodeError
+from .lm import LanguageModel
+from .tokenizer import Tokenizer
+
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class Model:
+    """A loaded model: the network (a LanguageModel), its tokenizer, and where it came from."""
+
+    lm: LanguageModel
+    tokenizer: Tokenizer
+    source: str
+    dtype: torch.dtype
+    load_seconds: float = 0.0
+    from_cache: bool = False
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SpecdecodeError("--device cuda was asked for but no CUDA GPU is available")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        # bf16 halves the bytes read per token, and decoding is bound by those bytes;
+        # on this project's CPUs (AVX-512 BF16) bf16 matmuls are also the fastest path.
+        return torch.bfloat16
+    if dtype not in DTYPES:
+        raise SpecdecodeError(f"unknown dtype {dtype!r}; choose from bfloat16, float32, float16")
+    return DTYPES[dtype]
+
+
+def load(
+    source: str,
+    *,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | torch.device | None = "auto",
+    threads: int | None = None,
+) -> Model:
+    """Load a model by short name (see `specdecode models list`), .gguf path, HF dir or hub id."""
+    from .loading import load_checkpoint
+    from .model import build_transformer
+
+    if threads is not None:
+        if threads < 1:
+            raise SpecdecodeError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(source, dt)
+    lm = build_transformer(ckpt.args, ckpt.state_dict, dtype=dt, device=dev)
+    tokenizer = Tokenizer(ckpt.tokenizer, ckpt.eos_token_ids)
+    return Model(lm, tokenizer, source, dt, time.perf_counter() - t0, ckpt.from_cache)
+
+
+def as_language_model(obj) -> tuple[LanguageModel, Tokenizer | None]:
+    """Accept a Model, a transformers PreTrainedModel, or a LanguageModel."""
+    from .hf import HFCausalLM
+
+    if isinstance(obj, Model):
+        return obj.lm, obj.tokenizer
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        PreTrainedModel = ()  # type: ignore[assignment]
+    if isinstance(obj, PreTrainedModel):
+        return HFCausalLM(obj), None
+    if isinstance(obj, LanguageModel):
+        return obj, None
+    raise SpecdecodeError(f"cannot use {type(obj).__name__} as a model: pass specdecode.load(...) or a transformers model")
+
+
+def as_tokenizer(tok) -> Tokenizer | None:
+    """Accept a specdecode Tokenizer or a transformers tokenizer (EOS from its eos_token_id)."""
+    if tok is None or isinstance(tok, Tokenizer):
+        return tok
+    eos = tok.eos_token_id
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    return Tokenizer(tok, eos_ids)

@@ -1,0 +1,199 @@
+"""A Llama-family decoder (llama, qwen2, mistral) in plain PyTorch.
+
+forward(tokens, positions, cache, mask) takes explicit positions and an optional attention mask,
+so the same code scores one token, a chain of k drafts, or a token tree. No sampling, no loop.
+Parameter names follow Hugging Face transformers, so HF checkpoints load without renaming.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cache import KVCache
+from .config import ModelArgs
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 like the reference implementation, then return to the input dtype.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for rotate-half RoPE, computed in float32 once and indexed by position."""
+
+    def __init__(self, head_dim: int, max_positions: int, base: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        t = torch.arange(max_positions, dtype=torch.float32)
+        freqs = torch.outer(t, inv_freq)  # (max_positions, head_dim/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (max_positions, head_dim)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # (B, 1, T, head_dim) so they broadcast over heads
+        return self.cos[positions].unsqueeze(1).to(dtype), self.sin[positions].unsqueeze(1).to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, layer_idx: int) -> None:
+        super().__init__()
+        hd = args.head_dim
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = args.num_attention_heads, args.num_key_value_heads, hd
+        self.q_proj = nn.Linear(args.hidden_size, self.n_heads * hd, bias=args.attention_bias)
+        self.k_proj = nn.Linear(args.hidden_size, self.n_kv_heads * hd, bias=args.attention_bias)
+        self.v_proj = nn.Linear(args.hidden_size, self.n_kv_heads * hd, bias=args.attention_bias)
+        self.o_proj = nn.Linear(self.n_heads * hd, args.hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, L, hd), L = cached + T
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, args: ModelArgs, layer_idx: int) -> None:
+        super().__init__()
+        self.self_attn = Attention(args, layer_idx)
+        self.mlp = MLP(args)
+        self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+
+    def forward(self, x, cos, sin, cache, mask):  # noqa: ANN001, ANN201 - internal
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    """Embeddings, decoder layers and final norm (HF's `model.` prefix)."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(args, i) for i in range(args.num_hidden_layers))
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.model = Backbone(args)
+        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        if args.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.rope = RotaryEmbedding(args.head_dim, args.max_position_embeddings, args.rope_theta)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.args.vocab_size
+
+    @property
+    def max_context(self) -> int:
+        return self.args.max_position_embeddings
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    def new_cache(self, max_len: int, batch_size: int = 1) -> KVCache:
+        p = self.model.embed_tokens.weight
+        a = self.args
+        return KVCache(a.num_hidden_layers, a.num_key_value_heads, a.head_dim, max_len, batch_size, p.dtype, p.device)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache,
+        mask: torch.Tensor | None = None,
+        num_logits: int | None = None,
+    ) -> torch.Tensor:
+        """Score `tokens` (B, T) at `positions` (B, T), appending their K/V to `cache`.
+
+        mask: bool (B or 1, T, cache.length + T), True = may attend; None = causal over the chain.
+        num_logits: only project the last n positions to the vocabulary (prefill needs 1).
+        Returns float32 logits (B, T or num_logits, V).
+        """
+        B, T = tokens.shape
+        if mask is None and T > 1:
+            # Causal with an offset: query i sits in slot cache.length + i.
+            L = cache.length + T
+            mask = torch.ones(T, L, dtype=torch.bool, device=tokens.device).tril(diagonal=cache.length)
+        elif mask is not None and mask.dim() == 3:
+            mask = mask.unsqueeze(1)  # (B, 1, T, L) broadcasts over heads
+        x = self.model.embed_tokens(tokens)  # (B, T, D)
+        cos, sin = self.rope(positions, x.dtype)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, cache, mask)
+        cache.advance(T)
+        if num_logits is not None:
+            x = x[:, -num_logits:]
+        return self.lm_head(self.model.norm(x)).float()  # (B, T', V)
+
+
+def build_transformer(
+    args: ModelArgs,
+    state_dict: dict[str, torch.Tensor],
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> Transformer:
+    """Instantiate without a throw-away random init (meta device), then load the weights."""
+    with torch.device("meta"):
+        model = Transformer(args)
+    state = dict(state_dict)
+    if args.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    missing = [m for m in missing if not (args.tie_word_embeddings and m == "lm_head.weight")]
+    unexpected = [u for u in unexpected if "rotary_emb" not in u]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not match the architecture: missing={missing[:4]} unexpected={unexpected[:4]}")
+    if args.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    # RoPE tables are not in checkpoints: rebuild them for real on the target device.
+    model.rope = RotaryEmbedding(args.head_dim, args.max_position_embeddings, args.rope_theta)
+    return model.to(device=device, dtype=dtype).eval()
