@@ -14,6 +14,10 @@ from torch import nn
 from .cache import KVCache
 from .config import ModelArgs
 
+# Chains up to this many tokens (drafts + 1) are verified with row-wise attention; longer
+# inputs (prefill) use one masked attention call.
+ROWWISE_ATTENTION_MAX_T = 32
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
@@ -76,7 +80,21 @@ class Attention(nn.Module):
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, L, hd), L = cached + T
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
+        gqa = self.n_kv_heads != self.n_heads
+        if mask is None and 1 < T <= ROWWISE_ATTENTION_MAX_T:
+            # Verification of a chain: attend row by row with exactly the shapes a one-token
+            # decode step uses. SDPA's result depends on the number of queries (its blocking
+            # changes the float summation order), so one k+1-token pass would round
+            # differently from k+1 single steps; linear layers are row-invariant in bf16 on
+            # CPU, so this makes speculative bf16 output bit-identical to target-only output.
+            L0 = k.shape[2] - T
+            out = torch.cat(
+                [F.scaled_dot_product_attention(q[:, :, i : i + 1], k[:, :, : L0 + i + 1], v[:, :, : L0 + i + 1],
+                                                enable_gqa=gqa) for i in range(T)],
+                dim=2,
+            )  # (B, H, T, hd)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
@@ -159,7 +177,7 @@ class Transformer(nn.Module):
         Returns float32 logits (B, T or num_logits, V).
         """
         B, T = tokens.shape
-        if mask is None and T > 1:
+        if mask is None and T > ROWWISE_ATTENTION_MAX_T:
             # Causal with an offset: query i sits in slot cache.length + i.
             L = cache.length + T
             mask = torch.ones(T, L, dtype=torch.bool, device=tokens.device).tril(diagonal=cache.length)

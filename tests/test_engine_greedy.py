@@ -113,3 +113,19 @@ def test_transformers_models_give_the_same_result(arch):
             out, stats = Engine(target, draft, num_draft_tokens=4).generate_ids(PROMPT, params)
             assert out == ref
             assert stats.drafted_tokens > 0
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 8])
+def test_bfloat16_speculative_equals_target_only(k):
+    """bf16 rounds differently for different pass shapes unless verification keeps them equal."""
+    hf = tiny_hf_model("qwen2", seed=3, vocab=300, layers=3)
+    target = native_from_hf(hf, dtype=torch.bfloat16)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.05 * p.std())
+    draft = native_from_hf(hf, dtype=torch.bfloat16)
+    params = SamplingParams(max_new_tokens=60)
+    ref = Engine(target).generate_ids(PROMPT, params)[0]
+    out, stats = Engine(target, ModelDrafter(draft), num_draft_tokens=k).generate_ids(PROMPT, params)
+    assert out == ref
+    assert stats.accepted_tokens > 0

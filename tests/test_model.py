@@ -56,3 +56,15 @@ def test_explicit_mask_equals_default_causal(arch):
     a = native(tokens[:, 4:], torch.arange(4, 9)[None], c1)
     b = native(tokens[:, 4:], torch.arange(4, 9)[None], c2, mask=mask)
     torch.testing.assert_close(a, b)
+
+
+def test_bf16_verify_pass_is_bitwise_equal_to_single_steps(arch):
+    """A k+1-token verification pass rounds exactly like k+1 one-token steps (see Attention)."""
+    native = native_from_hf(tiny_hf_model(arch, vocab=300, layers=3), dtype=torch.bfloat16)
+    tokens = torch.randint(0, 300, (1, 60), generator=torch.Generator().manual_seed(5))
+    c1, c2 = native.new_cache(80), native.new_cache(80)
+    native(tokens[:, :50], torch.arange(50)[None], c1)
+    native(tokens[:, :50], torch.arange(50)[None], c2)
+    single = torch.cat([native(tokens[:, i : i + 1], torch.tensor([[i]]), c1) for i in range(50, 59)], dim=1)
+    chunk = native(tokens[:, 50:59], torch.arange(50, 59)[None], c2)
+    assert torch.equal(single, chunk)
