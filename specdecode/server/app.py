@@ -1,0 +1,355 @@
+"""The FastAPI app: OpenAI-compatible completions and chat completions over one Engine.
+
+    app = create_app(engine, ServerConfig(model_name="qwen2.5-coder-1.5b"))
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Request flow: parse and check the body here (event loop), queue a Job (scheduler.py), wait
+for its first chunk (so errors such as a too-long prompt still get a proper 4xx), then answer
+as JSON or as server-sent events. A client that disconnects cancels its job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..config import SamplingParams
+from ..engine import Engine
+from ..errors import ContextLengthError, SpecdecodeError
+from . import schemas
+from .errors import APIError, error_body, send_error
+from .metrics import ServerMetrics
+from .scheduler import Event, Job, QueueFull, Scheduler, SchedulerStopped
+
+log = logging.getLogger("specdecode.server")
+
+COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
+ENDPOINTS = {COMPLETIONS, CHAT, "/v1/models", "/health", "/metrics"}
+DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass
+class ServerConfig:
+    model_name: str
+    api_key: str | None = None  # None: no authentication
+    max_active: int = 4  # generations interleaved round-robin; 1 = strict FIFO
+    max_queue: int = 64  # requests waiting beyond max_active before 429
+    max_body_bytes: int = 1 << 20
+    max_tokens_limit: int = 4096
+
+
+def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
+    if engine.tokenizer is None:
+        raise SpecdecodeError("the server needs an engine with a tokenizer")
+    metrics = ServerMetrics()
+    scheduler = Scheduler(engine, metrics, config.max_active, config.max_queue)
+    limits = schemas.Limits(config.max_tokens_limit, engine.target.vocab_size)
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        scheduler.start()
+        yield
+        await asyncio.to_thread(scheduler.stop)
+
+    app = FastAPI(title="specdecode", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine, app.state.scheduler, app.state.metrics, app.state.config = engine, scheduler, metrics, config
+    app.add_middleware(GuardMiddleware, metrics=metrics, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(error_body(str(exc.detail), "invalid_request_error", None, code),
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(error_body("internal server error", "server_error", None, None), status_code=500)
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    @app.get("/health")
+    async def health():
+        if not scheduler.alive:
+            return JSONResponse({"status": "error", "detail": "generation worker is not running"}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return PlainTextResponse(metrics.render(scheduler.queue_length, scheduler.active),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    def model_card() -> dict:
+        drafter = engine.drafter.name if engine.drafter is not None else "none"
+        return {"id": config.model_name, "object": "model", "created": created, "owned_by": "specdecode",
+                "specdecode": {"drafter": drafter, "num_draft_tokens": engine.num_draft_tokens,
+                               "adaptive": engine.adaptive, "max_context": engine.target.max_context}}
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str):
+        schemas.raise_for_model(model_id, config.model_name)
+        return model_card()
+
+    @app.post(COMPLETIONS)
+    async def completions(request: Request):
+        req = schemas.parse(schemas.CompletionRequest, await request.body())
+        schemas.raise_for_model(req.model, config.model_name)
+        params = schemas.sampling_params(req, limits, DEFAULT_COMPLETION_MAX_TOKENS)
+        prompt = schemas.completion_prompt(req, limits)
+        return await generate(request, req, prompt, params, chat=False)
+
+    @app.post(CHAT)
+    async def chat_completions(request: Request):
+        req = schemas.parse(schemas.ChatCompletionRequest, await request.body())
+        schemas.raise_for_model(req.model, config.model_name)
+        params = schemas.sampling_params(req, limits, config.max_tokens_limit)
+        messages = schemas.chat_messages(req)
+        return await generate(request, req, messages, params, chat=True)
+
+    async def generate(request: Request, req, prompt, params: SamplingParams, chat: bool):
+        job = Job(prompt, chat, params, asyncio.get_running_loop())
+        try:
+            scheduler.submit(job)
+        except QueueFull:
+            raise APIError(429, f"the server is busy: {scheduler.max_active} generations running and "
+                                f"{scheduler.max_queue} waiting; retry later", "rate_limit_error", None,
+                           "queue_full") from None
+        except SchedulerStopped:
+            raise APIError(503, "the server is shutting down", "server_error", None, "shutting_down") from None
+        watcher = asyncio.create_task(_watch_disconnect(request, job))
+        handed_off = False
+        try:
+            first = await job.next()
+            if first.kind == "error":
+                raise _engine_error(first.error, "messages" if chat else "prompt")
+            if first.kind == "disconnected":
+                return Response(status_code=499)
+            rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+            reply = Reply(rid, int(time.time()), config.model_name, chat)
+            if req.stream:
+                watcher.cancel()  # from here StreamingResponse watches for the disconnect itself
+                include_usage = bool(req.stream_options and req.stream_options.include_usage)
+                handed_off = True
+                return JobStreamingResponse(job, reply.sse(job, first, include_usage))
+            return await reply.json(job, first)
+        finally:
+            watcher.cancel()
+            if not handed_off:
+                job.cancel()  # no-op when finished
+
+    return app
+
+
+class JobStreamingResponse(StreamingResponse):
+    """Server-sent events whose job is cancelled however the response ends (even unstarted)."""
+
+    def __init__(self, job: Job, content: AsyncIterator[str]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=SSE_HEADERS)
+        self.job = job
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.cancel()
+
+
+class Reply:
+    """Builds one request's answer from its job's events, as one JSON body or as SSE."""
+
+    def __init__(self, rid: str, created: int, model: str, chat: bool) -> None:
+        self.rid, self.created, self.model, self.chat = rid, created, model, chat
+
+    def _body(self, text: str, finish: str, **extra) -> dict:
+        build = schemas.chat_body if self.chat else schemas.completion_body
+        return build(self.rid, self.created, self.model, text, finish, **extra)
+
+    def _chunk(self, text: str | None, finish: str | None = None, role: bool = False, **extra) -> str:
+        if self.chat:
+            delta = None if text is None else ({"role": "assistant", "content": text} if role else
+                                               ({"content": text} if text else {}))
+            body = schemas.chat_chunk(self.rid, self.created, self.model, delta, finish, **extra)
+        else:
+            body = schemas.completion_body(self.rid, self.created, self.model, text, finish, **extra)
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    @staticmethod
+    def _extras(job: Job, chunk) -> dict:
+        stats = chunk.stats
+        completion = stats.generated_tokens if stats is not None else 0
+        return {"usage": schemas.usage(job.prompt_tokens, completion),
+                "specdecode": stats.to_dict() if stats is not None else None}
+
+    async def json(self, job: Job, event: Event) -> JSONResponse:
+        parts = []
+        while True:
+            if event.kind == "error":
+                raise _engine_error(event.error, "messages" if self.chat else "prompt")
+            if event.kind == "disconnected":
+                return Response(status_code=499)
+            chunk = event.chunk
+            parts.append(chunk.text)
+            if chunk.finish_reason:
+                return JSONResponse(self._body("".join(parts), chunk.finish_reason, **self._extras(job, chunk)))
+            event = await job.next()
+
+    async def sse(self, job: Job, event: Event, include_usage: bool) -> AsyncIterator[str]:
+        try:
+            if self.chat:
+                yield self._chunk("", role=True)
+            while True:
+                if event.kind == "error":
+                    err = _engine_error(event.error, "messages" if self.chat else "prompt")
+                    yield f"data: {json.dumps(err.body())}\n\n"
+                    break
+                chunk = event.chunk
+                if chunk.text:
+                    yield self._chunk(chunk.text)
+                if chunk.finish_reason:
+                    extras = self._extras(job, chunk)
+                    yield self._chunk("", chunk.finish_reason, specdecode=extras["specdecode"])
+                    if include_usage:
+                        yield self._chunk(None, **extras)
+                    break
+                event = await job.next()
+            yield "data: [DONE]\n\n"
+        finally:
+            job.cancel()  # the client went away mid-stream (or a no-op: the job is done)
+
+
+async def _watch_disconnect(request: Request, job: Job) -> None:
+    """Cancel the job when the client disconnects before its answer starts (or while a JSON
+    answer is being generated); the handler sees a 'disconnected' event."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            job.cancel()
+            job.events.put_nowait(Event("disconnected"))
+            return
+
+
+def _engine_error(exc: BaseException | None, prompt_param: str) -> APIError:
+    """Errors raised by the engine while starting a generation, as API errors."""
+    if isinstance(exc, ContextLengthError):
+        return APIError(400, str(exc), "invalid_request_error", prompt_param, "context_length_exceeded")
+    if isinstance(exc, SchedulerStopped):
+        return APIError(503, "the server is shutting down", "server_error", None, "shutting_down")
+    try:
+        from jinja2 import TemplateError
+    except ImportError:  # pragma: no cover - jinja2 comes with transformers
+        TemplateError = ()  # type: ignore[assignment]
+    if isinstance(exc, TemplateError):
+        return APIError(400, f"the chat template rejected the messages: {exc}", "invalid_request_error", "messages")
+    if isinstance(exc, (SpecdecodeError, ValueError)):
+        return APIError(400, str(exc), "invalid_request_error", None, None)
+    log.error("generation failed", exc_info=exc)
+    return APIError(500, "internal error during generation", "server_error", None, None)
+
+
+class GuardMiddleware:
+    """Pure ASGI: counts requests by endpoint and status, checks the API key, limits the body.
+
+    The body is read here in full (at most max_body_bytes, else 413) and replayed to the app,
+    so no handler ever buffers an unbounded body. Endpoint labels come from a fixed set, so
+    clients cannot grow the metrics with made-up paths.
+    """
+
+    def __init__(self, app, metrics: ServerMetrics, api_key: str | None, max_body_bytes: int) -> None:
+        self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
+        self.api_key = api_key.encode() if api_key else None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        endpoint = path if path in ENDPOINTS else ("/v1/models/{model}" if path.startswith("/v1/models/") else "other")
+        status = 499  # the client left before any response
+
+        async def send_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if self.api_key is not None and path != "/health" and not self._authorized(scope):
+                await send_error(send_status, 401, "invalid or missing API key: send 'Authorization: Bearer KEY'",
+                                 code="invalid_api_key", headers=[(b"www-authenticate", b"Bearer")])
+                return
+            body = await self._read_body(scope, receive, send_status)
+            if body is None:
+                return
+            replayed = False
+
+            async def replay():
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send_status)
+        except Exception:
+            status = 500
+            raise
+        finally:
+            self.metrics.record_request(endpoint, status)
+
+    def _authorized(self, scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.api_key)
+        return False
+
+    async def _read_body(self, scope, receive, send) -> bytes | None:
+        """The whole body, or None after answering 413 (or when the client left)."""
+        limit = self.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await self._too_large(send)
+                return None
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await self._too_large(send)
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _too_large(self, send) -> None:
+        await send_error(send, 413, f"the request body is larger than {self.max_body_bytes} bytes",
+                         code="request_too_large", headers=[(b"connection", b"close")])
+
+
+def api_key_from_env(value: str | None) -> str | None:
+    return value or os.environ.get("SPECDECODE_API_KEY") or None

@@ -1,0 +1,72 @@
+"""`specdecode serve`: registered by specdecode.cli.make_parser through add_parser(subparsers).
+
+Nothing here imports FastAPI or uvicorn until the command runs, so the other commands work
+without the `server` extra and `serve` explains how to get it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import SpecdecodeError
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    from ..cli import add_model_options
+
+    p = sub.add_parser(
+        "serve", help="run an OpenAI-compatible HTTP server (completions, chat, streaming)",
+        description="Serve the target model over OpenAI's /v1/completions and /v1/chat/completions, "
+                    "speculatively if a drafter is set. Example: specdecode serve --model qwen2.5-coder-1.5b "
+                    "--draft qwen2.5-coder-0.5b --port 8000",
+    )
+    add_model_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--served-model-name", help="the model name clients send (default: the --model value)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every endpoint but /health "
+                        "(default: $SPECDECODE_API_KEY; unset = no authentication)")
+    p.add_argument("--max-active", type=int, default=4,
+                   help="generations in progress at once, interleaved round-robin (1 = strict FIFO; default 4)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests that may wait beyond --max-active; more are refused with 429 (default 64)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body, else 413 (default 1 MiB)")
+    p.add_argument("--max-tokens-limit", type=int, default=4096,
+                   help="largest max_tokens a request may ask for, else 400 (default 4096)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)
+    return p
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .app import ServerConfig, api_key_from_env, create_app
+    except ImportError as e:
+        raise SpecdecodeError(f"the server needs FastAPI and uvicorn ({e}): pip install 'specdecode[server]'") from None
+    from ..cli import build_engine
+
+    for name in ("max_active", "max_body_bytes", "max_tokens_limit"):
+        if getattr(args, name) < 1:
+            raise SpecdecodeError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.max_queue < 0:
+        raise SpecdecodeError("--max-queue must be >= 0")
+    if not 0 <= args.port <= 65535:
+        raise SpecdecodeError(f"--port must be in 0..65535, got {args.port}")
+    api_key = api_key_from_env(args.api_key)
+    if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"specdecode: warning: serving on {args.host} without --api-key: anyone who can reach this "
+              "port can use the model", file=sys.stderr)
+    engine = build_engine(args)
+    config = ServerConfig(model_name=args.served_model_name or args.model, api_key=api_key,
+                          max_active=args.max_active, max_queue=args.max_queue,
+                          max_body_bytes=args.max_body_bytes, max_tokens_limit=args.max_tokens_limit)
+    app = create_app(engine, config)
+    drafter = engine.drafter.name if engine.drafter is not None else "none"
+    print(f"serving {config.model_name!r} (drafter: {drafter}) on http://{args.host}:{args.port}/v1",
+          file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0

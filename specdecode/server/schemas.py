@@ -1,0 +1,221 @@
+"""OpenAI request schemas (types checked strictly by pydantic), their checks, and response bodies.
+
+Types are strict: "max_tokens": "10" or 1.5 is an error, not a silent conversion. Fields an
+OpenAI client may send that this server cannot honour (n > 1, logprobs, tools, penalties...)
+are rejected with a 400 that names them, rather than ignored; unknown fields are ignored.
+Extensions beyond OpenAI's API: top_k and ignore_eos (as vLLM).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..config import SamplingParams
+from .errors import APIError, bad_request
+
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 1000  # stop matching holds back up to len(stop) - 1 characters per check
+CHAT_ROLES = {"system", "user", "assistant", "tool", "developer"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool | None = None
+
+
+class _GenerationRequest(_Strict):
+    model: str
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None  # extension
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    ignore_eos: bool | None = None  # extension: generate exactly max_tokens (benchmarks)
+    # Accepted only at their neutral values:
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: Any = None
+    logprobs: Any = None
+    best_of: int | None = None
+
+
+class CompletionRequest(_GenerationRequest):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool | None = None
+    suffix: str | None = None
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Strict):
+    role: str
+    content: str | list[ContentPart] | None = None
+    tool_calls: Any = None
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = None
+    top_logprobs: Any = None
+    tools: Any = None
+    functions: Any = None
+    response_format: Any = None
+
+
+@dataclass
+class Limits:
+    max_tokens_limit: int
+    vocab_size: int
+
+
+def parse(model: type[BaseModel], body: bytes) -> Any:
+    """JSON bytes -> request model; malformed JSON and wrong types become a 400."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        loc = [str(x) for x in err["loc"]]
+        if err["type"] == "json_invalid":
+            raise bad_request(f"the request body is not valid JSON: {err['msg']}", code="invalid_json") from None
+        if not loc:
+            raise bad_request(f"the request body must be a JSON object: {err['msg']}") from None
+        what = "missing required field" if err["type"] == "missing" else f"invalid value: {err['msg']}"
+        raise bad_request(f"{'.'.join(loc)}: {what}", param=loc[0]) from None
+
+
+def _reject_unsupported(req: _GenerationRequest) -> None:
+    checks = [
+        ("n", req.n not in (None, 1), f"n must be 1, got {req.n}: n > 1 is not supported, send one request per choice"),
+        ("best_of", req.best_of not in (None, 1), f"best_of must be 1, got {req.best_of}"),
+        ("logprobs", bool(req.logprobs), "logprobs are not supported"),
+        ("logit_bias", bool(req.logit_bias), "logit_bias is not supported"),
+        ("presence_penalty", bool(req.presence_penalty), "presence_penalty is not supported (would change "
+                                                         "the target distribution that speculation preserves)"),
+        ("frequency_penalty", bool(req.frequency_penalty), "frequency_penalty is not supported"),
+    ]
+    if isinstance(req, CompletionRequest):
+        checks += [("echo", bool(req.echo), "echo is not supported"), ("suffix", bool(req.suffix), "suffix is not supported")]
+    else:
+        checks += [("top_logprobs", bool(req.top_logprobs), "top_logprobs are not supported"),
+                   ("tools", bool(req.tools) or bool(req.functions), "tools / function calling are not supported")]
+        fmt = req.response_format
+        if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+            checks.append(("response_format", True, "only response_format {\"type\": \"text\"} is supported"))
+    for param, bad, message in checks:
+        if bad:
+            raise bad_request(message, param=param, code="unsupported_parameter")
+
+
+def sampling_params(req: _GenerationRequest, limits: Limits, default_max_tokens: int) -> SamplingParams:
+    """The request's sampling fields, range-checked, as SamplingParams."""
+    _reject_unsupported(req)
+    max_tokens = req.max_tokens
+    if isinstance(req, ChatCompletionRequest) and req.max_completion_tokens is not None:
+        max_tokens = req.max_completion_tokens
+    param = "max_tokens"
+    if max_tokens is None:
+        max_tokens = default_max_tokens
+    elif max_tokens < 1:
+        raise bad_request(f"max_tokens must be at least 1, got {max_tokens}", param)
+    elif max_tokens > limits.max_tokens_limit:
+        raise bad_request(f"max_tokens must be at most {limits.max_tokens_limit} on this server, got {max_tokens}", param)
+    temperature = 1.0 if req.temperature is None else req.temperature
+    if not (math.isfinite(temperature) and 0.0 <= temperature <= 2.0):
+        raise bad_request(f"temperature must be between 0 and 2, got {temperature}", "temperature")
+    top_p = 1.0 if req.top_p is None else req.top_p
+    if not (math.isfinite(top_p) and 0.0 < top_p <= 1.0):
+        raise bad_request(f"top_p must be in (0, 1], got {top_p}", "top_p")
+    top_k = 0 if req.top_k in (None, -1) else req.top_k
+    if top_k < 0:
+        raise bad_request(f"top_k must be >= 0 (or -1 for off), got {top_k}", "top_k")
+    top_k = min(top_k, limits.vocab_size)
+    if req.seed is not None and not -(2**63) <= req.seed < 2**64:
+        raise bad_request("seed must fit in 64 bits", "seed")
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    if len(stop) > MAX_STOP_STRINGS:
+        raise bad_request(f"at most {MAX_STOP_STRINGS} stop strings, got {len(stop)}", "stop")
+    if any(not s or len(s) > MAX_STOP_CHARS for s in stop):
+        raise bad_request(f"stop strings must be non-empty and at most {MAX_STOP_CHARS} characters", "stop")
+    return SamplingParams(temperature=float(temperature), top_k=top_k, top_p=float(top_p), max_new_tokens=max_tokens,
+                          seed=req.seed, stop=stop, ignore_eos=bool(req.ignore_eos))
+
+
+def completion_prompt(req: CompletionRequest, limits: Limits) -> str | list[int]:
+    """A text prompt, or token ids checked against the vocabulary; batches are refused."""
+    prompt = req.prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+        if len(prompt) > 1:
+            raise bad_request("batched prompts are not supported: send one prompt per request", "prompt")
+        prompt = prompt[0]
+    if not prompt:
+        raise bad_request("the prompt is empty", "prompt")
+    if isinstance(prompt, list) and not all(0 <= t < limits.vocab_size for t in prompt):
+        raise bad_request(f"prompt token ids must be in [0, {limits.vocab_size})", "prompt")
+    return prompt
+
+
+def chat_messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
+    """Messages as the chat template wants them: {role, content} with text content."""
+    if not req.messages:
+        raise bad_request("messages must not be empty", "messages")
+    out = []
+    for i, m in enumerate(req.messages):
+        if m.role not in CHAT_ROLES:
+            raise bad_request(f"messages[{i}].role must be one of {sorted(CHAT_ROLES)}, got {m.role!r}", "messages")
+        if m.tool_calls:
+            raise bad_request("tool calls are not supported", "messages", "unsupported_parameter")
+        content = m.content
+        if isinstance(content, list):
+            if any(p.type != "text" or p.text is None for p in content):
+                raise bad_request(f"messages[{i}].content: only text parts are supported", "messages")
+            content = "\n".join(p.text for p in content)
+        if content is None:
+            if m.role != "assistant":
+                raise bad_request(f"messages[{i}].content is required", "messages")
+            content = ""
+        out.append({"role": "system" if m.role == "developer" else m.role, "content": content})
+    return out
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion_body(rid: str, created: int, model: str, text: str | None, finish: str | None, **extra) -> dict:
+    """A /v1/completions response (text = the whole text) or stream chunk (text = the delta)."""
+    choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+    return {"id": rid, "object": "text_completion", "created": created, "model": model,
+            "choices": [choice] if text is not None else [], **extra}
+
+
+def chat_body(rid: str, created: int, model: str, text: str, finish: str | None, **extra) -> dict:
+    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
+    return {"id": rid, "object": "chat.completion", "created": created, "model": model, "choices": [choice], **extra}
+
+
+def chat_chunk(rid: str, created: int, model: str, delta: dict | None, finish: str | None, **extra) -> dict:
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+    return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": choices, **extra}
+
+
+def raise_for_model(requested: str, served: str) -> None:
+    if requested != served:
+        raise APIError(404, f"the model {requested!r} does not exist; this server serves {served!r}",
+                       "invalid_request_error", "model", "model_not_found")

@@ -1,0 +1,547 @@
+"""The OpenAI-compatible server, end to end: real uvicorn on a free port, the official client.
+
+Tiny random models (target + noisy draft, or n-gram drafting) keep it fast; the text is
+gibberish but deterministic, so server outputs are compared with Engine.generate exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+
+import specdecode  # noqa: E402
+from specdecode import Engine, NgramDrafter  # noqa: E402
+from specdecode.server import ServerConfig, create_app  # noqa: E402
+
+MODEL = "tiny-random"
+
+
+class ServerThread:
+    """uvicorn serving `app` from a background thread, on a port the OS picked."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> "ServerThread":
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+    @property
+    def scheduler(self):
+        return self.app.state.scheduler
+
+    def client(self, **kw) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=kw.pop("api_key", "none"), max_retries=0, **kw)
+
+    def post(self, path: str, **kw) -> httpx.Response:
+        return httpx.post(self.url + path, timeout=30, **kw)
+
+
+def wait_for(cond, timeout: float = 10.0) -> None:
+    deadline = time.time() + timeout
+    while not cond():
+        assert time.time() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP
+    contention slows them tenfold; restored for the other test modules."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def target():
+    return specdecode.load(MODEL)
+
+
+@pytest.fixture(scope="module")
+def draft():
+    return specdecode.load("tiny-random-draft")
+
+
+@pytest.fixture(scope="module")
+def ref(target, draft):
+    """The Python API with the same models and drafter as `server`: the expected outputs."""
+    return Engine(target, draft)
+
+
+@pytest.fixture(scope="module")
+def server(target, draft):
+    config = ServerConfig(MODEL, max_active=4, max_queue=64, max_body_bytes=64 * 1024, max_tokens_limit=512)
+    with ServerThread(create_app(Engine(target, draft), config)) as s:
+        yield s
+
+
+# -- outputs --------------------------------------------------------------------------------------
+
+PROMPTS = ["def add(x, y):", "hello there, the weather", "for i in range(10):", "The quick brown fox"]
+
+
+def test_completion_greedy_equals_python_api(server, ref):
+    client = server.client()
+    for prompt in PROMPTS[:2]:
+        want = ref.generate(prompt, temperature=0, max_new_tokens=24, chat=False)
+        r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0)
+        assert r.choices[0].text == want.text
+        assert r.choices[0].finish_reason == want.finish_reason
+        assert r.usage.prompt_tokens == want.stats.prompt_tokens
+        assert r.usage.completion_tokens == want.stats.generated_tokens
+        assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+        spec = r.model_extra["specdecode"]
+        assert spec["drafted_tokens"] > 0 and spec["accepted_tokens"] == want.stats.accepted_tokens
+
+
+def test_completion_token_id_prompt(server, ref, target):
+    ids = target.tokenizer.encode("def add(x, y):")
+    want = ref.generate(ids, temperature=0, max_new_tokens=12)
+    r = server.client().completions.create(model=MODEL, prompt=ids, max_tokens=12, temperature=0)
+    assert r.choices[0].text == want.text
+
+
+def test_completion_stream(server, ref):
+    want = ref.generate(PROMPTS[2], temperature=0, max_new_tokens=30, chat=False)
+    stream = server.client().completions.create(model=MODEL, prompt=PROMPTS[2], max_tokens=30, temperature=0,
+                                                stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == want.text
+    finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finish) == 1 and finish[0].choices[0].finish_reason == want.finish_reason
+    assert finish[0].model_extra["specdecode"]["generated_tokens"] == want.stats.generated_tokens
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == want.stats.generated_tokens
+
+
+def test_chat_greedy_and_stream(server, ref):
+    messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "hello there"}]
+    want = ref.generate(messages, temperature=0, max_new_tokens=20)
+    client = server.client()
+    r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20, temperature=0)
+    assert r.object == "chat.completion"
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content == want.text
+    assert r.usage.prompt_tokens == want.stats.prompt_tokens
+    assert r.model_extra["specdecode"]["target_passes"] == want.stats.target_passes
+
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20, temperature=0,
+                                                 stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == want.text
+    assert chunks[-1].choices[0].finish_reason == want.finish_reason
+    assert chunks[-1].model_extra["specdecode"]["accepted_tokens"] == want.stats.accepted_tokens
+    # Text content parts and the "developer" role are accepted too.
+    parts = [{"role": "developer", "content": "You are terse."},
+             {"role": "user", "content": [{"type": "text", "text": "hello there"}]}]
+    r = client.chat.completions.create(model=MODEL, messages=parts, max_tokens=20, temperature=0)
+    assert r.choices[0].message.content == want.text
+
+
+def _ascii_stop(text: str, start: int = 6) -> str:
+    m = re.search(r"[A-Za-z]{2}", text[start:])
+    assert m, f"no ASCII pair to stop at in {text!r}"
+    return m.group()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_strings(server, ref, stream):
+    full = ref.generate(PROMPTS[0], temperature=0, max_new_tokens=40, chat=False).text
+    stop = _ascii_stop(full)
+    client = server.client()
+    for stops in (stop, ["\x00never", stop]):
+        r = client.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=40, temperature=0, stop=stops,
+                                      stream=stream)
+        if stream:
+            chunks = list(r)
+            text = "".join(c.choices[0].text for c in chunks)
+            finish = chunks[-1].choices[0].finish_reason
+        else:
+            text, finish = r.choices[0].text, r.choices[0].finish_reason
+        assert text == full[: full.index(stop)]
+        assert finish == "stop"
+
+
+def test_seeded_sampling_is_reproducible(server, ref):
+    client = server.client()
+    kw = dict(model=MODEL, prompt=PROMPTS[1], max_tokens=24, temperature=1.0, top_p=0.95)
+    a = client.completions.create(seed=1234, **kw).choices[0].text
+    b = client.completions.create(seed=1234, **kw, stream=True)
+    b = "".join(c.choices[0].text for c in b)
+    assert a == b
+    want = ref.generate(PROMPTS[1], temperature=1.0, top_p=0.95, max_new_tokens=24, seed=1234, chat=False)
+    assert a == want.text  # the same generator stream as the Python API
+    others = {client.completions.create(seed=s, **kw).choices[0].text for s in range(1, 6)}
+    assert len(others) > 1
+
+
+def test_models_and_health(server):
+    client = server.client()
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    assert models.data[0].model_extra["specdecode"]["drafter"] == "model"
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+
+
+# -- concurrency ----------------------------------------------------------------------------------
+
+def test_16_concurrent_requests(server, ref):
+    jobs = [(f"{PROMPTS[i % 4]} {i}", 16 + i % 5, i % 2 == 1) for i in range(16)]
+    wants = [ref.generate(p, temperature=0, max_new_tokens=n, chat=False).text for p, n, _ in jobs]
+    client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+
+    async def one(prompt, n, stream):
+        r = await client.completions.create(model=MODEL, prompt=prompt, max_tokens=n, temperature=0, stream=stream)
+        if not stream:
+            return r.choices[0].text
+        return "".join([c.choices[0].text async for c in r])
+
+    async def all_of_them():
+        try:
+            return await asyncio.gather(*(one(*j) for j in jobs))
+        finally:
+            await client.close()
+
+    assert asyncio.run(all_of_them()) == wants
+    wait_for(lambda: server.scheduler.active == 0 and server.scheduler.queue_length == 0)
+
+
+class GatedEngine(Engine):
+    """Holds every generation at a gate until the test opens it."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.gate = threading.Event()
+
+    def stream(self, *a, **kw):
+        assert self.gate.wait(20)
+        yield from super().stream(*a, **kw)
+
+
+class SlowEngine(Engine):
+    """Sleeps after every chunk: a long generation stays in progress for seconds."""
+
+    def stream(self, *a, **kw):
+        gen = super().stream(*a, **kw)
+        try:
+            for chunk in gen:
+                time.sleep(0.01)
+                yield chunk
+        finally:
+            gen.close()
+
+
+def test_disconnect_mid_stream_cancels_and_frees_the_slot(target):
+    engine = SlowEngine(target, NgramDrafter())
+    with ServerThread(create_app(engine, ServerConfig(MODEL, max_active=1))) as s:
+        metrics = s.app.state.metrics
+        body = {"model": MODEL, "prompt": PROMPTS[3], "max_tokens": 2000, "ignore_eos": True, "stream": True}
+        with httpx.Client(timeout=30) as c, c.stream("POST", s.url + "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            assert next(lines).startswith("data: ")
+        # The worker closes the generation (2000 tokens would take 10+ s) and takes the next request.
+        wait_for(lambda: s.scheduler.active == 0, timeout=5)
+        assert metrics.cancelled == 1 and metrics.generated_tokens < 2000
+        want = Engine(target, NgramDrafter()).generate(PROMPTS[3], temperature=0, max_new_tokens=16, chat=False).text
+        t0 = time.time()
+        r = s.client().completions.create(model=MODEL, prompt=PROMPTS[3], max_tokens=16, temperature=0)
+        assert r.choices[0].text == want and time.time() - t0 < 5
+
+
+def test_round_robin_lets_a_short_request_pass_a_long_one(target):
+    with ServerThread(create_app(SlowEngine(target, NgramDrafter()), ServerConfig(MODEL, max_active=2))) as s:
+        client, done = s.client(), []
+
+        def long_request():  # ignore_eos is an extension: raw HTTP
+            r = s.post("/v1/completions", json={"model": MODEL, "prompt": "hello", "max_tokens": 150, "ignore_eos": True})
+            assert r.json()["usage"]["completion_tokens"] == 150
+            done.append("long")
+
+        t = threading.Thread(target=long_request)
+        t.start()
+        wait_for(lambda: s.scheduler.active == 1)
+        client.completions.create(model=MODEL, prompt="hi", max_tokens=4, temperature=0)
+        done.append("short")
+        t.join(60)
+        assert done == ["short", "long"]
+
+
+def test_queue_full_429_and_waiting_disconnect_frees_place(target):
+    engine = GatedEngine(target, NgramDrafter())
+    config = ServerConfig(MODEL, max_active=1, max_queue=1)
+    with ServerThread(create_app(engine, config)) as s:
+        sched, client = s.scheduler, s.client()
+        results = []
+
+        def request():
+            r = client.completions.create(model=MODEL, prompt="hello", max_tokens=4, temperature=0)
+            results.append(r.choices[0].text)
+
+        first = threading.Thread(target=request)
+        first.start()
+        wait_for(lambda: sched.active == 1)
+        # A waiting request whose client gives up leaves the queue at once.
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(s.url + "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 4}, timeout=0.5)
+        wait_for(lambda: sched.queue_length == 0)
+        second = threading.Thread(target=request)
+        second.start()
+        wait_for(lambda: sched.queue_length == 1)
+
+        t0 = time.time()
+        r = s.post("/v1/completions", json={"model": MODEL, "prompt": "hello", "max_tokens": 4})
+        assert r.status_code == 429 and time.time() - t0 < 2
+        assert r.json()["error"]["code"] == "queue_full"
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=2)
+
+        engine.gate.set()
+        first.join(20)
+        second.join(20)
+        assert len(results) == 2 and results[0] == results[1]
+        again = client.completions.create(model=MODEL, prompt="hello", max_tokens=4, temperature=0)
+        assert again.choices[0].text == results[0]
+        metrics = httpx.get(s.url + "/metrics").text
+        assert 'specdecode_requests_total{endpoint="/v1/completions",status="429"} 1' in metrics
+
+
+def test_ngram_drafter_server(target):
+    ref = Engine(target, NgramDrafter())
+    with ServerThread(create_app(Engine(target, NgramDrafter()), ServerConfig(MODEL))) as s:
+        client = s.client()
+        prompt = "def add(x, y):\n    return x + y\ndef add(x, y):"
+        want = ref.generate(prompt, temperature=0, max_new_tokens=32, chat=False)
+        r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=32, temperature=0)
+        assert r.choices[0].text == want.text
+        assert r.model_extra["specdecode"]["drafted_tokens"] == want.stats.drafted_tokens
+        messages = [{"role": "user", "content": prompt}]
+        want = ref.generate(messages, temperature=0, max_new_tokens=16)
+        chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, temperature=0,
+                                                     stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == want.text
+        assert client.models.list().data[0].model_extra["specdecode"]["drafter"] == "ngram"
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+C, CH = "/v1/completions", "/v1/chat/completions"
+OK_C = {"model": MODEL, "prompt": "hello", "max_tokens": 4}
+OK_CH = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+LONG = "hello " * 3000  # > 2048 tokens, < 64 KiB
+
+BAD = [
+    (C, b"{not json", 400, None, "invalid_json"),
+    (C, b"", 400, None, "invalid_json"),
+    (C, b"[1, 2]", 400, None, None),
+    (C, b'"just a string"', 400, None, None),
+    (C, {"prompt": "x"}, 400, "model", None),
+    (C, {"model": MODEL}, 400, "prompt", None),
+    (CH, {"model": MODEL}, 400, "messages", None),
+    (C, {**OK_C, "model": "gpt-4"}, 404, "model", "model_not_found"),
+    (CH, {**OK_CH, "model": 5}, 400, "model", None),
+    (C, {**OK_C, "max_tokens": "10"}, 400, "max_tokens", None),
+    (C, {**OK_C, "max_tokens": 1.5}, 400, "max_tokens", None),
+    (C, {**OK_C, "max_tokens": -3}, 400, "max_tokens", None),
+    (C, {**OK_C, "max_tokens": 0}, 400, "max_tokens", None),
+    (C, {**OK_C, "max_tokens": 10**30}, 400, "max_tokens", None),
+    (C, {**OK_C, "max_tokens": 513}, 400, "max_tokens", None),
+    (CH, {**OK_CH, "max_completion_tokens": 10**6}, 400, "max_tokens", None),
+    (C, {**OK_C, "temperature": "hot"}, 400, "temperature", None),
+    (C, {**OK_C, "temperature": -1}, 400, "temperature", None),
+    (C, {**OK_C, "temperature": 1e400}, 400, "temperature", None),
+    (C, {**OK_C, "top_p": 0}, 400, "top_p", None),
+    (C, {**OK_C, "top_p": 1.5}, 400, "top_p", None),
+    (C, {**OK_C, "top_k": -5}, 400, "top_k", None),
+    (C, {**OK_C, "seed": 2**70}, 400, "seed", None),
+    (C, {**OK_C, "seed": "x"}, 400, "seed", None),
+    (C, {**OK_C, "stop": 5}, 400, "stop", None),
+    (C, {**OK_C, "stop": [""]}, 400, "stop", None),
+    (C, {**OK_C, "stop": ["a"] * 17}, 400, "stop", None),
+    (C, {**OK_C, "stream": "yes"}, 400, "stream", None),
+    (C, {**OK_C, "n": 2}, 400, "n", "unsupported_parameter"),
+    (CH, {**OK_CH, "n": 3}, 400, "n", "unsupported_parameter"),
+    (C, {**OK_C, "logprobs": 5}, 400, "logprobs", "unsupported_parameter"),
+    (C, {**OK_C, "echo": True}, 400, "echo", "unsupported_parameter"),
+    (CH, {**OK_CH, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools", "unsupported_parameter"),
+    (C, {**OK_C, "prompt": ""}, 400, "prompt", None),
+    (C, {**OK_C, "prompt": []}, 400, "prompt", None),
+    (C, {**OK_C, "prompt": ["a", "b"]}, 400, "prompt", None),
+    (C, {**OK_C, "prompt": [1, "a"]}, 400, "prompt", None),
+    (C, {**OK_C, "prompt": [10**9]}, 400, "prompt", None),
+    (C, {**OK_C, "prompt": [-1]}, 400, "prompt", None),
+    (C, {**OK_C, "prompt": 5}, 400, "prompt", None),
+    (C, {**OK_C, "prompt": {"$ref": "/etc/passwd"}}, 400, "prompt", None),
+    (CH, {**OK_CH, "messages": []}, 400, "messages", None),
+    (CH, {**OK_CH, "messages": "hi"}, 400, "messages", None),
+    (CH, {**OK_CH, "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages", None),
+    (CH, {**OK_CH, "messages": [{"content": "hi"}]}, 400, "messages", None),
+    (CH, {**OK_CH, "messages": [{"role": "user", "content": None}]}, 400, "messages", None),
+    (CH, {**OK_CH, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}]}, 400, "messages", None),
+    (C, {**OK_C, "prompt": LONG}, 400, "prompt", "context_length_exceeded"),
+    (C, {**OK_C, "prompt": [5] * 2100}, 400, "prompt", "context_length_exceeded"),
+    (CH, {**OK_CH, "messages": [{"role": "user", "content": LONG}]}, 400, "messages", "context_length_exceeded"),
+    (CH, {**OK_CH, "messages": [{"role": "user", "content": LONG}], "stream": True}, 400, "messages",
+     "context_length_exceeded"),
+]
+
+
+def _check_error(r: httpx.Response, status: int, param=None, code=None) -> None:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if param is not None:
+        assert err["param"] == param, err
+    if code is not None:
+        assert err["code"] == code, err
+
+
+def test_bad_inputs_get_openai_errors(server):
+    import json
+
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        for path, body, status, param, code in BAD:
+            content = body if isinstance(body, bytes) else json.dumps(body).encode()
+            r = c.post(path, content=content, headers={"content-type": "application/json"})
+            _check_error(r, status, param, code)
+        _check_error(c.get("/v1/nope"), 404, code="not_found")
+        _check_error(c.get(C), 405)
+        # Oversized bodies: declared, and chunked without a length.
+        big = b'{"model": "tiny-random", "prompt": "' + b"a" * (100 * 1024) + b'"}'
+        _check_error(c.post(C, content=big), 413, code="request_too_large")
+        _check_error(c.post(C, content=iter([big[i:i + 8192] for i in range(0, len(big), 8192)])), 413)
+        # ... and the server still serves.
+        assert c.get("/health").status_code == 200
+        assert c.post(C, json=OK_C).status_code == 200
+        assert c.post(CH, json=OK_CH).status_code == 200
+    with pytest.raises(openai.BadRequestError, match="n > 1"):
+        server.client().completions.create(model=MODEL, prompt="hi", n=2)
+    with pytest.raises(openai.NotFoundError):
+        server.client().chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+
+
+def test_metrics_after_requests(server):
+    client = server.client()
+    client.completions.create(model=MODEL, prompt="hello", max_tokens=8, temperature=0)
+    server.post(C, content=b"{oops")
+    text = httpx.get(server.url + "/metrics").text
+    for line in text.splitlines():
+        assert line.startswith("# ") or re.fullmatch(r'[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? \S+', line), line
+    values = {}
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    assert values['specdecode_requests_total{endpoint="/v1/completions",status="200"}'] >= 1
+    assert values['specdecode_requests_total{endpoint="/v1/completions",status="400"}'] >= 1
+    assert values["specdecode_prompt_tokens_total"] > 0 and values["specdecode_generation_tokens_total"] > 0
+    assert values["specdecode_draft_tokens_total"] > 0
+    assert 0 < values["specdecode_accepted_tokens_total"] <= values["specdecode_draft_tokens_total"]
+    assert values['specdecode_drafted_by_position_total{position="0"}'] > 0
+    assert 0 <= values['specdecode_acceptance_rate_by_position{position="0"}'] <= 1
+    assert values["specdecode_queue_length"] == 0
+    assert values["specdecode_time_to_first_token_seconds_count"] > 0
+    ttft = "specdecode_time_to_first_token_seconds"
+    assert values[ttft + '_bucket{le="+Inf"}'] == values[ttft + "_count"]
+    assert values["specdecode_time_per_output_token_seconds_count"] > 0
+    assert "specdecode_time_per_output_token_seconds_sum" in values
+
+
+# -- security -------------------------------------------------------------------------------------
+
+def test_api_key(target):
+    config = ServerConfig(MODEL, api_key="s3cret")
+    with ServerThread(create_app(Engine(target, NgramDrafter()), config)) as s:
+        for method, path in (("POST", C), ("POST", CH), ("GET", "/v1/models"), ("GET", "/metrics"), ("GET", "/nope")):
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+                r = httpx.request(method, s.url + path, json=OK_C, headers=headers)
+                _check_error(r, 401, code="invalid_api_key")
+        assert httpx.get(s.url + "/health").status_code == 200
+        with pytest.raises(openai.AuthenticationError):
+            s.client(api_key="wrong").models.list()
+        good = s.client(api_key="s3cret")
+        assert good.completions.create(model=MODEL, prompt="hi", max_tokens=3).usage.completion_tokens >= 1
+        assert httpx.get(s.url + "/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+# -- command line and load test -------------------------------------------------------------------
+
+def test_cli_serve_subprocess():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "SPECDECODE_API_KEY": "envkey"}
+    proc = subprocess.Popen([sys.executable, "-m", "specdecode", "serve", "--model", MODEL, "--drafter", "ngram",
+                             "--port", str(port), "--max-queue", "2", "--threads", "1", "--log-level", "warning"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            assert time.time() < deadline, "server did not come up"
+            time.sleep(0.2)
+        assert httpx.get(url + "/v1/models").status_code == 401
+        client = openai.OpenAI(base_url=url + "/v1", api_key="envkey", max_retries=0)
+        r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+        assert r.choices[0].finish_reason in ("stop", "length")
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_loadtest_script(server, capsys, tmp_path):
+    from specdecode.server import loadtest
+
+    out = tmp_path / "load.json"
+    rc = loadtest.main(["--url", server.url, "--concurrency", "1,3", "--requests", "3", "--max-tokens", "8",
+                        "--warmup", "0", "--json", str(out)])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "total tok/s" in table
+    import json
+
+    levels = json.loads(out.read_text())["levels"]
+    assert [lv["concurrency"] for lv in levels] == [1, 3]
+    for lv in levels:
+        assert lv["errors"] == 0 and lv["completion_tokens"] == 3 * 8
+        assert lv["ttft_p50_s"] > 0 and lv["total_tok_s"] > 0 and lv["acceptance_rate"] is not None
