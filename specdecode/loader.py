@@ -30,6 +30,7 @@ class Model:
     dtype: torch.dtype
     load_seconds: float = 0.0
     from_cache: bool = False
+    quantize: str | None = None  # "int8" | "int4": weight-only quantized linear layers (specdecode.quant)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -59,26 +60,39 @@ def load(
     dtype: str | torch.dtype | None = "auto",
     device: str | torch.device | None = "auto",
     threads: int | None = None,
+    quantize: str | None = None,
 ) -> Model:
-    """Load a model by short name (see `specdecode models list`), .gguf path, HF dir or hub id."""
+    """Load a model by short name (see `specdecode models list`), .gguf path, HF dir or hub id.
+
+    quantize: None / "none" (weights in `dtype`), "int8" or "int4": weight-only quantization of
+    the linear layers after loading (specdecode.quant.quantize_model; activations stay in dtype).
+    """
     from .model import build_transformer
+    from .quant import MODES, quantize_model
 
     if threads is not None:
         if threads < 1:
             raise SpecdecodeError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
+    quantize = None if quantize in (None, "none") else quantize
+    if quantize is not None and quantize not in MODES:
+        raise SpecdecodeError(f"unknown quantization {quantize!r}; choose from none, {', '.join(MODES)}")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     t0 = time.perf_counter()
     if source in TINY_NAMES:
         lm, hf_tok, eos = load_tiny(source, dt, dev)
-        return Model(lm, Tokenizer(hf_tok, eos), source, dt, time.perf_counter() - t0, False)
+        if quantize:
+            quantize_model(lm, quantize)
+        return Model(lm, Tokenizer(hf_tok, eos), source, dt, time.perf_counter() - t0, False, quantize)
     from .loading import load_checkpoint
 
     ckpt = load_checkpoint(source, dt)
     lm = build_transformer(ckpt.args, ckpt.state_dict, dtype=dt, device=dev)
+    if quantize:
+        quantize_model(lm, quantize)
     tokenizer = Tokenizer(ckpt.tokenizer, ckpt.eos_token_ids)
-    return Model(lm, tokenizer, source, dt, time.perf_counter() - t0, ckpt.from_cache)
+    return Model(lm, tokenizer, source, dt, time.perf_counter() - t0, ckpt.from_cache, quantize)
 
 
 def as_language_model(obj) -> tuple[LanguageModel, Tokenizer | None]:

@@ -215,3 +215,14 @@ def test_cuda_int4_rejects_cpu_inputs_and_packs_per_device():
     assert layer.weight.dtype == torch.int32 and layer.weight.dim() == 4
     with pytest.raises(RuntimeError):
         layer(torch.randn(1, 256).bfloat16())
+
+
+def test_load_with_quantize():
+    import specdecode
+    from specdecode.errors import SpecdecodeError
+
+    m = specdecode.load("tiny-random", dtype="bfloat16", quantize="int8")
+    assert m.quantize == "int8" and isinstance(m.lm.model.layers[0].mlp.up_proj, Int8Linear)
+    assert specdecode.load("tiny-random", quantize="none").quantize is None
+    with pytest.raises(SpecdecodeError, match="quantization"):
+        specdecode.load("tiny-random", quantize="int2")
