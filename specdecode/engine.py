@@ -186,7 +186,9 @@ class Engine:
     def encode(self, prompt, chat: bool | None = None) -> list[int]:
         if self.tokenizer is None:
             raise SpecdecodeError("this engine has no tokenizer: pass tokenizer= or use token ids")
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+        if not prompt:
+            raise SpecdecodeError("the prompt is empty")
+        if isinstance(prompt, list) and isinstance(prompt[0], int):
             return list(prompt)
         return self.tokenizer.encode_prompt(prompt, chat=chat)
 

@@ -55,3 +55,9 @@ def native_from_hf(hf_model, dtype: torch.dtype = torch.float32):
 @pytest.fixture(params=["llama", "qwen2"])
 def arch(request):
     return request.param
+
+
+def pytest_configure(config):
+    # Tiny models are dominated by per-op overhead: one thread avoids OpenMP spinning
+    # against other processes on a shared 2-core CI machine.
+    torch.set_num_threads(1)
