@@ -14,14 +14,21 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str | None = DE
     """Options shared by generate, bench and serve: which models, on what, in what dtype."""
     p.add_argument("--model", "-m", default=default_model, help=f"target model: short name, .gguf path, HF dir or hub id (default: {default_model})")
     p.add_argument("--draft", help="draft model (same tokenizer as the target): short name, .gguf, HF dir or hub id")
-    p.add_argument("--drafter", choices=["auto", "model", "ngram", "none"], default="auto",
+    p.add_argument("--drafter", choices=["auto", "model", "ngram", "self", "none"], default="auto",
                    help="how to draft: 'model' (needs --draft), 'ngram' (prompt lookup, no second model), "
+                        "'self' (the target drafts from a quantized copy of itself, see --draft-quantize), "
                         "'none' (target only); 'auto' = model if --draft is given, else none")
     p.add_argument("--num-draft-tokens", "-k", type=int, default=None,
                    help="tokens drafted per round (default: 6 for a draft model, 8 for n-gram)")
     p.add_argument("--adaptive", action="store_true", help="adapt the draft length to the recent acceptance")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "float16"],
                    help="weights dtype (default: bfloat16, the fastest on CPU and GPU)")
+    p.add_argument("--quantize", choices=["none", "int8", "int4"], default="none",
+                   help="weight-only quantization of the target's linear layers (fewer bytes read per token; "
+                        "changes the target's output slightly, speculation stays exact to it)")
+    p.add_argument("--draft-quantize", choices=["none", "int8", "int4"], default=None,
+                   help="quantization of the draft model (--draft), or of the target's copy with --drafter self "
+                        "(default: none for --draft, int4 for self)")
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
 
@@ -38,7 +45,7 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
 def build_engine(args: argparse.Namespace, progress: bool = True):
     """Load target (+ draft) per the shared options and return an Engine."""
     import specdecode
-    from .drafters import ModelDrafter, NgramDrafter
+    from .drafters import ModelDrafter, NgramDrafter, SelfDrafter
 
     drafter_kind = args.drafter
     if drafter_kind == "auto":
@@ -47,30 +54,37 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
         raise SpecdecodeError("--drafter model needs --draft NAME (a smaller model with the same tokenizer)")
     if args.draft and drafter_kind != "model":
         raise SpecdecodeError(f"--draft was given but --drafter is {drafter_kind!r}; drop one of them")
-    target = _load(args.model, args, "target", progress)
+    target = _load(args.model, args, "target", progress, getattr(args, "quantize", None))
+    draft_quantize = getattr(args, "draft_quantize", None)
     drafter = None
     if drafter_kind == "model":
-        draft = _load(args.draft, args, "draft", progress)
+        draft = _load(args.draft, args, "draft", progress, draft_quantize)
         drafter = ModelDrafter(draft.lm)
         specdecode.engine._check_same_vocab(target.lm, draft.lm, target.tokenizer, draft.tokenizer)
     elif drafter_kind == "ngram":
         drafter = NgramDrafter()
+    elif drafter_kind == "self":
+        mode = "int4" if draft_quantize in (None, "none") else draft_quantize
+        drafter = SelfDrafter(target.lm, mode)
+        if progress:
+            print(f"self-drafter: {mode} copy of the target", file=sys.stderr, flush=True)
     return specdecode.Engine(target, drafter, num_draft_tokens=args.num_draft_tokens, adaptive=args.adaptive)
 
 
-def _load(source: str, args: argparse.Namespace, role: str, progress: bool):
+def _load(source: str, args: argparse.Namespace, role: str, progress: bool, quantize: str | None = None):
     import specdecode
 
     if progress:
         print(f"loading {role} {source} ...", file=sys.stderr, flush=True)
     try:
-        model = specdecode.load(source, dtype=args.dtype, device=args.device, threads=args.threads)
+        model = specdecode.load(source, dtype=args.dtype, device=args.device, threads=args.threads, quantize=quantize)
     except SpecdecodeError as e:
         raise SpecdecodeError(f"cannot load the {role} model: {e}") from None
     if progress:
         how = "from cache" if model.from_cache else "converted"
-        print(f"loaded {role} {source} in {model.load_seconds:.1f} s ({how}, {str(model.dtype).removeprefix('torch.')}, "
-              f"{model.lm.device})", file=sys.stderr, flush=True)
+        quant = f" weights {model.quantize}," if model.quantize else ""
+        print(f"loaded {role} {source} in {model.load_seconds:.1f} s ({how}, {str(model.dtype).removeprefix('torch.')},"
+              f"{quant} {model.lm.device})", file=sys.stderr, flush=True)
     return model
 
 

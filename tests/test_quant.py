@@ -226,3 +226,19 @@ def test_load_with_quantize():
     assert specdecode.load("tiny-random", quantize="none").quantize is None
     with pytest.raises(SpecdecodeError, match="quantization"):
         specdecode.load("tiny-random", quantize="int2")
+
+
+def test_cli_options_build_quantized_engines():
+    from specdecode.cli import build_engine, make_parser
+    from specdecode.drafters import ModelDrafter, SelfDrafter
+
+    def engine(*argv):
+        return build_engine(make_parser().parse_args(["generate", "x", "-m", "tiny-random", *argv]), progress=False)
+
+    e = engine("--drafter", "self", "--quantize", "int8")
+    assert isinstance(e.drafter, SelfDrafter) and e.drafter.mode == "int4"
+    assert isinstance(e.target.model.layers[0].mlp.up_proj, Int8Linear)
+    assert engine("--drafter", "self", "--draft-quantize", "int8").drafter.mode == "int8"
+    e = engine("--draft", "tiny-random-draft", "--draft-quantize", "int4")
+    assert type(e.drafter) is ModelDrafter and isinstance(e.drafter.model.model.layers[0].mlp.up_proj, Int4Linear)
+    assert type(e.target.model.layers[0].mlp.up_proj) is nn.Linear
