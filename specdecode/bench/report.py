@@ -1,0 +1,257 @@
+"""Reports from results.json: the summary, results.md (tables) and PNG charts (matplotlib, Agg).
+
+Charts are drawn on matplotlib's object API with the Agg canvas, never pyplot, so no global
+backend is switched and no display is needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .harness import RESULTS_JSON, save_json
+from .stats import OVERALL, summarize
+
+CHARTS = ("speedup_by_category.png", "throughput_by_category.png", "acceptance_by_position.png")
+
+
+def write_reports(results: dict[str, Any], out: Path | str) -> list[Path]:
+    """Summarize, then write results.json (with the summary), results.md and the charts."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results["summary"] = summarize(results["prompts"], list(results["methods"]))
+    save_json(results, out / RESULTS_JSON)
+    md = out / "results.md"
+    md.write_text(markdown(results), encoding="utf-8")
+    return [out / RESULTS_JSON, md] + write_charts(results, out)
+
+
+# -- Markdown ----------------------------------------------------------------------------------
+
+
+def _f(x: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    return "–" if x is None else f"{x:{spec}}{suffix}"
+
+
+def _table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> str:
+    """A Markdown table; the first `text_columns` columns left-aligned, numbers right-aligned."""
+    align = ["---" if i < text_columns else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _by_category_table(summary: dict, methods: list[str], key: str, spec: str = ".2f", suffix: str = "") -> str:
+    cats = summary["categories"]
+    rows = []
+    for m in methods:
+        cells = [_f(summary["by_category"][c].get(m, {}).get(key), spec, suffix) for c in cats]
+        rows.append([f"`{m}`"] + cells)
+    return _table(["method"] + [c if c != OVERALL else "**overall**" for c in cats], rows)
+
+
+def _gb(n: int | None) -> str:
+    return "?" if not n else f"{n / 2**30:.0f} GiB"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    summary = results.get("summary") or summarize(results["prompts"], list(results["methods"]))
+    cfg, mach, models = results["config"], results["machine"], results["models"]
+    methods = [m for m in results["methods"] if any(m in row for row in summary["by_category"].values())]
+    n_prompts = len(results["prompts"])
+    greedy = cfg["temperature"] == 0
+    gpu = mach.get("gpu")
+    draft = models.get("draft")
+    parts = [
+        f"# specdecode bench: {cfg['dataset']}",
+        "",
+        f"- **Models**: target `{models['target']['source']}`"
+        + (f", draft `{draft['source']}`" if draft else ", no draft model")
+        + f"; {models['target']['dtype']} on {models['target']['device']}",
+        f"- **Machine**: {mach['cpu']} ({mach['cpus_usable']} usable cores of {mach['cpu_count']}, "
+        f"{mach['torch_threads']} torch threads, {_gb(mach.get('ram_bytes'))} RAM)"
+        + (f"; GPU {gpu['name']} ({_gb(gpu['memory_bytes'])})" if gpu else "; no GPU"),
+        f"- **Software**: torch {mach['torch']}, transformers {mach['transformers']}, specdecode {mach['specdecode']}"
+        + (f" (commit {mach['git_commit']})" if mach.get("git_commit") else "") + f", Python {mach['python']}",
+        f"- **Run**: {n_prompts} prompts, max {cfg['max_new_tokens']} new tokens, "
+        + ("greedy" if greedy else f"temperature {cfg['temperature']} (seed {cfg['seed']})")
+        + f", median of {cfg['repeats']} repeat(s), {cfg['warmup']} warm-up prompt(s), prompt format {cfg['prompt_format']}, "
+        f"draft tokens per round {cfg['num_draft_tokens'] or 'default (model 6, n-gram 8)'}"
+        + (", adaptive" if cfg["adaptive"] else ""),
+        f"- **Date**: started {results['started']}" + (f", finished {results['finished']}" if results.get("finished") else ""),
+    ]
+    if results.get("interrupted"):
+        parts.append(f"- **Interrupted** at {results['interrupted']}: partial results (`--resume` continues)")
+    parts += [
+        "",
+        "Decode speed counts the tokens after the first output (the prefill's) over the time from the "
+        "first output to the last; categories pool tokens and seconds over their prompts. "
+        "See docs/benchmarks.md.",
+        "",
+        "## Decode speed (tokens/s)",
+        "",
+        _by_category_table(summary, methods, "decode_tokens_per_s", ".2f"),
+        "",
+        "## Speed-up over the specdecode target-only loop (`target`)",
+        "",
+        _by_category_table(summary, methods, "speedup_vs_target", ".2f", "x"),
+    ]
+    if "hf" in methods:
+        parts += ["", "## Speed-up over transformers `generate` (`hf`)", "",
+                  _by_category_table(summary, methods, "speedup_vs_hf", ".2f", "x")]
+    parts += ["", "## Mean tokens per target pass", "",
+              "Tokens produced per decode pass of the target (1.00 without speculation): "
+              "accepted drafts plus the target's own token.", "",
+              _by_category_table(summary, methods, "tokens_per_pass", ".2f")]
+    overall = summary["by_category"].get(OVERALL, {})
+    drafting = [m for m in methods if overall.get(m, {}).get("acceptance_by_position")]
+    if drafting:
+        depth = max(len(overall[m]["acceptance_by_position"]) for m in drafting)
+        rows = [[f"`{m}`", _f(overall[m]["acceptance_rate"], ".1%")]
+                + [_f(r, ".2f") for r in overall[m]["acceptance_by_position"]]
+                + [""] * (depth - len(overall[m]["acceptance_by_position"])) for m in drafting]
+        parts += ["", "## Acceptance by draft position (all prompts)", "",
+                  "P(draft token i accepted | it was drafted); the first column pools all positions.", "",
+                  _table(["method", "all"] + [str(i + 1) for i in range(depth)], rows)]
+    parts += ["", "## Prefill and end to end", ""]
+    parts.append(_table(
+        ["method", "median prefill (ms)", "end-to-end tokens/s", "generated tokens"],
+        [[f"`{m}`", _f(overall[m]["prefill_s_median"] * 1000 if overall[m]["prefill_s_median"] is not None else None, ".1f"),
+          _f(overall[m]["generated_tokens"] / overall[m]["total_s"] if overall[m]["total_s"] else None, ".2f"),
+          str(overall[m]["generated_tokens"])] for m in methods if m in overall]))
+    parts += ["", "## Output equality with the target-only greedy output", ""]
+    if not greedy:
+        parts.append("Not checked: sampling (temperature > 0) gives equal distributions, not equal tokens.")
+    else:
+        parts.append(_table(
+            ["method", "prompts compared", "identical", "mismatches"],
+            [[f"`{m}`", str(overall[m]["compared_to_target"]),
+              str(overall[m]["compared_to_target"] - overall[m]["mismatches_vs_target"]),
+              ("**%d**" % overall[m]["mismatches_vs_target"]) if overall[m]["mismatches_vs_target"] else "0"]
+             for m in methods if m in overall]))
+        parts += ["", _mismatch_list(results)]
+    parts += ["", "## Methods", ""]
+    parts += [f"- `{m}`: {info['description']}" for m, info in results["methods"].items()]
+    parts += [f"- `{m}`: skipped, {why}" for m, why in results.get("skipped_methods", {}).items()
+              if m not in results["methods"]]
+    if results.get("skipped_prompts"):
+        parts += ["", f"{len(results['skipped_prompts'])} prompts skipped (too long for the context)."]
+    parts += ["", "## Charts", ""] + [f"![{c[:-4]}]({c})" for c in CHARTS]
+    return "\n".join(parts) + "\n"
+
+
+def _mismatch_list(results: dict[str, Any]) -> str:
+    rows = []
+    for p in results["prompts"]:
+        ref = p["results"].get("target")
+        for m, r in p["results"].items():
+            if r.get("equal_to_target") is False:
+                pos = r["first_mismatch"]
+                texts = r.get("mismatch_tokens") or {}
+                want, got = (_token(ids, pos, texts.get(who)) for ids, who in
+                             ((ref["output_ids"], "target"), (r["output_ids"], "method")))
+                note = ""
+                if r.get("reference") and r.get("equal_to_reference") is not None:
+                    note = f"equal to `{r['reference']}`" if r["equal_to_reference"] else f"differs from `{r['reference']}` too"
+                rows.append([p["id"], p["category"], f"`{m}`", str(pos), str(want), str(got), note])
+    if not rows:
+        return "Every output is identical to the target-only greedy output."
+    return ("Every mismatch, with the first differing token position (0 = the first generated token). "
+            "The `hf*` methods run transformers' modeling code, whose float rounding may differ from the "
+            "native model's; their own check is against `hf`.\n\n"
+            + _table(["prompt", "category", "method", "first differing position", "target token", "method token", "note"],
+                     rows, text_columns=7))
+
+
+def _token(ids: list[int], pos: int, text: str | None) -> str:
+    if pos >= len(ids):
+        return "(end)"
+    shown = f" `{text!r}`" if text is not None else ""
+    return f"{ids[pos]}{shown}".replace("|", "\\|")
+
+
+# -- charts ------------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _colors(methods: list[str]) -> dict[str, Any]:
+    """One colour per method, the same in every chart."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+
+
+def _grouped_bars(ax, summary: dict, methods: list[str], key: str, title: str, ylabel: str, baseline: bool,
+                  colors: dict[str, Any]) -> None:
+    cats = summary["categories"]
+    width = 0.8 / max(len(methods), 1)
+    for i, m in enumerate(methods):
+        vals = [summary["by_category"][c].get(m, {}).get(key) or 0.0 for c in cats]
+        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(cats))]
+        bars = ax.bar(xs, vals, width, label=m, color=colors[m])
+        ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
+    if baseline:
+        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(cats)), cats, rotation=20, ha="right", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(ylabel)
+    if methods:
+        ax.legend(fontsize=7)
+
+
+def write_charts(results: dict[str, Any], out: Path) -> list[Path]:
+    summary = results["summary"]
+    methods = [m for m in results["methods"] if m in summary["by_category"].get(OVERALL, {})]
+    paths = [out / c for c in CHARTS]
+    ncat = len(summary["categories"])
+    colors = _colors(list(results["methods"]))
+
+    # Speed-up over each baseline that ran, one panel per baseline.
+    baselines = [b for b in ("target", "hf") if b in methods]
+    fig = _figure(max(6.0, 1.1 * ncat * max(len(methods) - 1, 1) / 2 + 3), 3.6 * max(len(baselines), 1))
+    for i, b in enumerate(baselines or ["target"]):
+        ax = fig.add_subplot(max(len(baselines), 1), 1, i + 1)
+        shown = [m for m in methods if m != b]
+        _grouped_bars(ax, summary, shown, f"speedup_vs_{b}", f"Decode speed-up over `{b}` (higher is better)",
+                      "speed-up (x)", baseline=True, colors=colors)
+    fig.tight_layout()
+    fig.savefig(paths[0])
+
+    fig = _figure(max(6.0, 1.1 * ncat * len(methods) / 2 + 3), 4.0)
+    _grouped_bars(fig.add_subplot(1, 1, 1), summary, methods, "decode_tokens_per_s", "Decode speed by category",
+                  "tokens / s", baseline=False, colors=colors)
+    fig.tight_layout()
+    fig.savefig(paths[1])
+
+    overall = summary["by_category"].get(OVERALL, {})
+    drafting = [m for m in methods if overall.get(m, {}).get("acceptance_by_position")]
+    fig = _figure(5.0 * max(len(drafting), 1), 3.8)
+    if not drafting:
+        ax = fig.add_subplot(1, 1, 1)
+        ax.text(0.5, 0.5, "no method drafted any tokens", ha="center", va="center")
+        ax.set_axis_off()
+    for i, m in enumerate(drafting):
+        ax = fig.add_subplot(1, len(drafting), i + 1)
+        for c in summary["categories"]:
+            rates = summary["by_category"][c].get(m, {}).get("acceptance_by_position") or []
+            if rates:
+                style = dict(color="black", linewidth=2.2) if c == OVERALL else dict(linewidth=1.0, alpha=0.85)
+                ax.plot(range(1, len(rates) + 1), rates, marker="o", markersize=3, label=c, **style)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("draft position")
+        ax.set_ylabel("P(accepted | drafted)")
+        ax.set_title(f"Acceptance by position: {m}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(paths[2])
+    return paths
