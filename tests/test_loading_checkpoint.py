@@ -103,3 +103,18 @@ def test_cache_dir_default_and_override(monkeypatch, tmp_path):
     assert store.cache_dir() == store.Path.home() / ".cache" / "specdecode"
     monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path))
     assert store.cache_dir() == tmp_path
+
+
+def test_streamed_safetensors_round_trip(tmp_path):
+    from safetensors.torch import load_file
+
+    sd = {
+        "a": torch.randn(3, 5).to(torch.bfloat16),
+        "b.c": torch.randn(7),
+        "half": torch.randn(2, 2).half(),
+        "scalar": torch.tensor(1.5),
+        "strided": torch.randn(4, 6).t(),
+    }
+    store.save_safetensors(sd, tmp_path / "x.safetensors")
+    back = load_file(tmp_path / "x.safetensors")
+    assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in sd.items())

@@ -183,9 +183,9 @@ def _write_model_gguf(path, model, arch: str, qtype: Q = Q.F32, extra_meta: dict
         else:
             _, _, i, *mid, kind = name.split(".")
             gname = f"blk.{i}.{_HF_TO_GGUF['.'.join(mid)]}.{kind}"
-        if arch == "llama" and ".attn_q." in gname:
+        if arch != "qwen2" and ".attn_q." in gname:  # LlamaModel.modify_tensors (mistral inherits it)
             w = _llama_cpp_permute(w, cfg.num_attention_heads, cfg.num_attention_heads)
-        elif arch == "llama" and ".attn_k." in gname:
+        elif arch != "qwen2" and ".attn_k." in gname:
             w = _llama_cpp_permute(w, cfg.num_attention_heads, cfg.num_key_value_heads)
         if w.ndim == 2 and qtype != Q.F32:
             tensors[gname] = (gq.quantize(w, qtype), qtype)
@@ -195,6 +195,7 @@ def _write_model_gguf(path, model, arch: str, qtype: Q = Q.F32, extra_meta: dict
 
 
 @pytest.mark.parametrize("tie", [False, True])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
 def test_tiny_model_round_trips_to_hf_state_dict(tmp_path, arch, tie):
     model = tiny_hf_model(arch, tie=tie)
     _write_model_gguf(tmp_path / "m.gguf", model, arch)

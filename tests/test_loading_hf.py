@@ -67,6 +67,13 @@ def test_missing_shard_is_a_clear_error(tmp_path):
         load_checkpoint(str(tmp_path))
 
 
+def test_corrupt_safetensors_is_a_clear_error(tmp_path):
+    save_tiny(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelLoadError, match="cannot read weights"):
+        load_checkpoint(str(tmp_path))
+
+
 def test_bin_weights_only_tensors(tmp_path):
     model = save_tiny(tmp_path)
     sd = model.state_dict()

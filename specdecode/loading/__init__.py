@@ -120,10 +120,8 @@ def _gguf_tokenizer(path: Path, arch: str) -> Any:
 
 
 def _save_entry(key: str, args: ModelArgs, sd: dict[str, torch.Tensor], tok: Any, eos: list[int], source: Path) -> None:
-    from safetensors.torch import save_file
-
     def write(d: Path) -> None:
-        save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+        store.save_safetensors(sd, d / "model.safetensors")
         (d / "config.json").write_text(json.dumps({**args.to_hf_config(), "eos_token_id": eos}, indent=1))
         tok.save_pretrained(str(d))
         marker = {"format": store.FORMAT_VERSION, "args": asdict(args), "eos_token_ids": eos, "source": store.file_identity(source)}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,16 +189,26 @@ def load_gguf(path: str | os.PathLike[str] | GGUFFile, dtype: torch.dtype = torc
     reader = path if isinstance(path, GGUFFile) else open_gguf(path)
     args = read_args(reader)
     permute = args.arch in PERMUTED_ARCHS
-    state_dict: dict[str, torch.Tensor] = {}
-    for t in reader.tensors:
-        name = hf_name(t.name)
-        if name is None:
-            continue
+    todo = [(t, name) for t in reader.tensors if (name := hf_name(t.name)) is not None]
+
+    def convert(item: tuple[TensorInfo, str]) -> tuple[str, torch.Tensor]:
+        t, name = item
         w = dequantize(t, dtype)
         if permute and ".q_proj." in name:
             w = unpermute_qk(w, args.num_attention_heads)
         elif permute and ".k_proj." in name:
             w = unpermute_qk(w, args.num_key_value_heads)
-        state_dict[name] = w.contiguous()
+        return name, w.contiguous()
+
+    # One torch thread per tensor, tensors in parallel: the kernels are thousands of small
+    # ops, and with intra-op threads each op waits at a barrier for every core. On a busy
+    # 2-core machine that made the 0.5B model take 60 s instead of 5 s.
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            state_dict = dict(pool.map(convert, todo))
+    finally:
+        torch.set_num_threads(prev)
     bos, eos = special_token_ids(reader)
     return GGUFCheckpoint(args, state_dict, bos, eos)
