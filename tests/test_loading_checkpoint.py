@@ -118,3 +118,17 @@ def test_streamed_safetensors_round_trip(tmp_path):
     store.save_safetensors(sd, tmp_path / "x.safetensors")
     back = load_file(tmp_path / "x.safetensors")
     assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in sd.items())
+
+
+@pytest.mark.parametrize("arch", ["llama"])
+def test_unwritable_cache_only_warns(tiny_gguf, cache, monkeypatch):
+    _, path = tiny_gguf
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "save_safetensors", full_disk)
+    with pytest.warns(UserWarning, match="could not cache"):
+        ck = load_checkpoint(str(path), torch.float32)
+    assert not ck.from_cache and ck.args.arch == "llama"
+    assert not [p for p in (cache / "converted").iterdir()]  # no half-written entry left

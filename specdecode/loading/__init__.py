@@ -128,8 +128,8 @@ def _save_entry(key: str, args: ModelArgs, sd: dict[str, torch.Tensor], tok: Any
 
     try:
         store.save_entry(key, write)
-    except OSError as e:  # a full or read-only cache only costs speed next time
-        warnings.warn(f"could not cache the converted model in {store.converted_dir()}: {e}", stacklevel=3)
+    except Exception as e:  # a full or read-only cache only costs speed next time
+        warnings.warn(f"could not cache the converted model in {store.converted_dir()}: {type(e).__name__}: {e}", stacklevel=3)
 
 
 def _load_entry(entry: Path) -> tuple[ModelArgs, dict[str, torch.Tensor], Any, list[int]]:
