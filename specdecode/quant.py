@@ -211,7 +211,7 @@ class Int4Linear(_QuantLinear):
 QUANT_LINEARS = (Int8Linear, Int4Linear)
 
 
-def quantize_linear(linear: nn.Module, mode: str, group_size: int = 128) -> nn.Module:
+def quantize_linear(linear: nn.Module, mode: str, group_size: int = 32) -> nn.Module:
     """A quantized replacement for an nn.Linear (or a re-quantized one for a quantized linear).
 
     int4 falls back to int8 when the kernels cannot take the layer's shape.
@@ -239,13 +239,17 @@ def _head_mode(mode: str, head: str) -> str | None:
     return None if head == "float" else mode if head == "same" else head
 
 
-def quantize_model(model: nn.Module, mode: str, group_size: int = 128, head: str = "same") -> nn.Module:
+def quantize_model(model: nn.Module, mode: str, group_size: int = 32, head: str = "int8") -> nn.Module:
     """Replace the linear layers of `model` in place with quantized ones; returns the model.
 
     mode: "int8" or "int4". group_size: int4 inputs per (scale, zero) pair (32, 64, 128 or 256;
-    a layer whose width it does not divide uses the largest allowed size that does).
-    head: how to store lm_head: "same" as the body, "int8", "int4" or "float" (leave it alone).
-    The embedding is never quantized (a lookup reads one row; see the module docstring).
+    a layer whose width it does not divide uses the largest allowed size that does). 32 by
+    default: GGUF checkpoints store weights in blocks of 32 (Q4_0/Q4_1/Q5_0/Q8_0, Q4_K sub-blocks),
+    so int4 groups of 32 land on the source's own grid (measured on SmolLM2 Q4_1: top-1
+    agreement with bf16 0.976 at g32 vs 0.713 at g64; docs/quantization.md).
+    head: how to store lm_head: "int8" (default), "same" as the body, "int4" or "float". The
+    head is the most sensitive layer (SmolLM2: int4 body + int4 head 0.84 agreement, + int8
+    head 0.976), and int8 costs little extra. The embedding is never quantized (see above).
     """
     if mode not in MODES:
         raise ValueError(f"unknown quantization mode {mode!r}; choose from {', '.join(MODES)}")
@@ -260,7 +264,7 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = 128, head: str
     return model
 
 
-def quantized_copy(model: nn.Module, mode: str, group_size: int = 128, head: str = "same") -> nn.Module:
+def quantized_copy(model: nn.Module, mode: str, group_size: int = 32, head: str = "int8") -> nn.Module:
     """A quantized twin of `model` that shares everything but the linear layers with it.
 
     The embedding, norms, RoPE tables and config are the same objects (no extra memory); only

@@ -134,7 +134,7 @@ def test_requantizing_reuses_or_converts():
 def test_quantize_model_replaces_every_linear(mode, dtype):
     model = native_from_hf(tiny_hf_model("qwen2", vocab=128), dtype)  # qwen2: q/k/v biases
     ref_model = copy.deepcopy(model)
-    quantize_model(model, mode, group_size=32)
+    quantize_model(model, mode, group_size=32, head="same")
     assert not any(type(m) is nn.Linear for m in model.modules())
     assert isinstance(model.lm_head, Int4Linear if mode == "int4" else Int8Linear)
     assert model.model.layers[0].self_attn.q_proj.bias is not None
@@ -156,7 +156,7 @@ def test_tied_head_gets_its_own_copy_and_the_embedding_stays_float():
     embed = model.model.embed_tokens.weight
     assert model.lm_head.weight is embed
     before = embed.detach().clone()
-    quantize_model(model, "int4", group_size=32)
+    quantize_model(model, "int4", group_size=32, head="same")
     assert model.model.embed_tokens.weight is embed and torch.equal(embed, before)
     assert isinstance(model.lm_head, Int4Linear)
     tokens = torch.tensor([[1, 2, 3]])
@@ -165,12 +165,15 @@ def test_tied_head_gets_its_own_copy_and_the_embedding_stays_float():
 
 def test_head_option():
     model = native_from_hf(tiny_hf_model("llama", vocab=128))
+    quantize_model(model, "int4")
+    assert isinstance(model.lm_head, Int8Linear)  # the default
+    model = native_from_hf(tiny_hf_model("llama", vocab=128))
     quantize_model(model, "int4", group_size=32, head="float")
     assert type(model.lm_head) is nn.Linear
     assert isinstance(model.model.layers[0].mlp.up_proj, Int4Linear)
     model = native_from_hf(tiny_hf_model("llama", vocab=128))
-    quantize_model(model, "int4", group_size=32, head="int8")
-    assert isinstance(model.lm_head, Int8Linear)
+    quantize_model(model, "int4", group_size=32, head="int4")
+    assert isinstance(model.lm_head, Int4Linear)
     with pytest.raises(ValueError):
         quantize_model(model, "int4", head="fp8")
 
@@ -178,7 +181,7 @@ def test_head_option():
 def test_quantized_copy_shares_all_but_the_linears():
     model = native_from_hf(tiny_hf_model("qwen2", vocab=128, tie=True))
     original = copy.deepcopy(model)
-    twin = quantized_copy(model, "int4", group_size=32)
+    twin = quantized_copy(model, "int4")
     # the original is untouched
     assert type(model.lm_head) is nn.Linear and model.lm_head.weight is model.model.embed_tokens.weight
     for (n, p), (_, p0) in zip(model.state_dict().items(), original.state_dict().items()):
@@ -190,7 +193,8 @@ def test_quantized_copy_shares_all_but_the_linears():
     assert twin.rope.cos is model.rope.cos and twin.args is model.args
     assert isinstance(twin.model.layers[0].self_attn.k_proj, Int4Linear)
     # same numbers as quantizing a deep copy in place
-    inplace = quantize_model(copy.deepcopy(model), "int4", group_size=32)
+    inplace = quantize_model(copy.deepcopy(model), "int4")
+    assert isinstance(twin.lm_head, Int8Linear)  # default head: int8
     tokens, pos = torch.tensor([[3, 1, 4, 1, 5]]), torch.arange(5)[None]
     assert torch.equal(twin(tokens, pos, twin.new_cache(8)), inplace(tokens, pos, inplace.new_cache(8)))
 

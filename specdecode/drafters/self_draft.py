@@ -25,7 +25,7 @@ class SelfDrafter(ModelDrafter):
 
     name = "self"
 
-    def __init__(self, target, mode: str = "int4", group_size: int = 128, head: str = "same",
+    def __init__(self, target, mode: str = "int4", group_size: int = 32, head: str = "int8",
                  min_confidence: float = 0.0) -> None:
         target = getattr(target, "lm", target)  # accept a loaded Model too
         if not isinstance(target, nn.Module) or not hasattr(target, "lm_head"):
