@@ -265,3 +265,29 @@ def _spec_model(ctx: BenchContext):
 @register_method("spec-ngram", description="specdecode prompt lookup (n-gram drafter)")
 def _spec_ngram(ctx: BenchContext):
     return ctx.engine(NgramDrafter(), "ngram")
+
+
+# -- cheaper passes (quantized drafts, self-speculation) -----------------------------------------
+
+
+@register_method("spec-self", description="specdecode self-speculation: the target drafts from an int4 copy of itself")
+def _spec_self(ctx: BenchContext):
+    from ..drafters import SelfDrafter
+
+    return ctx.engine(SelfDrafter(ctx.target.lm, "int4"), "self")
+
+
+@register_method("spec-model-int8", needs_draft=True, description="specdecode with the draft model quantized to int8")
+def _spec_model_int8(ctx: BenchContext):
+    from ..drafters import ModelDrafter
+    from ..quant import quantized_copy
+
+    return ctx.engine(ModelDrafter(quantized_copy(ctx.draft.lm, "int8")), "model")
+
+
+@register_method("spec-model-int4", needs_draft=True, description="specdecode with the draft model quantized to int4")
+def _spec_model_int4(ctx: BenchContext):
+    from ..drafters import ModelDrafter
+    from ..quant import quantized_copy
+
+    return ctx.engine(ModelDrafter(quantized_copy(ctx.draft.lm, "int4")), "model")
