@@ -47,7 +47,7 @@ CASES = [("llama", 128, torch.float32, "int8"), ("qwen2", 128, torch.float32, "i
 def quantized_pair(request):
     arch, vocab, dtype, mode = request.param
     hf = tiny_hf_model(arch, seed=0, vocab=vocab)
-    target = quantize_model(native_from_hf(hf, dtype), mode, group_size=32)
+    target = quantize_model(native_from_hf(hf, dtype), mode, group_size=32, head="same")
     draft = quantize_model(native_from_hf(noisy(hf, 0.05), dtype), "int4", group_size=32)
     return target, draft
 
