@@ -3,6 +3,7 @@ end-to-end self-speculation. Numbers for docs/quantization.md.
 
     .venv/bin/python scripts/quant_measure.py --model smollm2-135m --threads 2
     .venv/bin/python scripts/quant_measure.py --model qwen2.5-coder-1.5b --threads 2 --parts quality,step
+    .venv/bin/python scripts/quant_measure.py --parts linear --threads 2   # one layer, no model
 
 Timings on a shared CPU are noisy: each is the median of --reps repeats, and the load average
 at the start of each part is printed with it.
@@ -130,6 +131,35 @@ def step_times(models, ids, reps, ms=(1, 2, 4, 7, 9, 16)):
     return rows
 
 
+@torch.inference_mode()
+def linear_times(reps, shape=(8960, 1536), ms=(1, 2, 4, 7, 9, 16)):
+    """One random linear layer (default: Qwen-1.5B's MLP up/gate) in fp32, bf16, int8 and int4."""
+    from torch import nn
+
+    from specdecode.quant import Int4Linear, Int8Linear
+
+    N, K = shape
+    w = torch.randn(N, K, generator=torch.Generator().manual_seed(0)) * 0.02
+    layers = {"fp32": nn.Linear(K, N, bias=False), "bf16": nn.Linear(K, N, bias=False, dtype=torch.bfloat16),
+              "int8": Int8Linear(w.bfloat16()), "int4": Int4Linear(w.bfloat16(), None, 32)}
+    layers["fp32"].weight.data, layers["bf16"].weight.data = w.clone(), w.bfloat16()
+    times = {}
+    for r in range(reps + 1):
+        for name, layer in layers.items():
+            for n in ms:
+                x = torch.randn(n, K, dtype=torch.float32 if name == "fp32" else torch.bfloat16)
+                t0 = time.perf_counter()
+                layer(x)
+                if r:
+                    times.setdefault((name, n), []).append(time.perf_counter() - t0)
+    for name, layer in layers.items():
+        nbytes = N * K * 4 if name == "fp32" else N * K * 2 if name == "bf16" else layer.weight_bytes()
+        t1 = min(times[name, 1])
+        row = {"linear": f"{N}x{K}", "format": name, "ms_1": round(t1 * 1e3, 3), "GBps_1": round(nbytes / t1 / 1e9, 1)}
+        row.update({f"rel_{n}": round(min(times[name, n]) / t1, 2) for n in ms[1:]})
+        print(json.dumps(row), flush=True)
+
+
 def end_to_end(target, tokenizer, n_new, ks, reps):
     """Greedy decode speed: target-only bf16, int4 target alone, bf16 target + int4 self-draft."""
     prompt = tokenizer.encode_prompt(PROMPT)
@@ -173,13 +203,18 @@ def main() -> None:
     ap.add_argument("--ks", default="4,6,8")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    parts = args.parts.split(",")
+    if "linear" in parts:
+        print("# one linear layer (ms: min of %d)" % args.reps, load_avg(), flush=True)
+        linear_times(args.reps)
+        if parts == ["linear"]:
+            return
     model = specdecode.load(args.model, dtype="bfloat16", device="cpu")
     ids = model.tokenizer.encode(TEXT)
     assert len(ids) >= 160, len(ids)
     models = variants(model.lm, args.variants.split(","))
     print(json.dumps({"model": args.model, "threads": torch.get_num_threads(), "torch": torch.__version__,
                       "text_tokens": len(ids)}), flush=True)
-    parts = args.parts.split(",")
     if "quality" in parts:
         print("# quality", load_avg(), flush=True)
         for row in quality(models, ids):
