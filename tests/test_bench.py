@@ -70,7 +70,8 @@ def test_cli_end_to_end_spec_bench(tmp_path, capsys):
                "--dtype", "float32", "--threads", "1", "--out", str(out), "--quiet"])
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
-    assert list(results["methods"]) == ["target", "hf", "hf-assisted", "hf-lookup", "spec-model", "spec-ngram"]
+    assert list(results["methods"]) == [n for n, m in METHODS.items() if m.default]  # "all": every default method
+    assert {"target", "hf", "hf-assisted", "hf-lookup", "spec-model", "spec-ngram", "spec-self"} <= set(results["methods"])
     assert [p["category"] for p in results["prompts"]] == ["translation", "qa"]
     for p in results["prompts"]:
         assert set(p["results"]) == set(results["methods"])
@@ -112,8 +113,11 @@ def test_draft_methods_skipped_without_draft(models, tmp_path, prompts_file):
     target, _ = models
     results = run_bench(BenchConfig(target="tiny-random", methods=["all"], dataset=str(prompts_file), limit=1,
                                     out=str(tmp_path), **FAST), target=target)
-    assert set(results["skipped_methods"]) == {"hf-assisted", "spec-model"}
-    assert list(results["methods"]) == ["target", "hf", "hf-lookup", "spec-ngram"]
+    needing = {n for n, m in METHODS.items() if m.default and m.needs_draft}
+    assert {"hf-assisted", "spec-model", "spec-model-int8"} <= needing
+    assert set(results["skipped_methods"]) == needing
+    assert list(results["methods"]) == [n for n, m in METHODS.items() if m.default and not m.needs_draft]
+    assert "spec-ngram" in results["methods"]
     assert "`spec-model`: skipped" in (tmp_path / "results.md").read_text()
 
 
@@ -145,6 +149,23 @@ def test_registered_method_runs_and_mismatch_is_flagged(models, tmp_path, prompt
     assert results["summary"]["by_category"][OVERALL]["broken"]["mismatches_vs_target"] == 2
     md = (tmp_path / "results.md").read_text()
     assert "| prompts/0 | code | `broken` | 3 |" in md
+
+
+def test_int8_target_methods_reproduce_their_own_baseline(models, tmp_path, prompts_file):
+    """Speculation on an int8 target is checked against the int8 target alone, not against bf16."""
+    target, draft = models
+    names = ["target-int8", "spec-int8-model-int8", "spec-int8-self", "spec-int8-ngram"]
+    assert not any(METHODS[n].default for n in names)  # opt-in: not part of "all"
+    results = run_bench(BenchConfig(target="tiny-random", draft="tiny-random-draft", methods=names,
+                                    dataset=str(prompts_file), limit=1, out=str(tmp_path), **FAST),
+                        target=target, draft=draft)
+    assert list(results["methods"]) == ["target", *names]
+    for p in results["prompts"]:
+        for name in names[1:]:
+            r = p["results"][name]
+            assert r["reference"] == "target-int8" and r["equal_to_reference"] is True, (p["id"], name)
+    overall = results["summary"]["by_category"][OVERALL]
+    assert overall["spec-int8-model-int8"]["tokens_per_pass"] > 1.0
 
 
 def test_resume_skips_done_prompts(models, tmp_path, prompts_file, extra_method):

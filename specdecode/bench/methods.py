@@ -59,6 +59,7 @@ class BenchContext:
     num_draft_tokens: int | None = None  # None = each drafter's default
     adaptive: bool = False
     _hf: dict[str, Any] = field(default_factory=dict, repr=False)
+    _quantized: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def k(self, drafter_kind: str) -> int:
         return self.num_draft_tokens or DEFAULT_NUM_DRAFT_TOKENS.get(drafter_kind, 5)
@@ -77,11 +78,20 @@ class BenchContext:
             self._hf[role] = hf_model_from_native(model.lm)
         return self._hf[role]
 
-    def engine(self, drafter=None, kind: str | None = None) -> Engine:
-        """An Engine on the target with the run's EOS, draft length and adaptivity."""
+    def quantized_target(self, mode: str):
+        """A weight-only quantized twin of the target (shares embeddings and norms), built once per run."""
+        from ..quant import quantized_copy
+
+        key = f"target-{mode}"
+        if key not in self._quantized:
+            self._quantized[key] = quantized_copy(self.target.lm, mode)
+        return self._quantized[key]
+
+    def engine(self, drafter=None, kind: str | None = None, target=None) -> Engine:
+        """An Engine on the target (or `target`) with the run's EOS, draft length and adaptivity."""
         k = self.k(kind) if drafter is not None and kind else None
-        return Engine(self.target, drafter, num_draft_tokens=k, adaptive=self.adaptive and drafter is not None,
-                      eos_token_ids=self.eos_token_ids)
+        return Engine(self.target if target is None else target, drafter, num_draft_tokens=k,
+                      adaptive=self.adaptive and drafter is not None, eos_token_ids=self.eos_token_ids)
 
 
 @dataclass(frozen=True)
@@ -291,3 +301,39 @@ def _spec_model_int4(ctx: BenchContext):
     from ..quant import quantized_copy
 
     return ctx.engine(ModelDrafter(quantized_copy(ctx.draft.lm, "int4")), "model")
+
+
+# -- an int8 target: its own baseline, and speculation that must reproduce it exactly -------------
+# Weight-only int8 changes the target's output a little (see docs/quantization.md), so these
+# methods are checked against `target-int8`, not against the bf16 `target`. On CPUs without
+# native bf16 (AVX2), an int8 matmul of k+1 rows costs far less than k+1 bf16 rows, which is
+# what lets verification pay off there.
+
+
+@register_method("target-int8", default=False,
+                 description="specdecode target-only loop on an int8 copy of the target (its own baseline)")
+def _target_int8(ctx: BenchContext):
+    return ctx.engine(target=ctx.quantized_target("int8"))
+
+
+@register_method("spec-int8-model-int8", needs_draft=True, reference="target-int8", default=False,
+                 description="int8 target, draft model quantized to int8")
+def _spec_int8_model_int8(ctx: BenchContext):
+    from ..drafters import ModelDrafter
+    from ..quant import quantized_copy
+
+    return ctx.engine(ModelDrafter(quantized_copy(ctx.draft.lm, "int8")), "model", target=ctx.quantized_target("int8"))
+
+
+@register_method("spec-int8-self", reference="target-int8", default=False,
+                 description="int8 target drafting from an int4 copy of itself")
+def _spec_int8_self(ctx: BenchContext):
+    from ..drafters import SelfDrafter
+
+    return ctx.engine(SelfDrafter(ctx.target.lm, "int4"), "self", target=ctx.quantized_target("int8"))
+
+
+@register_method("spec-int8-ngram", reference="target-int8", default=False,
+                 description="int8 target, prompt lookup (n-gram drafter)")
+def _spec_int8_ngram(ctx: BenchContext):
+    return ctx.engine(NgramDrafter(), "ngram", target=ctx.quantized_target("int8"))
