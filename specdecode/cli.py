@@ -97,19 +97,44 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not prompt:
         raise SpecdecodeError("the prompt is empty")
     engine = build_engine(args)
-    stats = None
-    for chunk in engine.stream(prompt, params, chat=False if args.raw else None):
+    if args.compare and engine.drafter is None:
+        raise SpecdecodeError("--compare needs a drafter to compare with the target alone (--draft NAME, --drafter ngram|self)")
+    chat = False if args.raw else None
+    stats, ids = None, []
+    for chunk in engine.stream(prompt, params, chat=chat):
         sys.stdout.write(chunk.text)
         sys.stdout.flush()
+        ids.extend(chunk.token_ids)
         if chunk.finish_reason:
             stats = chunk.stats
     sys.stdout.write("\n")
-    if args.stats and stats is not None:
+    if (args.stats or args.compare) and stats is not None:
         kind = engine.drafter.name if engine.drafter else "none (target only)"
         k = f", k={engine.num_draft_tokens}{' adaptive' if engine.adaptive else ''}" if engine.drafter else ""
         print(f"--- drafter: {kind}{k}", file=sys.stderr)
         print(stats.format(), file=sys.stderr)
+    if args.compare and stats is not None:
+        _compare_with_target_only(engine, prompt, params, chat, ids, stats)
     return 0
+
+
+def _compare_with_target_only(engine, prompt, params, chat, spec_ids: list[int], spec_stats) -> None:
+    """Run the same request on the target alone; print the speed-up and whether the output matches."""
+    import specdecode
+
+    print("--- target only (same prompt and settings), for comparison ...", file=sys.stderr, flush=True)
+    baseline = specdecode.Engine(engine.target, None, tokenizer=engine.tokenizer,
+                                 eos_token_ids=sorted(engine.eos_token_ids)).generate(prompt, params, chat=chat)
+    base = baseline.stats
+    print(base.format(), file=sys.stderr)
+    ratio = spec_stats.decode_tokens_per_second / base.decode_tokens_per_second if base.decode_tokens_per_second else 0.0
+    if params.greedy:
+        same = "identical" if baseline.token_ids == spec_ids else "DIFFERENT (please report this)"
+        check = f"; output {same} to the target-only output"
+    else:
+        check = "; sampled, so outputs differ run to run (the distribution is the same)"
+    print(f"--- speed-up {ratio:.2f}x ({spec_stats.decode_tokens_per_second:.2f} vs "
+          f"{base.decode_tokens_per_second:.2f} decode tok/s){check}", file=sys.stderr)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -143,6 +168,9 @@ def make_parser() -> argparse.ArgumentParser:
     add_sampling_options(g)
     g.add_argument("--raw", action="store_true", help="send the prompt as is (no chat template)")
     g.add_argument("--stats", action="store_true", help="print timing and acceptance statistics to stderr")
+    g.add_argument("--compare", action="store_true",
+                   help="then run the same request on the target alone and print the speed-up and whether the "
+                        "outputs are identical (implies --stats)")
     g.set_defaults(func=cmd_generate)
 
     m = sub.add_parser("models", help="list or pull the known models", description="Known short names and their state.")

@@ -1,0 +1,75 @@
+"""The command line: generation with statistics and a target-only comparison, and every user
+mistake answered by one line on stderr and exit code 2 (never a traceback)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from specdecode.cli import main
+
+TINY = ["--model", "tiny-random", "--dtype", "float32", "--threads", "1"]
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_generate_streams_text_and_prints_stats(capsys):
+    rc, out, err = run_cli(capsys, "generate", "def add(x, y):", *TINY, "--raw", "-n", "10", "--stats")
+    assert rc == 0 and out.strip()
+    assert "prompt tokens" in err and "tok/s" in err and "drafter: none" in err
+
+
+def test_compare_reports_speedup_and_identical_output(capsys):
+    rc, out, err = run_cli(capsys, "generate", "def add(x, y):", *TINY, "--draft", "tiny-random-draft",
+                           "--raw", "-n", "12", "-k", "3", "--compare")
+    assert rc == 0
+    assert "drafted / accepted" in err  # the speculative run's statistics
+    assert "target only (same prompt and settings)" in err
+    assert "speed-up" in err and "output identical to the target-only output" in err
+
+
+def test_compare_with_sampling_says_outputs_differ_by_design(capsys):
+    rc, _, err = run_cli(capsys, "generate", "hello", *TINY, "--drafter", "ngram", "--raw", "-n", "8",
+                         "-t", "0.8", "--seed", "1", "--compare")
+    assert rc == 0 and "the distribution is the same" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "hi", "--model", "no-such-model"], "qwen2.5-coder-1.5b"),  # lists the known names
+    (["generate", "hi", *TINY, "-t", "-1"], "temperature"),
+    (["generate", "hi", *TINY, "--top-p", "1.5"], "top_p"),
+    (["generate", "hi", *TINY, "--top-p", "0"], "top_p"),
+    (["generate", "hi", *TINY, "-n", "0"], "max_new_tokens"),
+    (["generate", "", *TINY], "empty"),
+    (["generate", "hi", *TINY, "--compare"], "--compare needs a drafter"),
+    (["generate", "hi", *TINY, "--drafter", "model"], "--draft"),
+    (["generate", "hi", *TINY, "-k", "0", "--drafter", "ngram"], "num_draft_tokens"),
+    (["generate", "hi", "--model", "/nonexistent/model.gguf"], "cannot load the target"),
+])
+def test_user_mistakes_are_one_line_errors(capsys, argv, message):
+    rc, _, err = run_cli(capsys, *argv)
+    assert rc == 2
+    last = err.strip().splitlines()[-1]  # progress lines ("loading ...") may come first
+    assert last.startswith("specdecode: error:") and message in last
+    assert "Traceback" not in err
+
+
+def test_not_a_gguf_file_and_too_long_prompt(capsys, tmp_path):
+    bogus = tmp_path / "model.gguf"
+    bogus.write_bytes(b"this is not a gguf file at all" * 10)
+    rc, _, err = run_cli(capsys, "generate", "hi", "--model", str(bogus))
+    assert rc == 2 and "Traceback" not in err and "GGUF" in err
+    rc, _, err = run_cli(capsys, "generate", "word " * 5000, *TINY, "--raw")
+    assert rc == 2 and "context" in err
+
+
+def test_a_real_process_exits_2_without_a_traceback():
+    proc = subprocess.run([sys.executable, "-m", "specdecode", "generate", "hi", "--model", "no-such-model"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("specdecode: error: cannot load the target model")
+    assert "Traceback" not in proc.stderr
