@@ -21,7 +21,11 @@ from .metrics import SpecStats
 from .sampling import logits_to_probs, make_generator, sample
 from .verify import greedy_verify, rejection_sample
 
-DEFAULT_NUM_DRAFT_TOKENS = {"model": 6, "ngram": 8}
+# The fastest draft lengths measured on the one machine we had (2-core AVX2 CPU, Qwen2.5-Coder
+# 1.5B target; k in 1..4 for a draft model, 1..8 for n-gram): a multi-token verify pass costs
+# nearly one pass per token there, so short drafts win (README, "Results"). Where a (k+1)-token
+# pass costs about one token's (GPU, AVX-512-BF16), longer drafts (-k 4..6) should pay.
+DEFAULT_NUM_DRAFT_TOKENS = {"model": 2, "ngram": 2, "self": 2}
 
 
 @dataclass

@@ -34,7 +34,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:  # noqa: ANN001 - argpars
     p.add_argument("--repeats", type=int, default=1, help="timed runs per prompt and method; the median is reported")
     p.add_argument("--warmup", type=int, default=1, help="prompts run untimed by every method before timing")
     p.add_argument("--num-draft-tokens", "-k", type=int, default=None,
-                   help="tokens drafted per round, for all drafting methods (default: 6 for draft models, 8 for n-gram)")
+                   help="tokens drafted per round, for all drafting methods (default: 2, specdecode's default)")
     p.add_argument("--adaptive", action="store_true",
                    help="adaptive draft length (specdecode's policy; HF's heuristic schedule for hf-assisted)")
     p.add_argument("--prompt-format", choices=["auto", "chat", "raw"], default="auto",
