@@ -59,7 +59,7 @@ class BenchContext:
     num_draft_tokens: int | None = None  # None = each drafter's default
     adaptive: bool = False
     _hf: dict[str, Any] = field(default_factory=dict, repr=False)
-    _quantized: dict[str, Any] = field(default_factory=dict, repr=False)
+    _quantized: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
 
     def k(self, drafter_kind: str) -> int:
         return self.num_draft_tokens or DEFAULT_NUM_DRAFT_TOKENS.get(drafter_kind, 5)
@@ -80,12 +80,17 @@ class BenchContext:
 
     def quantized_target(self, mode: str):
         """A weight-only quantized twin of the target (shares embeddings and norms), built once per run."""
+        return self._quantized_twin("target", self.target, mode)
+
+    def quantized_draft(self, mode: str):
+        return self._quantized_twin("draft", self.draft, mode)
+
+    def _quantized_twin(self, role: str, model, mode: str):
         from ..quant import quantized_copy
 
-        key = f"target-{mode}"
-        if key not in self._quantized:
-            self._quantized[key] = quantized_copy(self.target.lm, mode)
-        return self._quantized[key]
+        if (role, mode) not in self._quantized:
+            self._quantized[role, mode] = quantized_copy(model.lm, mode)
+        return self._quantized[role, mode]
 
     def engine(self, drafter=None, kind: str | None = None, target=None) -> Engine:
         """An Engine on the target (or `target`) with the run's EOS, draft length and adaptivity."""
@@ -290,17 +295,15 @@ def _spec_self(ctx: BenchContext):
 @register_method("spec-model-int8", needs_draft=True, description="specdecode with the draft model quantized to int8")
 def _spec_model_int8(ctx: BenchContext):
     from ..drafters import ModelDrafter
-    from ..quant import quantized_copy
 
-    return ctx.engine(ModelDrafter(quantized_copy(ctx.draft.lm, "int8")), "model")
+    return ctx.engine(ModelDrafter(ctx.quantized_draft("int8")), "model")
 
 
 @register_method("spec-model-int4", needs_draft=True, description="specdecode with the draft model quantized to int4")
 def _spec_model_int4(ctx: BenchContext):
     from ..drafters import ModelDrafter
-    from ..quant import quantized_copy
 
-    return ctx.engine(ModelDrafter(quantized_copy(ctx.draft.lm, "int4")), "model")
+    return ctx.engine(ModelDrafter(ctx.quantized_draft("int4")), "model")
 
 
 # -- an int8 target: its own baseline, and speculation that must reproduce it exactly -------------
@@ -320,9 +323,8 @@ def _target_int8(ctx: BenchContext):
                  description="int8 target, draft model quantized to int8")
 def _spec_int8_model_int8(ctx: BenchContext):
     from ..drafters import ModelDrafter
-    from ..quant import quantized_copy
 
-    return ctx.engine(ModelDrafter(quantized_copy(ctx.draft.lm, "int8")), "model", target=ctx.quantized_target("int8"))
+    return ctx.engine(ModelDrafter(ctx.quantized_draft("int8")), "model", target=ctx.quantized_target("int8"))
 
 
 @register_method("spec-int8-self", reference="target-int8", default=False,

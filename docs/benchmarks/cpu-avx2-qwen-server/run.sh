@@ -1,6 +1,6 @@
 #!/bin/bash
 # Issue 5 numbers: TTFT, per-request and total tok/s at 1/4/16 clients, target only vs speculative.
-cd /work/main
+cd "$(dirname "$0")/../../.."  # the repository root
 mkdir -p docs/benchmarks/cpu-avx2-qwen-server
 for cfg in "none" "model"; do
   if [ $cfg = none ]; then extra=""; else extra="--draft qwen2.5-coder-0.5b --draft-quantize int8 -k 2"; fi
