@@ -289,7 +289,8 @@ def _spec_ngram(ctx: BenchContext):
 def _spec_self(ctx: BenchContext):
     from ..drafters import SelfDrafter
 
-    return ctx.engine(SelfDrafter(ctx.target.lm, "int4"), "self")
+    # The run's int4 twin of the target: its layers are shared, not quantized again (spec-int8-self).
+    return ctx.engine(SelfDrafter(ctx.quantized_target("int4"), "int4"), "self")
 
 
 @register_method("spec-model-int8", needs_draft=True, description="specdecode with the draft model quantized to int8")
@@ -332,7 +333,7 @@ def _spec_int8_model_int8(ctx: BenchContext):
 def _spec_int8_self(ctx: BenchContext):
     from ..drafters import SelfDrafter
 
-    return ctx.engine(SelfDrafter(ctx.target.lm, "int4"), "self", target=ctx.quantized_target("int8"))
+    return ctx.engine(SelfDrafter(ctx.quantized_target("int4"), "int4"), "self", target=ctx.quantized_target("int8"))
 
 
 @register_method("spec-int8-ngram", reference="target-int8", default=False,
