@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,8 +83,9 @@ class SamplingParams:
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message on an invalid value."""
-        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        # NaN and inf pass a plain `< 0` check and would turn every probability into NaN.
+        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature < math.inf:
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0, got {self.top_k}")
         if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:

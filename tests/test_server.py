@@ -545,3 +545,28 @@ def test_loadtest_script(server, capsys, tmp_path):
     for lv in levels:
         assert lv["errors"] == 0 and lv["completion_tokens"] == 3 * 8
         assert lv["ttft_p50_s"] > 0 and lv["total_tok_s"] > 0 and lv["acceptance_rate"] is not None
+
+
+# -- sampling edges -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("edge", [{"temperature": 1e-45}, {"temperature": 5e-324}, {"temperature": 1e-38},
+                                  {"temperature": 1, "top_p": 1e-46}, {"temperature": 1, "top_k": 1}])
+def test_tiny_temperature_and_top_p_give_the_greedy_text(server, ref, edge):
+    """Not NaN (which sampled token 0 over and over: an empty text) but the greedy limit; with top_p
+    or top_k the bfloat16 logits of the tiny model can tie at the top, so those are compared with
+    the Python API under the same seed (test_sampling.py checks them against greedy in float32)."""
+    greedy = ref.generate(PROMPTS[0], temperature=0, max_new_tokens=16, chat=False, ignore_eos=True)
+    want = ref.generate(PROMPTS[0], max_new_tokens=16, chat=False, ignore_eos=True, seed=5, **edge)
+    assert len(set(want.token_ids)) > 1
+    if "top_p" not in edge and "top_k" not in edge:
+        assert want.text == greedy.text
+    body = {"model": MODEL, "prompt": PROMPTS[0], "max_tokens": 16, "ignore_eos": True, "seed": 5, **edge}
+    r = server.post(C, json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == want.text
+    with httpx.stream("POST", server.url + C, json={**body, "stream": True}, timeout=30) as s:
+        events = [line[6:] for line in s.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    import json
+
+    assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]) == want.text
