@@ -340,3 +340,17 @@ def _spec_int8_self(ctx: BenchContext):
                  description="int8 target, prompt lookup (n-gram drafter)")
 def _spec_int8_ngram(ctx: BenchContext):
     return ctx.engine(NgramDrafter(), "ngram", target=ctx.quantized_target("int8"))
+
+
+# -- peers: another engine on the same model file ------------------------------------------------
+
+
+@register_method("llamacpp", default=False,
+                 description="llama.cpp (llama-cpp-python) target-only greedy decoding on the target's GGUF file; "
+                             "a different implementation: agreement with `target` is reported, not a losslessness check")
+def _llamacpp(ctx: BenchContext):
+    from .llamacpp import build_llamacpp_runner
+
+    # Not in "all": it needs an optional extra and a GGUF target, and the harness has no
+    # per-method skip beyond --draft; asked for without the extra, it fails with the pip line.
+    return build_llamacpp_runner(ctx.target, ctx.eos_token_ids, threads=torch.get_num_threads())
