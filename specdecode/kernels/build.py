@@ -1,0 +1,90 @@
+"""Compile the C++ kernels once on the user's machine (PyTorch's C++ extension tooling) and pick
+the instruction-set path at run time.
+
+The sources are compiled without -march flags; each ISA file enables its own instructions with
+`#pragma GCC target`, and `best_isa()` (the CPU's own feature flags) decides which path runs,
+so one build serves every x86-64 CPU. Without a compiler the project falls back to plain
+PyTorch with one warning, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import sys
+import warnings
+from pathlib import Path
+
+ISA_NAMES = ("scalar", "avx2", "avx512")  # index = the kernel's ISA code
+ISA_ENV = "SPECDECODE_KERNEL_ISA"  # force a lower path: scalar | avx2 | avx512
+DISABLE_ENV = "SPECDECODE_KERNELS"  # "off": plain PyTorch linear layers everywhere
+_SRC = Path(__file__).parent / "csrc"
+_SOURCES = ("binding.cpp", "skinny_scalar.cpp", "skinny_avx2.cpp", "skinny_avx512.cpp")
+
+
+def _build_dir() -> Path:
+    from ..loading.store import cache_dir
+
+    digest = hashlib.sha256()
+    for name in (*_SOURCES, "skinny.h"):
+        digest.update((_SRC / name).read_bytes())
+    import torch
+
+    digest.update(torch.__version__.encode())
+    path = cache_dir() / "kernels" / digest.hexdigest()[:16]
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@functools.cache
+def extension():
+    """The compiled module, or None (kernels disabled, not x86-64, or no working compiler)."""
+    if os.environ.get(DISABLE_ENV, "").lower() in ("off", "0", "false", "no"):
+        return None
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    # pip's ninja lives beside the interpreter, which need not be on PATH.
+    bin_dir = os.path.dirname(sys.executable)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    try:
+        from torch.utils.cpp_extension import load
+
+        return load(
+            name="specdecode_skinny",
+            sources=[str(_SRC / s) for s in _SOURCES],
+            extra_cflags=["-O3", "-ffp-contract=off", "-fno-math-errno"],
+            build_directory=str(_build_dir()),
+            verbose=False,
+        )
+    except (OSError, RuntimeError, ImportError, SystemExit) as exc:  # no compiler / ninja / headers
+        first = str(exc).strip().splitlines()[:1]
+        warnings.warn(
+            "specdecode: could not build the CPU kernels, using plain PyTorch linear layers "
+            f"(slower multi-token passes, bf16 not row-invariant): {first[0] if first else type(exc).__name__}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+
+
+def best_isa() -> int:
+    """The best path this CPU runs (0 scalar, 1 AVX2+FMA, 2 AVX-512 VNNI+BF16); -1 without kernels."""
+    ext = extension()
+    return -1 if ext is None else int(ext.best_isa())
+
+
+def active_isa() -> int:
+    """The path in use: the best one, or a lower one forced with SPECDECODE_KERNEL_ISA."""
+    best = best_isa()
+    forced = os.environ.get(ISA_ENV)
+    if best < 0 or not forced:
+        return best
+    if forced not in ISA_NAMES:
+        from ..errors import SpecdecodeError
+
+        raise SpecdecodeError(f"{ISA_ENV}={forced!r}: choose from {', '.join(ISA_NAMES)}")
+    return min(best, ISA_NAMES.index(forced))

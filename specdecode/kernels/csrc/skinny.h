@@ -1,0 +1,87 @@
+// Skinny matmuls for decode and verification rows: y[m, N] = x[m, K] @ W.T, m = 1..16 typical.
+//
+// Every weight format is packed in tiles of 16 output columns (N padded to a multiple of 16);
+// SIMD lanes are output columns, so no horizontal reduction is ever needed and every
+// output y[i, n] is a sequential fp32 accumulation over K whose operations do not depend on m
+// or on the other rows: row-invariant by construction. The integer formats take activations
+// quantized per row in blocks of 32 (symmetric int8, one fp32 scale per block); integer block
+// sums are exact, and the float steps are the same on every ISA path, so the scalar, AVX2 and
+// AVX-512 paths give bit-identical results. The bf16 path on AVX-512-BF16 uses vdpbf16ps,
+// whose rounding differs from the FMA paths: it is row-invariant, not bit-equal to them.
+//
+// Packed layouts (T = N16 / 16 tiles, per tile contiguous so a thread streams its own range):
+//   f32 : [T][K][16] float
+//   bf16: [T][K/2][16][2] bf16 (a k-pair of 16 columns per 64 bytes)
+//   int8: [T][K/32][8][16][4] int8 (chunk j holds k = 4j..4j+3 of 16 columns); scales [N16] f32
+//   int4: [T][K/32][320] bytes: 256 bytes of nibbles, byte (j*64 + c*4 + r) holds
+//         q[c][4j + r] (low) and q[c][16 + 4j + r] (high), q in 0..15; then 16 bf16 scales s
+//         and 16 bf16 offsets d: w = q * s + d.
+#pragma once
+#include <cstdint>
+
+namespace skinny {
+
+constexpr int kTile = 16;    // output columns per tile
+constexpr int kBlock = 32;   // k per quantization block
+constexpr int kInt4BlockBytes = 256 + 64;
+constexpr int kInt8BlockBytes = 512;
+
+// Activations quantized per row and per block of 32: x ~ sx * xq; sxs = sx * sum(xq).
+struct QuantAct {
+  const int8_t* xq;  // [m][K]
+  const float* sx;   // [m][K/32]
+  const float* sxs;  // [m][K/32]
+};
+
+// Every kernel computes tiles [t0, t1) for all m rows into y[m][ldy] (columns < n_valid only).
+#define SKINNY_DECLARE(isa)                                                                        \
+  void f32_##isa(const float* x, int64_t m, int64_t K, const float* w, int64_t t0, int64_t t1,       \
+                 float* y, int64_t ldy, int64_t n_valid);                                           \
+  void bf16_##isa(const uint16_t* x, const float* xf, int64_t m, int64_t K, const uint16_t* w,       \
+                  int64_t t0, int64_t t1, float* y, int64_t ldy, int64_t n_valid);                  \
+  void int8_##isa(const QuantAct& a, int64_t m, int64_t K, const int8_t* w, const float* scales,     \
+                  int64_t t0, int64_t t1, float* y, int64_t ldy, int64_t n_valid);                  \
+  void int4_##isa(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, \
+                  float* y, int64_t ldy, int64_t n_valid);
+
+SKINNY_DECLARE(scalar)
+SKINNY_DECLARE(avx2)
+SKINNY_DECLARE(avx512)
+
+// Stores a finished tile row (16 accumulators) to y, dropping padding columns.
+inline void store_tile_row(const float* acc16, float* yrow, int64_t col0, int64_t n_valid) {
+  int64_t n = n_valid - col0 < kTile ? n_valid - col0 : kTile;
+  for (int64_t c = 0; c < n; ++c) yrow[col0 + c] = acc16[c];
+}
+
+// Runs CALL(MB) for rows [i0, i0 + MB) over all m rows, MB <= 8 (or 4) known at compile time.
+#define SKINNY_ROW_BLOCKS_8(CALL)                                     \
+  for (int64_t i0 = 0; i0 < m; i0 += 8) {                            \
+    switch (m - i0 < 8 ? m - i0 : 8) {                               \
+      case 1: CALL(1); break;                                        \
+      case 2: CALL(2); break;                                        \
+      case 3: CALL(3); break;                                        \
+      case 4: CALL(4); break;                                        \
+      case 5: CALL(5); break;                                        \
+      case 6: CALL(6); break;                                        \
+      case 7: CALL(7); break;                                        \
+      default: CALL(8); break;                                       \
+    }                                                                \
+  }
+#define SKINNY_ROW_BLOCKS_4(CALL)                                     \
+  for (int64_t i0 = 0; i0 < m; i0 += 4) {                            \
+    switch (m - i0 < 4 ? m - i0 : 4) {                               \
+      case 1: CALL(1); break;                                        \
+      case 2: CALL(2); break;                                        \
+      case 3: CALL(3); break;                                        \
+      default: CALL(4); break;                                       \
+    }                                                                \
+  }
+
+inline float bf16_to_f32(uint16_t v) {
+  union { uint32_t u; float f; } b;
+  b.u = static_cast<uint32_t>(v) << 16;
+  return b.f;
+}
+
+}  // namespace skinny

@@ -1,0 +1,165 @@
+// AVX-512 path (needs avx512f/bw/vl + avx512_vnni + avx512_bf16; checked at run time).
+// Lanes are the 16 columns of a tile; each weight vector is loaded once per row block and
+// applied to up to kRowBlock rows held in registers.
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16,fma")
+#include <immintrin.h>
+
+#include "skinny.h"
+
+namespace skinny {
+namespace {
+
+inline __m512 load_bf16x16(const uint8_t* p) {  // 16 bf16 -> 16 fp32, exact
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+
+inline int32_t load_i32(const void* p) {
+  int32_t v;
+  __builtin_memcpy(&v, p, 4);
+  return v;
+}
+
+template <int MB>
+void f32_rows(const float* x, int64_t K, const float* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
+  __m512 acc[MB];
+  for (int i = 0; i < MB; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const __m512 wv = _mm512_loadu_ps(wt + k * kTile);
+    for (int i = 0; i < MB; ++i) acc[i] = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[i * K + k]), acc[i]);
+  }
+  alignas(64) float out[kTile];
+  for (int i = 0; i < MB; ++i) {
+    _mm512_store_ps(out, acc[i]);
+    store_tile_row(out, y + i * ldy, col0, n_valid);
+  }
+}
+
+template <int MB>
+void bf16_rows(const uint16_t* x, int64_t K, const uint16_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
+  __m512 acc[MB];
+  for (int i = 0; i < MB; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < K / 2; ++p) {
+    const __m512bh wv = (__m512bh)_mm512_loadu_si512(wt + p * 2 * kTile);
+    for (int i = 0; i < MB; ++i)
+      acc[i] = _mm512_dpbf16_ps(acc[i], wv, (__m512bh)_mm512_set1_epi32(load_i32(x + i * K + 2 * p)));
+  }
+  alignas(64) float out[kTile];
+  for (int i = 0; i < MB; ++i) {
+    _mm512_store_ps(out, acc[i]);
+    store_tile_row(out, y + i * ldy, col0, n_valid);
+  }
+}
+
+template <int MB>
+void int8_rows(const QuantAct& a, int64_t K, const int8_t* wt, const float* scales, float* y, int64_t ldy,
+               int64_t col0, int64_t n_valid) {
+  const int64_t nb = K / kBlock;
+  const __m512i bias = _mm512_set1_epi8(char(0x80));
+  __m512 acc[MB];
+  for (int i = 0; i < MB; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const int8_t* blk = wt + b * kInt8BlockBytes;
+    __m512i wv[8];
+    for (int j = 0; j < 8; ++j) wv[j] = _mm512_loadu_si512(blk + j * 64);
+    // vpdpbusd multiplies unsigned by signed bytes: feed xq + 128 and subtract 128 * sum(w).
+    __m512i corr = _mm512_setzero_si512();
+    for (int j = 0; j < 8; ++j) corr = _mm512_dpbusd_epi32(corr, bias, wv[j]);
+    for (int i = 0; i < MB; ++i) {
+      const int8_t* xb = a.xq + i * K + b * kBlock;
+      __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+      for (int j = 0; j < 8; j += 2) {
+        s0 = _mm512_dpbusd_epi32(s0, _mm512_xor_si512(_mm512_set1_epi32(load_i32(xb + 4 * j)), bias), wv[j]);
+        s1 = _mm512_dpbusd_epi32(s1, _mm512_xor_si512(_mm512_set1_epi32(load_i32(xb + 4 * j + 4)), bias), wv[j + 1]);
+      }
+      const __m512i s = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), corr);
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(a.sx[i * nb + b]), acc[i]);
+    }
+  }
+  const __m512 sc = _mm512_loadu_ps(scales + col0);
+  alignas(64) float out[kTile];
+  for (int i = 0; i < MB; ++i) {
+    _mm512_store_ps(out, _mm512_mul_ps(acc[i], sc));
+    store_tile_row(out, y + i * ldy, col0, n_valid);
+  }
+}
+
+template <int MB>
+void int4_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
+  const int64_t nb = K / kBlock;
+  const __m512i low = _mm512_set1_epi8(15);
+  __m512 acc[MB];
+  for (int i = 0; i < MB; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = wt + b * kInt4BlockBytes;
+    __m512i lo[4], hi[4];
+    for (int j = 0; j < 4; ++j) {
+      const __m512i v = _mm512_loadu_si512(blk + j * 64);
+      lo[j] = _mm512_and_si512(v, low);
+      hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+    }
+    const __m512 s = load_bf16x16(blk + 256), d = load_bf16x16(blk + 288);
+    for (int i = 0; i < MB; ++i) {
+      const int8_t* xb = a.xq + i * K + b * kBlock;
+      __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+      for (int j = 0; j < 4; ++j) {
+        s0 = _mm512_dpbusd_epi32(s0, lo[j], _mm512_set1_epi32(load_i32(xb + 4 * j)));
+        s1 = _mm512_dpbusd_epi32(s1, hi[j], _mm512_set1_epi32(load_i32(xb + 16 + 4 * j)));
+      }
+      const __m512 scale = _mm512_mul_ps(s, _mm512_set1_ps(a.sx[i * nb + b]));
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), scale, acc[i]);
+      acc[i] = _mm512_fmadd_ps(d, _mm512_set1_ps(a.sxs[i * nb + b]), acc[i]);
+    }
+  }
+  alignas(64) float out[kTile];
+  for (int i = 0; i < MB; ++i) {
+    _mm512_store_ps(out, acc[i]);
+    store_tile_row(out, y + i * ldy, col0, n_valid);
+  }
+}
+
+
+}  // namespace
+
+void f32_avx512(const float* x, int64_t m, int64_t K, const float* w, int64_t t0, int64_t t1, float* y,
+                int64_t ldy, int64_t n_valid) {
+  for (int64_t t = t0; t < t1; ++t) {
+#define CALL(MB) f32_rows<MB>(x + i0 * K, K, w + t * K * kTile, y + i0 * ldy, ldy, t * kTile, n_valid)
+    SKINNY_ROW_BLOCKS_8(CALL)
+#undef CALL
+  }
+}
+
+void bf16_avx512(const uint16_t* x, const float* /*xf*/, int64_t m, int64_t K, const uint16_t* w, int64_t t0,
+                 int64_t t1, float* y, int64_t ldy, int64_t n_valid) {
+  for (int64_t t = t0; t < t1; ++t) {
+#define CALL(MB) bf16_rows<MB>(x + i0 * K, K, w + t * K * kTile, y + i0 * ldy, ldy, t * kTile, n_valid)
+    SKINNY_ROW_BLOCKS_8(CALL)
+#undef CALL
+  }
+}
+
+void int8_avx512(const QuantAct& a, int64_t m, int64_t K, const int8_t* w, const float* scales, int64_t t0,
+                 int64_t t1, float* y, int64_t ldy, int64_t n_valid) {
+  const int64_t nb = K / kBlock;
+  for (int64_t t = t0; t < t1; ++t) {
+#define CALL(MB)                                                                                     \
+  int8_rows<MB>(QuantAct{a.xq + i0 * K, a.sx + i0 * nb, a.sxs + i0 * nb}, K, w + t * nb * kInt8BlockBytes, \
+                scales, y + i0 * ldy, ldy, t * kTile, n_valid)
+    SKINNY_ROW_BLOCKS_8(CALL)
+#undef CALL
+  }
+}
+
+void int4_avx512(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
+                 int64_t ldy, int64_t n_valid) {
+  const int64_t nb = K / kBlock;
+  for (int64_t t = t0; t < t1; ++t) {
+#define CALL(MB)                                                                                     \
+  int4_rows<MB>(QuantAct{a.xq + i0 * K, a.sx + i0 * nb, a.sxs + i0 * nb}, K, w + t * nb * kInt4BlockBytes, \
+                y + i0 * ldy, ldy, t * kTile, n_valid)
+    SKINNY_ROW_BLOCKS_8(CALL)
+#undef CALL
+  }
+}
+
+}  // namespace skinny

@@ -1,0 +1,152 @@
+"""Linear layers that run on the skinny CPU kernels (csrc/): float (bf16 / fp32), int8, int4.
+
+Every output row is computed by the same operations whatever the number of rows, so a
+verification pass over k+1 tokens gives each token exactly the bits a one-token step gives
+(row-invariant by construction), and the weights are read once for all rows.
+
+int8 and int4 layers quantize their activations per row in blocks of 32 (symmetric int8),
+as llama.cpp and ONNX Runtime's int8-activation kernels do: the products then run on integer
+dot-product instructions (AVX-512 VNNI, AVX2 vpmaddubsw) at about twice the bf16 rate.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from . import build, pack
+
+
+@functools.cache
+def _isa() -> int:
+    return build.active_isa()
+
+
+def kernels_available() -> bool:
+    return build.extension() is not None
+
+
+class PackedLinear(nn.Module):
+    """Shared plumbing: flatten to (M, K), run the kernel (fp32 out), add the bias, restore dtype."""
+
+    mode: str
+
+    def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.act_dtype = dtype
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.act_dtype
+
+    def _mm(self, x: torch.Tensor) -> torch.Tensor:  # (M, K) -> (M, N) float32
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = self._mm(x.reshape(-1, self.in_features))  # (M, N) float32
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.to(x.dtype).reshape(*lead, self.out_features)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001 - nn.Module hook
+        # Checkpoints and the transformers twin see a plain (N, K) weight, whatever the layout.
+        destination[prefix + "weight"] = self.dequantized_weight().to(self.act_dtype)
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias.detach()
+
+    def weight_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.buffers(), *self.parameters()))
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, isa={build.ISA_NAMES[_isa()]}")
+
+
+class PackedFloatLinear(PackedLinear):
+    """bf16 or fp32 weights, activations in the same dtype, fp32 accumulation."""
+
+    mode = "float"
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        N, K = weight.shape
+        if weight.dtype not in (torch.bfloat16, torch.float32):
+            raise ValueError(f"packed float weights must be bf16 or fp32, not {weight.dtype}")
+        super().__init__(K, N, bias, weight.dtype)
+        self.register_buffer("packed", pack.pack_float(weight.detach()))
+
+    def _mm(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.act_dtype).contiguous()
+        ext = build.extension()
+        if self.act_dtype == torch.bfloat16:
+            return ext.mm_bf16(x, self.packed, self.out_features, _isa())
+        return ext.mm_f32(x, self.packed, self.out_features, _isa())
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return pack.unpack_float(self.packed, self.out_features).float()
+
+
+class PackedInt8Linear(PackedLinear):
+    """int8 weights per output channel (w ~ q * scale[n]) x int8 activations per block of 32."""
+
+    mode = "int8"
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> None:
+        N, K = weight.shape
+        super().__init__(K, N, bias, dtype or weight.dtype)
+        q, scales = pack.quantize_int8_rows(weight.detach())
+        packed, padded_scales = pack.pack_int8(q, scales)
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales", padded_scales)  # (N16,) float32
+
+    def _mm(self, x: torch.Tensor) -> torch.Tensor:
+        return build.extension().mm_int8(x.float().contiguous(), self.packed, self.scales, self.out_features, _isa())
+
+    def dequantized_weight(self) -> torch.Tensor:
+        q = pack.unpack_int8(self.packed, self.out_features)
+        return q.float() * self.scales[: self.out_features, None]
+
+
+class PackedInt4Linear(PackedLinear):
+    """int4 weights in blocks of 32 (w ~ q * s + d, bf16 s and d) x int8 activations per block."""
+
+    mode = "int4"
+    group_size = pack.BLOCK
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> None:
+        N, K = weight.shape
+        super().__init__(K, N, bias, dtype or weight.dtype)
+        self.register_buffer("packed", pack.pack_int4(*pack.quantize_int4_blocks(weight.detach())))
+
+    def _mm(self, x: torch.Tensor) -> torch.Tensor:
+        return build.extension().mm_int4(x.float().contiguous(), self.packed, self.out_features, _isa())
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return pack.dequantize_int4_blocks(*pack.unpack_int4(self.packed, self.out_features)).float()
+
+
+PACKED_LINEARS = (PackedFloatLinear, PackedInt8Linear, PackedInt4Linear)
+
+
+def can_pack(weight: torch.Tensor) -> bool:
+    """Whether the kernels take this (N, K) weight here: CPU, kernels built, K a multiple of 32."""
+    return weight.device.type == "cpu" and weight.shape[1] % pack.BLOCK == 0 and kernels_available()
+
+
+def pack_float_linears(model: nn.Module) -> nn.Module:
+    """Replace the model's float nn.Linear layers (bf16 / fp32, on CPU) with PackedFloatLinear.
+
+    A tied lm_head gets its own packed copy; the embedding keeps the original.
+    """
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear and child.weight.dtype in (torch.bfloat16, torch.float32) and can_pack(child.weight):
+                setattr(parent, name, PackedFloatLinear(child.weight, child.bias))
+    return model
