@@ -33,12 +33,13 @@ MODEL = "tiny-random"
 class ServerThread:
     """uvicorn serving `app` from a background thread, on a port the OS picked."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, **uvicorn_kw) -> None:
         self.app = app
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, **uvicorn_kw))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> "ServerThread":
@@ -328,6 +329,7 @@ def test_queue_full_429_and_waiting_disconnect_frees_place(target):
         r = s.post("/v1/completions", json={"model": MODEL, "prompt": "hello", "max_tokens": 4})
         assert r.status_code == 429 and time.time() - t0 < 2
         assert r.json()["error"]["code"] == "queue_full"
+        assert 1 <= int(r.headers["retry-after"]) <= 60
         with pytest.raises(openai.RateLimitError):
             client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=2)
 
@@ -444,8 +446,10 @@ def test_bad_inputs_get_openai_errors(server):
         _check_error(c.get(C), 405)
         # Oversized bodies: declared, and chunked without a length.
         big = b'{"model": "tiny-random", "prompt": "' + b"a" * (100 * 1024) + b'"}'
-        _check_error(c.post(C, content=big), 413, code="request_too_large")
-        _check_error(c.post(C, content=iter([big[i:i + 8192] for i in range(0, len(big), 8192)])), 413)
+        json_type = {"content-type": "application/json"}
+        _check_error(c.post(C, content=big, headers=json_type), 413, code="request_too_large")
+        _check_error(c.post(C, content=iter([big[i:i + 8192] for i in range(0, len(big), 8192)]), headers=json_type),
+                     413)
         # ... and the server still serves.
         assert c.get("/health").status_code == 200
         assert c.post(C, json=OK_C).status_code == 200
@@ -508,7 +512,8 @@ def test_cli_serve_subprocess():
         port = sock.getsockname()[1]
     env = {**os.environ, "SPECDECODE_API_KEY": "envkey"}
     proc = subprocess.Popen([sys.executable, "-m", "specdecode", "serve", "--model", MODEL, "--drafter", "ngram",
-                             "--port", str(port), "--max-queue", "2", "--threads", "1", "--log-level", "warning"],
+                             "--port", str(port), "--max-queue", "2", "--threads", "1", "--log-level", "warning",
+                             "--allowed-hosts", "box.lan", "--read-timeout", "1"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -521,6 +526,13 @@ def test_cli_serve_subprocess():
             assert time.time() < deadline, "server did not come up"
             time.sleep(0.2)
         assert httpx.get(url + "/v1/models").status_code == 401
+        auth = {"Authorization": "Bearer envkey"}
+        assert httpx.get(url + "/v1/models", headers=auth).json()["data"][0]["id"] == MODEL
+        assert httpx.get(url + "/v1/models", headers={**auth, "host": "box.lan"}).status_code == 200
+        assert httpx.get(url + "/v1/models", headers={**auth, "host": "evil.example"}).status_code == 421
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # --read-timeout 1
+            t0 = time.time()
+            assert sock.recv(10) == b"" and time.time() - t0 < 5
         client = openai.OpenAI(base_url=url + "/v1", api_key="envkey", max_retries=0)
         r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5)
         assert r.choices[0].finish_reason in ("stop", "length")
@@ -570,3 +582,148 @@ def test_tiny_temperature_and_top_p_give_the_greedy_text(server, ref, edge):
     import json
 
     assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]) == want.text
+
+
+# -- local-server safety: Host, Origin, Content-Type ---------------------------------------------
+
+def test_post_must_be_declared_json(server):
+    body = b'{"model": "tiny-random", "prompt": "hello", "max_tokens": 2}'
+    for content_type in (None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
+                         "application/jsonx", "text/json"):
+        headers = {} if content_type is None else {"content-type": content_type}
+        for path in (C, CH):
+            _check_error(server.post(path, content=body, headers=headers), 415, code="unsupported_media_type")
+    ok = server.post(C, content=body, headers={"content-type": "Application/JSON; charset=utf-8"})
+    assert ok.status_code == 200, ok.text
+
+
+def test_host_header_must_name_this_server(server):
+    for host in ("localhost", f"localhost:{server.port}", "127.0.0.1", f"127.0.0.1:{server.port}", "[::1]",
+                 f"[::1]:{server.port}", "LocalHost"):
+        assert httpx.get(server.url + "/v1/models", headers={"host": host}).status_code == 200, host
+    for host in ("evil.example", f"evil.example:{server.port}", "localhost.evil.example", "127.0.0.1.nip.io",
+                 "localhost:abc", "[::1", ""):
+        r = httpx.get(server.url + "/v1/models", headers={"host": host})
+        _check_error(r, 421, code="invalid_host")
+    # The rebinding attack proper: a POST that names the attacker's host.
+    _check_error(server.post(C, json=OK_C, headers={"host": "evil.example"}), 421, code="invalid_host")
+    # HTTP/1.0 without a Host header at all.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 421")
+
+
+def _asgi_client(target, **config):
+    from starlette.testclient import TestClient
+
+    return TestClient(create_app(Engine(target, NgramDrafter()), ServerConfig(MODEL, **config)),
+                      base_url="http://127.0.0.1")
+
+
+def test_allowed_hosts_and_wildcard_bind(target):
+    from specdecode.server.guard import allowed_host_names
+
+    def status(client, host):
+        return client.get("/v1/models", headers={"host": host}).status_code
+
+    named = _asgi_client(target, allowed_hosts=("Box.LAN",))
+    assert [status(named, h) for h in ("box.lan:8000", "localhost", "evil.example")] == [200, 200, 421]
+    anywhere = _asgi_client(target, host="0.0.0.0")  # the names clients use cannot be known
+    assert status(anywhere, "evil.example") == 200 and status(anywhere, "192.168.1.5:8000") == 200
+    listed = _asgi_client(target, host="0.0.0.0", allowed_hosts=("box.lan", "192.168.1.5"))
+    assert [status(listed, h) for h in ("box.lan", "192.168.1.5:8000", "127.0.0.1", "evil.example")] == \
+        [200, 200, 200, 421]
+    bound = _asgi_client(target, host="192.168.1.5")
+    assert [status(bound, h) for h in ("192.168.1.5:8000", "localhost", "box.lan")] == [200, 200, 421]
+    assert status(_asgi_client(target, allowed_hosts=("*",)), "x.y") == 200
+    assert allowed_host_names("::", ["*"]) is None and "::1" in allowed_host_names("[::1]")
+
+
+def test_browser_origins_refused_unless_allowed(server, target):
+    # Default: no origin is allowed, whatever the method; the 403 carries no CORS header.
+    for method, path in (("GET", "/v1/models"), ("POST", C), ("GET", "/health"), ("OPTIONS", C)):
+        r = httpx.request(method, server.url + path, json=OK_C,
+                          headers={"origin": "http://evil.example", "access-control-request-method": "POST"})
+        _check_error(r, 403, code="origin_not_allowed")
+        assert "access-control-allow-origin" not in r.headers
+    _check_error(server.post(C, json=OK_C, headers={"origin": "null"}), 403)
+
+    page = "http://localhost:3000"
+    client = _asgi_client(target, api_key="k", allowed_origins=(page, "https://app.example/"))
+    pre = client.options(C, headers={"origin": page, "access-control-request-method": "POST",
+                                     "access-control-request-headers": "authorization, content-type"})
+    assert pre.status_code == 204  # preflights carry no credentials: answered before the key check
+    assert pre.headers["access-control-allow-origin"] == page and pre.headers["vary"] == "Origin"
+    assert "POST" in pre.headers["access-control-allow-methods"]
+    assert pre.headers["access-control-allow-headers"] == "authorization, content-type"
+    r = client.get("/v1/models", headers={"origin": page, "authorization": "Bearer k"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == page
+    r = client.get("/v1/models", headers={"origin": page})  # the page can read why it failed
+    assert r.status_code == 401 and r.headers["access-control-allow-origin"] == page
+    r = client.get("/v1/models", headers={"origin": "https://app.example", "authorization": "Bearer k"})
+    assert r.status_code == 200
+    r = client.get("/v1/models", headers={"origin": "http://localhost:3001", "authorization": "Bearer k"})
+    assert r.status_code == 403 and "access-control-allow-origin" not in r.headers
+    assert client.get("/v1/models", headers={"authorization": "Bearer k"}).status_code == 200  # no Origin: not a page
+
+
+# -- smaller points: served name, echoed strings, timeouts ----------------------------------------
+
+def test_default_served_name_is_never_a_path(tmp_path):
+    from specdecode.server.cli import default_served_name
+
+    gguf = tmp_path / "qwen2.5-coder-1.5b-q8_0.gguf"
+    gguf.write_bytes(b"")
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    assert default_served_name(str(gguf)) == "qwen2.5-coder-1.5b-q8_0"
+    assert default_served_name(str(folder)) == "my-model"
+    assert default_served_name(str(folder) + "/") == "my-model"
+    assert default_served_name("qwen2.5-coder-1.5b") == "qwen2.5-coder-1.5b"
+    assert default_served_name("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"  # a hub id
+    assert str(tmp_path) not in default_served_name(str(tmp_path / "missing.gguf"))
+
+
+def test_echoed_user_strings_are_cut(server):
+    huge = "m" * 50_000
+    for path, body in ((C, {**OK_C, "model": huge}), (CH, {**OK_CH, "messages": [{"role": huge, "content": "x"}]})):
+        r = server.post(path, json=body)
+        assert r.status_code in (400, 404)
+        message = r.json()["error"]["message"]
+        assert len(message) < 500 and "m" * 200 + "..." in message
+    _check_error(server.post(C, json=OK_C, headers={"origin": "http://" + "o" * 5000}), 403)
+    assert len(server.post(C, json=OK_C, headers={"origin": "http://" + "o" * 5000}).text) < 500
+
+
+def test_idle_and_slow_connections_time_out(target):
+    from specdecode.server.protocol import header_timeout_protocol
+
+    engine = SlowEngine(target, NgramDrafter())
+    with ServerThread(create_app(engine, ServerConfig(MODEL, read_timeout=0.5)),
+                      http=header_timeout_protocol(0.5)) as s:
+        def closed_after(payload: bytes) -> float:
+            with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+                t0 = time.time()
+                sock.sendall(payload)
+                data = b""
+                while chunk := sock.recv(4096):
+                    data += chunk
+                return time.time() - t0, data
+
+        elapsed, data = closed_after(b"")  # connects, says nothing
+        assert 0.4 < elapsed < 5 and data == b""
+        elapsed, data = closed_after(b"GET /health HTTP/1.1\r\nHost: localh")  # headers never end
+        assert 0.4 < elapsed < 5 and data == b""
+        # Headers complete, body never comes: 408 in OpenAI's shape.
+        elapsed, data = closed_after(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
+                                     b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\"")
+        assert 0.4 < elapsed < 5 and data.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in data
+        # A keep-alive connection, idle after its answer, is closed too.
+        elapsed, data = closed_after(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert data.startswith(b"HTTP/1.1 200") and elapsed < 3  # uvicorn's own keep-alive limit is 5 s
+        # A generation that takes longer than the timeout is not cut: only reading the request is timed.
+        body = {"model": MODEL, "prompt": "hello", "max_tokens": 120, "ignore_eos": True}
+        t0 = time.time()
+        r = s.post(C, json=body)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 120
+        assert time.time() - t0 > 0.5, "the generation was too quick to show anything"

@@ -11,9 +11,9 @@ as JSON or as server-sent events. A client that disconnects cancels its job.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -29,14 +29,15 @@ from ..config import SamplingParams
 from ..engine import Engine
 from ..errors import ContextLengthError, SpecdecodeError
 from . import schemas
-from .errors import APIError, error_body, send_error
+from .errors import APIError, clip, error_body
+from .guard import GuardMiddleware, allowed_host_names
 from .metrics import ServerMetrics
 from .scheduler import Event, Job, QueueFull, Scheduler, SchedulerStopped
 
 log = logging.getLogger("specdecode.server")
 
 COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
-ENDPOINTS = {COMPLETIONS, CHAT, "/v1/models", "/health", "/metrics"}
+ENDPOINTS = frozenset({COMPLETIONS, CHAT, "/v1/models", "/health", "/metrics"})
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -49,6 +50,10 @@ class ServerConfig:
     max_queue: int = 64  # requests waiting beyond max_active before 429
     max_body_bytes: int = 1 << 20
     max_tokens_limit: int = 4096
+    host: str = "127.0.0.1"  # the bound address: with localhost, the Host names accepted
+    allowed_hosts: tuple[str, ...] = ()  # more Host names ("*" = any)
+    allowed_origins: tuple[str, ...] = ()  # browser origins allowed, with CORS ("*" = any)
+    read_timeout: float | None = 10.0  # seconds to send a request's body (uvicorn bounds the headers)
 
 
 def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
@@ -67,11 +72,13 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     app = FastAPI(title="specdecode", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.scheduler, app.state.metrics, app.state.config = engine, scheduler, metrics, config
-    app.add_middleware(GuardMiddleware, metrics=metrics, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(GuardMiddleware, metrics=metrics, endpoints=ENDPOINTS, api_key=config.api_key,
+                       max_body_bytes=config.max_body_bytes, hosts=allowed_host_names(config.host, config.allowed_hosts),
+                       allowed_origins=config.allowed_origins, read_timeout=config.read_timeout)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -128,6 +135,13 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         messages = schemas.chat_messages(req)
         return await generate(request, req, messages, params, chat=True)
 
+    def retry_after() -> int:
+        """Seconds until a slot is likely to free: a mean request's duration shared among the
+        active slots, at least 1 and at most 60 (the client's hint, not a promise)."""
+        finished = metrics.duration
+        mean = finished.sum / finished.count if finished.count else 1.0
+        return max(1, min(60, math.ceil(mean / scheduler.max_active)))
+
     async def generate(request: Request, req, prompt, params: SamplingParams, chat: bool):
         job = Job(prompt, chat, params, asyncio.get_running_loop())
         try:
@@ -135,7 +149,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         except QueueFull:
             raise APIError(429, f"the server is busy: {scheduler.max_active} generations running and "
                                 f"{scheduler.max_queue} waiting; retry later", "rate_limit_error", None,
-                           "queue_full") from None
+                           "queue_full", headers={"Retry-After": str(retry_after())}) from None
         except SchedulerStopped:
             raise APIError(503, "the server is shutting down", "server_error", None, "shutting_down") from None
         watcher = asyncio.create_task(_watch_disconnect(request, job))
@@ -261,94 +275,12 @@ def _engine_error(exc: BaseException | None, prompt_param: str) -> APIError:
     except ImportError:  # pragma: no cover - jinja2 comes with transformers
         TemplateError = ()  # type: ignore[assignment]
     if isinstance(exc, TemplateError):
-        return APIError(400, f"the chat template rejected the messages: {exc}", "invalid_request_error", "messages")
+        return APIError(400, f"the chat template rejected the messages: {clip(str(exc))}", "invalid_request_error",
+                        "messages")
     if isinstance(exc, (SpecdecodeError, ValueError)):
-        return APIError(400, str(exc), "invalid_request_error", None, None)
+        return APIError(400, clip(str(exc)), "invalid_request_error", None, None)
     log.error("generation failed", exc_info=exc)
     return APIError(500, "internal error during generation", "server_error", None, None)
-
-
-class GuardMiddleware:
-    """Pure ASGI: counts requests by endpoint and status, checks the API key, limits the body.
-
-    The body is read here in full (at most max_body_bytes, else 413) and replayed to the app,
-    so no handler ever buffers an unbounded body. Endpoint labels come from a fixed set, so
-    clients cannot grow the metrics with made-up paths.
-    """
-
-    def __init__(self, app, metrics: ServerMetrics, api_key: str | None, max_body_bytes: int) -> None:
-        self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
-        self.api_key = api_key.encode() if api_key else None
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = scope["path"]
-        endpoint = path if path in ENDPOINTS else ("/v1/models/{model}" if path.startswith("/v1/models/") else "other")
-        status = 499  # the client left before any response
-
-        async def send_status(message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            if self.api_key is not None and path != "/health" and not self._authorized(scope):
-                await send_error(send_status, 401, "invalid or missing API key: send 'Authorization: Bearer KEY'",
-                                 code="invalid_api_key", headers=[(b"www-authenticate", b"Bearer")])
-                return
-            body = await self._read_body(scope, receive, send_status)
-            if body is None:
-                return
-            replayed = False
-
-            async def replay():
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
-
-            await self.app(scope, replay, send_status)
-        except Exception:
-            status = 500
-            raise
-        finally:
-            self.metrics.record_request(endpoint, status)
-
-    def _authorized(self, scope) -> bool:
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.api_key)
-        return False
-
-    async def _read_body(self, scope, receive, send) -> bytes | None:
-        """The whole body, or None after answering 413 (or when the client left)."""
-        limit = self.max_body_bytes
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await self._too_large(send)
-                return None
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await self._too_large(send)
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-    async def _too_large(self, send) -> None:
-        await send_error(send, 413, f"the request body is larger than {self.max_body_bytes} bytes",
-                         code="request_too_large", headers=[(b"connection", b"close")])
 
 
 def api_key_from_env(value: str | None) -> str | None:

@@ -7,7 +7,10 @@ without the `server` extra and `serve` explains how to get it.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+from pathlib import Path
 
 from ..errors import SpecdecodeError
 
@@ -24,7 +27,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_model_options(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--served-model-name", help="the model name clients send (default: the --model value)")
+    p.add_argument("--served-model-name",
+                   help="the model name clients send and /v1/models shows (default: the --model short name or "
+                        "hub id, or the base name of a model file or folder; never a path)")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on every endpoint but /health "
                         "(default: $SPECDECODE_API_KEY; unset = no authentication)")
@@ -35,6 +40,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body, else 413 (default 1 MiB)")
     p.add_argument("--max-tokens-limit", type=int, default=4096,
                    help="largest max_tokens a request may ask for, else 400 (default 4096)")
+    p.add_argument("--allowed-hosts", default="", metavar="NAMES",
+                   help="comma-separated host names the Host header may carry besides localhost, 127.0.0.1, [::1] "
+                        "and the --host address; others get 421 (blocks DNS rebinding). Bound to 0.0.0.0 or ::, "
+                        "any Host is accepted unless this lists the names clients use; '*' accepts any Host")
+    p.add_argument("--allowed-origins", default="", metavar="ORIGINS",
+                   help="comma-separated browser origins (e.g. http://localhost:3000) that may call the API, "
+                        "with CORS headers; requests from other web pages get 403 (default: none; '*' = any)")
+    p.add_argument("--read-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="a client must send its request headers within this time of connecting (or of its previous "
+                        "answer), and then its body within this time, else the connection is closed (default 10)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
     return p
@@ -45,6 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from .app import ServerConfig, api_key_from_env, create_app
+        from .protocol import header_timeout_protocol
     except ImportError as e:
         raise SpecdecodeError(f"the server needs FastAPI and uvicorn ({e}): pip install 'specdecode[server]'") from None
     from ..cli import build_engine
@@ -56,17 +72,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise SpecdecodeError("--max-queue must be >= 0")
     if not 0 <= args.port <= 65535:
         raise SpecdecodeError(f"--port must be in 0..65535, got {args.port}")
+    if not 0 < args.read_timeout < math.inf:
+        raise SpecdecodeError(f"--read-timeout must be a positive number of seconds, got {args.read_timeout}")
+    served_name = args.served_model_name if args.served_model_name is not None else default_served_name(args.model)
+    if not served_name or len(served_name) > 256 or not served_name.isprintable():
+        raise SpecdecodeError("--served-model-name must be 1 to 256 printable characters")
+    allowed_hosts, allowed_origins = _split(args.allowed_hosts), _split(args.allowed_origins)
     api_key = api_key_from_env(args.api_key)
     if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"specdecode: warning: serving on {args.host} without --api-key: anyone who can reach this "
               "port can use the model", file=sys.stderr)
+    if args.host in ("0.0.0.0", "::") and not allowed_hosts:
+        print("specdecode: warning: bound to every interface, so any Host header is accepted; "
+              "--allowed-hosts NAMES restricts it to the names clients use", file=sys.stderr)
     engine = build_engine(args)
-    config = ServerConfig(model_name=args.served_model_name or args.model, api_key=api_key,
+    config = ServerConfig(model_name=served_name, api_key=api_key,
                           max_active=args.max_active, max_queue=args.max_queue,
-                          max_body_bytes=args.max_body_bytes, max_tokens_limit=args.max_tokens_limit)
+                          max_body_bytes=args.max_body_bytes, max_tokens_limit=args.max_tokens_limit,
+                          host=args.host, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins,
+                          read_timeout=args.read_timeout)
     app = create_app(engine, config)
     drafter = engine.drafter.name if engine.drafter is not None else "none"
     print(f"serving {config.model_name!r} (drafter: {drafter}) on http://{args.host}:{args.port}/v1",
           file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5,
+                http=header_timeout_protocol(args.read_timeout))
     return 0
+
+
+def default_served_name(model: str) -> str:
+    """The name /v1/models shows for --model: a short name or hub id as given; for a file or
+    folder on disk its base name (without .gguf), so the server never reveals a local path."""
+    path = Path(model).expanduser()
+    if path.exists() or model.endswith((".gguf", "/", os.sep)) or model.startswith((".", "~", os.sep)):
+        name = path.name or path.resolve().name
+        return name.removesuffix(".gguf") or "model"
+    return model
+
+
+def _split(names: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in names.split(",") if n.strip())

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import json
 
+ECHO_CHARS = 200  # how much of a client's string an error message repeats back
+MAX_MESSAGE_CHARS = 2000  # a last bound on any error message, whatever went into it
+
+
+def clip(text: str, limit: int = ECHO_CHARS) -> str:
+    """`text` cut to `limit` characters with an ellipsis: a 1 MB model name must not come back
+    in a 1 MB error body."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
 
 class APIError(Exception):
     """An error answered to the client as is; raised anywhere in request handling."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
 
     def body(self) -> dict:
         return error_body(self.message, self.type, self.param, self.code)
@@ -19,7 +29,7 @@ class APIError(Exception):
 
 def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return {"error": {"message": clip(message, MAX_MESSAGE_CHARS), "type": type, "param": param, "code": code}}
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..config import SamplingParams
-from .errors import APIError, bad_request
+from .errors import APIError, bad_request, clip
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 1000  # stop matching holds back up to len(stop) - 1 characters per check
@@ -176,7 +176,7 @@ def chat_messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
     out = []
     for i, m in enumerate(req.messages):
         if m.role not in CHAT_ROLES:
-            raise bad_request(f"messages[{i}].role must be one of {sorted(CHAT_ROLES)}, got {m.role!r}", "messages")
+            raise bad_request(f"messages[{i}].role must be one of {sorted(CHAT_ROLES)}, got {clip(m.role)!r}", "messages")
         if m.tool_calls:
             raise bad_request("tool calls are not supported", "messages", "unsupported_parameter")
         content = m.content
@@ -217,5 +217,5 @@ def chat_chunk(rid: str, created: int, model: str, delta: dict | None, finish: s
 
 def raise_for_model(requested: str, served: str) -> None:
     if requested != served:
-        raise APIError(404, f"the model {requested!r} does not exist; this server serves {served!r}",
+        raise APIError(404, f"the model {clip(requested)!r} does not exist; this server serves {served!r}",
                        "invalid_request_error", "model", "model_not_found")
