@@ -198,8 +198,13 @@ def build_transformer(
     state_dict: dict[str, torch.Tensor],
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    packed: bool = True,
 ) -> Transformer:
-    """Instantiate without a throw-away random init (meta device), then load the weights."""
+    """Instantiate without a throw-away random init (meta device), then load the weights.
+
+    packed: on CPU, run bf16 / fp32 linear layers on specdecode.kernels when they are built
+    (False keeps PyTorch's nn.Linear, e.g. to compare against it).
+    """
     with torch.device("meta"):
         model = Transformer(args)
     state = dict(state_dict)
@@ -214,4 +219,11 @@ def build_transformer(
         model.lm_head.weight = model.model.embed_tokens.weight
     # RoPE tables are not in checkpoints: rebuild them for real on the target device.
     model.rope = RotaryEmbedding(args.head_dim, args.max_position_embeddings, args.rope_theta)
-    return model.to(device=device, dtype=dtype).eval()
+    model = model.to(device=device, dtype=dtype).eval()
+    if packed:
+        # On CPU the linear layers run on the skinny kernels: one weight read for all rows of a
+        # verify pass, and each row's bits independent of the number of rows.
+        from .kernels import pack_float_linears
+
+        pack_float_linears(model)
+    return model

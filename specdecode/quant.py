@@ -211,21 +211,37 @@ class Int4Linear(_QuantLinear):
 QUANT_LINEARS = (Int8Linear, Int4Linear)
 
 
+def _linear_types() -> tuple[type, ...]:
+    """Every linear layer type this module can quantize or re-quantize."""
+    from .kernels import PACKED_LINEARS
+
+    return (nn.Linear, *QUANT_LINEARS, *PACKED_LINEARS)
+
+
 def quantize_linear(linear: nn.Module, mode: str, group_size: int = 32) -> nn.Module:
     """A quantized replacement for an nn.Linear (or a re-quantized one for a quantized linear).
 
-    int4 falls back to int8 when the kernels cannot take the layer's shape.
+    On CPU, with the kernels built (specdecode.kernels), int8 and int4 in groups of 32 become
+    packed layers that also quantize activations per block of 32 (integer dot products, one
+    weight read for all rows of a verify pass, row-invariant). Otherwise PyTorch's weight-only
+    kernels (Int8Linear, Int4Linear). int4 falls back to int8 when no int4 kernel takes the shape.
     """
+    from .kernels import PACKED_LINEARS, PackedFloatLinear, PackedInt4Linear, PackedInt8Linear, can_pack
+
     if mode not in MODES:
         raise ValueError(f"unknown quantization mode {mode!r}; choose from {', '.join(MODES)}")
-    if isinstance(linear, QUANT_LINEARS):
+    if isinstance(linear, (*QUANT_LINEARS, PackedInt8Linear, PackedInt4Linear)):
         if linear.mode == mode and (mode == "int8" or linear.group_size == group_size):
             return linear  # already in this format: share it
         weight, bias, dtype = linear.dequantized_weight(), linear.bias, linear.dtype
+    elif isinstance(linear, PACKED_LINEARS):  # float weights in the kernels' layout
+        weight, bias, dtype = linear.dequantized_weight().to(linear.dtype), linear.bias, linear.dtype
     elif isinstance(linear, nn.Linear):
         weight, bias, dtype = linear.weight.detach(), linear.bias, linear.weight.dtype
     else:
         raise TypeError(f"cannot quantize {type(linear).__name__}")
+    if can_pack(weight) and (mode == "int8" or group_size == PackedInt4Linear.group_size):
+        return PackedInt8Linear(weight, bias, dtype) if mode == "int8" else PackedInt4Linear(weight, bias, dtype)
     if mode == "int4":
         g = int4_group_size(weight.shape[0], weight.shape[1], group_size, weight.device)
         if g is not None:
@@ -254,9 +270,10 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = 32, head: str 
     if mode not in MODES:
         raise ValueError(f"unknown quantization mode {mode!r}; choose from {', '.join(MODES)}")
     head_mode = _head_mode(mode, head)
+    linear_types = _linear_types()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if not isinstance(child, (nn.Linear, *QUANT_LINEARS)):
+            if not isinstance(child, linear_types):
                 continue
             m = head_mode if name == "lm_head" else mode
             if m is not None:
@@ -273,12 +290,13 @@ def quantized_copy(model: nn.Module, mode: str, group_size: int = 32, head: str 
     if mode not in MODES:
         raise ValueError(f"unknown quantization mode {mode!r}; choose from {', '.join(MODES)}")
     head_mode = _head_mode(mode, head)
+    linear_types = _linear_types()
 
     def clone(module: nn.Module, name: str) -> nn.Module:
-        if isinstance(module, (nn.Linear, *QUANT_LINEARS)):
+        if isinstance(module, linear_types):
             m = head_mode if name == "lm_head" else mode
             return module if m is None else quantize_linear(module, m, group_size)
-        if not any(isinstance(m, (nn.Linear, *QUANT_LINEARS)) for m in module.modules()):
+        if not any(isinstance(m, linear_types) for m in module.modules()):
             return module  # embedding, norms, RoPE: the very same module
         new = copy.copy(module)  # shallow: same parameters, buffers and attributes
         new._parameters = dict(module._parameters)

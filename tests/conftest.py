@@ -46,10 +46,10 @@ def tiny_hf_model(arch: str = "llama", seed: int = 0, **kw):
     return model
 
 
-def native_from_hf(hf_model, dtype: torch.dtype = torch.float32):
+def native_from_hf(hf_model, dtype: torch.dtype = torch.float32, packed: bool = True):
     args = ModelArgs.from_hf_config(hf_model.config.to_dict())
     sd = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
-    return build_transformer(args, sd, dtype=dtype)
+    return build_transformer(args, sd, dtype=dtype, packed=packed)
 
 
 @pytest.fixture(params=["llama", "qwen2"])
@@ -61,3 +61,22 @@ def pytest_configure(config):
     # Tiny models are dominated by per-op overhead: one thread avoids OpenMP spinning
     # against other processes on a shared 2-core CI machine.
     torch.set_num_threads(1)
+
+
+def layer_mode(layer) -> str | None:
+    """'float', 'int8' or 'int4' for any linear layer type (PyTorch's or specdecode's kernels'); None otherwise."""
+    from torch import nn
+
+    from specdecode.kernels import PACKED_LINEARS
+    from specdecode.quant import QUANT_LINEARS
+
+    if type(layer) is nn.Linear:
+        return "float"
+    if isinstance(layer, (*QUANT_LINEARS, *PACKED_LINEARS)):
+        return layer.mode
+    return None
+
+
+def float_weight(layer) -> torch.Tensor:
+    """The (N, K) float32 weight of a float linear layer, packed or not."""
+    return layer.weight.detach().float() if type(layer).__name__ == "Linear" else layer.dequantized_weight()

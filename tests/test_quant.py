@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import native_from_hf, tiny_hf_model
+from conftest import float_weight, layer_mode, native_from_hf, tiny_hf_model
+from specdecode.kernels import PackedInt4Linear, kernels_available
 from specdecode.quant import (
     Int4Linear,
     Int8Linear,
@@ -104,7 +105,7 @@ def test_quantize_int8_error_bound():
     assert ((dequantize_int8(q, s) - w).abs() <= s[:, None] / 2 + 1e-7).all()
 
 
-def test_int4_group_size_and_fallback():
+def test_int4_group_size_and_fallback(monkeypatch):
     cpu = torch.device("cpu")
     assert int4_group_size(1536, 576, 128, cpu) == 64  # SmolLM2's width: 576 = 4.5 x 128
     assert int4_group_size(1536, 1536, 128, cpu) == 128
@@ -112,11 +113,17 @@ def test_int4_group_size_and_fallback():
     assert int4_group_size(97, 64, 128, cpu) is None  # CPU kernel wants out_features % 16 == 0
     assert int4_group_size(32, 48, 128, cpu) is None
     assert int4_group_size(96, 64, 128, torch.device("cuda")) is None  # CUDA: in_features % 128
+    # PyTorch's kernels (the path without specdecode.kernels): int4 needs out_features % 16 == 0
+    monkeypatch.setattr("specdecode.kernels.linear.kernels_available", lambda: False)
     odd = quantize_linear(nn.Linear(64, 97, bias=False), "int4")
     assert isinstance(odd, Int8Linear)
     assert isinstance(quantize_linear(nn.Linear(64, 96), "int4", 128), Int4Linear)
     with pytest.raises(ValueError):
         quantize_linear(nn.Linear(64, 96), "int3")
+    monkeypatch.undo()
+    if kernels_available():  # the packed kernels take any out_features, int4 in blocks of 32
+        assert isinstance(quantize_linear(nn.Linear(64, 97, bias=False), "int4"), PackedInt4Linear)
+        assert isinstance(quantize_linear(nn.Linear(64, 96), "int4", 128), Int4Linear)  # other group sizes
 
 
 def test_requantizing_reuses_or_converts():
@@ -124,7 +131,7 @@ def test_requantizing_reuses_or_converts():
     q8 = quantize_linear(lin, "int8")
     assert quantize_linear(q8, "int8") is q8
     q4 = quantize_linear(q8, "int4", 64)
-    assert isinstance(q4, Int4Linear) and torch.equal(q4.bias, q8.bias)
+    assert layer_mode(q4) == "int4" and torch.equal(q4.bias, q8.bias)
     back = quantize_linear(q4, "int8")
     assert rel_rms(back.dequantized_weight(), lin.weight.detach()) < 0.15
 
@@ -135,8 +142,8 @@ def test_quantize_model_replaces_every_linear(mode, dtype):
     model = native_from_hf(tiny_hf_model("qwen2", vocab=128), dtype)  # qwen2: q/k/v biases
     ref_model = copy.deepcopy(model)
     quantize_model(model, mode, group_size=32, head="same")
-    assert not any(type(m) is nn.Linear for m in model.modules())
-    assert isinstance(model.lm_head, Int4Linear if mode == "int4" else Int8Linear)
+    assert not any(layer_mode(m) == "float" for m in model.modules())
+    assert layer_mode(model.lm_head) == mode
     assert model.model.layers[0].self_attn.q_proj.bias is not None
     tokens = torch.randint(0, 128, (1, 60), generator=torch.Generator().manual_seed(0))
     pos = torch.arange(60)[None]
@@ -154,11 +161,11 @@ def test_quantize_model_replaces_every_linear(mode, dtype):
 def test_tied_head_gets_its_own_copy_and_the_embedding_stays_float():
     model = native_from_hf(tiny_hf_model("llama", vocab=128, tie=True))
     embed = model.model.embed_tokens.weight
-    assert model.lm_head.weight is embed
+    assert torch.equal(float_weight(model.lm_head), embed.float())
     before = embed.detach().clone()
     quantize_model(model, "int4", group_size=32, head="same")
     assert model.model.embed_tokens.weight is embed and torch.equal(embed, before)
-    assert isinstance(model.lm_head, Int4Linear)
+    assert layer_mode(model.lm_head) == "int4"
     tokens = torch.tensor([[1, 2, 3]])
     assert model(tokens, torch.arange(3)[None], model.new_cache(8)).shape == (1, 3, 128)
 
@@ -166,14 +173,14 @@ def test_tied_head_gets_its_own_copy_and_the_embedding_stays_float():
 def test_head_option():
     model = native_from_hf(tiny_hf_model("llama", vocab=128))
     quantize_model(model, "int4")
-    assert isinstance(model.lm_head, Int8Linear)  # the default
+    assert layer_mode(model.lm_head) == "int8"  # the default
     model = native_from_hf(tiny_hf_model("llama", vocab=128))
     quantize_model(model, "int4", group_size=32, head="float")
-    assert type(model.lm_head) is nn.Linear
-    assert isinstance(model.model.layers[0].mlp.up_proj, Int4Linear)
+    assert layer_mode(model.lm_head) == "float"
+    assert layer_mode(model.model.layers[0].mlp.up_proj) == "int4"
     model = native_from_hf(tiny_hf_model("llama", vocab=128))
     quantize_model(model, "int4", group_size=32, head="int4")
-    assert isinstance(model.lm_head, Int4Linear)
+    assert layer_mode(model.lm_head) == "int4"
     with pytest.raises(ValueError):
         quantize_model(model, "int4", head="fp8")
 
@@ -183,7 +190,7 @@ def test_quantized_copy_shares_all_but_the_linears():
     original = copy.deepcopy(model)
     twin = quantized_copy(model, "int4")
     # the original is untouched
-    assert type(model.lm_head) is nn.Linear and model.lm_head.weight is model.model.embed_tokens.weight
+    assert layer_mode(model.lm_head) == "float"
     for (n, p), (_, p0) in zip(model.state_dict().items(), original.state_dict().items()):
         assert torch.equal(p, p0), n
     # shared: embedding, norms, rope, config
@@ -191,10 +198,10 @@ def test_quantized_copy_shares_all_but_the_linears():
     assert twin.model.norm.weight is model.model.norm.weight
     assert twin.model.layers[1].input_layernorm.weight is model.model.layers[1].input_layernorm.weight
     assert twin.rope.cos is model.rope.cos and twin.args is model.args
-    assert isinstance(twin.model.layers[0].self_attn.k_proj, Int4Linear)
+    assert layer_mode(twin.model.layers[0].self_attn.k_proj) == "int4"
     # same numbers as quantizing a deep copy in place
     inplace = quantize_model(copy.deepcopy(model), "int4")
-    assert isinstance(twin.lm_head, Int8Linear)  # default head: int8
+    assert layer_mode(twin.lm_head) == "int8"  # default head: int8
     tokens, pos = torch.tensor([[3, 1, 4, 1, 5]]), torch.arange(5)[None]
     assert torch.equal(twin(tokens, pos, twin.new_cache(8)), inplace(tokens, pos, inplace.new_cache(8)))
 
@@ -226,7 +233,7 @@ def test_load_with_quantize():
     from specdecode.errors import SpecdecodeError
 
     m = specdecode.load("tiny-random", dtype="bfloat16", quantize="int8")
-    assert m.quantize == "int8" and isinstance(m.lm.model.layers[0].mlp.up_proj, Int8Linear)
+    assert m.quantize == "int8" and layer_mode(m.lm.model.layers[0].mlp.up_proj) == "int8"
     assert specdecode.load("tiny-random", quantize="none").quantize is None
     with pytest.raises(SpecdecodeError, match="quantization"):
         specdecode.load("tiny-random", quantize="int2")
@@ -241,8 +248,8 @@ def test_cli_options_build_quantized_engines():
 
     e = engine("--drafter", "self", "--quantize", "int8")
     assert isinstance(e.drafter, SelfDrafter) and e.drafter.mode == "int4"
-    assert isinstance(e.target.model.layers[0].mlp.up_proj, Int8Linear)
+    assert layer_mode(e.target.model.layers[0].mlp.up_proj) == "int8"
     assert engine("--drafter", "self", "--draft-quantize", "int8").drafter.mode == "int8"
     e = engine("--draft", "tiny-random-draft", "--draft-quantize", "int4")
-    assert type(e.drafter) is ModelDrafter and isinstance(e.drafter.model.model.layers[0].mlp.up_proj, Int4Linear)
-    assert type(e.target.model.layers[0].mlp.up_proj) is nn.Linear
+    assert type(e.drafter) is ModelDrafter and layer_mode(e.drafter.model.model.layers[0].mlp.up_proj) == "int4"
+    assert layer_mode(e.target.model.layers[0].mlp.up_proj) == "float"

@@ -1,0 +1,182 @@
+"""The skinny CPU kernels (specdecode.kernels): every ISA path this CPU runs, against a float64
+reference, and bit for bit row-invariant (row i's result does not depend on how many rows are
+computed with it) at the real models' shapes. Paths the CPU lacks are reported as skipped.
+
+Tolerances against float64 (relative to the output's largest value): the kernels accumulate in
+float32 over K <= 8960 terms, so about K * 2^-24 in the worst case; 2e-5 holds with margin at
+every shape here (measured: <= 2e-6). The integer formats are compared with the dequantized
+weights and the dequantized int8 activations, which is exactly what they compute.
+"""
+
+import pytest
+import torch
+
+from specdecode.errors import SpecdecodeError
+from specdecode.kernels import ISA_NAMES, PackedFloatLinear, PackedInt4Linear, PackedInt8Linear, best_isa, build, pack
+
+pytestmark = pytest.mark.skipif(best_isa() < 0, reason="specdecode kernels not built (no compiler or not x86-64)")
+FORMATS = ("f32", "bf16", "int8", "int4")
+TOL = 2e-5
+
+
+def isa_param(isa: int):
+    have = best_isa()
+    return pytest.param(isa, id=ISA_NAMES[isa], marks=pytest.mark.skipif(
+        have < isa, reason=f"this CPU lacks the {ISA_NAMES[isa]} path (best: {ISA_NAMES[max(have, 0)]})"))
+
+
+ISAS = [isa_param(i) for i in range(len(ISA_NAMES))]
+
+
+def make_layer(fmt: str, w: torch.Tensor):
+    if fmt == "f32":
+        return PackedFloatLinear(w.float())
+    if fmt == "bf16":
+        return PackedFloatLinear(w.bfloat16())
+    return (PackedInt8Linear if fmt == "int8" else PackedInt4Linear)(w.float(), None, torch.float32)
+
+
+def run(layer, x: torch.Tensor, isa: int) -> torch.Tensor:
+    """The layer's kernel on an explicit ISA path: (m, K) -> (m, N) float32."""
+    ext = build.extension()
+    if layer.mode == "float":
+        x = x.to(layer.act_dtype).contiguous()
+        fn = ext.mm_bf16 if layer.act_dtype == torch.bfloat16 else ext.mm_f32
+        return fn(x, layer.packed, layer.out_features, isa)
+    if layer.mode == "int8":
+        return ext.mm_int8(x.float().contiguous(), layer.packed, layer.scales, layer.out_features, isa)
+    return ext.mm_int4(x.float().contiguous(), layer.packed, layer.out_features, isa)
+
+
+def reference(layer, x: torch.Tensor) -> torch.Tensor:
+    """float64: what the kernel computes, summed exactly."""
+    W = layer.dequantized_weight().double()
+    if layer.mode == "float":
+        return x.to(layer.act_dtype).double() @ W.T
+    xq, sx, _ = build.extension().quantize_act(x.float().contiguous())
+    m, K = x.shape
+    xd = (xq.double().view(m, -1, 32) * sx.double()[..., None]).view(m, K)
+    return xd @ W.T
+
+
+def random_case(N: int, K: int, m: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(N, K, generator=g) * 0.05
+    x = torch.randn(m, K, generator=g)
+    x[:, 5] *= 40.0  # an outlier channel, as real activations have
+    if m > 2:
+        x[1, :32] = 0.0  # an all-zero activation block
+    return w, x
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("shape", [(97, 64), (1536, 1536), (256, 8960)], ids=["tiny-odd-N", "1536x1536", "256x8960"])
+def test_matches_float64_reference_and_is_row_invariant(fmt, isa, shape):
+    N, K = shape
+    w, x = random_case(N, K, 16)
+    layer = make_layer(fmt, w)
+    y = run(layer, x, isa)
+    ref = reference(layer, x)
+    assert y.shape == (16, N) and y.dtype == torch.float32
+    assert float((y.double() - ref).abs().max() / ref.abs().max()) <= TOL
+    for m in (1, 2, 3, 5, 8, 9):  # every row block split the kernel can take
+        part = run(layer, x[:m], isa)
+        assert torch.equal(part, y[:m]), f"rows change with m = {m}"
+    for i in range(16):
+        assert torch.equal(run(layer, x[i : i + 1], isa)[0], y[i]), f"row {i} alone differs"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("shape", [(8960, 1536), (1536, 8960), (151936, 1536)], ids=["up-8960x1536", "down-1536x8960", "lm_head-151936x1536"])
+def test_row_invariant_at_real_model_shapes(fmt, shape):
+    """Qwen2.5-1.5B's MLP and its 151,936-row lm_head, on the path in use: rows of a 9-token
+    verify pass are bit-identical to one-token steps."""
+    N, K = shape
+    w, x = random_case(N, K, 9, seed=1)
+    layer = make_layer(fmt, w)
+    del w
+    isa = build.active_isa()
+    y = run(layer, x, isa)
+    for i in (0, 4, 8):
+        assert torch.equal(run(layer, x[i : i + 1], isa)[0], y[i])
+    rows = torch.randint(0, N, (256,), generator=torch.Generator().manual_seed(2))
+    W = layer.dequantized_weight()[rows].double()
+    if layer.mode == "float":
+        xd = x.to(layer.act_dtype).double()
+    else:
+        xq, sx, _ = build.extension().quantize_act(x.float().contiguous())
+        xd = (xq.double().view(9, -1, 32) * sx.double()[..., None]).view(9, K)
+    ref = xd @ W.T
+    assert float((y[:, rows].double() - ref).abs().max() / ref.abs().max()) <= TOL
+
+
+@pytest.mark.parametrize("fmt", ["f32", "int8", "int4"])
+def test_every_path_gives_the_same_bits(fmt):
+    """The integer formats and fp32 run the same float operations on every path (lanes are
+    columns), so an AVX2 machine and an AVX-512 one produce identical outputs."""
+    if best_isa() < 1:
+        pytest.skip("only the scalar path runs here")
+    w, x = random_case(200, 1536, 7, seed=3)
+    layer = make_layer(fmt, w)
+    outs = [run(layer, x, isa) for isa in range(best_isa() + 1)]
+    for other in outs[1:]:
+        assert torch.equal(outs[0], other)
+
+
+def test_bf16_fma_paths_agree_with_each_other():
+    if best_isa() < 1:
+        pytest.skip("only the scalar path runs here")
+    w, x = random_case(200, 1536, 5, seed=4)
+    layer = make_layer("bf16", w)
+    assert torch.equal(run(layer, x, 0), run(layer, x, 1))  # scalar and AVX2: the same FMAs in order
+
+
+def test_activation_quantization_matches_its_pytorch_statement():
+    _, x = random_case(1, 8960, 12, seed=5)
+    x[3, 64:96] = 1e-30  # tiny but non-zero block
+    got = build.extension().quantize_act(x.contiguous())
+    want = pack.quantize_act_reference(x)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    xq, sx, sxs = got
+    assert int(xq.abs().max()) == 127 and bool((sx[1, 0] == 0) & (sxs[1, 0] == 0))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_pack_round_trips(fmt):
+    w, _ = random_case(50, 96, 1, seed=6)
+    layer = make_layer(fmt, w)
+    back = layer.dequantized_weight()
+    assert back.shape == (50, 96)
+    if fmt in ("f32", "bf16"):
+        assert torch.equal(back, w.to(layer.act_dtype).float())
+    else:  # the quantization step bounds the error: int8 amax/254 per row, int4 range/30 per block
+        assert float((back - w).abs().max()) <= (w.abs().max() / 127 if fmt == "int8" else (w.max() - w.min()) / 15)
+    q, s, d = pack.quantize_int4_blocks(w)
+    assert all(torch.equal(a, b) for a, b in zip(pack.unpack_int4(pack.pack_int4(q, s, d), 50), (q, s, d)))
+
+
+def test_layer_forward_keeps_dtype_bias_and_leading_dims():
+    w, x = random_case(40, 64, 6, seed=7)
+    bias = torch.randn(40)
+    for layer in (PackedFloatLinear(w.bfloat16(), bias.bfloat16()), PackedInt8Linear(w, bias), PackedInt4Linear(w, bias)):
+        xx = x.to(layer.act_dtype).view(2, 3, 64)
+        y = layer(xx)
+        assert y.shape == (2, 3, 40) and y.dtype == layer.act_dtype
+        expected = (run(layer, x, build.active_isa()) + layer.bias.float()).to(layer.act_dtype).view(2, 3, 40)
+        assert torch.equal(y, expected)
+
+
+def test_state_dict_shows_plain_weights():
+    w, _ = random_case(40, 64, 1, seed=8)
+    sd = PackedFloatLinear(w.bfloat16(), torch.zeros(40, dtype=torch.bfloat16)).state_dict()
+    assert set(sd) == {"weight", "bias"} and torch.equal(sd["weight"], w.bfloat16())
+
+
+def test_forced_isa_and_bad_override(monkeypatch):
+    monkeypatch.setenv(build.ISA_ENV, "scalar")
+    assert build.active_isa() == 0
+    monkeypatch.setenv(build.ISA_ENV, "avx9000")
+    with pytest.raises(SpecdecodeError, match="avx9000"):
+        build.active_isa()
