@@ -82,6 +82,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"{name:<14} {m.description}" + (f"  [{flags}]" if flags else ""))
         return 0
     config = config_from_args(args)
+    # Before any model loads: a missing optional dependency must not surface after an hour's run.
+    from .report import charts_missing
+
+    no_charts = charts_missing()
+    if no_charts:
+        print(f"specdecode bench: warning: no charts: {no_charts} (results.json and results.md are written)",
+              file=sys.stderr, flush=True)
     try:
         import transformers
 
@@ -98,5 +105,5 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sp = f"{s['speedup_vs_target']:.2f}x" if s["speedup_vs_target"] else "-"
         bad = f"  ({s['mismatches_vs_target']} outputs differ from target-only)" if s["mismatches_vs_target"] else ""
         print(f"  {m:<14} {tps:>9} tok/s  {sp:>7}{bad}", file=sys.stderr)
-    print(f"wrote {config.out}/results.json, results.md and charts", file=sys.stderr)
+    print(f"wrote {config.out}/results.json, results.md" + ("" if no_charts else " and charts"), file=sys.stderr)
     return 0

@@ -1,11 +1,14 @@
 """Reports from results.json: the summary, results.md (tables) and PNG charts (matplotlib, Agg).
 
+matplotlib is optional (the `bench` extra): without it the charts are skipped, not the run.
+
 Charts are drawn on matplotlib's object API with the Agg canvas, never pyplot, so no global
 backend is switched and no display is needed.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ def write_reports(results: dict[str, Any], out: Path | str) -> list[Path]:
     results["summary"] = summarize(results["prompts"], list(results["methods"]))
     save_json(results, out / RESULTS_JSON)
     md = out / "results.md"
-    md.write_text(markdown(results), encoding="utf-8")
+    md.write_text(markdown(results, charts_missing()), encoding="utf-8")
     return [out / RESULTS_JSON, md] + write_charts(results, out)
 
 
@@ -54,7 +57,8 @@ def _gb(n: int | None) -> str:
     return "?" if not n else f"{n / 2**30:.0f} GiB"
 
 
-def markdown(results: dict[str, Any]) -> str:
+def markdown(results: dict[str, Any], no_charts: str | None = None) -> str:
+    """results.md; `no_charts` says why the charts were not drawn (they are linked otherwise)."""
     summary = results.get("summary") or summarize(results["prompts"], list(results["methods"]))
     cfg, mach, models = results["config"], results["machine"], results["models"]
     methods = [m for m in results["methods"] if any(m in row for row in summary["by_category"].values())]
@@ -76,7 +80,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"- **Run**: {n_prompts} prompts, max {cfg['max_new_tokens']} new tokens, "
         + ("greedy" if greedy else f"temperature {cfg['temperature']} (seed {cfg['seed']})")
         + f", median of {cfg['repeats']} repeat(s), {cfg['warmup']} warm-up prompt(s), prompt format {cfg['prompt_format']}, "
-        f"draft tokens per round {cfg['num_draft_tokens'] or 'default (model 6, n-gram 8)'}"
+        f"draft tokens per round {cfg['num_draft_tokens'] or 'specdecode default'}"
         + (", adaptive" if cfg["adaptive"] else ""),
         f"- **Date**: started {results['started']}" + (f", finished {results['finished']}" if results.get("finished") else ""),
     ]
@@ -136,7 +140,8 @@ def markdown(results: dict[str, Any]) -> str:
               if m not in results["methods"]]
     if results.get("skipped_prompts"):
         parts += ["", f"{len(results['skipped_prompts'])} prompts skipped (too long for the context)."]
-    parts += ["", "## Charts", ""] + [f"![{c[:-4]}]({c})" for c in CHARTS]
+    parts += ["", "## Charts", ""]
+    parts += [f"Not drawn: {no_charts}."] if no_charts else [f"![{c[:-4]}]({c})" for c in CHARTS]
     return "\n".join(parts) + "\n"
 
 
@@ -172,86 +177,135 @@ def _token(ids: list[int], pos: int, text: str | None) -> str:
 
 # -- charts ------------------------------------------------------------------------------------
 
+CHARTS_EXTRA = "pip install 'specdecode[bench]'"
+MAX_FIGURE_INCHES = 16.0  # at 110 dpi: no chart wider or taller than about 1,760 pixels
+
+
+def charts_missing() -> str | None:
+    """None when charts can be drawn; otherwise why not, with what to install."""
+    try:
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+    except ImportError as e:
+        return f"matplotlib is not installed ({e}); for the charts: {CHARTS_EXTRA}"
+    return None
+
 
 def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=110)
+    fig = Figure(figsize=(min(width, MAX_FIGURE_INCHES), min(height, MAX_FIGURE_INCHES)), dpi=110)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _colors(methods: list[str]) -> dict[str, Any]:
-    """One colour per method, the same in every chart."""
+def _heatmap(fig, ax, summary: dict, methods: list[str], key: str, title: str, fmt: str, centre: float | None) -> None:
+    """Methods x categories, each cell coloured by its value and labelled with it.
+
+    A table of coloured cells stays readable as methods and categories grow (grouped bars put
+    9 x 9 bars side by side). With `centre` (a speed-up's 1.0) the colour map diverges: red is
+    slower than the baseline, blue faster, white equal.
+    """
+    import numpy as np
     from matplotlib import colormaps
+    from matplotlib.colors import Normalize, TwoSlopeNorm
 
-    cmap = colormaps["tab10"]
-    return {m: cmap(i % 10) for i, m in enumerate(methods)}
-
-
-def _grouped_bars(ax, summary: dict, methods: list[str], key: str, title: str, ylabel: str, baseline: bool,
-                  colors: dict[str, Any]) -> None:
     cats = summary["categories"]
-    width = 0.8 / max(len(methods), 1)
-    for i, m in enumerate(methods):
-        vals = [summary["by_category"][c].get(m, {}).get(key) or 0.0 for c in cats]
-        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(cats))]
-        bars = ax.bar(xs, vals, width, label=m, color=colors[m])
-        ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
-    if baseline:
-        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
-    ax.set_xticks(range(len(cats)), cats, rotation=20, ha="right", fontsize=8)
-    ax.set_title(title, fontsize=10)
-    ax.set_ylabel(ylabel)
-    if methods:
-        ax.legend(fontsize=7)
+    values = np.array([[summary["by_category"][c].get(m, {}).get(key) if m else None for c in cats] for m in methods],
+                      dtype=float)  # (methods, categories); None -> nan
+    shown = values[np.isfinite(values)]
+    if centre is not None:
+        # Symmetric in ratio: x times faster and x times slower are equally dark (at least 5%).
+        ratio = float(np.abs(np.log(shown / centre)).max()) if shown.size else 0.0
+        spread = max(math.exp(ratio), 1.05)
+        norm = TwoSlopeNorm(centre, centre / spread, centre * spread)
+        cmap = colormaps["RdBu"]
+    else:
+        norm = Normalize(float(shown.min()) if shown.size else 0.0, float(shown.max()) if shown.size else 1.0)
+        cmap = colormaps["Blues"]
+    cmap = cmap.with_extremes(bad="#dddddd")
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="auto")
+    for i in range(len(methods)):
+        for j in range(len(cats)):
+            v = values[i, j]
+            if not np.isfinite(v):
+                ax.text(j, i, "–", ha="center", va="center", fontsize=9, color="#555555")
+                continue
+            r, g, b, _ = cmap(norm(v))
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
+            ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=9, color="white" if dark else "black")
+    ax.set_xticks(range(len(cats)), [c if c != OVERALL else "overall" for c in cats], rotation=30, ha="right",
+                  fontsize=9)
+    ax.set_yticks(range(len(methods)), methods, fontsize=9)
+    if OVERALL in cats:  # set the pooled column apart from the categories
+        ax.axvline(cats.index(OVERALL) - 0.5, color="black", linewidth=1.5)
+    ax.set_title(title, fontsize=11)
+    ax.tick_params(length=0)
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+
+
+def _heatmap_size(ncat: int, nmethods: int, panels: int = 1) -> tuple[float, float]:
+    """Figure inches for `panels` stacked heat maps: about 0.9 in per column, 0.4 in per row."""
+    return 2.8 + 0.9 * ncat, panels * (1.4 + 0.4 * max(nmethods, 1))
 
 
 def write_charts(results: dict[str, Any], out: Path) -> list[Path]:
+    """The PNG charts, or none (and no error) when matplotlib is missing: see charts_missing."""
+    if charts_missing() is not None:
+        return []
     summary = results["summary"]
     methods = [m for m in results["methods"] if m in summary["by_category"].get(OVERALL, {})]
     paths = [out / c for c in CHARTS]
     ncat = len(summary["categories"])
-    colors = _colors(list(results["methods"]))
+    from matplotlib.ticker import MaxNLocator
 
-    # Speed-up over each baseline that ran, one panel per baseline.
-    baselines = [b for b in ("target", "hf") if b in methods]
-    fig = _figure(max(6.0, 1.1 * ncat * max(len(methods) - 1, 1) / 2 + 3), 3.6 * max(len(baselines), 1))
-    for i, b in enumerate(baselines or ["target"]):
-        ax = fig.add_subplot(max(len(baselines), 1), 1, i + 1)
-        shown = [m for m in methods if m != b]
-        _grouped_bars(ax, summary, shown, f"speedup_vs_{b}", f"Decode speed-up over `{b}` (higher is better)",
-                      "speed-up (x)", baseline=True, colors=colors)
+    # Speed-up over each baseline that ran: one heat map per baseline, stacked.
+    baselines = [b for b in ("target", "hf") if b in methods] or ["target"]
+    rows = {b: [m for m in methods if m != b] or [""] for b in baselines}
+    fig = _figure(*_heatmap_size(ncat, max(len(r) for r in rows.values()), len(baselines)))
+    for i, b in enumerate(baselines):
+        ax = fig.add_subplot(len(baselines), 1, i + 1)
+        _heatmap(fig, ax, summary, rows[b], f"speedup_vs_{b}",
+                 f"Decode speed-up over `{b}` (blue: faster, red: slower)", ".2f", centre=1.0)
     fig.tight_layout()
     fig.savefig(paths[0])
 
-    fig = _figure(max(6.0, 1.1 * ncat * len(methods) / 2 + 3), 4.0)
-    _grouped_bars(fig.add_subplot(1, 1, 1), summary, methods, "decode_tokens_per_s", "Decode speed by category",
-                  "tokens / s", baseline=False, colors=colors)
+    fig = _figure(*_heatmap_size(ncat, len(methods)))
+    _heatmap(fig, fig.add_subplot(1, 1, 1), summary, methods or [""], "decode_tokens_per_s",
+             "Decode speed by category (tokens / s)", ".2f", centre=None)
     fig.tight_layout()
     fig.savefig(paths[1])
 
+    # Acceptance by position: one small panel per drafting method, at most 3 to a row.
     overall = summary["by_category"].get(OVERALL, {})
     drafting = [m for m in methods if overall.get(m, {}).get("acceptance_by_position")]
-    fig = _figure(5.0 * max(len(drafting), 1), 3.8)
+    ncols = min(max(len(drafting), 1), 3)
+    nrows = -(-max(len(drafting), 1) // ncols)
+    legend_rows = -(-(len(summary["categories"])) // 6) if drafting else 0
+    fig = _figure(4.6 * ncols, 3.4 * nrows + 0.3 * legend_rows)
     if not drafting:
         ax = fig.add_subplot(1, 1, 1)
         ax.text(0.5, 0.5, "no method drafted any tokens", ha="center", va="center")
         ax.set_axis_off()
     for i, m in enumerate(drafting):
-        ax = fig.add_subplot(1, len(drafting), i + 1)
+        ax = fig.add_subplot(nrows, ncols, i + 1)
         for c in summary["categories"]:
             rates = summary["by_category"][c].get(m, {}).get("acceptance_by_position") or []
             if rates:
                 style = dict(color="black", linewidth=2.2) if c == OVERALL else dict(linewidth=1.0, alpha=0.85)
                 ax.plot(range(1, len(rates) + 1), rates, marker="o", markersize=3, label=c, **style)
         ax.set_ylim(0, 1.02)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("draft position")
         ax.set_ylabel("P(accepted | drafted)")
         ax.set_title(f"Acceptance by position: {m}", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    bottom = 0.0
+    if drafting:  # the categories are the same in every panel: one legend below them all
+        handles, labels = fig.axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
+        bottom = (0.3 * legend_rows + 0.1) / fig.get_figheight()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(paths[2])
     return paths
