@@ -1,0 +1,318 @@
+"""Measured round costs: T(m), one target pass over m new tokens, and the same for a draft model.
+
+Whether speculation pays is a property of the machine, not of the algorithm: on a GPU or an
+AVX-512-BF16 CPU a pass over 8 tokens costs about one pass over 1, on an AVX2 CPU in bf16 it
+costs nearly 8. So the policy (drafters/policy.py) does not assume a shape: it times a few
+passes of the loaded model (its dtype, quantization and thread count) on a throw-away cache,
+interpolates T(1..16), and caches the result as JSON under $SPECDECODE_CACHE/costs, keyed by
+everything that changes the timings (model shape, dtype, quantization, threads, device, torch
+version, the CPU's model and vector-instruction flags, the kernel sources). Any of those
+changing means a new key, hence a fresh measurement.
+
+What is timed is a pass as the engine runs it: forward over m tokens after a short context,
+plus the argmax and host copy that verification does (that copy is also the device sync).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+M_MAX = 16  # the longest pass measured: a round verifies last token + up to 15 drafts
+# Coarse points first, so a tight time budget still spans 1..16 (the rest is interpolated);
+# m = 1 and 2 are always measured: they alone decide whether speculation can pay at all.
+MEASURE_ORDER = (1, 2, 4, 8, 16, 3, 6, 12)
+FORMAT_VERSION = 1  # bump when what is measured changes: old cache entries are then ignored
+_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+          "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "bf16", "i8mm")
+# Sources whose changes change pass times (relative to the specdecode package).
+_COST_SOURCES = ("model.py", "quant.py", "cache.py", "kernels")
+# A process-wide memo: two engines on the same model (the server and a reference in a test,
+# a bench's methods) make the same decisions, even when the disk cache cannot be written.
+_MEMO: dict[str, PassCosts] = {}
+
+
+@dataclass
+class PassCosts:
+    """Seconds of one forward pass over m new tokens, for m = 1..len(seconds)."""
+
+    seconds: list[float]  # seconds[m - 1]
+    measured: list[int] = field(default_factory=list)  # the m actually timed; the rest interpolated
+    key: dict[str, Any] = field(default_factory=dict)  # what it was measured for
+    measure_seconds: float = 0.0  # wall time the measurement took
+    from_cache: bool = False
+
+    def __call__(self, m: int) -> float:
+        """T(m); beyond the measured range, linear in m with the slope of the last segment."""
+        if m <= 0:
+            return 0.0
+        n = len(self.seconds)
+        if m <= n:
+            return self.seconds[m - 1]
+        slope = self.seconds[-1] - self.seconds[-2] if n > 1 else self.seconds[-1]
+        return self.seconds[-1] + (m - n) * max(slope, 0.0)
+
+    @classmethod
+    def from_points(cls, points: dict[int, float], m_max: int = M_MAX, **kw: Any) -> PassCosts:
+        """Interpolate timed points {m: seconds} to 1..m_max, linearly, and make T non-decreasing.
+
+        Past the last point the last segment's slope continues (a pass over more tokens costs
+        at least as much per extra token as the largest ones measured did). A longer pass cannot
+        really be cheaper: a dip is noise, and the running maximum removes it so that it cannot
+        lure the policy into a longer draft.
+        """
+        if 1 not in points or len(points) < 2:
+            raise ValueError("need T(1) and at least one more point")
+        ms = sorted(points)
+        out: list[float] = []
+        for m in range(1, m_max + 1):
+            hi = next((i for i, x in enumerate(ms) if x >= m), len(ms) - 1)
+            lo = max(hi - 1, 0)
+            m0, m1 = ms[lo], ms[hi]
+            t0, t1 = points[m0], points[m1]
+            t = t1 if m == m1 else t0 + (t1 - t0) * (m - m0) / (m1 - m0)
+            out.append(max(t, out[-1] if out else 0.0))
+        return cls(out, sorted(points), **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "measured": self.measured, "key": self.key,
+                "measure_seconds": self.measure_seconds}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PassCosts:
+        return cls([float(x) for x in d["seconds"]], [int(x) for x in d.get("measured", [])], dict(d.get("key", {})),
+                   float(d.get("measure_seconds", 0.0)))
+
+
+@dataclass
+class CostModel:
+    """T(m) of the target and of each draft model, by drafter name ("model", "self").
+
+    Drafters without a model (n-gram) cost nothing measurable next to a pass and have no entry.
+    Build one by `measure_cost_model`, or by hand for tests: `CostModel.from_function(lambda m: ...)`.
+    """
+
+    target: PassCosts
+    drafts: dict[str, PassCosts] = field(default_factory=dict)
+
+    def T(self, m: int) -> float:  # noqa: N802 - the papers' name
+        """Seconds of one target pass over m tokens."""
+        return self.target(m)
+
+    def draft(self, name: str, m: int) -> float:
+        """Seconds of one pass of drafter `name`'s model over m tokens (0 for model-less drafters)."""
+        costs = self.drafts.get(name)
+        return costs(m) if costs is not None else 0.0
+
+    @classmethod
+    def from_function(cls, target, drafts: dict[str, Any] | None = None, m_max: int = M_MAX) -> CostModel:
+        """A synthetic cost model: `target` and each draft are functions m -> seconds."""
+        def table(f) -> PassCosts:  # noqa: ANN001
+            return PassCosts([float(f(m)) for m in range(1, m_max + 1)], list(range(1, m_max + 1)))
+
+        return cls(table(target), {k: table(f) for k, f in (drafts or {}).items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target.to_dict(), "drafts": {k: v.to_dict() for k, v in self.drafts.items()}}
+
+    def format(self) -> str:
+        """Human-readable (the CLI's --stats): T(m) in ms and relative to T(1)."""
+        def row(label: str, c: PassCosts) -> str:
+            ms = (1, 2, 3, 4, 6, 8, 12, 16)
+            cells = "  ".join(f"{m}:{c(m) * 1e3:.1f}" for m in ms)
+            rel = " ".join(f"{c(m) / c(1):.2f}" for m in ms) if c(1) > 0 else ""
+            src = "cached" if c.from_cache else f"measured in {c.measure_seconds * 1e3:.0f} ms"
+            return f"{label:<18} {cells} ms  (x T(1): {rel}; {src}, timed m = {c.measured})"
+
+        lines = [row("cost T(m) target", self.target)]
+        lines += [row(f"cost T(m) {name}", c) for name, c in self.drafts.items()]
+        return "\n".join(lines)
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def time_passes(model, *, budget_s: float = 0.4, repeats: int = 3, m_max: int = M_MAX,
+                context: int = 4) -> dict[int, float]:
+    """Time passes of `model` (a LanguageModel) over m new tokens: {m: fastest seconds}.
+
+    One untimed warm-up pass builds a `context`-token cache; each timed pass appends m tokens
+    and is rolled back. Every m in MEASURE_ORDER is timed once, then again up to `repeats`
+    times, until `budget_s` is spent; m = 1 and 2 are timed even past the budget. The minimum
+    of the repeats is kept: noise on a shared machine only ever adds time.
+    """
+    device = model.device
+    vocab = int(model.vocab_size)
+    cache = model.new_cache(context + m_max + 1)
+    ids = torch.arange(context + m_max, device=device).remainder(vocab).view(1, -1)  # (1, context + m_max)
+    pos = torch.arange(context + m_max, device=device).view(1, -1)
+    model(ids[:, :context], pos[:, :context], cache).argmax(-1).tolist()  # warm-up and context
+    best: dict[int, float] = {}
+    start = time.perf_counter()
+    order = [m for m in MEASURE_ORDER if m <= m_max]
+    for rep in range(repeats):
+        for m in order:
+            if time.perf_counter() - start > budget_s and not (rep == 0 and m <= 2):
+                return best
+            t0 = time.perf_counter()
+            # .tolist() is verification's host copy, and the sync that makes the timing honest on CUDA.
+            model(ids[:, context:context + m], pos[:, context:context + m], cache).argmax(-1).tolist()
+            dt = time.perf_counter() - t0
+            cache.trim(context)
+            best[m] = min(dt, best.get(m, dt))
+    return best
+
+
+def measure_pass_costs(model, *, budget_s: float = 0.4, use_cache: bool = True, m_max: int = M_MAX) -> PassCosts:
+    """T(1..m_max) of `model`: from the memo or the disk cache when the key matches, else timed."""
+    key = cost_key(model)
+    digest = _digest(key) if key is not None else None
+    if digest is not None and digest in _MEMO:
+        return _MEMO[digest]
+    path = costs_dir() / f"{digest}.json" if digest is not None else None
+    if use_cache and path is not None:
+        cached = _read(path, key)
+        if cached is not None:
+            _MEMO[digest] = cached
+            return cached
+    t0 = time.perf_counter()
+    points = time_passes(model, budget_s=budget_s, m_max=m_max)
+    costs = PassCosts.from_points(points, m_max, key=key or {}, measure_seconds=time.perf_counter() - t0)
+    if digest is not None:
+        _MEMO[digest] = costs
+        if use_cache:
+            _write(path, costs)
+    return costs
+
+
+def measure_cost_model(target, drafters: list | tuple = (), *, budget_s: float = 0.4,
+                       use_cache: bool = True) -> CostModel:
+    """The cost model of a target and its drafters (those with a `.model` are timed, cheaper budget)."""
+    drafts = {}
+    for d in drafters:
+        model = getattr(d, "model", None)
+        if model is not None and hasattr(model, "new_cache") and d.name not in drafts:
+            drafts[d.name] = measure_pass_costs(model, budget_s=budget_s / 2, use_cache=use_cache)
+    return CostModel(measure_pass_costs(target, budget_s=budget_s, use_cache=use_cache), drafts)
+
+
+# -- the cache key ---------------------------------------------------------------------------------
+
+
+def costs_dir() -> Path:
+    from .loading.store import cache_dir
+
+    return cache_dir() / "costs"
+
+
+def model_fingerprint(model) -> dict[str, Any] | None:
+    """What fixes a model's pass time: its shape, dtype and quantization (not its weights' values).
+
+    None for a model we cannot describe: it is then timed afresh in every process.
+    """
+    from .hf import HFCausalLM
+
+    if isinstance(model, HFCausalLM):
+        cfg = model.model.config.to_dict()
+        shape = {k: cfg.get(k) for k in ("model_type", "vocab_size", "hidden_size", "intermediate_size",
+                                          "num_hidden_layers", "num_attention_heads", "num_key_value_heads")}
+        return {"kind": "transformers", "class": type(model.model).__name__, "shape": shape,
+                "dtype": str(model.model.dtype)}
+    args = getattr(model, "args", None)
+    if not is_dataclass(args) or not isinstance(model, torch.nn.Module):
+        return None
+    linears: dict[str, int] = {}
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) or hasattr(m, "mode"):
+            name = f"{type(m).__name__}:{getattr(m, 'mode', '')}:{getattr(m, 'group_size', '')}"
+            linears[name] = linears.get(name, 0) + 1
+    param = next(model.parameters(), None)
+    return {"kind": type(model).__name__, "args": asdict(args), "linear": dict(sorted(linears.items())),
+            "dtype": str(param.dtype) if param is not None else None}
+
+
+def cpu_signature() -> str:
+    """CPU model name, core count and the vector-instruction flags that decide kernel speed."""
+    name, flags = "", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                k = k.strip()
+                if k == "model name" and not name:
+                    name = v.strip()
+                elif k in ("flags", "Features") and not flags:
+                    flags = set(v.split())
+                if name and flags:
+                    break
+    except OSError:  # not Linux: the processor string is all we have
+        pass
+    name = name or platform.processor() or platform.machine()
+    return f"{name}; {os.cpu_count()} cpus; " + " ".join(f for f in _FLAGS if f in flags)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return device.type
+
+
+def _code_fingerprint() -> str:
+    """A hash of the sources that set pass times, so a kernel change triggers a new measurement."""
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for rel in _COST_SOURCES:
+        p = root / rel
+        files = sorted(p.rglob("*")) if p.is_dir() else [p]
+        for f in files:
+            if f.is_file() and f.suffix in (".py", ".c", ".cpp", ".h"):
+                h.update(str(f.relative_to(root)).encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cost_key(model) -> dict[str, Any] | None:
+    fp = model_fingerprint(model)
+    if fp is None:
+        return None
+    return {"model": fp, "threads": torch.get_num_threads(), "device": _device_name(model.device),
+            "torch": torch.__version__, "python": sys.version.split()[0], "cpu": cpu_signature(),
+            "code": _code_fingerprint(), "format": FORMAT_VERSION}
+
+
+def _digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _read(path: Path, key: dict[str, Any]) -> PassCosts | None:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        costs = PassCosts.from_dict(d)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):  # damaged entry: measure again and overwrite it
+        return None
+    if json.loads(json.dumps(costs.key, default=str)) != json.loads(json.dumps(key, default=str)):
+        return None  # a digest collision or a hand-edited file: not ours
+    costs.from_cache = True
+    return costs
+
+
+def _write(path: Path, costs: PassCosts) -> None:
+    from .loading.store import atomic_write_text
+
+    try:
+        atomic_write_text(path, json.dumps(costs.to_dict(), indent=1, default=str))
+    except OSError as e:  # a read-only cache only costs a re-measurement next time
+        warnings.warn(f"could not cache the measured pass costs in {path}: {e}", stacklevel=3)

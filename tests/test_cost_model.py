@@ -1,0 +1,96 @@
+"""The cost model: T(m) interpolation, timing a real (tiny) model, the on-disk cache and its key."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import native_from_hf, tiny_hf_model
+from specdecode import cost_model as cm
+from specdecode.cost_model import CostModel, PassCosts, measure_cost_model, measure_pass_costs, time_passes
+from specdecode.drafters import ModelDrafter, NgramDrafter
+from specdecode.hf import HFCausalLM
+from specdecode.quant import quantized_copy
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path))
+    monkeypatch.setattr(cm, "_MEMO", {})
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return native_from_hf(tiny_hf_model("llama", seed=0))
+
+
+def test_interpolation_fills_1_to_16_and_never_decreases():
+    costs = PassCosts.from_points({1: 1.0, 2: 1.5, 4: 1.4, 8: 3.0})
+    assert len(costs.seconds) == 16 and costs.measured == [1, 2, 4, 8]
+    assert costs(1) == 1.0 and costs(2) == 1.5
+    assert costs(3) == costs(4) == 1.5  # the dip at 4 is noise: T never decreases
+    assert costs(6) == pytest.approx(1.4 + (3.0 - 1.4) * 2 / 4)
+    assert costs(16) == pytest.approx(1.4 + (3.0 - 1.4) * 12 / 4)  # last slope continues
+    assert costs(20) == pytest.approx(costs(16) + 4 * (costs(16) - costs(15)))  # and past 16
+    assert costs(0) == 0.0
+    with pytest.raises(ValueError):
+        PassCosts.from_points({2: 1.0, 4: 2.0})
+
+
+def test_time_passes_on_a_tiny_model_is_quick_and_covers_the_range(tiny):
+    points = time_passes(tiny, budget_s=0.5)
+    assert set(points) == set(cm.MEASURE_ORDER)
+    assert all(t > 0 for t in points.values())
+    # A zero budget still times m = 1 and 2: they decide whether speculation can pay at all.
+    assert set(time_passes(tiny, budget_s=0.0)) == {1, 2}
+
+
+def test_measurement_is_cached_on_disk_and_reused(tiny, isolated_cache):
+    first = measure_pass_costs(tiny)
+    assert not first.from_cache and first.measure_seconds < 2.0
+    files = list((isolated_cache / "costs").glob("*.json"))
+    assert len(files) == 1
+    cm._MEMO.clear()
+    again = measure_pass_costs(tiny)
+    assert again.from_cache and again.seconds == first.seconds
+    # A damaged entry is measured again and overwritten, never an error.
+    files[0].write_text("{not json")
+    cm._MEMO.clear()
+    redone = measure_pass_costs(tiny)
+    assert not redone.from_cache and json.loads(files[0].read_text())["seconds"] == redone.seconds
+
+
+def test_key_changes_with_what_changes_the_timings(tiny, monkeypatch):
+    key = cm.cost_key(tiny)
+    assert key["cpu"] == cm.cpu_signature() and key["threads"] == torch.get_num_threads()
+    assert cm.cost_key(native_from_hf(tiny_hf_model("llama", seed=5))) == key  # same shape, other weights
+    assert cm.cost_key(tiny.to(torch.bfloat16).float()) == key
+    assert cm.cost_key(native_from_hf(tiny_hf_model("llama", seed=0), dtype=torch.bfloat16)) != key
+    assert cm.cost_key(quantized_copy(tiny, "int8")) != key
+    assert cm.cost_key(native_from_hf(tiny_hf_model("llama", seed=0, layers=3))) != key
+    monkeypatch.setattr(cm, "cpu_signature", lambda: "another CPU; avx512_bf16")
+    assert cm.cost_key(tiny) != key  # new CPU flags: measured afresh
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 64)
+    assert cm.cost_key(tiny)["threads"] == 64
+
+
+def test_cost_model_for_target_and_draft_model_only(tiny):
+    draft = native_from_hf(tiny_hf_model("llama", seed=1, layers=1))
+    model = measure_cost_model(tiny, [ModelDrafter(draft), NgramDrafter()])
+    assert set(model.drafts) == {"model"}  # the n-gram drafter costs nothing measurable
+    assert model.T(1) > 0 and model.draft("model", 1) > 0 and model.draft("ngram", 3) == 0.0
+    text = model.format()
+    assert "cost T(m) target" in text and "cost T(m) model" in text
+
+
+def test_a_transformers_target_is_measured_too():
+    hf = HFCausalLM(tiny_hf_model("qwen2", seed=0))
+    costs = measure_pass_costs(hf, budget_s=0.2)
+    assert costs(1) > 0 and costs.key["model"]["kind"] == "transformers"
+
+
+def test_synthetic_cost_model():
+    model = CostModel.from_function(lambda m: 0.01 * m, {"model": lambda m: 0.002})
+    assert model.T(4) == pytest.approx(0.04) and model.draft("model", 7) == pytest.approx(0.002)
+    assert model.to_dict()["target"]["seconds"][0] == pytest.approx(0.01)
