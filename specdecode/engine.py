@@ -3,6 +3,8 @@
 One round: the drafter proposes k tokens, the target scores last-token + k drafts in one pass,
 verification keeps the longest acceptable prefix plus one target token, caches roll back.
 Without a drafter the same loop is the plain target-only decoder (k = 0 every round).
+By default (num_draft_tokens="auto") a cost policy picks k, and the drafter when there are
+several, each round from measured pass costs and running acceptance (docs/policy.md).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import SamplingParams
+from .cost_model import CostModel, measure_cost_model
 from .drafters.base import Drafter
-from .drafters.policy import AdaptiveDraftLength, FixedDraftLength
+from .drafters.composite import DrafterSet
+from .drafters.policy import AdaptiveDraftLength, CostPolicy, FixedDraftLength
 from .errors import ContextLengthError, SpecdecodeError
 from .metrics import SpecStats
 from .sampling import logits_to_probs, make_generator, sample
@@ -25,7 +29,10 @@ from .verify import greedy_verify, rejection_sample
 # 1.5B target; k in 1..4 for a draft model, 1..8 for n-gram): a multi-token verify pass costs
 # nearly one pass per token there, so short drafts win (README, "Results"). Where a (k+1)-token
 # pass costs about one token's (GPU, AVX-512-BF16), longer drafts (-k 4..6) should pay.
+# They remain the starting k of --adaptive; the default is now "auto", which measures instead.
 DEFAULT_NUM_DRAFT_TOKENS = {"model": 2, "ngram": 2, "self": 2}
+AUTO = "auto"
+MAX_DRAFT_TOKENS = 15  # auto's longest draft: the cost model times passes of up to 16 tokens
 
 
 @dataclass
@@ -51,8 +58,12 @@ class Engine:
 
     target: a model from specdecode.load(), a transformers PreTrainedModel (pass tokenizer=),
     or anything implementing specdecode.lm.LanguageModel.
-    drafter: None (target only), a Drafter (ModelDrafter, NgramDrafter, ...), or a model,
-    which becomes a ModelDrafter.
+    drafter: None (target only), a Drafter (ModelDrafter, NgramDrafter, ...), a model, which
+    becomes a ModelDrafter, or a list of those, which becomes a DrafterSet (one chosen per round).
+    num_draft_tokens: "auto" (the default with a drafter): the cost policy picks k in
+    0..max_draft_tokens and the drafter, every round; or a fixed k >= 1.
+    cost_model: measured pass costs for the policy; None = measure on first need (cached on disk
+    per machine and model, see specdecode.cost_model); tests pass synthetic ones.
     """
 
     def __init__(
@@ -61,28 +72,70 @@ class Engine:
         drafter=None,
         *,
         tokenizer=None,
-        num_draft_tokens: int | None = None,
+        num_draft_tokens: int | str | None = None,
         adaptive: bool = False,
         eos_token_ids: list[int] | None = None,
+        cost_model: CostModel | None = None,
+        max_draft_tokens: int = MAX_DRAFT_TOKENS,
     ) -> None:
         from .loader import as_language_model, as_tokenizer
 
         self.target, target_tokenizer = as_language_model(target)
         self.tokenizer = as_tokenizer(tokenizer or target_tokenizer)
         self.drafter = _as_drafter(drafter, self.target, self.tokenizer)
+        multi = isinstance(self.drafter, DrafterSet)
+        if adaptive and (num_draft_tokens == AUTO or multi):
+            raise SpecdecodeError("--adaptive needs one drafter and a fixed draft length (-k N); 'auto' adapts by itself")
         if num_draft_tokens is None and self.drafter is not None:
-            num_draft_tokens = DEFAULT_NUM_DRAFT_TOKENS.get(self.drafter.name, 5)
-        if num_draft_tokens is not None and num_draft_tokens < 1:
-            raise SpecdecodeError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
+            # --adaptive alone keeps its old meaning: start at the measured default k and adapt.
+            num_draft_tokens = DEFAULT_NUM_DRAFT_TOKENS.get(self.drafter.name, 5) if adaptive else AUTO
+        self.auto = num_draft_tokens == AUTO and self.drafter is not None
+        if self.auto:
+            if not 1 <= max_draft_tokens <= MAX_DRAFT_TOKENS:
+                raise SpecdecodeError(f"max_draft_tokens must be in 1..{MAX_DRAFT_TOKENS}, got {max_draft_tokens}")
+            num_draft_tokens = max_draft_tokens
+        elif num_draft_tokens == AUTO:
+            num_draft_tokens = None
+        elif num_draft_tokens is not None and (not isinstance(num_draft_tokens, int) or num_draft_tokens < 1):
+            raise SpecdecodeError(f"num_draft_tokens must be 'auto' or an integer >= 1, got {num_draft_tokens!r}")
+        # The draft length, or with auto its upper bound (what the KV caches are sized for).
         self.num_draft_tokens = num_draft_tokens or 0
         self.adaptive = adaptive
+        self._cost_model = cost_model
         if eos_token_ids is None and self.tokenizer is not None:
             eos_token_ids = self.tokenizer.eos_token_ids
         self.eos_token_ids = set(eos_token_ids or ())
 
+    @property
+    def draft_policy(self) -> str:
+        """"none", "auto", "fixed" or "adaptive" (for --stats and the server's model card)."""
+        if self.drafter is None:
+            return "none"
+        return AUTO if self.auto else "adaptive" if self.adaptive else "fixed"
+
+    @property
+    def needs_cost_model(self) -> bool:
+        """Whether generation consults the cost model: auto k, or a choice among several drafters."""
+        return self.auto or isinstance(self.drafter, DrafterSet)
+
+    @property
+    def cost_model(self) -> CostModel:
+        """T(m) of the target and each draft model, measured on first use (a few hundred ms; then cached)."""
+        if self._cost_model is None:
+            self._cost_model = measure_cost_model(self.target, self._drafters())
+        return self._cost_model
+
+    def _drafters(self) -> list[Drafter]:
+        if self.drafter is None:
+            return []
+        return list(self.drafter.drafters) if isinstance(self.drafter, DrafterSet) else [self.drafter]
+
     def _policy(self):
         if self.drafter is None:
             return None
+        if self.needs_cost_model:
+            k_fixed = None if self.auto else self.num_draft_tokens
+            return CostPolicy(self.cost_model, self._drafters(), k_max=self.num_draft_tokens, k_fixed=k_fixed)
         if self.adaptive:
             return AdaptiveDraftLength(self.num_draft_tokens, 1, max(16, self.num_draft_tokens))
         return FixedDraftLength(self.num_draft_tokens)
@@ -93,7 +146,8 @@ class Engine:
         """Yield the new tokens of each round, unbounded; the caller decides when to stop."""
         target, drafter, policy = self.target, self.drafter, self._policy()
         device = target.device
-        k_max = policy.k_max if isinstance(policy, AdaptiveDraftLength) else self.num_draft_tokens
+        k_max = policy.k_max if policy else 0
+        multi = isinstance(drafter, DrafterSet)
         max_len = min(len(prompt_ids) + params.max_new_tokens + k_max + 1, target.max_context + k_max + 1)
         generator = make_generator(params.seed, device)
         cache = target.new_cache(max_len)
@@ -109,10 +163,13 @@ class Engine:
             tokens.append(first)
             yield [first]
             while True:
-                k = min(policy.next_k(), max_len - len(tokens) - 1) if policy else 0
                 t0 = time.perf_counter()
+                which, k = policy.choose(tokens, max_len - len(tokens) - 1) if policy else (0, 0)
                 if k > 0:
-                    draft = drafter.propose(tokens, k, params, generator)
+                    if multi:
+                        draft = drafter.propose(tokens, k, params, generator, which=which)
+                    else:
+                        draft = drafter.propose(tokens, k, params, generator)
                     draft_tokens, draft_tensor, q = draft.tokens, draft.token_tensor, draft.q
                 else:
                     draft_tokens, draft_tensor, q = [], None, None
@@ -255,6 +312,11 @@ def _as_drafter(drafter, target, tokenizer) -> Drafter | None:
     from .drafters.model import ModelDrafter
     from .loader import as_language_model
 
+    if isinstance(drafter, (list, tuple)):
+        members = [_as_drafter(d, target, tokenizer) for d in drafter if d is not None]
+        if not members:
+            return None
+        return members[0] if len(members) == 1 else DrafterSet(members)
     if drafter is None or isinstance(drafter, Drafter):
         if isinstance(drafter, ModelDrafter):
             _check_same_vocab(target, drafter.model, tokenizer, None)

@@ -1,9 +1,11 @@
 """Drafters: cheap guessers behind one protocol (see base.Drafter)."""
 
 from .base import Draft, Drafter
+from .composite import DrafterSet
 from .model import ModelDrafter
 from .ngram import NgramDrafter
-from .policy import AdaptiveDraftLength, FixedDraftLength
+from .policy import AdaptiveDraftLength, CostPolicy, FixedDraftLength
 from .self_draft import SelfDrafter
 
-__all__ = ["Draft", "Drafter", "ModelDrafter", "NgramDrafter", "SelfDrafter", "AdaptiveDraftLength", "FixedDraftLength"]
+__all__ = ["Draft", "Drafter", "DrafterSet", "ModelDrafter", "NgramDrafter", "SelfDrafter", "AdaptiveDraftLength",
+           "CostPolicy", "FixedDraftLength"]

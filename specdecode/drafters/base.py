@@ -24,7 +24,14 @@ class Draft:
 
 @runtime_checkable
 class Drafter(Protocol):
-    """A cheap guesser. Losslessness never depends on its quality, only speed does."""
+    """A cheap guesser. Losslessness never depends on its quality, only speed does.
+
+    A drafter may sit out rounds (the policy chose k = 0): it is then not called, and its next
+    `propose` gets the whole context so far, which it must catch up on. Inside a DrafterSet it is
+    called every round that anyone drafts, with k = 0 when another drafter was chosen.
+    Optional, for the cost policy: `evidence(context, k) -> (bucket, tokens available)` and
+    `catch_up_tokens(context) -> int` (see drafters/policy.py).
+    """
 
     name: str
 

@@ -32,6 +32,10 @@ class ModelDrafter:
     def vocab_size(self) -> int:
         return self.model.vocab_size
 
+    def catch_up_tokens(self, context: list[int]) -> int:
+        """Tokens of `context` the draft cache lacks: the first draft step feeds them all in one pass."""
+        return len(context) - (self.cache.length if self.cache is not None else 0)
+
     def begin(self, prompt: list[int], max_len: int, device: torch.device) -> None:
         self.cache = self.model.new_cache(max_len)
         self.device = device

@@ -27,11 +27,13 @@ class NgramDrafter:
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
         self._index: dict[tuple[int, ...], int] = {}
         self._indexed_until = 0
+        self._memo: tuple[tuple, int, int, list[int]] | None = None  # ((len, suffix), k, n, tokens)
 
     def begin(self, prompt: list[int], max_len: int, device: torch.device) -> None:
         self.device = device
         self._index = {}
         self._indexed_until = 0
+        self._memo = None
 
     def _extend_index(self, context: list[int]) -> None:
         # Index continuations that start at positions e <= len-1 (so context[e] exists).
@@ -40,19 +42,39 @@ class NgramDrafter:
                 self._index[tuple(context[e - n : e])] = e
         self._indexed_until = max(self._indexed_until, len(context))
 
+    def match(self, context: list[int], k: int) -> tuple[int, list[int]]:
+        """(length of the longest matched suffix n-gram, up to k tokens that followed it); (0, []) if none."""
+        if k <= 0:
+            return 0, []
+        L = len(context)
+        memo_key = (L, tuple(context[L - self.max_ngram :]))
+        if self._memo is not None and self._memo[0] == memo_key and self._memo[1] >= k:
+            return self._memo[2], self._memo[3][:k]
+        self._extend_index(context)
+        found: tuple[int, list[int]] = (0, [])
+        for n in range(min(self.max_ngram, L - 1), self.min_ngram - 1, -1):
+            start = self._index.get(tuple(context[L - n :]))
+            if start is not None:
+                found = (n, context[start : start + k])
+                break
+        # The policy looks before the drafter proposes: the same lookup serves both.
+        self._memo = (memo_key, k, found[0], found[1])
+        return found
+
+    def evidence(self, context: list[int], k: int) -> tuple[str, int]:
+        """The policy's view: ("ngram:<match length, 3 = 3 or more>", tokens available now)."""
+        n, tokens = self.match(context, k)
+        return f"ngram:{min(n, 3)}", len(tokens)
+
     def propose(
         self, context: list[int], k: int, params: SamplingParams, generator: torch.Generator | None
     ) -> Draft:
         if k <= 0:
             return empty_draft(self.device)
-        self._extend_index(context)
-        L = len(context)
-        for n in range(min(self.max_ngram, L - 1), self.min_ngram - 1, -1):
-            start = self._index.get(tuple(context[L - n :]))
-            if start is not None:
-                tokens = context[start : start + k]
-                return Draft(tokens, torch.tensor(tokens, dtype=torch.long, device=self.device), None)
-        return empty_draft(self.device)
+        _, tokens = self.match(context, k)
+        if not tokens:
+            return empty_draft(self.device)
+        return Draft(tokens, torch.tensor(tokens, dtype=torch.long, device=self.device), None)
 
     def on_verified(self, num_accepted: int) -> None:
         pass  # the index only ever holds verified context
@@ -60,3 +82,4 @@ class NgramDrafter:
     def end(self) -> None:
         self._index = {}
         self._indexed_until = 0
+        self._memo = None

@@ -1,6 +1,17 @@
-"""How many tokens to draft next round."""
+"""How many tokens to draft next round, and with which drafter.
+
+Every policy answers `choose(context, k_cap) -> (drafter index, k)` before a round and hears
+`update(num_drafted, num_accepted)` after it. FixedDraftLength and AdaptiveDraftLength use one
+drafter; CostPolicy (the default, `num_draft_tokens="auto"`) weighs measured pass costs against
+running acceptance estimates for each configured drafter (docs/policy.md).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+from ..cost_model import CostModel
 
 
 class FixedDraftLength:
@@ -13,6 +24,13 @@ class FixedDraftLength:
 
     def next_k(self) -> int:
         return self.k
+
+    @property
+    def k_max(self) -> int:
+        return self.k
+
+    def choose(self, context: list[int], k_cap: int) -> tuple[int, int]:
+        return 0, min(self.k, k_cap)
 
     def update(self, num_drafted: int, num_accepted: int) -> None:
         pass
@@ -37,6 +55,9 @@ class AdaptiveDraftLength:
     def next_k(self) -> int:
         return self.k
 
+    def choose(self, context: list[int], k_cap: int) -> tuple[int, int]:
+        return 0, min(self.k, k_cap)
+
     def update(self, num_drafted: int, num_accepted: int) -> None:
         if num_drafted == 0:
             return
@@ -50,3 +71,210 @@ class AdaptiveDraftLength:
 
     def __repr__(self) -> str:
         return f"adaptive(k={self._k_init}, {self.k_min}..{self.k_max})"
+
+
+# What a request's first rounds assume, before its own evidence: P(draft token accepted) per
+# position, by drafter and, for the n-gram drafter, by the length of the matched suffix (a longer
+# match is stronger evidence). Two rounds' worth of weight: a request's own rounds soon dominate.
+# n-gram numbers: scripts/ngram_match_length.py (docs/policy.md, "n-gram match length").
+PRIORS: dict[str, float] = {"model": 0.6, "self": 0.8, "ngram:1": 0.25, "ngram:2": 0.4, "ngram:3": 0.55}
+DEFAULT_PRIOR = 0.5
+# A catch-up pass (the draft model feeding the tokens it missed while the n-gram drafter or no
+# drafter ran) is paid once and serves every later round: charging it all to one round would
+# lock the draft model out after a long n-gram stretch, so a quarter of its extra cost is charged.
+CATCH_UP_AMORTIZATION = 4.0
+
+
+class AcceptanceEstimate:
+    """Running P(draft token i is accepted | drafts before i were), per draft position i.
+
+    Exponentially weighted: each observation of a position discounts its earlier ones by
+    `decay` (0.9: about the last ten rounds count), so the estimate follows the text as it
+    turns from prose to code and back. A prior worth `prior_weight` observations keeps it off
+    0 and 1; positions seen rarely lean on the estimate pooled over all positions.
+    `age(f)` discounts everything by f: applied on rounds the drafter sat out, so its evidence
+    fades back to the prior and the drafter is tried again (the exploration safeguard).
+    """
+
+    def __init__(self, prior: float, prior_weight: float = 2.0, decay: float = 0.9,
+                 position_weight: float = 2.0) -> None:
+        if not 0.0 < prior < 1.0:
+            raise ValueError(f"prior must be in (0, 1), got {prior}")
+        self.prior, self.prior_weight, self.decay, self.position_weight = prior, prior_weight, decay, position_weight
+        self.accepted: list[float] = []  # discounted accepts at position i
+        self.seen: list[float] = []  # discounted observations of position i
+        self.pooled_accepted = self.pooled_seen = 0.0
+
+    def observe(self, num_drafted: int, num_accepted: int) -> None:
+        """A round drafted num_drafted tokens; the first num_accepted were accepted."""
+        known = min(num_accepted + 1, num_drafted)  # positions past the first rejection are unobserved
+        while len(self.seen) < known:
+            self.accepted.append(0.0)
+            self.seen.append(0.0)
+        self.pooled_accepted *= self.decay
+        self.pooled_seen *= self.decay
+        for i in range(known):
+            x = 1.0 if i < num_accepted else 0.0
+            self.accepted[i] = self.decay * self.accepted[i] + x
+            self.seen[i] = self.decay * self.seen[i] + 1.0
+            self.pooled_accepted += x
+            self.pooled_seen += 1.0
+
+    def age(self, factor: float) -> None:
+        self.accepted = [a * factor for a in self.accepted]
+        self.seen = [n * factor for n in self.seen]
+        self.pooled_accepted *= factor
+        self.pooled_seen *= factor
+
+    def pooled(self) -> float:
+        w = self.prior_weight
+        return (self.pooled_accepted + w * self.prior) / (self.pooled_seen + w)
+
+    def rate(self, i: int, pooled: float | None = None) -> float:
+        pooled = self.pooled() if pooled is None else pooled
+        if i >= len(self.seen):
+            return pooled
+        w = self.position_weight
+        return (self.accepted[i] + w * pooled) / (self.seen[i] + w)
+
+    def expected_tokens(self, k_max: int) -> list[float]:
+        """E[k] = expected tokens a round with k drafts yields (accepted + the target's own), k = 0..k_max.
+
+        E[k] = 1 + sum_{i<k} prod_{j<=i} a_j; with one rate a everywhere, (1 - a^(k+1)) / (1 - a).
+        """
+        pooled = self.pooled()
+        out, alive = [1.0], 1.0
+        for i in range(k_max):
+            alive *= self.rate(i, pooled)
+            out.append(out[-1] + alive)
+        return out
+
+
+def drafter_evidence(drafter, context: list[int], k: int) -> tuple[Hashable, int | None]:
+    """(acceptance bucket, tokens it can draft now: None = any number, 0 = none) for one drafter.
+
+    Drafters may define `evidence(context, k)`; the n-gram drafter does (its bucket is the
+    length of the matched suffix, and without a match it has nothing to offer).
+    """
+    ev = getattr(drafter, "evidence", None)
+    return ev(context, k) if ev is not None else (drafter.name, None)
+
+
+@dataclass
+class Choice:
+    """One candidate of a round (drafter index, k) with what CostPolicy expects of it."""
+
+    which: int
+    k: int
+    key: Hashable | None
+    expected_tokens: float
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.expected_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class CostPolicy:
+    """Each round, the drafter and draft length that maximise expected tokens per second.
+
+    For drafter d with acceptance estimates a_i and k drafts, a round yields E_d[k] tokens
+    (AcceptanceEstimate.expected_tokens) in draft_d(k) + T(k+1) seconds, T from the measured
+    CostModel. k = 0 (the target alone, 1 token in T(1)) is always a candidate and wins unless
+    speculation is expected to be `margin` faster: speculation is never chosen on a bet it is
+    not expected to win, which is what keeps `auto` from being slower than the target alone.
+
+    k_fixed: always draft exactly k (capped by what a drafter can offer), choosing only the
+    drafter; k = 0 only when no drafter has anything to propose.
+    Per request: the engine makes one per generation, so one request's text never steers another's.
+    """
+
+    def __init__(self, cost_model: CostModel, drafters: Sequence, *, k_max: int = 15, k_fixed: int | None = None,
+                 margin: float = 0.02, idle_decay: float = 0.95, priors: dict[str, float] | None = None) -> None:
+        if k_fixed is not None and k_fixed < 1:
+            raise ValueError(f"num_draft_tokens must be >= 1, got {k_fixed}")
+        if not drafters:
+            raise ValueError("CostPolicy needs at least one drafter")
+        self.cost_model, self.drafters = cost_model, list(drafters)
+        self.k_fixed = k_fixed
+        self.k_max = k_fixed if k_fixed is not None else k_max
+        self.margin, self.idle_decay = margin, idle_decay
+        self.priors = {**PRIORS, **(priors or {})}
+        self.estimates: dict[tuple[int, Hashable], AcceptanceEstimate] = {}
+        self.last: Choice | None = None
+        # T(m) looked up once per request, since choose() runs every round. Index m; 0 unused.
+        self._target_seconds = [0.0] + [cost_model.T(m) for m in range(1, self.k_max + 2)]
+
+    def estimate(self, which: int, key: Hashable) -> AcceptanceEstimate:
+        est = self.estimates.get((which, key))
+        if est is None:
+            prior = self.priors.get(str(key), self.priors.get(self.drafters[which].name, DEFAULT_PRIOR))
+            est = self.estimates[which, key] = AcceptanceEstimate(prior)
+        return est
+
+    def draft_seconds(self, drafter, k: int, context: list[int]) -> float:
+        """Time to draft k tokens: a catch-up pass over the tokens the draft has not seen, then k - 1 steps."""
+        if k <= 0:
+            return 0.0
+        first, step = self._draft_costs(drafter, context)
+        return first + (k - 1) * step
+
+    def _draft_costs(self, drafter, context: list[int]) -> tuple[float, float]:
+        """(seconds of the first draft step, of each further one)."""
+        cm, name = self.cost_model, drafter.name
+        step = cm.draft(name, 1)
+        if step <= 0.0:
+            return 0.0, 0.0
+        behind = getattr(drafter, "catch_up_tokens", None)
+        p = max(behind(context), 1) if behind is not None else 1
+        return step + (cm.draft(name, p) - step) / CATCH_UP_AMORTIZATION, step
+
+    def options(self, context: list[int], k_cap: int, bar: float = 0.0) -> list[Choice]:
+        """Candidate (drafter, k) of this round with expected tokens and seconds; k = 0 first.
+
+        bar: skip a drafter none of whose k can exceed this many tokens per second (a cheap
+        bound: E[k] <= E[k_top], and every k costs at least T(2) + the first draft step).
+        """
+        T = self._target_seconds
+        out = [Choice(0, 0, None, 1.0, T[1])]
+        limit = min(self.k_max, k_cap, len(T) - 2)
+        if limit <= 0:
+            return out
+        for which, drafter in enumerate(self.drafters):
+            key, available = drafter_evidence(drafter, context, limit)
+            k_top = limit if available is None else min(limit, available)
+            if k_top <= 0:
+                continue
+            expected = self.estimate(which, key).expected_tokens(k_top)
+            first, step = self._draft_costs(drafter, context)
+            if expected[k_top] / (T[2] + first) <= bar:
+                continue
+            ks = [k_top] if self.k_fixed is not None else range(1, k_top + 1)
+            out += [Choice(which, k, key, expected[k], first + (k - 1) * step + T[k + 1]) for k in ks]
+        return out
+
+    def choose(self, context: list[int], k_cap: int) -> tuple[int, int]:
+        fixed = self.k_fixed is not None
+        bar = 0.0 if fixed else (1.0 + self.margin) / self._target_seconds[1]
+        options = self.options(context, k_cap, bar)
+        best = options[0]
+        if fixed and len(options) > 1:
+            best = max(options[1:], key=lambda c: c.tokens_per_second)
+        else:
+            for c in options[1:]:  # ties go to the shorter draft (listed first)
+                if c.tokens_per_second > bar:
+                    best, bar = c, c.tokens_per_second
+        self.last = best
+        return best.which, best.k
+
+    def update(self, num_drafted: int, num_accepted: int) -> None:
+        used = (self.last.which, self.last.key) if self.last is not None and self.last.k > 0 else None
+        for key, est in self.estimates.items():
+            if key != used:
+                est.age(self.idle_decay)
+        if used is not None and num_drafted > 0:
+            self.estimates[used].observe(num_drafted, num_accepted)
+
+    def __repr__(self) -> str:
+        names = "+".join(d.name for d in self.drafters)
+        return f"auto({names}, k<={self.k_max})" if self.k_fixed is None else f"cost({names}, k={self.k_fixed})"

@@ -1,0 +1,70 @@
+"""DrafterSet: several drafters behind one Drafter, the policy picking one per round.
+
+`--drafter auto` is a DrafterSet of the n-gram drafter and, when given, the draft model:
+the n-gram drafter is free and excellent where the output repeats the input (code edits,
+summaries, RAG), the draft model helps everywhere else, and the cost policy weighs both
+each round (drafters/policy.py, CostPolicy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..config import SamplingParams
+from ..errors import SpecdecodeError
+from .base import Draft
+
+
+class DrafterSet:
+    """Drafters sharing one request; `propose(..., which=i)` drafts with drafter i.
+
+    State stays consistent for every member, not only the one that drafted: after each
+    proposing round, drafter `which` hears on_verified(num_accepted), and every other member is
+    shown the same context with k = 0 and told that none of its (zero) drafts were accepted.
+    For the built-in drafters that is free (the draft model catches up on skipped tokens at its
+    next proposal, the n-gram index extends lazily); a drafter that needs to see every round
+    gets to.
+    """
+
+    name = "auto"
+
+    def __init__(self, drafters: Sequence) -> None:
+        if not drafters:
+            raise SpecdecodeError("a DrafterSet needs at least one drafter")
+        names = [d.name for d in drafters]
+        if len(set(names)) != len(names):
+            raise SpecdecodeError(f"drafters in a set need distinct names, got {names}")
+        self.drafters = list(drafters)
+        self._which: int | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [d.name for d in self.drafters]
+
+    def begin(self, prompt: list[int], max_len: int, device: torch.device) -> None:
+        self._which = None
+        for d in self.drafters:
+            d.begin(prompt, max_len, device)
+
+    def propose(self, context: list[int], k: int, params: SamplingParams, generator: torch.Generator | None,
+                which: int = 0) -> Draft:
+        self._which = which
+        for i, d in enumerate(self.drafters):
+            if i != which:
+                d.propose(context, 0, params, generator)
+        return self.drafters[which].propose(context, k, params, generator)
+
+    def on_verified(self, num_accepted: int) -> None:
+        for i, d in enumerate(self.drafters):
+            d.on_verified(num_accepted if i == self._which else 0)
+        self._which = None
+
+    def end(self) -> None:
+        self._which = None
+        for d in self.drafters:
+            d.end()
+
+    def __repr__(self) -> str:
+        return f"DrafterSet({', '.join(self.names)})"

@@ -1,0 +1,273 @@
+"""The cost policy (drafters/policy.py) on synthetic costs, DrafterSet bookkeeping, and the
+lossless contract with `num_draft_tokens="auto"`: greedy identity and the sampled distribution."""
+
+import random
+
+import pytest
+
+import test_engine_sampling
+from conftest import native_from_hf, tiny_hf_model
+from specdecode import SamplingParams
+from specdecode.cli import main
+from specdecode.cost_model import CostModel
+from specdecode.drafters import CostPolicy, DrafterSet, ModelDrafter, NgramDrafter
+from specdecode.drafters.policy import AcceptanceEstimate
+from specdecode.engine import Engine
+from specdecode.errors import SpecdecodeError
+from test_engine_greedy import PROMPT, pair, reference  # noqa: F401 - pair is a fixture
+
+T1 = 0.010
+LINEAR = CostModel.from_function(lambda m: T1 * m, {"model": lambda m: 0.05 * T1 * m})  # T(2) = 2 T(1)
+FLAT = CostModel.from_function(lambda m: T1, {"model": lambda m: 0.05 * T1})  # passes cost the same for any m
+MIDDLE = CostModel.from_function(lambda m: T1 * (1 + 0.15 * (m - 1)), {"model": lambda m: 0.1 * T1 * m})
+
+
+class FakeModelDrafter:
+    """Stands in for a draft model in policy-only tests (the policy reads name and costs only)."""
+
+    name = "model"
+
+
+class FakeNgram:
+    """An n-gram drafter whose match length and available tokens a test sets."""
+
+    name = "ngram"
+
+    def __init__(self, n: int = 3, available: int = 8) -> None:
+        self.n, self.available = n, available
+
+    def evidence(self, context, k):
+        return f"ngram:{min(self.n, 3)}", min(self.available, k) if self.n else 0
+
+
+def run_rounds(policy, a: float, rounds: int = 30, cap: int = 15, seed: int = 0) -> list[tuple[int, int]]:
+    """Feed the policy rounds in which each draft token is accepted with probability a."""
+    rng = random.Random(seed)
+    picks = []
+    for _ in range(rounds):
+        which, k = policy.choose([1, 2, 3], cap)
+        picks.append((which, k))
+        accepted = 0
+        while accepted < k and rng.random() < a:
+            accepted += 1
+        policy.update(k, accepted)
+    return picks
+
+
+def test_expected_tokens_formula():
+    est = AcceptanceEstimate(prior=0.7, prior_weight=1e9)  # the prior alone
+    a = 0.7
+    for k, e in enumerate(est.expected_tokens(8)):
+        assert e == pytest.approx((1 - a ** (k + 1)) / (1 - a))
+
+
+def test_estimate_follows_acceptance_and_keeps_per_position_rates():
+    est = AcceptanceEstimate(prior=0.5)
+    for _ in range(30):
+        est.observe(4, 2)  # positions 0, 1 accepted, 2 rejected, 3 never seen
+    assert est.rate(0) > 0.9 and est.rate(1) > 0.9 and est.rate(2) < 0.15
+    assert 0.0 < est.rate(3) < 1.0  # unobserved: the pooled estimate
+    before = est.rate(2)
+    est.age(0.5)
+    assert before < est.rate(2) < 0.5  # evidence fades toward the prior
+
+
+def test_picks_k0_when_two_tokens_cost_two_passes():
+    for drafter in (FakeModelDrafter(), FakeNgram(n=3, available=15)):
+        policy = CostPolicy(LINEAR, [drafter])
+        # Even if everything were accepted, k drafts cost k+1 passes: never worth it.
+        policy.estimate(0, "ngram:3" if drafter.name == "ngram" else "model").observe(15, 15)
+        assert all(k == 0 for _, k in run_rounds(policy, 1.0))
+
+
+def test_grows_k_when_passes_are_flat_and_acceptance_high():
+    policy = CostPolicy(FLAT, [FakeModelDrafter()])
+    picks = run_rounds(policy, 1.0, rounds=40)
+    assert picks[-1][1] == 15  # the longest draft
+    assert picks[0][1] < picks[-1][1]  # the prior alone asks for less
+    low = CostPolicy(FLAT, [FakeModelDrafter()])
+    assert run_rounds(low, 0.2, rounds=40)[-1][1] < 6  # a mostly rejected draft stays short
+
+
+def test_intermediate_costs_give_an_intermediate_k():
+    policy = CostPolicy(MIDDLE, [FakeModelDrafter()])
+    k = run_rounds(policy, 0.8, rounds=40)[-1][1]
+    assert 1 < k < 15
+
+
+def test_chooses_between_ngram_and_model():
+    ngram = FakeNgram(n=3, available=10)
+    policy = CostPolicy(MIDDLE, [FakeModelDrafter(), ngram])
+    # The n-gram drafter is free and, here, always right: it wins while it has a match.
+    for _ in range(20):
+        which, k = policy.choose([1], 15)
+        policy.update(k, k if which == 1 else 0)
+    assert policy.choose([1], 15)[0] == 1
+    ngram.n = 0  # no match: the draft model is the only one left
+    assert policy.choose([1], 15)[0] == 0
+    # A 1-token match that keeps failing loses to a draft model that keeps succeeding.
+    ngram.n = 1
+    for _ in range(20):
+        which, k = policy.choose([1], 15)
+        policy.update(k, 0 if which == 1 else k)
+    assert policy.choose([1], 15)[0] == 0
+
+
+def test_exploration_probes_again_after_a_bad_stretch():
+    policy = CostPolicy(MIDDLE, [FakeModelDrafter()])
+    picks = run_rounds(policy, 0.0, rounds=200)
+    zeros = [i for i, (_, k) in enumerate(picks) if k == 0]
+    assert len(zeros) > 150  # mostly the target alone ...
+    probes = [i for i in range(50, 200) if picks[i][1] > 0]
+    assert probes  # ... but it keeps checking whether the text has changed
+    # and when it has, speculation comes back.
+    run_rounds(policy, 1.0, rounds=100)
+    assert policy.choose([1], 15)[1] > 2
+
+
+def test_fixed_k_with_several_drafters_only_chooses_the_drafter():
+    policy = CostPolicy(LINEAR, [FakeModelDrafter(), FakeNgram(n=2, available=2)], k_fixed=4)
+    picks = run_rounds(policy, 0.5, rounds=10)
+    assert all(k in (2, 4) for _, k in picks)  # the n-gram drafter can offer only 2
+    assert CostPolicy(LINEAR, [FakeNgram(n=0)], k_fixed=4).choose([1], 15) == (0, 0)
+
+
+def test_catch_up_cost_is_charged_in_part():
+    class Behind(FakeModelDrafter):
+        def catch_up_tokens(self, context):
+            return 41
+
+    policy = CostPolicy(MIDDLE, [Behind()])
+    assert policy.draft_seconds(Behind(), 3, [1]) == pytest.approx(
+        MIDDLE.draft("model", 1) + (MIDDLE.draft("model", 41) - MIDDLE.draft("model", 1)) / 4 + 2 * MIDDLE.draft("model", 1))
+
+
+# -- DrafterSet ------------------------------------------------------------------------------------
+
+
+class Recorder:
+    """Wraps a drafter and checks the protocol: every round it is shown the real context."""
+
+    def __init__(self, inner, log):
+        self.inner, self.name, self.log = inner, inner.name, log
+
+    def __getattr__(self, attr):
+        return getattr(self.inner, attr)
+
+    def begin(self, prompt, max_len, device):
+        self.inner.begin(prompt, max_len, device)
+
+    def propose(self, context, k, params, generator):
+        self.log.append((self.name, "propose", len(context), k))
+        return self.inner.propose(context, k, params, generator)
+
+    def on_verified(self, n):
+        self.log.append((self.name, "verified", n))
+        self.inner.on_verified(n)
+
+    def end(self):
+        self.inner.end()
+
+
+def test_drafter_set_keeps_every_member_in_step(pair):  # noqa: F811
+    target, draft = pair
+    log = []
+    drafters = [Recorder(ModelDrafter(draft), log), Recorder(NgramDrafter(), log)]
+    engine = Engine(target, drafters, cost_model=FLAT)
+    out, stats = engine.generate_ids(PROMPT, SamplingParams(max_new_tokens=40))
+    assert out == reference(target)
+    used = {e[0] for e in log if e[1] == "propose" and e[3] > 0}
+    assert used == {"model", "ngram"}  # both drafted at some point
+    # Each proposing round: both members see the same context, then both hear on_verified.
+    proposes = [e for e in log if e[1] == "propose"]
+    assert len(proposes) % 2 == 0
+    for a, b in zip(proposes[::2], proposes[1::2]):
+        assert a[2] == b[2] and (a[3] == 0) != (b[3] == 0)
+    assert sum(e[1] == "verified" for e in log) == len(proposes)
+    with pytest.raises(SpecdecodeError, match="distinct"):
+        DrafterSet([NgramDrafter(), NgramDrafter()])
+
+
+# -- lossless with the policy on --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("costs", [FLAT, MIDDLE, LINEAR], ids=["flat", "middle", "linear"])
+@pytest.mark.parametrize("drafters", ["model", "ngram", "both"])
+def test_auto_greedy_equals_target_only(pair, costs, drafters):  # noqa: F811
+    target, draft = pair
+    drafter = {"model": ModelDrafter(draft), "ngram": NgramDrafter(), "both": [ModelDrafter(draft), NgramDrafter()]}[drafters]
+    engine = Engine(target, drafter, cost_model=costs)
+    assert engine.auto and engine.num_draft_tokens == 15
+    for n in (1, 7, 60):
+        out, stats = engine.generate_ids(PROMPT, SamplingParams(max_new_tokens=n))
+        assert out == reference(target, n=n)
+        assert len(out) == n == stats.generated_tokens
+    if costs is LINEAR:
+        assert stats.drafted_tokens == 0  # nothing to gain: the target alone
+    elif costs is FLAT:
+        assert stats.drafted_tokens > 0
+
+
+def test_auto_with_measured_costs_and_draft_equal_to_target(pair, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path))
+    target, _ = pair
+    engine = Engine(target, ModelDrafter(target))  # the default is auto; costs measured here
+    out, stats = engine.generate_ids(PROMPT, SamplingParams(max_new_tokens=40))
+    assert out == reference(target)
+    assert stats.accepted_tokens == stats.drafted_tokens  # whatever it chose to draft
+    assert engine.cost_model.T(1) > 0 and engine.draft_policy == "auto"
+
+
+def test_auto_sampling_follows_the_target_distribution(monkeypatch):
+    """The distribution check of test_engine_sampling.py with the policy choosing drafter and k
+    (1,500 samples instead of 5,000; same chi-square and total-variation bounds)."""
+    from test_engine_sampling import LENGTH, V, check_distribution, exact_sequence_probs
+
+    monkeypatch.setattr(test_engine_sampling, "N", 1500)
+    target = native_from_hf(tiny_hf_model("llama", seed=1, vocab=V))
+    draft = native_from_hf(tiny_hf_model("llama", seed=2, vocab=V))
+    params = SamplingParams(temperature=1.0, max_new_tokens=LENGTH, ignore_eos=True)
+    engine = Engine(target, [ModelDrafter(draft), NgramDrafter(max_ngram=2)], cost_model=FLAT)
+    check_distribution(engine, exact_sequence_probs(target, params), params, seed=2)
+
+
+def test_seeded_sampling_replays_with_auto(pair):  # noqa: F811
+    target, draft = pair
+    engine = Engine(target, [ModelDrafter(draft), NgramDrafter()], cost_model=MIDDLE)
+    p = SamplingParams(temperature=1.0, max_new_tokens=30, seed=7, ignore_eos=True)
+    assert engine.generate_ids(PROMPT, p)[0] == engine.generate_ids(PROMPT, p)[0]
+
+
+def test_engine_options():
+    target = native_from_hf(tiny_hf_model("llama", seed=0))
+    assert Engine(target, NgramDrafter(), num_draft_tokens=3).draft_policy == "fixed"
+    assert Engine(target, NgramDrafter(), adaptive=True).draft_policy == "adaptive"
+    assert Engine(target).draft_policy == "none" and not Engine(target).needs_cost_model
+    for bad in (0, "fast", 2.5):
+        with pytest.raises(SpecdecodeError, match="num_draft_tokens"):
+            Engine(target, NgramDrafter(), num_draft_tokens=bad)
+    with pytest.raises(SpecdecodeError, match="adaptive"):
+        Engine(target, NgramDrafter(), num_draft_tokens="auto", adaptive=True)
+    with pytest.raises(SpecdecodeError, match="max_draft_tokens"):
+        Engine(target, NgramDrafter(), max_draft_tokens=40)
+
+
+# -- command line -------------------------------------------------------------------------------------
+
+TINY = ["--model", "tiny-random", "--dtype", "float32", "--threads", "1", "--raw", "-n", "12"]
+
+
+def test_cli_defaults_to_auto_and_prints_the_cost_model(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path))
+    assert main(["generate", "def add(x, y):", *TINY, "--draft", "tiny-random-draft", "--stats"]) == 0
+    err = capsys.readouterr().err
+    assert "drafter: model+ngram, k=auto" in err and "cost T(m) target" in err and "cost T(m) model" in err
+    assert main(["generate", "def add(x, y):", *TINY, "--stats", "-k", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "drafter: ngram, k=3" in err and "cost model from cache" not in err
+
+
+def test_cli_bad_draft_length_is_a_one_line_error(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "hi", *TINY, "-k", "many"])
+    assert "expected 'auto' or an integer" in capsys.readouterr().err
