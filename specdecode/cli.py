@@ -17,10 +17,14 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str | None = DE
     p.add_argument("--drafter", choices=["auto", "model", "ngram", "self", "none"], default="auto",
                    help="how to draft: 'model' (needs --draft), 'ngram' (prompt lookup, no second model), "
                         "'self' (the target drafts from a quantized copy of itself, see --draft-quantize), "
-                        "'none' (target only); 'auto' = model if --draft is given, else none")
-    p.add_argument("--num-draft-tokens", "-k", type=int, default=None,
-                   help="tokens drafted per round (default: 2, the fastest measured on a 2-core AVX2 CPU; try 4-6 on a GPU)")
-    p.add_argument("--adaptive", action="store_true", help="adapt the draft length to the recent acceptance")
+                        "'none' (target only); 'auto' (default) = the n-gram drafter, plus the draft model if "
+                        "--draft is given, the policy choosing one per round")
+    p.add_argument("--num-draft-tokens", "-k", type=_draft_length, default="auto",
+                   help="tokens drafted per round: 'auto' (default: chosen each round from pass costs measured on "
+                        "this machine and the acceptance so far, 0 when speculation would not pay) or a fixed N >= 1")
+    p.add_argument("--adaptive", action="store_true",
+                   help="with one drafter: start at k = 2 (or -k N) and grow / shrink it with acceptance "
+                        "(--drafter auto then means the draft model if given, else n-gram)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "float16"],
                    help="weights dtype (default: bfloat16, the fastest on CPU and GPU)")
     p.add_argument("--quantize", choices=["none", "int8", "int4"], default="none",
@@ -31,6 +35,15 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str | None = DE
                         "(default: none for --draft, int4 for self)")
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
+
+
+def _draft_length(value: str) -> str | int:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got {value!r}") from None
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
@@ -48,19 +61,25 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
     from .drafters import ModelDrafter, NgramDrafter, SelfDrafter
 
     drafter_kind = args.drafter
-    if drafter_kind == "auto":
-        drafter_kind = "model" if args.draft else "none"
+    k = getattr(args, "num_draft_tokens", "auto")
+    adaptive = getattr(args, "adaptive", False)
+    if drafter_kind == "auto" and adaptive:
+        drafter_kind = "model" if args.draft else "ngram"  # --adaptive steers one drafter's k
+    if adaptive and k == "auto":
+        k = None  # the adaptive policy's own starting length
     if drafter_kind == "model" and not args.draft:
         raise SpecdecodeError("--drafter model needs --draft NAME (a smaller model with the same tokenizer)")
-    if args.draft and drafter_kind != "model":
+    if args.draft and drafter_kind not in ("model", "auto"):
         raise SpecdecodeError(f"--draft was given but --drafter is {drafter_kind!r}; drop one of them")
     target = _load(args.model, args, "target", progress, getattr(args, "quantize", None))
     draft_quantize = getattr(args, "draft_quantize", None)
     drafter = None
-    if drafter_kind == "model":
+    if drafter_kind in ("model", "auto") and args.draft:
         draft = _load(args.draft, args, "draft", progress, draft_quantize)
         drafter = ModelDrafter(draft.lm)
         specdecode.engine._check_same_vocab(target.lm, draft.lm, target.tokenizer, draft.tokenizer)
+    if drafter_kind == "auto":
+        drafter = [drafter, NgramDrafter()] if drafter is not None else NgramDrafter()
     elif drafter_kind == "ngram":
         drafter = NgramDrafter()
     elif drafter_kind == "self":
@@ -68,7 +87,16 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
         drafter = SelfDrafter(target.lm, mode)
         if progress:
             print(f"self-drafter: {mode} copy of the target", file=sys.stderr, flush=True)
-    return specdecode.Engine(target, drafter, num_draft_tokens=args.num_draft_tokens, adaptive=args.adaptive)
+    engine = specdecode.Engine(target, drafter, num_draft_tokens=k, adaptive=adaptive)
+    if engine.needs_cost_model:
+        if progress:
+            print("measuring pass costs (cached per machine and model) ...", file=sys.stderr, flush=True)
+        cm = engine.cost_model
+        if progress:
+            how = "from cache" if cm.target.from_cache else f"in {cm.target.measure_seconds:.2f} s"
+            print(f"cost model {how}: T(2)/T(1) = {cm.T(2) / cm.T(1):.2f}, T(8)/T(1) = {cm.T(8) / cm.T(1):.2f}",
+                  file=sys.stderr, flush=True)
+    return engine
 
 
 def _load(source: str, args: argparse.Namespace, role: str, progress: bool, quantize: str | None = None):
@@ -109,13 +137,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
             stats = chunk.stats
     sys.stdout.write("\n")
     if (args.stats or args.compare) and stats is not None:
-        kind = engine.drafter.name if engine.drafter else "none (target only)"
-        k = f", k={engine.num_draft_tokens}{' adaptive' if engine.adaptive else ''}" if engine.drafter else ""
-        print(f"--- drafter: {kind}{k}", file=sys.stderr)
+        print(f"--- drafter: {_describe_drafter(engine)}", file=sys.stderr)
         print(stats.format(), file=sys.stderr)
+        if engine.needs_cost_model:
+            print(engine.cost_model.format(), file=sys.stderr)
     if args.compare and stats is not None:
         _compare_with_target_only(engine, prompt, params, chat, ids, stats)
     return 0
+
+
+def _describe_drafter(engine) -> str:
+    if engine.drafter is None:
+        return "none (target only)"
+    names = "+".join(getattr(engine.drafter, "names", [engine.drafter.name]))
+    if engine.auto:
+        return f"{names}, k=auto (0..{engine.num_draft_tokens}, chosen per round)"
+    return f"{names}, k={engine.num_draft_tokens}{' adaptive' if engine.adaptive else ''}"
 
 
 def _compare_with_target_only(engine, prompt, params, chat, spec_ids: list[int], spec_stats) -> None:

@@ -18,7 +18,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def test_generate_streams_text_and_prints_stats(capsys):
-    rc, out, err = run_cli(capsys, "generate", "def add(x, y):", *TINY, "--raw", "-n", "10", "--stats")
+    rc, out, err = run_cli(capsys, "generate", "def add(x, y):", *TINY, "--drafter", "none", "--raw", "-n", "10", "--stats")
     assert rc == 0 and out.strip()
     assert "prompt tokens" in err and "tok/s" in err and "drafter: none" in err
 
@@ -45,7 +45,7 @@ def test_compare_with_sampling_says_outputs_differ_by_design(capsys):
     (["generate", "hi", *TINY, "--top-p", "0"], "top_p"),
     (["generate", "hi", *TINY, "-n", "0"], "max_new_tokens"),
     (["generate", "", *TINY], "empty"),
-    (["generate", "hi", *TINY, "--compare"], "--compare needs a drafter"),
+    (["generate", "hi", *TINY, "--drafter", "none", "--compare"], "--compare needs a drafter"),
     (["generate", "hi", *TINY, "--drafter", "model"], "--draft"),
     (["generate", "hi", *TINY, "-k", "0", "--drafter", "ngram"], "num_draft_tokens"),
     (["generate", "hi", "--model", "/nonexistent/model.gguf"], "cannot load the target"),
