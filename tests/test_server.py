@@ -98,13 +98,13 @@ def draft():
 @pytest.fixture(scope="module")
 def ref(target, draft):
     """The Python API with the same models and drafter as `server`: the expected outputs."""
-    return Engine(target, draft)
+    return Engine(target, draft, num_draft_tokens=2)  # fixed k: the tests check drafting happened
 
 
 @pytest.fixture(scope="module")
 def server(target, draft):
     config = ServerConfig(MODEL, max_active=4, max_queue=64, max_body_bytes=64 * 1024, max_tokens_limit=512)
-    with ServerThread(create_app(Engine(target, draft), config)) as s:
+    with ServerThread(create_app(Engine(target, draft, num_draft_tokens=2), config)) as s:
         yield s
 
 
@@ -727,3 +727,73 @@ def test_idle_and_slow_connections_time_out(target):
         r = s.post(C, json=body)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 120
         assert time.time() - t0 > 0.5, "the generation was too quick to show anything"
+
+
+# -- graceful shutdown ----------------------------------------------------------------------------
+
+def test_sigterm_ends_streams_answers_waiting_requests_and_exits_0():
+    import json
+    import signal
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "specdecode", "serve", "--model", MODEL, "--drafter", "ngram",
+                             "--port", str(port), "--max-active", "1", "--threads", "1", "--log-level", "info",
+                             "--shutdown-timeout", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            assert time.time() < deadline, "server did not come up"
+            time.sleep(0.2)
+        long = {"model": MODEL, "prompt": "hello", "max_tokens": 2000, "ignore_eos": True}
+        waiting, events = [], []
+
+        def wait_in_queue():  # --max-active 1: queued behind the stream
+            waiting.append(httpx.post(url + C, json=long, timeout=30))
+
+        with httpx.stream("POST", url + C, json={**long, "stream": True}, timeout=30) as r:
+            lines = r.iter_lines()
+            events.append(next(lines))
+            waiter = threading.Thread(target=wait_in_queue)
+            waiter.start()
+            wait_for(lambda: "specdecode_queue_length 1" in httpx.get(url + "/metrics").text)
+            t0 = time.time()
+            proc.send_signal(signal.SIGTERM)
+            events += [line for line in lines if line]
+        waiter.join(10)
+        elapsed = time.time() - t0
+        rc = proc.wait(20)
+        log = proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 0, log
+    assert "Traceback" not in log and "CancelledError" not in log, log
+    # The stream ran on through the 1 s grace, then ended: final chunk, error event, [DONE].
+    assert 0.9 < elapsed < 10
+    assert events[-1] == "data: [DONE]"
+    final, error = json.loads(events[-3][6:]), json.loads(events[-2][6:])
+    assert final["choices"][0]["finish_reason"] == "abort"
+    assert error["error"]["code"] == "shutting_down" and set(error["error"]) == {"message", "type", "param", "code"}
+    assert all(json.loads(e[6:])["choices"][0]["finish_reason"] is None for e in events[:-3])
+    # The queued non-streamed request got a 503 in OpenAI's shape at once.
+    assert waiting and waiting[0].status_code == 503
+    assert waiting[0].json()["error"]["code"] == "shutting_down"
+
+
+def test_draining_scheduler_refuses_new_requests(server, target):
+    """drain() in-process: new requests get 503 `shutting_down`, /health says so too."""
+    with ServerThread(create_app(Engine(target, NgramDrafter()), ServerConfig(MODEL))) as s:
+        assert s.post(C, json=OK_C).status_code == 200
+        s.scheduler.drain()
+        _check_error(s.post(C, json=OK_C), 503, code="shutting_down")
+        r = httpx.get(s.url + "/health")
+        assert r.status_code == 503 and r.json()["status"] == "shutting_down"

@@ -40,6 +40,7 @@ COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
 ENDPOINTS = frozenset({COMPLETIONS, CHAT, "/v1/models", "/health", "/metrics"})
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+ABORTED = "abort"  # finish_reason of a stream cut by the server (shutdown, error), as vLLM
 
 
 @dataclass
@@ -95,6 +96,8 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     @app.get("/health")
     async def health():
+        if scheduler.draining:
+            return JSONResponse({"status": "shutting_down"}, status_code=503)
         if not scheduler.alive:
             return JSONResponse({"status": "error", "detail": "generation worker is not running"}, status_code=503)
         return {"status": "ok"}
@@ -234,8 +237,9 @@ class Reply:
             if self.chat:
                 yield self._chunk("", role=True)
             while True:
-                if event.kind == "error":
+                if event.kind == "error":  # mid-stream (shutdown, a failing step): say so, then end
                     err = _engine_error(event.error, "messages" if self.chat else "prompt")
+                    yield self._chunk("", ABORTED)
                     yield f"data: {json.dumps(err.body())}\n\n"
                     break
                 chunk = event.chunk

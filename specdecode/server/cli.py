@@ -50,6 +50,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--read-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="a client must send its request headers within this time of connecting (or of its previous "
                         "answer), and then its body within this time, else the connection is closed (default 10)")
+    p.add_argument("--shutdown-timeout", type=float, default=8.0, metavar="SECONDS",
+                   help="on SIGTERM or Ctrl-C: stop accepting at once, answer queued requests 503, let running "
+                        "generations go on this long, then end their streams with finish_reason 'abort' "
+                        "(default 8: under docker stop's 10 s)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
     return p
@@ -61,6 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         from .app import ServerConfig, api_key_from_env, create_app
         from .protocol import header_timeout_protocol
+        from .shutdown import GracefulServer
     except ImportError as e:
         raise SpecdecodeError(f"the server needs FastAPI and uvicorn ({e}): pip install 'specdecode[server]'") from None
     from ..cli import build_engine
@@ -72,6 +77,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise SpecdecodeError("--max-queue must be >= 0")
     if not 0 <= args.port <= 65535:
         raise SpecdecodeError(f"--port must be in 0..65535, got {args.port}")
+    if not 0 <= args.shutdown_timeout < math.inf:
+        raise SpecdecodeError(f"--shutdown-timeout must be >= 0 seconds, got {args.shutdown_timeout}")
     if not 0 < args.read_timeout < math.inf:
         raise SpecdecodeError(f"--read-timeout must be a positive number of seconds, got {args.read_timeout}")
     served_name = args.served_model_name if args.served_model_name is not None else default_served_name(args.model)
@@ -95,8 +102,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     drafter = engine.drafter.name if engine.drafter is not None else "none"
     print(f"serving {config.model_name!r} (drafter: {drafter}) on http://{args.host}:{args.port}/v1",
           file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5,
-                http=header_timeout_protocol(args.read_timeout))
+    server_config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                   http=header_timeout_protocol(args.read_timeout))
+    GracefulServer(server_config, app.state.scheduler, args.shutdown_timeout).run()
     return 0
 
 

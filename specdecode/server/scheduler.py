@@ -96,6 +96,7 @@ class Scheduler:
         self._active: list[Job] = []
         self._cond = threading.Condition()
         self._stopping = False
+        self._draining = False  # shutting down: refuse new requests, let the running ones go on
         self._thread: threading.Thread | None = None
 
     # -- event-loop side ---------------------------------------------------------------------
@@ -107,6 +108,10 @@ class Scheduler:
     @property
     def active(self) -> int:
         return len(self._active)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining or self._stopping
 
     @property
     def alive(self) -> bool:
@@ -125,10 +130,20 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def drain(self) -> None:
+        """Refuse new requests from now on and fail the queued ones; running ones go on until
+        stop(). The first step of a graceful shutdown."""
+        with self._cond:
+            self._draining = True
+            waiting = list(self._pending)
+            self._pending.clear()
+        for job in waiting:
+            self._finish(job, None, error=SchedulerStopped("the server is shutting down"))
+
     def submit(self, job: Job) -> Job:
         self.start()
         with self._cond:
-            if self._stopping:
+            if self._stopping or self._draining:
                 raise SchedulerStopped()
             if len(self._pending) + len(self._active) >= self.max_active + self.max_queue:
                 raise QueueFull()
