@@ -6,11 +6,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from specdecode.bench.llamacpp import LlamaCppUnavailableError, llamacpp_step_times, resolve_gguf
+from specdecode.bench.llamacpp import LlamaCppUnavailableError, llamacpp_step_samples, llamacpp_step_times, resolve_gguf
 from specdecode.bench.methods import METHODS, BenchContext, build_runner
 from specdecode.config import SamplingParams
 from specdecode.errors import SpecdecodeError
@@ -142,5 +143,20 @@ def test_bench_run_with_llamacpp(smollm2, tmp_path):
 
 @pytest.mark.slow
 def test_step_times_on_smollm2(smollm2):
-    t = llamacpp_step_times("smollm2-135m", [1, 2, 4], threads=2, repeats=2, context=16, warmup=1)
+    t = llamacpp_step_times("smollm2-135m", [4, 1, 2], threads=2, repeats=2, context=16, warmup=1)
     assert sorted(t) == [1, 2, 4] and all(0 < s < 10 for s in t.values())
+    samples = llamacpp_step_samples("smollm2-135m", [1, 3], threads=2, repeats=3, context=8, all_logits=False, warmup=0)
+    assert sorted(samples) == [1, 3] and all(len(ts) == 3 for ts in samples.values())
+
+
+@pytest.mark.slow
+def test_tm_script_prints_table_and_json(smollm2, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("llamacpp_tm", Path(__file__).parents[1] / "scripts" / "llamacpp_tm.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "tm.json"
+    assert script.main(["smollm2-135m", "--threads", "2", "--max-m", "2", "--repeats", "1", "--json", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("llama.cpp T(m)") and lines[3].split()[0] == "1" and lines[4].split()[0] == "2"
+    data = json.loads(out.read_text())
+    assert set(data["T_s"]) == {"all_logits", "last_logit"} and set(data["T_s"]["all_logits"]) == {"1", "2"}

@@ -181,6 +181,15 @@ def llamacpp_step_times(gguf_path: str | Path, ms: Iterable[int] = range(1, 17),
     The KV cache is rolled back to the context after each eval, and the m values are interleaved
     within each repeat, so slow drifts of the machine spread over all m.
     """
+    samples = llamacpp_step_samples(gguf_path, ms, threads, repeats, context=context, all_logits=all_logits,
+                                    warmup=warmup)
+    return {m: statistics.median(ts) for m, ts in samples.items()}
+
+
+def llamacpp_step_samples(gguf_path: str | Path, ms: Iterable[int] = range(1, 17), threads: int | None = None,
+                          repeats: int = 7, *, context: int = 64, all_logits: bool = True,
+                          warmup: int = 2) -> dict[int, list[float]]:
+    """Every timed eval behind llamacpp_step_times (seconds, in run order): for spreads and minima."""
     ms = sorted(set(int(m) for m in ms))
     if not ms or ms[0] < 1:
         raise SpecdecodeError(f"m values must be >= 1, got {ms}")
@@ -202,6 +211,6 @@ def llamacpp_step_times(gguf_path: str | Path, ms: Iterable[int] = range(1, 17),
                 dt = time.perf_counter() - t0
                 if r >= warmup:
                     times[m].append(dt)
-        return {m: statistics.median(ts) for m, ts in times.items()}
+        return times
     finally:
         llm.close()
