@@ -271,3 +271,35 @@ def test_cli_bad_draft_length_is_a_one_line_error(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "hi", *TINY, "-k", "many"])
     assert "expected 'auto' or an integer" in capsys.readouterr().err
+
+
+# -- bench methods and the theory table (specdecode/bench/methods_policy.py) ---------------------------
+
+
+def test_bench_policy_methods_and_theory_table(tmp_path, monkeypatch):
+    import json
+
+    import specdecode
+    from specdecode.bench import METHODS, BenchConfig, run_bench
+    from specdecode.bench.methods_policy import round_mix, write_theory
+
+    monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path / "cache"))
+    names = ["spec-model-k1", "spec-model-k8", "spec-model-auto", "spec-auto"]
+    assert all(n in METHODS and not METHODS[n].default for n in names + ["spec-model-k2", "spec-model-k4"])
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": "def add(x, y):\n    return x + y\ndef add(x, y):", "category": "code"},
+            {"prompt": "hello there, the weather", "category": "chat"}]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    target = specdecode.load("tiny-random", dtype="float32")
+    draft = specdecode.load("tiny-random-draft", dtype="float32")
+    results = run_bench(BenchConfig(target="tiny-random", draft="tiny-random-draft", methods=names, dataset=str(prompts),
+                                    max_new_tokens=16, warmup=0, progress=False, dtype="float32", out=str(tmp_path / "b")),
+                        target=target, draft=draft)
+    for p in results["prompts"]:
+        assert all(p["results"][n]["equal_to_target"] for n in names)
+    t = write_theory(tmp_path / "b", CostModel.from_function(lambda m: 0.01 * (1 + 0.1 * m), {"model": lambda m: 0.001}))
+    row = t["methods"]["spec-model-k8"]["all"]
+    assert row["predicted_speedup"] > 0 and row["measured_speedup"] > 0 and 0 <= row["acceptance"] <= 1
+    assert set(t["methods"]) == set(names)
+    assert "| spec-auto | code |" in (tmp_path / "b" / "theory.md").read_text()
+    assert round_mix([5, 3, 3, 1], 9) == {0: 4, 1: 2, 3: 2, 4: 1}

@@ -15,3 +15,4 @@ __all__ = [
     "BenchConfig", "run_bench", "select_methods", "load_prompts", "BenchPrompt", "METHODS", "Method",
     "register_method", "BenchContext", "RunResult", "EngineRunner", "HFGenerateRunner", "write_reports",
 ]
+from . import methods_policy  # noqa: E402,F401 - registers the cost-policy methods (spec-model-k*, spec-auto)
