@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from specdecode.config import ModelArgs
+from specdecode.kernels import extension
 from specdecode.model import build_transformer
+
+# Build (or load) the CPU kernels once, before any test points caches elsewhere.
+extension()
 
 
 def tiny_hf_config(arch: str = "llama", vocab: int = 97, layers: int = 2, tie: bool = False, seed_theta: float = 10000.0):

@@ -22,6 +22,34 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def cpu_isa_flags() -> list[str]:
+    """The CPU flags that decide the kernel paths and PyTorch's own (bf16 rounding, cost)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in ISA_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def cpu_summary() -> str:
+    """'AMD EPYC ... (avx2, avx512f, avx512_bf16, ...)': the CPU named beside every figure."""
+    return f"{_cpu_model()} ({', '.join(cpu_isa_flags()) or 'no AVX2'})"
+
+
+def kernel_summary() -> str:
+    """The skinny kernels' path in use here, e.g. 'avx512', or why there is none."""
+    from ..kernels import ISA_NAMES, active_isa
+
+    isa = active_isa()
+    return ISA_NAMES[isa] if isa >= 0 else "none (PyTorch linear layers)"
+
+
 def _ram_bytes() -> int | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -56,6 +84,8 @@ def machine_info(device: torch.device | str | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu": _cpu_model(),
+        "cpu_isa_flags": cpu_isa_flags(),
+        "kernel_isa": kernel_summary(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -19,20 +19,25 @@ from pathlib import Path
 ISA_NAMES = ("scalar", "avx2", "avx512")  # index = the kernel's ISA code
 ISA_ENV = "SPECDECODE_KERNEL_ISA"  # force a lower path: scalar | avx2 | avx512
 DISABLE_ENV = "SPECDECODE_KERNELS"  # "off": plain PyTorch linear layers everywhere
+CACHE_ENV = "SPECDECODE_KERNEL_CACHE"  # where the compiled module lives
 _SRC = Path(__file__).parent / "csrc"
 _SOURCES = ("binding.cpp", "skinny_scalar.cpp", "skinny_avx2.cpp", "skinny_avx512.cpp")
 
 
 def _build_dir() -> Path:
-    from ..loading.store import cache_dir
+    """$SPECDECODE_KERNEL_CACHE or ~/.cache/specdecode/kernels, one folder per source and torch version.
 
+    Not under $SPECDECODE_CACHE on purpose: pointing the model cache elsewhere (tests do, per
+    test) should not cost a fresh compile.
+    """
     digest = hashlib.sha256()
     for name in (*_SOURCES, "skinny.h"):
         digest.update((_SRC / name).read_bytes())
     import torch
 
     digest.update(torch.__version__.encode())
-    path = cache_dir() / "kernels" / digest.hexdigest()[:16]
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "specdecode", "kernels")
+    path = Path(root) / digest.hexdigest()[:16]
     path.mkdir(parents=True, exist_ok=True)
     return path
 

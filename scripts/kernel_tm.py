@@ -1,0 +1,137 @@
+"""Whole-model T(m): the time of one target pass over m = 1..16 tokens (a decode step, a
+verification pass), for every weight format on the skinny kernels, beside llama.cpp on the
+same GGUF file and the machine's read bandwidth, in one run.
+
+    .venv/bin/python scripts/kernel_tm.py qwen2.5-coder-1.5b --threads 2 --out docs/benchmarks/<dir>
+
+Each pass extends a 64-token context and is rolled back; the m values are interleaved within
+each repeat so slow drifts of the machine spread over all of them; medians are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import specdecode
+from specdecode.bench.machine import cpu_summary
+from specdecode.kernels import ISA_NAMES, active_isa
+from specdecode.quant import weight_bytes
+
+CONTEXT = 64
+PREFILL = 256
+
+
+def read_bandwidth_gbs(repeats: int = 7) -> float:
+    """One streaming pass over 1 GiB (as a decode step streams its weights), best of `repeats`."""
+    x = torch.ones(2**28, dtype=torch.float32)
+    x.sum()
+    best = min(_timed(lambda: x.sum()) for _ in range(repeats))
+    return x.numel() * 4 / 1e9 / best
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def model_step_times(lm, ms: list[int], repeats: int) -> dict[int, float]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, lm.vocab_size, (1, CONTEXT + max(ms)), generator=g)
+    cache = lm.new_cache(CONTEXT + max(ms) + 1)
+    lm(ids[:, :CONTEXT], torch.arange(CONTEXT)[None], cache, num_logits=1)
+    times: dict[int, list[float]] = {m: [] for m in ms}
+    for r in range(repeats + 1):
+        for m in ms:
+            cache.trim(CONTEXT)
+            toks, pos = ids[:, CONTEXT : CONTEXT + m], torch.arange(CONTEXT, CONTEXT + m)[None]
+            dt = _timed(lambda: lm(toks, pos, cache))
+            if r:  # the first round warms caches and allocators
+                times[m].append(dt)
+    return {m: statistics.median(v) for m, v in times.items()}
+
+
+def prefill_ms_per_token(lm) -> float:
+    ids = torch.randint(0, lm.vocab_size, (1, PREFILL), generator=torch.Generator().manual_seed(1))
+    cache = lm.new_cache(PREFILL + 1)
+    best = float("inf")
+    for _ in range(2):
+        cache.trim(0)
+        best = min(best, _timed(lambda: lm(ids, torch.arange(PREFILL)[None], cache, num_logits=1)))
+    return best / PREFILL * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", nargs="?", default="qwen2.5-coder-1.5b", help="registry short name or .gguf path")
+    ap.add_argument("--formats", default="bf16,int8,int4", help="comma-separated: bf16, int8, int4")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--max-m", type=int, default=16)
+    ap.add_argument("--no-llamacpp", action="store_true", help="skip llama.cpp even if llama-cpp-python is installed")
+    ap.add_argument("--out", type=Path, default=None, help="directory for kernel_tm.json and kernel_tm.md")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    ms = list(range(1, a.max_m + 1))
+    result: dict = {"model": a.model, "threads": a.threads, "cpu": cpu_summary(), "kernel_isa": ISA_NAMES[active_isa()]
+                    if active_isa() >= 0 else "none (PyTorch)", "torch": torch.__version__, "rows": []}
+    result["read_bandwidth_gbs"] = read_bandwidth_gbs()
+    for fmt in a.formats.split(","):
+        quant = None if fmt == "bf16" else fmt
+        model = specdecode.load(a.model, dtype="bfloat16", quantize=quant, threads=a.threads)
+        lm = model.lm
+        nbytes = weight_bytes(lm)
+        with torch.inference_mode():
+            t = model_step_times(lm, ms, a.repeats)
+            prefill = prefill_ms_per_token(lm)
+        result["rows"].append({"format": fmt, "weight_bytes": nbytes, "T_s": t, "prefill_ms_per_token": prefill})
+        print(f"{fmt}: T1 {t[1] * 1e3:.1f} ms, {nbytes / t[1] / 1e9:.1f} GB/s", flush=True)
+        del model, lm
+    if not a.no_llamacpp:
+        try:
+            from specdecode.bench.llamacpp import llama_cpp_version, llamacpp_step_times
+
+            t = llamacpp_step_times(a.model, ms, threads=a.threads, repeats=a.repeats)
+            result["rows"].append({"format": f"llama.cpp {llama_cpp_version()} (GGUF as shipped)", "weight_bytes": None,
+                                   "T_s": t, "prefill_ms_per_token": None})
+        except specdecode.SpecdecodeError as exc:
+            print(f"llama.cpp skipped: {exc}")
+    text = render(result)
+    print(text)
+    if a.out:
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "kernel_tm.json").write_text(json.dumps(result, indent=1))
+        (a.out / "kernel_tm.md").write_text(text)
+
+
+def render(r: dict) -> str:
+    bw = r["read_bandwidth_gbs"]
+    picks = [m for m in (2, 3, 4, 8, 12, 16) if m in r["rows"][0]["T_s"]]
+    lines = [f"# T(m): {r['model']}, {r['threads']} threads", "",
+             f"CPU: {r['cpu']}; kernel path: {r['kernel_isa']}; torch {r['torch']}; "
+             f"read bandwidth (1 GiB sum) {bw:.1f} GB/s", "",
+             "| format | weights GB | T1 ms | GB/s at T1 (% of read bw) | " + " | ".join(f"T{m}/T1" for m in picks)
+             + " | prefill ms/token |",
+             "|---|---:|---:|---:|" + "---:|" * len(picks) + "---:|"]
+    for row in r["rows"]:
+        t = {int(k): v for k, v in row["T_s"].items()}
+        gb = row["weight_bytes"] / 1e9 if row["weight_bytes"] else None
+        gbs = f"{gb / t[1]:.1f} ({gb / t[1] / bw:.0%})" if gb else "-"
+        pre = f"{row['prefill_ms_per_token']:.2f}" if row["prefill_ms_per_token"] else "-"
+        lines.append(f"| {row['format']} | {gb:.2f} | " if gb else f"| {row['format']} | - | ")
+        lines[-1] += f"{t[1] * 1e3:.1f} | {gbs} | " + " | ".join(f"{t[m] / t[1]:.2f}" for m in picks) + f" | {pre} |"
+    lines += ["", "T(m) in ms, m = 1..16:", ""]
+    for row in r["rows"]:
+        t = {int(k): v for k, v in row["T_s"].items()}
+        lines.append(f"- {row['format']}: " + ", ".join(f"{t[m] * 1e3:.1f}" for m in sorted(t)))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
