@@ -185,7 +185,7 @@ class Engine:
                     p = logits_to_probs(logits, params)  # (k'+1, V)
                     num_accepted, next_token = rejection_sample(inp[1:], q, p, generator)
                 cache.trim(n + num_accepted)  # invariant: the cache holds tokens[:-1]
-                if drafter is not None and draft_tokens:
+                if k > 0:  # whoever was asked to draft hears the outcome, even of an empty draft
                     drafter.on_verified(num_accepted)
                 if policy:
                     policy.update(len(draft_tokens), num_accepted)
