@@ -1,6 +1,7 @@
 """A transformers model that shares the native model's weight tensors (no copy, same dtype).
 
-The HF baselines (`generate`, assisted generation, prompt lookup) then run on exactly the bytes
+Layers packed for the CPU kernels (specdecode.kernels) have another layout: transformers gets
+an equal copy of their weights (same values, more memory). The HF baselines (`generate`, assisted generation, prompt lookup) then run on exactly the bytes
 the specdecode methods use: any speed difference is the decoding loop, not the weights.
 """
 
