@@ -138,6 +138,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     sys.stdout.write("\n")
     if (args.stats or args.compare) and stats is not None:
         print(f"--- drafter: {_describe_drafter(engine)}", file=sys.stderr)
+        import torch
+
+        if isinstance(engine.target, torch.nn.Module):
+            from .kernels import probe_row_invariance
+
+            print(f"--- {probe_row_invariance(engine.target).describe()}", file=sys.stderr)
         print(stats.format(), file=sys.stderr)
         if engine.needs_cost_model:
             print(engine.cost_model.format(), file=sys.stderr)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import SpecdecodeError
+from .kernels import RowInvariance, probe_row_invariance
 from .lm import LanguageModel
 from .testing import TINY_NAMES, load_tiny
 from .tokenizer import Tokenizer
@@ -30,7 +31,8 @@ class Model:
     dtype: torch.dtype
     load_seconds: float = 0.0
     from_cache: bool = False
-    quantize: str | None = None  # "int8" | "int4": weight-only quantized linear layers (specdecode.quant)
+    quantize: str | None = None  # "int8" | "int4": quantized linear layers (specdecode.quant)
+    row_invariance: "RowInvariance | None" = None  # probed at load: is a verify pass bit-identical to steps?
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -66,8 +68,10 @@ def load(
 ) -> Model:
     """Load a model by short name (see `specdecode models list`), .gguf path, HF dir or hub id.
 
-    quantize: None / "none" (weights in `dtype`), "int8" or "int4": weight-only quantization of
-    the linear layers after loading (specdecode.quant.quantize_model; activations stay in dtype).
+    quantize: None / "none" (weights in `dtype`), "int8" or "int4": quantization of the linear
+    layers after loading (specdecode.quant.quantize_model; on CPU with the kernels, activations
+    are quantized per block of 32 too, see docs/kernels.md).
+    The result's `row_invariance` says whether a verify pass rounds exactly like single steps here.
     """
     from .model import build_transformer
     from .quant import MODES, quantize_model
@@ -86,7 +90,8 @@ def load(
         lm, hf_tok, eos = load_tiny(source, dt, dev)
         if quantize:
             quantize_model(lm, quantize)
-        return Model(lm, Tokenizer(hf_tok, eos), source, dt, time.perf_counter() - t0, False, quantize)
+        return Model(lm, Tokenizer(hf_tok, eos), source, dt, time.perf_counter() - t0, False, quantize,
+                     probe_row_invariance(lm))
     from .loading import load_checkpoint
 
     ckpt = load_checkpoint(source, dt)
@@ -94,7 +99,8 @@ def load(
     if quantize:
         quantize_model(lm, quantize)
     tokenizer = Tokenizer(ckpt.tokenizer, ckpt.eos_token_ids)
-    return Model(lm, tokenizer, source, dt, time.perf_counter() - t0, ckpt.from_cache, quantize)
+    return Model(lm, tokenizer, source, dt, time.perf_counter() - t0, ckpt.from_cache, quantize,
+                 probe_row_invariance(lm))
 
 
 def as_language_model(obj) -> tuple[LanguageModel, Tokenizer | None]:

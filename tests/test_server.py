@@ -216,7 +216,10 @@ def test_models_and_health(server):
     assert client.models.retrieve(MODEL).id == MODEL
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-4")
-    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    health = httpx.get(server.url + "/health").json()
+    assert health["status"] == "ok"
+    # the probe ran on the served target: its layers must be row-invariant (packed kernels or not)
+    assert health["kernels"]["row_invariant"] is True and health["kernels"]["path"] in ("avx512", "avx2", "scalar", "PyTorch")
 
 
 # -- concurrency ----------------------------------------------------------------------------------

@@ -321,5 +321,8 @@ def _run_prompts(todo, runners, params, config, results, done, decode, path) -> 
 
 
 def _model_info(model) -> dict[str, Any]:
+    inv = getattr(model, "row_invariance", None)
     return {"source": model.source, "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.lm.device),
-            "parameters": sum(p.numel() for p in model.lm.parameters()) if hasattr(model.lm, "parameters") else None}
+            "quantize": getattr(model, "quantize", None),
+            "parameters": sum(p.numel() for p in model.lm.parameters()) if hasattr(model.lm, "parameters") else None,
+            "kernels": inv.describe() if inv is not None else None}

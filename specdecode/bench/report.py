@@ -71,8 +71,10 @@ def markdown(results: dict[str, Any], no_charts: str | None = None) -> str:
         "",
         f"- **Models**: target `{models['target']['source']}`"
         + (f", draft `{draft['source']}`" if draft else ", no draft model")
-        + f"; {models['target']['dtype']} on {models['target']['device']}",
-        f"- **Machine**: {mach['cpu']} ({mach['cpus_usable']} usable cores of {mach['cpu_count']}, "
+        + f"; {models['target']['dtype']} on {models['target']['device']}"
+        + (f"; {models['target']['kernels']}" if models["target"].get("kernels") else ""),
+        f"- **Machine**: {mach['cpu']}" + (f" [{', '.join(mach['cpu_isa_flags'])}]" if mach.get("cpu_isa_flags") else "")
+        + f" ({mach['cpus_usable']} usable cores of {mach['cpu_count']}, "
         f"{mach['torch_threads']} torch threads, {_gb(mach.get('ram_bytes'))} RAM)"
         + (f"; GPU {gpu['name']} ({_gb(gpu['memory_bytes'])})" if gpu else "; no GPU"),
         f"- **Software**: torch {mach['torch']}, transformers {mach['transformers']}, specdecode {mach['specdecode']}"

@@ -16,8 +16,10 @@ from .linear import (
     kernels_available,
     pack_float_linears,
 )
+from .probe import RowInvariance, probe_row_invariance
 
 __all__ = [
+    "RowInvariance", "probe_row_invariance",
     "ISA_NAMES", "active_isa", "best_isa", "extension", "PACKED_LINEARS", "PackedFloatLinear",
     "PackedInt4Linear", "PackedInt8Linear", "can_pack", "kernels_available", "pack_float_linears",
 ]

@@ -73,6 +73,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     app = FastAPI(title="specdecode", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.scheduler, app.state.metrics, app.state.config = engine, scheduler, metrics, config
+    kernels = _kernel_report(engine)
     app.add_middleware(GuardMiddleware, metrics=metrics, endpoints=ENDPOINTS, api_key=config.api_key,
                        max_body_bytes=config.max_body_bytes, hosts=allowed_host_names(config.host, config.allowed_hosts),
                        allowed_origins=config.allowed_origins, read_timeout=config.read_timeout)
@@ -100,7 +101,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
             return JSONResponse({"status": "shutting_down"}, status_code=503)
         if not scheduler.alive:
             return JSONResponse({"status": "error", "detail": "generation worker is not running"}, status_code=503)
-        return {"status": "ok"}
+        return {"status": "ok", "kernels": kernels}
 
     @app.get("/metrics")
     async def prometheus_metrics():
@@ -266,6 +267,18 @@ async def _watch_disconnect(request: Request, job: Job) -> None:
             job.cancel()
             job.events.put_nowait(Event("disconnected"))
             return
+
+
+def _kernel_report(engine: Engine) -> dict | None:
+    """The linear layers' kernel path and whether a verify pass rounds like single steps (probed once)."""
+    import torch
+
+    if not isinstance(engine.target, torch.nn.Module):
+        return None
+    from ..kernels import probe_row_invariance
+
+    inv = probe_row_invariance(engine.target)
+    return {"path": inv.kernel_path, "row_invariant": inv.row_invariant}
 
 
 def _engine_error(exc: BaseException | None, prompt_param: str) -> APIError:
