@@ -250,6 +250,6 @@ def test_cli_options_build_quantized_engines():
     assert isinstance(e.drafter, SelfDrafter) and e.drafter.mode == "int4"
     assert layer_mode(e.target.model.layers[0].mlp.up_proj) == "int8"
     assert engine("--drafter", "self", "--draft-quantize", "int8").drafter.mode == "int8"
-    e = engine("--draft", "tiny-random-draft", "--draft-quantize", "int4")
+    e = engine("--draft", "tiny-random-draft", "--drafter", "model", "--draft-quantize", "int4")
     assert type(e.drafter) is ModelDrafter and layer_mode(e.drafter.model.model.layers[0].mlp.up_proj) == "int4"
     assert layer_mode(e.target.model.layers[0].mlp.up_proj) == "float"
