@@ -13,6 +13,7 @@ from torch import nn
 
 from .cache import KVCache
 from .config import ModelArgs
+from .kernels.attention import chain_attention, chain_attention_applies
 
 # Chains up to this many tokens (drafts + 1) are verified with row-wise attention; longer
 # inputs (prefill) use one masked attention call.
@@ -81,12 +82,14 @@ class Attention(nn.Module):
         k = k * cos + rotate_half(k) * sin
         k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, L, hd), L = cached + T
         gqa = self.n_kv_heads != self.n_heads
-        if mask is None and 1 < T <= ROWWISE_ATTENTION_MAX_T:
-            # Verification of a chain: attend row by row with exactly the shapes a one-token
-            # decode step uses. SDPA's result depends on the number of queries (its blocking
-            # changes the float summation order), so one k+1-token pass would round
-            # differently from k+1 single steps; linear layers are row-invariant in bf16 on
-            # CPU, so this makes speculative bf16 output bit-identical to target-only output.
+        if mask is None and T <= ROWWISE_ATTENTION_MAX_T and chain_attention_applies(k, self.head_dim):
+            # Decode steps and verification chains on CPU: each query attends alone in a fixed
+            # order (specdecode.kernels), so a k+1-token pass rounds exactly like k+1 steps.
+            out = chain_attention(q, k, v, self.head_dim**-0.5).to(q.dtype)  # (B, H, T, hd)
+        elif mask is None and 1 < T <= ROWWISE_ATTENTION_MAX_T:
+            # Elsewhere: attend row by row with exactly the shapes a one-token decode step uses.
+            # SDPA's result depends on the number of queries (its blocking changes the float
+            # summation order), so one k+1-token pass would round differently from k+1 steps.
             L0 = k.shape[2] - T
             out = torch.cat(
                 [F.scaled_dot_product_attention(q[:, :, i : i + 1], k[:, :, : L0 + i + 1], v[:, :, : L0 + i + 1],

@@ -180,3 +180,32 @@ def test_forced_isa_and_bad_override(monkeypatch):
     monkeypatch.setenv(build.ISA_ENV, "avx9000")
     with pytest.raises(SpecdecodeError, match="avx9000"):
         build.active_isa()
+
+
+def attention_reference(q, k, v, scale):
+    """float64 causal-chain attention: query t of T attends keys [0, L - T + t]."""
+    B, H, T, hd = q.shape
+    L, rep = k.shape[2], q.shape[1] // k.shape[1]
+    kk, vv = k.double().repeat_interleave(rep, 1), v.double().repeat_interleave(rep, 1)
+    s = (q.double() @ kk.transpose(-1, -2)) * scale  # (B, H, T, L)
+    allowed = torch.arange(L)[None, :] <= (L - T + torch.arange(T))[:, None]
+    return s.masked_fill(~allowed, float("-inf")).softmax(-1) @ vv
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16], ids=["kv-fp32", "kv-bf16"])
+def test_chain_attention_matches_reference_and_is_row_invariant(isa, kv_dtype):
+    g = torch.Generator().manual_seed(9)
+    B, H, Hkv, T, hd, max_len, L = 2, 12, 2, 9, 128, 300, 200
+    cache_k = torch.randn(B, Hkv, max_len, hd, generator=g).to(kv_dtype)
+    cache_v = torch.randn(B, Hkv, max_len, hd, generator=g).to(kv_dtype)
+    k, v = cache_k[:, :, :L], cache_v[:, :, :L]  # strided views, as the KV cache hands them out
+    q = torch.randn(B, H, T, hd, generator=g)
+    ext, scale = build.extension(), hd**-0.5
+    out = ext.attend_chain(q, k, v, scale, isa)
+    ref = attention_reference(q, k, v, scale)
+    assert float((out.double() - ref).abs().max()) <= 1e-5
+    for t in range(T):  # query t alone, over the prefix a one-token step would see
+        alone = ext.attend_chain(q[:, :, t : t + 1].contiguous(), k[:, :, : L - T + t + 1], v[:, :, : L - T + t + 1], scale, isa)
+        assert torch.equal(alone[:, :, 0], out[:, :, t])
+    assert torch.equal(out, ext.attend_chain(q, k, v, scale, 0))  # every path: the same bits

@@ -22,6 +22,7 @@ DISABLE_ENV = "SPECDECODE_KERNELS"  # "off": plain PyTorch linear layers everywh
 CACHE_ENV = "SPECDECODE_KERNEL_CACHE"  # where the compiled module lives
 _SRC = Path(__file__).parent / "csrc"
 _SOURCES = ("binding.cpp", "skinny_scalar.cpp", "skinny_avx2.cpp", "skinny_avx512.cpp")
+_HEADERS = ("skinny.h", "attention.h")
 
 
 def _build_dir() -> Path:
@@ -31,7 +32,7 @@ def _build_dir() -> Path:
     test) should not cost a fresh compile.
     """
     digest = hashlib.sha256()
-    for name in (*_SOURCES, "skinny.h"):
+    for name in (*_SOURCES, *_HEADERS):
         digest.update((_SRC / name).read_bytes())
     import torch
 
@@ -61,7 +62,10 @@ def extension():
         return load(
             name="specdecode_skinny",
             sources=[str(_SRC / s) for s in _SOURCES],
-            extra_cflags=["-O3", "-ffp-contract=off", "-fno-math-errno"],
+            # -fopenmp: at::parallel_for is header code, serial without it. The module then needs
+            # libgomp.so.1, which the loader resolves to the copy torch already loaded (one pool).
+            extra_cflags=["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
             build_directory=str(_build_dir()),
             verbose=False,
         )

@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "attention.h"
 #include "skinny.h"
 
 namespace skinny {
@@ -137,6 +138,27 @@ torch::Tensor mm_int4(torch::Tensor x, torch::Tensor w, int64_t n_valid, int64_t
   });
 }
 
+// q (B, H, T, hd) float32; k, v (B, Hkv, L, hd) float32 or bf16 (strided views of the cache)
+// -> (B, H, T, hd) float32, query t attending keys [0, L - T + t].
+torch::Tensor attend_chain(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale, int64_t isa) {
+  check_isa(isa);
+  TORCH_CHECK(q.dim() == 4 && q.scalar_type() == torch::kFloat32 && q.is_contiguous(), "q must be contiguous float32 (B, H, T, hd)");
+  TORCH_CHECK(k.dim() == 4 && k.sizes() == v.sizes() && k.strides() == v.strides() && k.scalar_type() == v.scalar_type(),
+              "k and v must be (B, Hkv, L, hd) views of the same layout");
+  TORCH_CHECK(k.scalar_type() == torch::kFloat32 || k.scalar_type() == torch::kBFloat16, "k/v must be float32 or bf16");
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = q.size(3), Hkv = k.size(1), L = k.size(2);
+  TORCH_CHECK(k.size(0) == B && k.size(3) == hd && k.stride(3) == 1 && H % Hkv == 0 && hd % 16 == 0 && L >= T,
+              "shapes do not match");
+  auto out = torch::empty_like(q);
+  ChainAttention a{q.data_ptr<float>(), k.data_ptr(), v.data_ptr(), k.scalar_type() == torch::kBFloat16,
+                   B, H, Hkv, T, L, hd, k.stride(0), k.stride(1), k.stride(2), float(scale), out.data_ptr<float>()};
+  at::parallel_for(0, B * H * T, 1, [&](int64_t r0, int64_t r1) {
+    auto f = isa == kAvx512 ? attend_rows_avx512 : isa == kAvx2 ? attend_rows_avx2 : attend_rows_scalar;
+    f(a, r0, r1);
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace skinny
 
@@ -147,4 +169,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mm_bf16", &skinny::mm_bf16);
   m.def("mm_int8", &skinny::mm_int8);
   m.def("mm_int4", &skinny::mm_int4);
+  m.def("attend_chain", &skinny::attend_chain, "row-invariant attention of a chain of queries over a KV prefix");
 }

@@ -48,6 +48,11 @@ SKINNY_DECLARE(scalar)
 SKINNY_DECLARE(avx2)
 SKINNY_DECLARE(avx512)
 
+// Helpers are internal to each translation unit (anonymous namespace): every ISA file compiles
+// them with its own target flags, and a shared inline copy could carry AVX-512 code into the
+// AVX2 path.
+namespace {
+
 // Stores a finished tile row (16 accumulators) to y, dropping padding columns.
 inline void store_tile_row(const float* acc16, float* yrow, int64_t col0, int64_t n_valid) {
   int64_t n = n_valid - col0 < kTile ? n_valid - col0 : kTile;
@@ -83,5 +88,7 @@ inline float bf16_to_f32(uint16_t v) {
   b.u = static_cast<uint32_t>(v) << 16;
   return b.f;
 }
+
+}  // namespace
 
 }  // namespace skinny

@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include "skinny.h"
+#include "attention.h"
 
 namespace skinny {
 namespace {
@@ -171,5 +172,7 @@ void int4_avx2(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_
 #undef CALL
   }
 }
+
+void attend_rows_avx2(const ChainAttention& a, int64_t r0, int64_t r1) { attend_rows_impl(a, r0, r1); }
 
 }  // namespace skinny

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "skinny.h"
+#include "attention.h"
 
 namespace skinny {
 
@@ -93,5 +94,7 @@ void int4_scalar(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int6
     }
   }
 }
+
+void attend_rows_scalar(const ChainAttention& a, int64_t r0, int64_t r1) { attend_rows_impl(a, r0, r1); }
 
 }  // namespace skinny
