@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from specdecode.errors import SpecdecodeError
-from specdecode.kernels import ISA_NAMES, PackedFloatLinear, PackedInt4Linear, PackedInt8Linear, best_isa, build, pack
+from specdecode.kernels import ISA_NAMES, PackedFloatLinear, PackedInt4Linear, PackedInt8Linear, best_isa, build, pack, project
 
 pytestmark = pytest.mark.skipif(best_isa() < 0, reason="specdecode kernels not built (no compiler or not x86-64)")
 FORMATS = ("f32", "bf16", "int8", "int4")
@@ -37,15 +37,9 @@ def make_layer(fmt: str, w: torch.Tensor):
 
 
 def run(layer, x: torch.Tensor, isa: int) -> torch.Tensor:
-    """The layer's kernel on an explicit ISA path: (m, K) -> (m, N) float32."""
-    ext = build.extension()
-    if layer.mode == "float":
-        x = x.to(layer.act_dtype).contiguous()
-        fn = ext.mm_bf16 if layer.act_dtype == torch.bfloat16 else ext.mm_f32
-        return fn(x, layer.packed, layer.out_features, isa)
-    if layer.mode == "int8":
-        return ext.mm_int8(x.float().contiguous(), layer.packed, layer.scales, layer.out_features, isa)
-    return ext.mm_int4(x.float().contiguous(), layer.packed, layer.out_features, isa)
+    """The layer's kernel on an explicit ISA path, no bias: (m, K) -> (m, N) float32."""
+    fmt, packed, scales, _, n = layer.spec()
+    return build.extension().linear(x.to(layer.act_dtype), [(fmt, packed, scales, None, n)], isa, torch.float32)[0]
 
 
 def reference(layer, x: torch.Tensor) -> torch.Tensor:
@@ -53,10 +47,8 @@ def reference(layer, x: torch.Tensor) -> torch.Tensor:
     W = layer.dequantized_weight().double()
     if layer.mode == "float":
         return x.to(layer.act_dtype).double() @ W.T
-    xq, sx, _ = build.extension().quantize_act(x.float().contiguous())
-    m, K = x.shape
-    xd = (xq.double().view(m, -1, 32) * sx.double()[..., None]).view(m, K)
-    return xd @ W.T
+    xq, sx, _ = build.extension().quantize_act(x.float().contiguous(), build.active_isa())
+    return pack.dequantized_act(xq, sx) @ W.T
 
 
 def random_case(N: int, K: int, m: int, seed: int = 0):
@@ -105,10 +97,21 @@ def test_row_invariant_at_real_model_shapes(fmt, shape):
     if layer.mode == "float":
         xd = x.to(layer.act_dtype).double()
     else:
-        xq, sx, _ = build.extension().quantize_act(x.float().contiguous())
-        xd = (xq.double().view(9, -1, 32) * sx.double()[..., None]).view(9, K)
+        xq, sx, _ = build.extension().quantize_act(x.float().contiguous(), isa)
+        xd = pack.dequantized_act(xq, sx)
     ref = xd @ W.T
     assert float((y[:, rows].double() - ref).abs().max() / ref.abs().max()) <= TOL
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_several_layers_in_one_call_equal_one_at_a_time(fmt):
+    """project(): q/k/v or gate/up share one call (one activation pass, one parallel region)."""
+    w, x = random_case(96, 256, 7, seed=10)
+    layers = [make_layer(fmt, w[:64]), make_layer(fmt, w[64:80]), make_layer(fmt, w[80:])]
+    xx = x.to(layers[0].act_dtype)
+    together = project(xx, *layers)
+    for layer, y in zip(layers, together):
+        assert torch.equal(y, layer(xx)) and y.dtype == xx.dtype
 
 
 @pytest.mark.parametrize("fmt", ["f32", "int8", "int4"])
@@ -132,10 +135,12 @@ def test_bf16_fma_paths_agree_with_each_other():
     assert torch.equal(run(layer, x, 0), run(layer, x, 1))  # scalar and AVX2: the same FMAs in order
 
 
-def test_activation_quantization_matches_its_pytorch_statement():
+@pytest.mark.parametrize("isa", ISAS)
+def test_activation_quantization_matches_its_pytorch_statement(isa):
     _, x = random_case(1, 8960, 12, seed=5)
     x[3, 64:96] = 1e-30  # tiny but non-zero block
-    got = build.extension().quantize_act(x.contiguous())
+    x[4, 96:128] = 0.5  # exact ties of rounding: 63.5 -> 64 (to even)
+    got = pack.act_rows(*build.extension().quantize_act(x.contiguous(), isa))
     want = pack.quantize_act_reference(x)
     for a, b in zip(got, want):
         assert torch.equal(a, b)
@@ -164,7 +169,7 @@ def test_layer_forward_keeps_dtype_bias_and_leading_dims():
         xx = x.to(layer.act_dtype).view(2, 3, 64)
         y = layer(xx)
         assert y.shape == (2, 3, 40) and y.dtype == layer.act_dtype
-        expected = (run(layer, x, build.active_isa()) + layer.bias.float()).to(layer.act_dtype).view(2, 3, 40)
+        expected = (run(layer, x.to(layer.act_dtype), build.active_isa()) + layer.bias.float()).to(layer.act_dtype).view(2, 3, 40)
         assert torch.equal(y, expected)
 
 

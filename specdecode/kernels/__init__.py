@@ -15,11 +15,12 @@ from .linear import (
     can_pack,
     kernels_available,
     pack_float_linears,
+    project,
 )
 from .probe import RowInvariance, probe_row_invariance
 
 __all__ = [
     "RowInvariance", "probe_row_invariance",
     "ISA_NAMES", "active_isa", "best_isa", "extension", "PACKED_LINEARS", "PackedFloatLinear",
-    "PackedInt4Linear", "PackedInt8Linear", "can_pack", "kernels_available", "pack_float_linears",
+    "PackedInt4Linear", "PackedInt8Linear", "can_pack", "kernels_available", "pack_float_linears", "project",
 ]

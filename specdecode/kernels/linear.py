@@ -28,8 +28,11 @@ def kernels_available() -> bool:
     return build.extension() is not None
 
 
+FORMAT_CODES = {"f32": 0, "bf16": 1, "int8": 2, "int4": 3}  # csrc/binding.cpp's Format
+
+
 class PackedLinear(nn.Module):
-    """Shared plumbing: flatten to (M, K), run the kernel (fp32 out), add the bias, restore dtype."""
+    """Shared plumbing: flatten to (M, K); the kernel adds the bias and returns the input's dtype."""
 
     mode: str
 
@@ -43,15 +46,17 @@ class PackedLinear(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.act_dtype
 
-    def _mm(self, x: torch.Tensor) -> torch.Tensor:  # (M, K) -> (M, N) float32
+    @property
+    def format_code(self) -> int:
         raise NotImplementedError
 
+    def spec(self) -> tuple:
+        """What the C++ `linear` call takes: (format, packed weight, int8 scales, bias, N)."""
+        bias = None if self.bias is None else self.bias.float()
+        return (self.format_code, self.packed, getattr(self, "scales", None), bias, self.out_features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        y = self._mm(x.reshape(-1, self.in_features))  # (M, N) float32
-        if self.bias is not None:
-            y = y + self.bias.float()
-        return y.to(x.dtype).reshape(*lead, self.out_features)
+        return project(x, self)[0]
 
     def dequantized_weight(self) -> torch.Tensor:
         raise NotImplementedError
@@ -82,12 +87,9 @@ class PackedFloatLinear(PackedLinear):
         super().__init__(K, N, bias, weight.dtype)
         self.register_buffer("packed", pack.pack_float(weight.detach()))
 
-    def _mm(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.act_dtype).contiguous()
-        ext = build.extension()
-        if self.act_dtype == torch.bfloat16:
-            return ext.mm_bf16(x, self.packed, self.out_features, _isa())
-        return ext.mm_f32(x, self.packed, self.out_features, _isa())
+    @property
+    def format_code(self) -> int:
+        return FORMAT_CODES["bf16" if self.act_dtype == torch.bfloat16 else "f32"]
 
     def dequantized_weight(self) -> torch.Tensor:
         return pack.unpack_float(self.packed, self.out_features).float()
@@ -106,8 +108,7 @@ class PackedInt8Linear(PackedLinear):
         self.register_buffer("packed", packed)
         self.register_buffer("scales", padded_scales)  # (N16,) float32
 
-    def _mm(self, x: torch.Tensor) -> torch.Tensor:
-        return build.extension().mm_int8(x.float().contiguous(), self.packed, self.scales, self.out_features, _isa())
+    format_code = FORMAT_CODES["int8"]
 
     def dequantized_weight(self) -> torch.Tensor:
         q = pack.unpack_int8(self.packed, self.out_features)
@@ -125,14 +126,26 @@ class PackedInt4Linear(PackedLinear):
         super().__init__(K, N, bias, dtype or weight.dtype)
         self.register_buffer("packed", pack.pack_int4(*pack.quantize_int4_blocks(weight.detach())))
 
-    def _mm(self, x: torch.Tensor) -> torch.Tensor:
-        return build.extension().mm_int4(x.float().contiguous(), self.packed, self.out_features, _isa())
+    format_code = FORMAT_CODES["int4"]
 
     def dequantized_weight(self) -> torch.Tensor:
         return pack.dequantize_int4_blocks(*pack.unpack_int4(self.packed, self.out_features)).float()
 
 
 PACKED_LINEARS = (PackedFloatLinear, PackedInt8Linear, PackedInt4Linear)
+
+
+def project(x: torch.Tensor, *layers: nn.Module) -> list[torch.Tensor]:
+    """[layer(x) for layer in layers], in one kernel call when they are packed layers of one
+    format (q/k/v, gate/up): the input is converted or quantized once and one parallel region
+    streams all their weights. Any other mix is called layer by layer."""
+    first = layers[0]
+    if not all(isinstance(m, PackedLinear) and m.format_code == first.format_code for m in layers):
+        return [m(x) for m in layers]
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, first.in_features)  # (M, K)
+    ys = build.extension().linear(x2, [m.spec() for m in layers], _isa(), x.dtype)
+    return [y.view(*lead, m.out_features) for y, m in zip(ys, layers)]
 
 
 def can_pack(weight: torch.Tensor) -> bool:

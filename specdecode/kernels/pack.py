@@ -105,8 +105,20 @@ def dequantize_int4_blocks(q: torch.Tensor, s: torch.Tensor, d: torch.Tensor) ->
     return (qb * s.double()[..., None] + d.double()[..., None]).reshape(N, K)  # (N, K) float64
 
 
+def act_rows(xq: torch.Tensor, sx: torch.Tensor, sxs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kernels' block-major activations (K/32, m, 32), (K/32, m) -> row-major (m, K), (m, K/32)."""
+    nb, m, _ = xq.shape
+    return xq.permute(1, 0, 2).reshape(m, nb * BLOCK), sx.T.contiguous(), sxs.T.contiguous()
+
+
+def dequantized_act(xq: torch.Tensor, sx: torch.Tensor) -> torch.Tensor:
+    """Block-major quantized activations -> (m, K) float64: the x the integer kernels multiply by."""
+    nb, m, _ = xq.shape
+    return (xq.double() * sx.double()[..., None]).permute(1, 0, 2).reshape(m, nb * BLOCK)
+
+
 def quantize_act_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """What the C++ quantize_act computes, in PyTorch: x (m, K) float32 -> xq int8, sx, sxs (m, K/32)."""
+    """What the C++ quantize_act computes, in PyTorch, row-major: x (m, K) float32 -> xq int8, sx, sxs (m, K/32)."""
     m, K = x.shape
     xb = x.float().reshape(m, K // BLOCK, BLOCK)
     amax = xb.abs().amax(-1)  # (m, K/32)

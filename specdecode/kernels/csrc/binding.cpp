@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include <cmath>
+#include <tuple>
 
 #include "attention.h"
 #include "skinny.h"
@@ -31,111 +32,113 @@ void check_isa(int64_t isa) {
   TORCH_CHECK(isa >= kScalar && isa <= best_isa(), "kernel path ", isa, " is not supported by this CPU");
 }
 
-// x (m, K) float32 -> xq (m, K) int8, sx (m, K/32), sxs (m, K/32): x ~ sx * xq per block of 32,
-// sxs = sx * sum(xq). Scalar on purpose: it is O(m K), and every ISA path must see the same bits.
-std::vector<torch::Tensor> quantize_act(torch::Tensor x) {
+// x (m, K) float32 -> xq (K/32, m, 32) int8, sx and sxs (K/32, m): x ~ sx * xq per row and block
+// of 32, sxs = sx * sum(xq); block-major (see QuantAct). Every ISA path gives the same bits.
+std::vector<torch::Tensor> quantize_act_isa(torch::Tensor x, int64_t isa) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.is_contiguous(), "x must be (m, K) float32");
   const int64_t m = x.size(0), K = x.size(1);
   TORCH_CHECK(K % kBlock == 0, "K must be a multiple of 32");
   const int64_t nb = K / kBlock;
-  auto xq = torch::empty({m, K}, x.options().dtype(torch::kInt8));
-  auto sx = torch::empty({m, nb}, x.options());
-  auto sxs = torch::empty({m, nb}, x.options());
+  auto xq = torch::empty({nb, m, kBlock}, x.options().dtype(torch::kInt8));
+  auto sx = torch::empty({nb, m}, x.options());
+  auto sxs = torch::empty({nb, m}, x.options());
   const float* xp = x.data_ptr<float>();
   int8_t* qp = xq.data_ptr<int8_t>();
   float* sp = sx.data_ptr<float>();
   float* ssp = sxs.data_ptr<float>();
-  for (int64_t rb = 0; rb < m * nb; ++rb) {
-    const float* v = xp + rb * kBlock;
-    float amax = 0.f;
-    for (int k = 0; k < kBlock; ++k) amax = std::fmax(amax, std::fabs(v[k]));
-    const float scale = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
-    int32_t sum = 0;
-    for (int k = 0; k < kBlock; ++k) {
-      const float r = std::nearbyint(v[k] * inv);
-      const int32_t q = r > 127.f ? 127 : (r < -127.f ? -127 : int32_t(r));
-      qp[rb * kBlock + k] = int8_t(q);
-      sum += q;
-    }
-    sp[rb] = scale;
-    ssp[rb] = scale * float(sum);
-  }
+  auto f = isa == kAvx512 ? quantize_avx512 : isa == kAvx2 ? quantize_avx2 : quantize_scalar;
+  at::parallel_for(0, m * nb, 512, [&](int64_t r0, int64_t r1) { f(xp, m, K, r0, r1, qp, sp, ssp); });
   return {xq, sx, sxs};
 }
 
-template <typename Fn>
-torch::Tensor run_tiles(int64_t m, int64_t n_valid, int64_t tiles, const torch::TensorOptions& opts, Fn fn) {
-  auto y = torch::empty({m, n_valid}, opts.dtype(torch::kFloat32));
-  float* yp = y.data_ptr<float>();
+std::vector<torch::Tensor> quantize_act(torch::Tensor x, int64_t isa) {
+  check_isa(isa);
+  return quantize_act_isa(x, isa);
+}
+
+enum Format : int64_t { kF32 = 0, kBf16 = 1, kInt8 = 2, kInt4 = 3 };
+
+// One linear layer as the kernels see it: (format, packed weight, int8 scales or None, bias or None, N).
+using LayerSpec = std::tuple<int64_t, torch::Tensor, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>, int64_t>;
+
+void check_layer(const LayerSpec& l, int64_t fmt, int64_t K) {
+  const auto& w = std::get<1>(l);
+  const int64_t tiles = w.size(0), nb = K / kBlock;
+  TORCH_CHECK(std::get<0>(l) == fmt, "layers of one call must share a format");
+  TORCH_CHECK(w.is_contiguous() && std::get<4>(l) <= tiles * kTile, "bad packed weight");
+  switch (fmt) {
+    case kF32: TORCH_CHECK(w.scalar_type() == torch::kFloat32 && w.numel() == tiles * K * kTile, "bad packed f32 weight"); break;
+    case kBf16: TORCH_CHECK(w.scalar_type() == torch::kBFloat16 && w.numel() == tiles * K * kTile, "bad packed bf16 weight"); break;
+    case kInt8:
+      TORCH_CHECK(w.scalar_type() == torch::kInt8 && w.numel() == tiles * nb * kInt8BlockBytes, "bad packed int8 weight");
+      TORCH_CHECK(std::get<2>(l).has_value() && std::get<2>(l)->scalar_type() == torch::kFloat32 &&
+                  std::get<2>(l)->numel() == tiles * kTile, "bad int8 scales");
+      break;
+    case kInt4: TORCH_CHECK(w.scalar_type() == torch::kUInt8 && w.numel() == tiles * nb * kInt4BlockBytes, "bad packed int4 weight"); break;
+    default: TORCH_CHECK(false, "unknown format ", fmt);
+  }
+}
+
+// y_l = x @ W_l.T (+ bias_l) for every layer l, in out_dtype: the activations are converted or
+// quantized once, and one parallel region walks the tiles of all layers (q/k/v, gate/up).
+std::vector<torch::Tensor> linear(torch::Tensor x, std::vector<LayerSpec> layers, int64_t isa, c10::ScalarType out_dtype) {
+  check_isa(isa);
+  TORCH_CHECK(x.dim() == 2 && !layers.empty(), "x must be (m, K) and at least one layer given");
+  const int64_t m = x.size(0), K = x.size(1), nb = K / kBlock, fmt = std::get<0>(layers[0]);
+  TORCH_CHECK(fmt == kF32 || fmt == kBf16 ? K % 2 == 0 : K % kBlock == 0, "K does not fit the format");
+  for (const auto& l : layers) check_layer(l, fmt, K);
+  torch::Tensor xa, xf;  // the activations in the kernel's type
+  std::vector<torch::Tensor> q;
+  if (fmt == kF32) xa = x.to(torch::kFloat32).contiguous();
+  if (fmt == kBf16) {
+    xa = x.to(torch::kBFloat16).contiguous();
+    if (isa != kAvx512) xf = xa.to(torch::kFloat32);  // the FMA paths read fp32 activations (exact)
+  }
+  if (fmt == kInt8 || fmt == kInt4) q = quantize_act_isa(x.to(torch::kFloat32).contiguous(), isa);
+  std::vector<torch::Tensor> ys;
+  std::vector<int64_t> first_tile{0};
+  for (const auto& l : layers) {
+    ys.push_back(torch::empty({m, std::get<4>(l)}, x.options().dtype(torch::kFloat32)));
+    first_tile.push_back(first_tile.back() + std::get<1>(l).size(0));
+  }
+  const int64_t total = first_tile.back();
+  auto run = [&](size_t li, int64_t r0, int64_t rows, int64_t t0, int64_t t1) {
+    const auto& l = layers[li];
+    const int64_t N = std::get<4>(l);
+    float* y = ys[li].data_ptr<float>() + r0 * N;
+    const void* w = std::get<1>(l).data_ptr();
+    if (fmt == kF32) {
+      auto f = isa == kAvx512 ? f32_avx512 : isa == kAvx2 ? f32_avx2 : f32_scalar;
+      f(xa.data_ptr<float>() + r0 * K, rows, K, static_cast<const float*>(w), t0, t1, y, N, N);
+    } else if (fmt == kBf16) {
+      auto f = isa == kAvx512 ? bf16_avx512 : isa == kAvx2 ? bf16_avx2 : bf16_scalar;
+      f(reinterpret_cast<const uint16_t*>(xa.data_ptr()) + r0 * K, xf.defined() ? xf.data_ptr<float>() + r0 * K : nullptr,
+        rows, K, static_cast<const uint16_t*>(w), t0, t1, y, N, N);
+    } else {
+      const QuantAct a = QuantAct{q[0].data_ptr<int8_t>(), q[1].data_ptr<float>(), q[2].data_ptr<float>(), m}.rows_from(r0);
+      if (fmt == kInt8) {
+        auto f = isa == kAvx512 ? int8_avx512 : isa == kAvx2 ? int8_avx2 : int8_scalar;
+        f(a, rows, K, static_cast<const int8_t*>(w), std::get<2>(l)->data_ptr<float>(), t0, t1, y, N, N);
+      } else {
+        auto f = isa == kAvx512 ? int4_avx512 : isa == kAvx2 ? int4_avx2 : int4_scalar;
+        f(a, rows, K, static_cast<const uint8_t*>(w), t0, t1, y, N, N);
+      }
+    }
+  };
   for (int64_t r0 = 0; r0 < m; r0 += kRowChunk) {
     const int64_t rows = std::min(kRowChunk, m - r0);
-    at::parallel_for(0, tiles, 4, [&](int64_t t0, int64_t t1) { fn(r0, rows, t0, t1, yp + r0 * n_valid); });
+    at::parallel_for(0, total, 4, [&](int64_t t0, int64_t t1) {
+      for (size_t li = 0; li < layers.size(); ++li) {  // split [t0, t1) at layer boundaries
+        const int64_t lo = std::max(t0, first_tile[li]), hi = std::min(t1, first_tile[li + 1]);
+        if (lo < hi) run(li, r0, rows, lo - first_tile[li], hi - first_tile[li]);
+      }
+    });
   }
-  return y;
-}
-
-void check_x(const torch::Tensor& x, torch::ScalarType t, int64_t K) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == t && x.is_contiguous() && x.size(1) == K,
-              "x must be a contiguous (m, K) tensor of the kernel's dtype");
-}
-
-torch::Tensor mm_f32(torch::Tensor x, torch::Tensor w, int64_t n_valid, int64_t isa) {
-  check_isa(isa);
-  const int64_t m = x.size(0), K = x.size(1), tiles = w.size(0);
-  check_x(x, torch::kFloat32, K);
-  TORCH_CHECK(w.numel() == tiles * K * kTile && w.scalar_type() == torch::kFloat32, "bad packed f32 weight");
-  const float* xp = x.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
-  return run_tiles(m, n_valid, tiles, x.options(), [&](int64_t r0, int64_t rows, int64_t t0, int64_t t1, float* y) {
-    auto f = isa == kAvx512 ? f32_avx512 : isa == kAvx2 ? f32_avx2 : f32_scalar;
-    f(xp + r0 * K, rows, K, wp, t0, t1, y, n_valid, n_valid);
-  });
-}
-
-torch::Tensor mm_bf16(torch::Tensor x, torch::Tensor w, int64_t n_valid, int64_t isa) {
-  check_isa(isa);
-  const int64_t m = x.size(0), K = x.size(1), tiles = w.size(0);
-  check_x(x, torch::kBFloat16, K);
-  TORCH_CHECK(K % 2 == 0 && w.numel() == tiles * K * kTile && w.scalar_type() == torch::kBFloat16, "bad packed bf16 weight");
-  torch::Tensor xf;  // the FMA paths read fp32 activations (exact conversion)
-  if (isa != kAvx512) xf = x.to(torch::kFloat32);
-  const uint16_t* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());
-  const float* xfp = xf.defined() ? xf.data_ptr<float>() : nullptr;
-  const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.data_ptr());
-  return run_tiles(m, n_valid, tiles, x.options(), [&](int64_t r0, int64_t rows, int64_t t0, int64_t t1, float* y) {
-    auto f = isa == kAvx512 ? bf16_avx512 : isa == kAvx2 ? bf16_avx2 : bf16_scalar;
-    f(xp + r0 * K, xfp ? xfp + r0 * K : nullptr, rows, K, wp, t0, t1, y, n_valid, n_valid);
-  });
-}
-
-torch::Tensor mm_int8(torch::Tensor x, torch::Tensor w, torch::Tensor scales, int64_t n_valid, int64_t isa) {
-  check_isa(isa);
-  const int64_t m = x.size(0), K = x.size(1), tiles = w.size(0), nb = K / kBlock;
-  TORCH_CHECK(w.scalar_type() == torch::kInt8 && w.numel() == tiles * nb * kInt8BlockBytes, "bad packed int8 weight");
-  TORCH_CHECK(scales.scalar_type() == torch::kFloat32 && scales.numel() == tiles * kTile, "bad int8 scales");
-  auto q = quantize_act(x);
-  const QuantAct a{q[0].data_ptr<int8_t>(), q[1].data_ptr<float>(), q[2].data_ptr<float>()};
-  const int8_t* wp = w.data_ptr<int8_t>();
-  const float* sp = scales.data_ptr<float>();
-  return run_tiles(m, n_valid, tiles, x.options(), [&](int64_t r0, int64_t rows, int64_t t0, int64_t t1, float* y) {
-    const QuantAct ar{a.xq + r0 * K, a.sx + r0 * nb, a.sxs + r0 * nb};
-    auto f = isa == kAvx512 ? int8_avx512 : isa == kAvx2 ? int8_avx2 : int8_scalar;
-    f(ar, rows, K, wp, sp, t0, t1, y, n_valid, n_valid);
-  });
-}
-
-torch::Tensor mm_int4(torch::Tensor x, torch::Tensor w, int64_t n_valid, int64_t isa) {
-  check_isa(isa);
-  const int64_t m = x.size(0), K = x.size(1), tiles = w.size(0), nb = K / kBlock;
-  TORCH_CHECK(w.scalar_type() == torch::kUInt8 && w.numel() == tiles * nb * kInt4BlockBytes, "bad packed int4 weight");
-  auto q = quantize_act(x);
-  const QuantAct a{q[0].data_ptr<int8_t>(), q[1].data_ptr<float>(), q[2].data_ptr<float>()};
-  const uint8_t* wp = w.data_ptr<uint8_t>();
-  return run_tiles(m, n_valid, tiles, x.options(), [&](int64_t r0, int64_t rows, int64_t t0, int64_t t1, float* y) {
-    const QuantAct ar{a.xq + r0 * K, a.sx + r0 * nb, a.sxs + r0 * nb};
-    auto f = isa == kAvx512 ? int4_avx512 : isa == kAvx2 ? int4_avx2 : int4_scalar;
-    f(ar, rows, K, wp, t0, t1, y, n_valid, n_valid);
-  });
+  for (size_t li = 0; li < layers.size(); ++li) {
+    if (std::get<3>(layers[li]).has_value()) ys[li].add_(*std::get<3>(layers[li]));
+    if (out_dtype != torch::kFloat32) ys[li] = ys[li].to(out_dtype);
+  }
+  return ys;
 }
 
 // q (B, H, T, hd) float32; k, v (B, Hkv, L, hd) float32 or bf16 (strided views of the cache)
@@ -164,10 +167,7 @@ torch::Tensor attend_chain(torch::Tensor q, torch::Tensor k, torch::Tensor v, do
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("best_isa", &skinny::best_isa, "0 scalar, 1 AVX2+FMA, 2 AVX-512 with VNNI and BF16");
-  m.def("quantize_act", &skinny::quantize_act, "per-row, per-32 block int8 activation quantization");
-  m.def("mm_f32", &skinny::mm_f32);
-  m.def("mm_bf16", &skinny::mm_bf16);
-  m.def("mm_int8", &skinny::mm_int8);
-  m.def("mm_int4", &skinny::mm_int4);
+  m.def("quantize_act", &skinny::quantize_act, "per-row, per-32 block int8 activation quantization (block-major)");
+  m.def("linear", &skinny::linear, "y_l = x @ W_l.T (+ b_l) for layers (format, packed, scales, bias, N) sharing x");
   m.def("attend_chain", &skinny::attend_chain, "row-invariant attention of a chain of queries over a KV prefix");
 }

@@ -26,11 +26,17 @@ constexpr int kBlock = 32;   // k per quantization block
 constexpr int kInt4BlockBytes = 256 + 64;
 constexpr int kInt8BlockBytes = 512;
 
-// Activations quantized per row and per block of 32: x ~ sx * xq; sxs = sx * sum(xq).
+// Activations quantized per row and per block of 32: x ~ sx * xq; sxs = sx * sum(xq). Stored
+// block-major (all rows of block b together), so a pass over K reads them in order whatever m is.
 struct QuantAct {
-  const int8_t* xq;  // [m][K]
-  const float* sx;   // [m][K/32]
-  const float* sxs;  // [m][K/32]
+  const int8_t* xq;  // [K/32][ld][32]
+  const float* sx;   // [K/32][ld]
+  const float* sxs;  // [K/32][ld]
+  int64_t ld;        // rows per block (the m of the whole call)
+  const int8_t* x(int64_t b, int64_t i) const { return xq + (b * ld + i) * 32; }
+  float scale(int64_t b, int64_t i) const { return sx[b * ld + i]; }
+  float scaled_sum(int64_t b, int64_t i) const { return sxs[b * ld + i]; }
+  QuantAct rows_from(int64_t i0) const { return QuantAct{xq + i0 * 32, sx + i0, sxs + i0, ld}; }
 };
 
 // Every kernel computes tiles [t0, t1) for all m rows into y[m][ldy] (columns < n_valid only).
@@ -43,6 +49,13 @@ struct QuantAct {
                   int64_t t0, int64_t t1, float* y, int64_t ldy, int64_t n_valid);                  \
   void int4_##isa(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, \
                   float* y, int64_t ldy, int64_t n_valid);
+
+// Quantizes x (m, K) float32 for flattened (row, block) indices [r0, r1), r = i * K/32 + b.
+#define SKINNY_DECLARE_QUANT(isa) \
+  void quantize_##isa(const float* x, int64_t m, int64_t K, int64_t r0, int64_t r1, int8_t* xq, float* sx, float* sxs);
+SKINNY_DECLARE_QUANT(scalar)
+SKINNY_DECLARE_QUANT(avx2)
+SKINNY_DECLARE_QUANT(avx512)
 
 SKINNY_DECLARE(scalar)
 SKINNY_DECLARE(avx2)

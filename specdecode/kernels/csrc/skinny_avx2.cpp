@@ -83,13 +83,13 @@ void int8_rows(const QuantAct& a, int64_t K, const int8_t* wt, const float* scal
         const __m256i wv = _mm256_loadu_si256((const __m256i*)(blk + j * 64));
         for (int i = 0; i < MB; ++i) {
           // |x| (unsigned) times w * sign(x): the product of x and w, within vpmaddubsw's range.
-          const __m256i xv = _mm256_set1_epi32(load_i32(a.xq + i * K + b * kBlock + 4 * j));
+          const __m256i xv = _mm256_set1_epi32(load_i32(a.x(b, i) + 4 * j));
           const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(xv), _mm256_sign_epi8(wv, xv));
           s[i] = _mm256_add_epi32(s[i], _mm256_madd_epi16(p, ones));
         }
       }
       for (int i = 0; i < MB; ++i)
-        acc[i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i]), _mm256_set1_ps(a.sx[i * nb + b]), acc[i][h]);
+        acc[i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i]), _mm256_set1_ps(a.scale(b, i)), acc[i][h]);
     }
     const __m256 sc = _mm256_loadu_ps(scales + col0 + 8 * h);
     for (int i = 0; i < MB; ++i) acc[i][h] = _mm256_mul_ps(acc[i][h], sc);
@@ -112,7 +112,7 @@ void int4_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_
         const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + j * 64 + h * 32));
         const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
         for (int i = 0; i < MB; ++i) {
-          const int8_t* xb = a.xq + i * K + b * kBlock;
+          const int8_t* xb = a.x(b, i);
           const __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(load_i32(xb + 4 * j)));
           const __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(load_i32(xb + 16 + 4 * j)));
           s[i] = _mm256_add_epi32(s[i], _mm256_madd_epi16(_mm256_add_epi16(p0, p1), ones));
@@ -120,9 +120,9 @@ void int4_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_
       }
       const __m256 sv = load_bf16x8(blk + 256 + 16 * h), dv = load_bf16x8(blk + 288 + 16 * h);
       for (int i = 0; i < MB; ++i) {
-        const __m256 scale = _mm256_mul_ps(sv, _mm256_set1_ps(a.sx[i * nb + b]));
+        const __m256 scale = _mm256_mul_ps(sv, _mm256_set1_ps(a.scale(b, i)));
         acc[i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i]), scale, acc[i][h]);
-        acc[i][h] = _mm256_fmadd_ps(dv, _mm256_set1_ps(a.sxs[i * nb + b]), acc[i][h]);
+        acc[i][h] = _mm256_fmadd_ps(dv, _mm256_set1_ps(a.scaled_sum(b, i)), acc[i][h]);
       }
     }
   }
@@ -154,7 +154,7 @@ void int8_avx2(const QuantAct& a, int64_t m, int64_t K, const int8_t* w, const f
   const int64_t nb = K / kBlock;
   for (int64_t t = t0; t < t1; ++t) {
 #define CALL(MB)                                                                                          \
-  int8_rows<MB>(QuantAct{a.xq + i0 * K, a.sx + i0 * nb, a.sxs + i0 * nb}, K, w + t * nb * kInt8BlockBytes, \
+  int8_rows<MB>(a.rows_from(i0), K, w + t * nb * kInt8BlockBytes, \
                 scales, y + i0 * ldy, ldy, t * kTile, n_valid)
     SKINNY_ROW_BLOCKS_4(CALL)
 #undef CALL
@@ -166,7 +166,7 @@ void int4_avx2(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_
   const int64_t nb = K / kBlock;
   for (int64_t t = t0; t < t1; ++t) {
 #define CALL(MB)                                                                                          \
-  int4_rows<MB>(QuantAct{a.xq + i0 * K, a.sx + i0 * nb, a.sxs + i0 * nb}, K, w + t * nb * kInt4BlockBytes, \
+  int4_rows<MB>(a.rows_from(i0), K, w + t * nb * kInt4BlockBytes, \
                 y + i0 * ldy, ldy, t * kTile, n_valid)
     SKINNY_ROW_BLOCKS_4(CALL)
 #undef CALL
@@ -174,5 +174,37 @@ void int4_avx2(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_
 }
 
 void attend_rows_avx2(const ChainAttention& a, int64_t r0, int64_t r1) { attend_rows_impl(a, r0, r1); }
+
+
+void quantize_avx2(const float* x, int64_t m, int64_t K, int64_t r0, int64_t r1, int8_t* xq, float* sx, float* sxs) {
+  const int64_t nb = K / kBlock;
+  const __m256 sign = _mm256_set1_ps(-0.f), lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t i = r / nb, b = r % nb, o = b * m + i;
+    const float* v = x + i * K + b * kBlock;
+    __m256 vv[4], mx = _mm256_setzero_ps();
+    for (int c = 0; c < 4; ++c) {
+      vv[c] = _mm256_loadu_ps(v + 8 * c);
+      mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, vv[c]));
+    }
+    alignas(32) float m8[8];
+    _mm256_store_ps(m8, mx);
+    float amax = 0.f;
+    for (int k = 0; k < 8; ++k) amax = amax > m8[k] ? amax : m8[k];
+    const __m256 inv = _mm256_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+    alignas(32) int32_t q[kBlock];
+    for (int c = 0; c < 4; ++c) {
+      const __m256 rq = _mm256_round_ps(_mm256_mul_ps(vv[c], inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      _mm256_store_si256((__m256i*)(q + 8 * c), _mm256_cvtps_epi32(_mm256_min_ps(hi, _mm256_max_ps(lo, rq))));
+    }
+    int32_t sum = 0;
+    for (int k = 0; k < kBlock; ++k) {
+      xq[o * kBlock + k] = int8_t(q[k]);
+      sum += q[k];
+    }
+    sx[o] = amax / 127.f;
+    sxs[o] = sx[o] * float(sum);
+  }
+}
 
 }  // namespace skinny

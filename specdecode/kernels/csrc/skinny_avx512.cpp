@@ -66,14 +66,14 @@ void int8_rows(const QuantAct& a, int64_t K, const int8_t* wt, const float* scal
     __m512i corr = _mm512_setzero_si512();
     for (int j = 0; j < 8; ++j) corr = _mm512_dpbusd_epi32(corr, bias, wv[j]);
     for (int i = 0; i < MB; ++i) {
-      const int8_t* xb = a.xq + i * K + b * kBlock;
+      const int8_t* xb = a.x(b, i);
       __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
       for (int j = 0; j < 8; j += 2) {
         s0 = _mm512_dpbusd_epi32(s0, _mm512_xor_si512(_mm512_set1_epi32(load_i32(xb + 4 * j)), bias), wv[j]);
         s1 = _mm512_dpbusd_epi32(s1, _mm512_xor_si512(_mm512_set1_epi32(load_i32(xb + 4 * j + 4)), bias), wv[j + 1]);
       }
       const __m512i s = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), corr);
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(a.sx[i * nb + b]), acc[i]);
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(a.scale(b, i)), acc[i]);
     }
   }
   const __m512 sc = _mm512_loadu_ps(scales + col0);
@@ -100,15 +100,15 @@ void int4_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_
     }
     const __m512 s = load_bf16x16(blk + 256), d = load_bf16x16(blk + 288);
     for (int i = 0; i < MB; ++i) {
-      const int8_t* xb = a.xq + i * K + b * kBlock;
+      const int8_t* xb = a.x(b, i);
       __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
       for (int j = 0; j < 4; ++j) {
         s0 = _mm512_dpbusd_epi32(s0, lo[j], _mm512_set1_epi32(load_i32(xb + 4 * j)));
         s1 = _mm512_dpbusd_epi32(s1, hi[j], _mm512_set1_epi32(load_i32(xb + 16 + 4 * j)));
       }
-      const __m512 scale = _mm512_mul_ps(s, _mm512_set1_ps(a.sx[i * nb + b]));
+      const __m512 scale = _mm512_mul_ps(s, _mm512_set1_ps(a.scale(b, i)));
       acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), scale, acc[i]);
-      acc[i] = _mm512_fmadd_ps(d, _mm512_set1_ps(a.sxs[i * nb + b]), acc[i]);
+      acc[i] = _mm512_fmadd_ps(d, _mm512_set1_ps(a.scaled_sum(b, i)), acc[i]);
     }
   }
   alignas(64) float out[kTile];
@@ -144,7 +144,7 @@ void int8_avx512(const QuantAct& a, int64_t m, int64_t K, const int8_t* w, const
   const int64_t nb = K / kBlock;
   for (int64_t t = t0; t < t1; ++t) {
 #define CALL(MB)                                                                                     \
-  int8_rows<MB>(QuantAct{a.xq + i0 * K, a.sx + i0 * nb, a.sxs + i0 * nb}, K, w + t * nb * kInt8BlockBytes, \
+  int8_rows<MB>(a.rows_from(i0), K, w + t * nb * kInt8BlockBytes, \
                 scales, y + i0 * ldy, ldy, t * kTile, n_valid)
     SKINNY_ROW_BLOCKS_8(CALL)
 #undef CALL
@@ -156,7 +156,7 @@ void int4_avx512(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int6
   const int64_t nb = K / kBlock;
   for (int64_t t = t0; t < t1; ++t) {
 #define CALL(MB)                                                                                     \
-  int4_rows<MB>(QuantAct{a.xq + i0 * K, a.sx + i0 * nb, a.sxs + i0 * nb}, K, w + t * nb * kInt4BlockBytes, \
+  int4_rows<MB>(a.rows_from(i0), K, w + t * nb * kInt4BlockBytes, \
                 y + i0 * ldy, ldy, t * kTile, n_valid)
     SKINNY_ROW_BLOCKS_8(CALL)
 #undef CALL
@@ -164,5 +164,25 @@ void int4_avx512(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int6
 }
 
 void attend_rows_avx512(const ChainAttention& a, int64_t r0, int64_t r1) { attend_rows_impl(a, r0, r1); }
+
+
+void quantize_avx512(const float* x, int64_t m, int64_t K, int64_t r0, int64_t r1, int8_t* xq, float* sx, float* sxs) {
+  const int64_t nb = K / kBlock;
+  const __m512 lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t i = r / nb, b = r % nb, o = b * m + i;
+    const float* v = x + i * K + b * kBlock;
+    const __m512 v0 = _mm512_loadu_ps(v), v1 = _mm512_loadu_ps(v + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+    const int rn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    const __m512i q0 = _mm512_cvtps_epi32(_mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_roundscale_ps(_mm512_mul_ps(v0, inv), rn))));
+    const __m512i q1 = _mm512_cvtps_epi32(_mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_roundscale_ps(_mm512_mul_ps(v1, inv), rn))));
+    _mm_storeu_si128((__m128i*)(xq + o * kBlock), _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128((__m128i*)(xq + o * kBlock + 16), _mm512_cvtepi32_epi8(q1));
+    sx[o] = amax / 127.f;
+    sxs[o] = sx[o] * float(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)));
+  }
+}
 
 }  // namespace skinny

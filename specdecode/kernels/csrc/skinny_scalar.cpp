@@ -49,8 +49,8 @@ void int8_scalar(const QuantAct& a, int64_t m, int64_t K, const int8_t* w, const
       float acc[kTile] = {0};
       for (int64_t b = 0; b < nb; ++b) {
         const int8_t* blk = wt + b * kInt8BlockBytes;
-        const int8_t* xb = a.xq + i * K + b * kBlock;
-        const float sx = a.sx[i * nb + b];
+        const int8_t* xb = a.x(b, i);
+        const float sx = a.scale(b, i);
         for (int c = 0; c < kTile; ++c) {
           int32_t s = 0;
           for (int j = 0; j < 8; ++j)
@@ -73,11 +73,11 @@ void int4_scalar(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int6
       float acc[kTile] = {0};
       for (int64_t b = 0; b < nb; ++b) {
         const uint8_t* blk = wt + b * kInt4BlockBytes;
-        const int8_t* xb = a.xq + i * K + b * kBlock;
+        const int8_t* xb = a.x(b, i);
         uint16_t sbits[kTile], dbits[kTile];
         std::memcpy(sbits, blk + 256, sizeof sbits);
         std::memcpy(dbits, blk + 288, sizeof dbits);
-        const float sx = a.sx[i * nb + b], sxs = a.sxs[i * nb + b];
+        const float sx = a.scale(b, i), sxs = a.scaled_sum(b, i);
         for (int c = 0; c < kTile; ++c) {
           int32_t s = 0;
           for (int j = 0; j < 4; ++j)
@@ -96,5 +96,27 @@ void int4_scalar(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int6
 }
 
 void attend_rows_scalar(const ChainAttention& a, int64_t r0, int64_t r1) { attend_rows_impl(a, r0, r1); }
+
+
+// The reference statement of activation quantization; the SIMD versions give the same bits
+// (max and integer sums are exact, the scale is computed the same way, rounding is to nearest even).
+void quantize_scalar(const float* x, int64_t m, int64_t K, int64_t r0, int64_t r1, int8_t* xq, float* sx, float* sxs) {
+  const int64_t nb = K / kBlock;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t i = r / nb, b = r % nb, o = b * m + i;
+    const float* v = x + i * K + b * kBlock;
+    float amax = 0.f;
+    for (int k = 0; k < kBlock; ++k) amax = std::fmax(amax, std::fabs(v[k]));
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    int32_t sum = 0;
+    for (int k = 0; k < kBlock; ++k) {
+      const float q = std::fmin(127.f, std::fmax(-127.f, std::nearbyint(v[k] * inv)));
+      xq[o * kBlock + k] = int8_t(q);
+      sum += int32_t(q);
+    }
+    sx[o] = amax / 127.f;
+    sxs[o] = sx[o] * float(sum);
+  }
+}
 
 }  // namespace skinny
