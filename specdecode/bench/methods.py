@@ -354,3 +354,40 @@ def _llamacpp(ctx: BenchContext):
     # Not in "all": it needs an optional extra and a GGUF target, and the harness has no
     # per-method skip beyond --draft; asked for without the extra, it fails with the pip line.
     return build_llamacpp_runner(ctx.target, ctx.eos_token_ids, threads=torch.get_num_threads())
+
+
+# -- an int4 target on the CPU kernels: the fastest lossless configuration on a CPU -----------------
+# int4 weights x int8 activations (specdecode.kernels) change the target's output a little, so
+# these are checked against `target-int4`; the kernels make a k+1-token pass cost far less than
+# k+1 steps and round every row exactly like a step, so speculation reproduces it token for token.
+
+@register_method("target-int4", default=False,
+                 description="specdecode target-only loop on an int4 copy of the target (its own baseline)")
+def _target_int4(ctx: BenchContext):
+    return ctx.engine(target=ctx.quantized_target("int4"))
+
+
+@register_method("spec-int4-model-int4", needs_draft=True, reference="target-int4", default=False,
+                 description="int4 target, int4 draft model, k chosen per round by the cost policy")
+def _spec_int4_model_int4(ctx: BenchContext):
+    from ..drafters import ModelDrafter
+
+    return Engine(ctx.quantized_target("int4"), ModelDrafter(ctx.quantized_draft("int4")),
+                  num_draft_tokens=ctx.num_draft_tokens or "auto", eos_token_ids=ctx.eos_token_ids)
+
+
+@register_method("spec-int4-ngram", reference="target-int4", default=False,
+                 description="int4 target, prompt lookup (n-gram drafter), k chosen per round by the cost policy")
+def _spec_int4_ngram(ctx: BenchContext):
+    return Engine(ctx.quantized_target("int4"), NgramDrafter(), num_draft_tokens=ctx.num_draft_tokens or "auto",
+                  eos_token_ids=ctx.eos_token_ids)
+
+
+@register_method("spec-int4-auto", reference="target-int4", default=False,
+                 description="int4 target, --drafter auto (n-gram + int4 draft model if given), policy-chosen")
+def _spec_int4_auto(ctx: BenchContext):
+    from ..drafters import ModelDrafter
+
+    drafters = [ModelDrafter(ctx.quantized_draft("int4"))] if ctx.draft is not None else []
+    return Engine(ctx.quantized_target("int4"), [*drafters, NgramDrafter()],
+                  num_draft_tokens=ctx.num_draft_tokens or "auto", eos_token_ids=ctx.eos_token_ids)
