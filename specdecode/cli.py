@@ -28,8 +28,9 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str | None = DE
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "float16"],
                    help="weights dtype (default: bfloat16, the fastest on CPU and GPU)")
     p.add_argument("--quantize", choices=["none", "int8", "int4"], default="none",
-                   help="weight-only quantization of the target's linear layers (fewer bytes read per token; "
-                        "changes the target's output slightly, speculation stays exact to it)")
+                   help="quantization of the target's linear layers (fewer bytes read per token; on CPU int8/int4 "
+                        "weights with int8 activations per block of 32, docs/kernels.md; changes the target's "
+                        "output slightly, speculation stays exact to it)")
     p.add_argument("--draft-quantize", choices=["none", "int8", "int4"], default=None,
                    help="quantization of the draft model (--draft), or of the target's copy with --drafter self "
                         "(default: none for --draft, int4 for self)")

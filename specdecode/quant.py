@@ -1,4 +1,9 @@
-"""Weight-only quantization of the native Transformer's linear layers, on PyTorch's own kernels.
+"""Quantization of the native Transformer's linear layers.
+
+On CPU with specdecode.kernels built, int8 and int4 (groups of 32) become the kernels' packed
+layers (int8 activations per block of 32, row-invariant; see quantize_linear and
+docs/kernels.md). Otherwise, and what this docstring describes: weight-only quantization on
+PyTorch's own kernels.
 
 Decoding reads every weight once per step, so its speed is bytes of weights read per token:
 int8 halves them and int4 (plus group scales) cuts them to about 0.28x of bf16. Activations

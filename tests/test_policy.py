@@ -303,3 +303,18 @@ def test_bench_policy_methods_and_theory_table(tmp_path, monkeypatch):
     assert set(t["methods"]) == set(names)
     assert "| spec-auto | code |" in (tmp_path / "b" / "theory.md").read_text()
     assert round_mix([5, 3, 3, 1], 9) == {0: 4, 1: 2, 3: 2, 4: 1}
+
+
+def test_model_drafter_catch_up_excludes_the_prompt():
+    """The draft's prompt prefill is paid once, when it first drafts; charging it to every round
+    kept `auto` from ever drafting with a draft model after a long prompt (seen on the real pair)."""
+    import torch
+
+    from conftest import native_from_hf, tiny_hf_model
+    from specdecode.drafters import ModelDrafter
+
+    d = ModelDrafter(native_from_hf(tiny_hf_model("llama", vocab=128)))
+    prompt = list(range(1, 101))
+    d.begin(prompt, 200, torch.device("cpu"))
+    assert d.catch_up_tokens(prompt + [7]) == 1
+    assert d.catch_up_tokens(prompt + [7, 8, 9]) == 3  # tokens generated while it did not draft still count

@@ -79,7 +79,7 @@ class BenchContext:
         return self._hf[role]
 
     def quantized_target(self, mode: str):
-        """A weight-only quantized twin of the target (shares embeddings and norms), built once per run."""
+        """A quantized twin of the target (shares embeddings and norms), built once per run."""
         return self._quantized_twin("target", self.target, mode)
 
     def quantized_draft(self, mode: str):
