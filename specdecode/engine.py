@@ -31,8 +31,29 @@ from .verify import greedy_verify, rejection_sample
 # pass costs about one token's (GPU, AVX-512-BF16), longer drafts (-k 4..6) should pay.
 # They remain the starting k of --adaptive; the default is now "auto", which measures instead.
 DEFAULT_NUM_DRAFT_TOKENS = {"model": 2, "ngram": 2, "self": 2}
+FALLBACK_NUM_DRAFT_TOKENS = 5  # a drafter kind without a measured default (a user's own drafter)
 AUTO = "auto"
 MAX_DRAFT_TOKENS = 15  # auto's longest draft: the cost model times passes of up to 16 tokens
+
+
+def default_num_draft_tokens(drafter_kind: str) -> int:
+    """The fixed draft length used when none is given, by drafter name ("model", "ngram", "self").
+
+    The one place the default is looked up: the engine's --adaptive start, the bench methods and
+    the bench report all call this."""
+    return DEFAULT_NUM_DRAFT_TOKENS.get(drafter_kind, FALLBACK_NUM_DRAFT_TOKENS)
+
+
+def context_budget(prompt_tokens: int, max_new_tokens: int, max_context: int) -> int:
+    """How many tokens a request may generate: max_new_tokens, cut so that prompt + output fit
+    the model's context (`max_context` positions). Raises ContextLengthError when the prompt
+    alone fills it. The one context-fit rule: the engine stops generating at it, and the
+    benchmark skips the prompts it would cut (so every method generates the same length)."""
+    if prompt_tokens >= max_context:
+        raise ContextLengthError(
+            f"the prompt has {prompt_tokens} tokens but the model's context is {max_context} tokens"
+        )
+    return min(max_new_tokens, max_context - prompt_tokens)
 
 
 @dataclass
@@ -88,7 +109,7 @@ class Engine:
             raise SpecdecodeError("--adaptive needs one drafter and a fixed draft length (-k N); 'auto' adapts by itself")
         if num_draft_tokens is None and self.drafter is not None:
             # --adaptive alone keeps its old meaning: start at the measured default k and adapt.
-            num_draft_tokens = DEFAULT_NUM_DRAFT_TOKENS.get(self.drafter.name, 5) if adaptive else AUTO
+            num_draft_tokens = default_num_draft_tokens(self.drafter.name) if adaptive else AUTO
         self.auto = num_draft_tokens == AUTO and self.drafter is not None
         if self.auto:
             if not 1 <= max_draft_tokens <= MAX_DRAFT_TOKENS:
@@ -148,7 +169,9 @@ class Engine:
         device = target.device
         k_max = policy.k_max if policy else 0
         multi = isinstance(drafter, DrafterSet)
-        max_len = min(len(prompt_ids) + params.max_new_tokens + k_max + 1, target.max_context + k_max + 1)
+        # Every position fed (drafts included) stays inside the context: RoPE tables and caches
+        # end there. `room` below is what keeps a round's drafts within max_len.
+        max_len = min(len(prompt_ids) + params.max_new_tokens + k_max + 1, target.max_context)
         generator = make_generator(params.seed, device)
         cache = target.new_cache(max_len)
         tokens = list(prompt_ids)
@@ -213,12 +236,7 @@ class Engine:
         stats = stats if stats is not None else SpecStats()
         if not prompt_ids:
             raise SpecdecodeError("the prompt is empty")
-        ctx = self.target.max_context
-        if len(prompt_ids) >= ctx:
-            raise ContextLengthError(
-                f"the prompt has {len(prompt_ids)} tokens but the model's context is {ctx} tokens"
-            )
-        budget = min(params.max_new_tokens, ctx - len(prompt_ids))
+        budget = context_budget(len(prompt_ids), params.max_new_tokens, self.target.max_context)
         eos = set() if params.ignore_eos else self.eos_token_ids
         stats.prompt_tokens = len(prompt_ids)
         rounds = self._rounds(prompt_ids, params, stats)
@@ -319,14 +337,14 @@ def _as_drafter(drafter, target, tokenizer) -> Drafter | None:
         return members[0] if len(members) == 1 else DrafterSet(members)
     if drafter is None or isinstance(drafter, Drafter):
         if isinstance(drafter, ModelDrafter):
-            _check_same_vocab(target, drafter.model, tokenizer, None)
+            check_same_vocab(target, drafter.model, tokenizer, None)
         return drafter
     model, draft_tokenizer = as_language_model(drafter)
-    _check_same_vocab(target, model, tokenizer, draft_tokenizer)
+    check_same_vocab(target, model, tokenizer, draft_tokenizer)
     return ModelDrafter(model)
 
 
-def _check_same_vocab(target, draft, tokenizer, draft_tokenizer) -> None:
+def check_same_vocab(target, draft, tokenizer, draft_tokenizer) -> None:
     if target.vocab_size != draft.vocab_size:
         raise SpecdecodeError(
             f"the draft's vocabulary ({draft.vocab_size} tokens) does not match the target's "

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli import DEFAULT_TARGET
+from ..cli_common import DEFAULT_TARGET
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:  # noqa: ANN001 - argparse's private type
+    from ..engine import DEFAULT_NUM_DRAFT_TOKENS
     from .methods import METHODS
 
     defaults = ",".join(m for m, spec in METHODS.items() if spec.default)
+    defaults_k = ", ".join(f"{kind} {k}" for kind, k in DEFAULT_NUM_DRAFT_TOKENS.items())
     p = subparsers.add_parser(
         "bench", help="benchmark speculative decoding against the baselines, side by side",
         description="Run every method on the same prompts (interleaved, warm, repeated) and write results.json, "
@@ -34,7 +36,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:  # noqa: ANN001 - argpars
     p.add_argument("--repeats", type=int, default=1, help="timed runs per prompt and method; the median is reported")
     p.add_argument("--warmup", type=int, default=1, help="prompts run untimed by every method before timing")
     p.add_argument("--num-draft-tokens", "-k", type=int, default=None,
-                   help="tokens drafted per round, for all drafting methods (default: 2, specdecode's default)")
+                   help="tokens drafted per round, for the drafting methods (default: specdecode's, "
+                        f"{defaults_k}; spec-int4-* let the cost policy choose)")
     p.add_argument("--adaptive", action="store_true",
                    help="adaptive draft length (specdecode's policy; HF's heuristic schedule for hf-assisted)")
     p.add_argument("--prompt-format", choices=["auto", "chat", "raw"], default="auto",

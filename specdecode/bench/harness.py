@@ -16,8 +16,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import os
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,14 +25,15 @@ from typing import Any
 import torch
 
 from ..config import SamplingParams
-from ..errors import SpecdecodeError
+from ..engine import DEFAULT_NUM_DRAFT_TOKENS, context_budget
+from ..errors import ContextLengthError, SpecdecodeError
 from .datasets import BenchPrompt, load_prompts
 from .machine import machine_info, now_iso
 from .methods import METHODS, BenchContext, Method, RunResult, build_runner
+from .report import write_reports
+from .results_io import RESULTS_JSON, save_json
 from .stats import first_mismatch, median
 
-RESULTS_JSON = "results.json"
-_NUMBER_LIST = re.compile(r"\[(?:\s*-?[0-9][0-9.eE+-]*,)*\s*-?[0-9][0-9.eE+-]*\s*\]")  # one line per token list
 SCHEMA_VERSION = 1
 WARMUP_MAX_TOKENS = 32
 
@@ -100,15 +99,6 @@ def select_methods(names: list[str], has_draft: bool) -> tuple[list[Method], dic
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def save_json(obj: Any, path: Path) -> None:
-    """Write atomically: a Ctrl-C mid-write never leaves a truncated results.json."""
-    text = json.dumps(obj, indent=1, ensure_ascii=False)
-    text = _NUMBER_LIST.sub(lambda m: re.sub(r"\s+", "", m.group(0)).replace(",", ", "), text)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def load_results(path: Path) -> dict[str, Any]:
@@ -178,6 +168,15 @@ def _describe_mismatches(record: dict[str, Any], decode: Callable[[list[int]], s
             r["mismatch_tokens"] = {"target": pick(ref["output_ids"]), "method": pick(r["output_ids"])}
 
 
+def fits_context(prompt_tokens: int, max_new_tokens: int, max_context: int) -> bool:
+    """Whether the engine would let this prompt generate all max_new_tokens (engine.context_budget):
+    a prompt it would cut short is skipped, so every method is timed on the same length."""
+    try:
+        return context_budget(prompt_tokens, max_new_tokens, max_context) == max_new_tokens
+    except ContextLengthError:
+        return False
+
+
 def _rotated(items: list, shift: int) -> list:
     s = shift % len(items)
     return items[s:] + items[:s]
@@ -190,8 +189,6 @@ def run_bench(config: BenchConfig, *, target=None, draft=None, log: Callable[[st
     A KeyboardInterrupt writes what is done (results + reports) and is re-raised.
     """
     import specdecode
-
-    from .report import write_reports
 
     config.validate()
     out = Path(config.out)
@@ -224,7 +221,8 @@ def run_bench(config: BenchConfig, *, target=None, draft=None, log: Callable[[st
 
     results: dict[str, Any] = previous or {
         "schema": SCHEMA_VERSION,
-        "config": config.to_dict(),
+        # The draft lengths of the methods given no -k, as they were for this run (the report shows them).
+        "config": {**config.to_dict(), "default_num_draft_tokens": dict(DEFAULT_NUM_DRAFT_TOKENS)},
         "started": now_iso(),
         "models": {"target": _model_info(target), "draft": _model_info(draft) if draft is not None else None},
         "machine": machine_info(target.lm.device),
@@ -248,7 +246,6 @@ def run_bench(config: BenchConfig, *, target=None, draft=None, log: Callable[[st
     done = {p["id"]: p for p in results["prompts"]}
     skipped_ids = {s["id"] for s in results["skipped_prompts"]}
     todo: list[tuple[BenchPrompt, list[int], list[Method]]] = []
-    k_max = max([ctx.k("model"), ctx.k("ngram")]) + 1
     for p in prompts:
         if p.id in skipped_ids:
             continue
@@ -256,7 +253,7 @@ def run_bench(config: BenchConfig, *, target=None, draft=None, log: Callable[[st
         if not missing:
             continue
         ids = tokenizer.encode_prompt(p.message(chat), chat=chat)
-        if len(ids) + config.max_new_tokens + k_max > target.lm.max_context:
+        if not fits_context(len(ids), config.max_new_tokens, target.lm.max_context):
             results["skipped_prompts"].append({"id": p.id, "why": f"{len(ids)} prompt tokens + max_new_tokens exceed the context"})
             continue
         todo.append((p, ids, missing))

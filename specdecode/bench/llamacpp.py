@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import SamplingParams
 from ..errors import ModelLoadError, SpecdecodeError
-from .methods import RunResult
+from .runs import RunResult
 
 INSTALL_HINT = "pip install 'specdecode[llamacpp]' (it compiles llama.cpp: 5-10 minutes)"
 _MIN_CTX = 4096  # the context first allocated for the bench; grown (before timing) for longer requests

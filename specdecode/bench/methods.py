@@ -14,39 +14,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from ..config import SamplingParams
 from ..drafters import NgramDrafter
-from ..engine import DEFAULT_NUM_DRAFT_TOKENS, Engine
+from ..engine import Engine, default_num_draft_tokens
 from ..errors import SpecdecodeError
 from ..metrics import SpecStats
+from .runs import Runner, RunResult
 
-
-@dataclass
-class RunResult:
-    """One timed generation. Timings in seconds; tokens counted with the EOS that stopped it."""
-
-    output_ids: list[int]  # generated ids, EOS excluded
-    finish_reason: str  # "stop" (EOS) | "length"
-    generated_tokens: int  # including the EOS token, if one ended the generation
-    first_chunk_tokens: int  # tokens that came out of the prefill step (1 for token-by-token loops)
-    prefill_s: float  # start -> first tokens out
-    decode_s: float  # first tokens out -> last tokens out
-    total_s: float
-    target_passes: int | None = None  # target decode passes after the prefill step; None = unknown
-    drafted_by_position: list[int] | None = None
-    accepted_by_position: list[int] | None = None
-
-    @property
-    def decode_tokens(self) -> int:
-        return self.generated_tokens - self.first_chunk_tokens
-
-
-class Runner(Protocol):
-    def run(self, prompt_ids: list[int], params: SamplingParams) -> RunResult: ...
+__all__ = ["METHODS", "BenchContext", "Method", "Runner", "RunResult", "EngineRunner", "HFGenerateRunner",
+           "register_method", "build_runner"]
 
 
 @dataclass
@@ -62,7 +42,7 @@ class BenchContext:
     _quantized: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
 
     def k(self, drafter_kind: str) -> int:
-        return self.num_draft_tokens or DEFAULT_NUM_DRAFT_TOKENS.get(drafter_kind, 5)
+        return self.num_draft_tokens or default_num_draft_tokens(drafter_kind)
 
     def hf_target(self):
         """The transformers twin of the target (shared tensors), built once per run."""

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .harness import RESULTS_JSON, save_json
+from .results_io import RESULTS_JSON, save_json
 from .stats import OVERALL, summarize
 
 CHARTS = ("speedup_by_category.png", "throughput_by_category.png", "acceptance_by_position.png")
@@ -57,6 +57,22 @@ def _gb(n: int | None) -> str:
     return "?" if not n else f"{n / 2**30:.0f} GiB"
 
 
+_DRAFTER_LABELS = {"model": "draft model", "ngram": "n-gram", "self": "self"}
+
+
+def draft_length_text(cfg: dict[str, Any]) -> str:
+    """The draft length of the run as the methods used it (bench/methods.py, methods_policy.py):
+    -k N, or else the engine's defaults, recorded in the run's config when it started."""
+    if cfg.get("num_draft_tokens"):
+        return f"{cfg['num_draft_tokens']} (-k; spec-model-kN, spec-model-auto and spec-auto keep their own)"
+    defaults = cfg.get("default_num_draft_tokens")
+    if not defaults:  # a run from before the defaults were recorded
+        return "the defaults of specdecode at the time (not recorded)"
+    fixed = ", ".join(f"{_DRAFTER_LABELS.get(kind, kind)} {k}" for kind, k in defaults.items())
+    return f"default ({fixed}; spec-model-kN use N; the cost policy chooses per round in spec-int4-*, " \
+           "spec-model-auto and spec-auto)"
+
+
 def markdown(results: dict[str, Any], no_charts: str | None = None) -> str:
     """results.md; `no_charts` says why the charts were not drawn (they are linked otherwise)."""
     summary = results.get("summary") or summarize(results["prompts"], list(results["methods"]))
@@ -82,8 +98,7 @@ def markdown(results: dict[str, Any], no_charts: str | None = None) -> str:
         f"- **Run**: {n_prompts} prompts, max {cfg['max_new_tokens']} new tokens, "
         + ("greedy" if greedy else f"temperature {cfg['temperature']} (seed {cfg['seed']})")
         + f", median of {cfg['repeats']} repeat(s), {cfg['warmup']} warm-up prompt(s), prompt format {cfg['prompt_format']}, "
-        f"draft tokens per round {cfg['num_draft_tokens'] or 'specdecode default'}"
-        + (", adaptive" if cfg["adaptive"] else ""),
+        f"draft tokens per round {draft_length_text(cfg)}" + (", adaptive" if cfg["adaptive"] else ""),
         f"- **Date**: started {results['started']}" + (f", finished {results['finished']}" if results.get("finished") else ""),
     ]
     if results.get("interrupted"):

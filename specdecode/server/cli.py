@@ -16,7 +16,7 @@ from ..errors import SpecdecodeError
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from ..cli import add_model_options
+    from ..cli_common import add_model_options
 
     p = sub.add_parser(
         "serve", help="run an OpenAI-compatible HTTP server (completions, chat, streaming)",
@@ -68,7 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .shutdown import GracefulServer
     except ImportError as e:
         raise SpecdecodeError(f"the server needs FastAPI and uvicorn ({e}): pip install 'specdecode[server]'") from None
-    from ..cli import build_engine
+    from ..cli_common import build_engine
 
     for name in ("max_active", "max_body_bytes", "max_tokens_limit"):
         if getattr(args, name) < 1:
