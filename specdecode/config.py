@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import InvalidParameterError
+
 SUPPORTED_ARCHS = ("llama", "qwen2", "mistral")
 
 
@@ -82,18 +84,18 @@ class SamplingParams:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError with a one-line message on an invalid value."""
+        """Raise InvalidParameterError (a SpecdecodeError and a ValueError) with a one-line message."""
         # NaN and inf pass a plain `< 0` check and would turn every probability into NaN.
         if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature < math.inf:
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+            raise InvalidParameterError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0, got {self.top_k}")
+            raise InvalidParameterError(f"top_k must be an integer >= 0, got {self.top_k}")
         if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise InvalidParameterError(f"top_p must be in (0, 1], got {self.top_p}")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens}")
+            raise InvalidParameterError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens}")
         if any(not isinstance(s, str) or not s for s in self.stop):
-            raise ValueError("stop strings must be non-empty strings")
+            raise InvalidParameterError("stop strings must be non-empty strings")
 
     @property
     def greedy(self) -> bool:

@@ -15,3 +15,8 @@ class ModelLoadError(SpecdecodeError):
 
 class ContextLengthError(SpecdecodeError):
     """The prompt (plus the requested tokens) does not fit the model's context."""
+
+
+class InvalidParameterError(SpecdecodeError, ValueError):
+    """A setting out of range (temperature, top_p, max_new_tokens...). Also a ValueError, as
+    these always were, so `except ValueError` in callers keeps working."""

@@ -282,7 +282,9 @@ def _kernel_report(engine: Engine) -> dict | None:
 
 
 def _engine_error(exc: BaseException | None, prompt_param: str) -> APIError:
-    """Errors raised by the engine while starting a generation, as API errors."""
+    """Errors raised by the engine while starting a generation, as API errors: a SpecdecodeError
+    (or a chat template's refusal) is the client's to fix, 400; any other exception, a
+    ValueError included, is a bug here: 500 with a generic message, the traceback logged."""
     if isinstance(exc, ContextLengthError):
         return APIError(400, str(exc), "invalid_request_error", prompt_param, "context_length_exceeded")
     if isinstance(exc, SchedulerStopped):
@@ -294,10 +296,10 @@ def _engine_error(exc: BaseException | None, prompt_param: str) -> APIError:
     if isinstance(exc, TemplateError):
         return APIError(400, f"the chat template rejected the messages: {clip(str(exc))}", "invalid_request_error",
                         "messages")
-    if isinstance(exc, (SpecdecodeError, ValueError)):
+    if isinstance(exc, SpecdecodeError):  # what the client can fix; anything else is our bug
         return APIError(400, clip(str(exc)), "invalid_request_error", None, None)
     log.error("generation failed", exc_info=exc)
-    return APIError(500, "internal error during generation", "server_error", None, None)
+    return APIError(500, "internal server error during generation", "server_error", None, None)
 
 
 def api_key_from_env(value: str | None) -> str | None:

@@ -178,9 +178,9 @@ class Scheduler:
             for job in turn:
                 try:
                     self._step(job)
-                except Exception:  # a bug in the step itself: fail this job, keep serving
+                except Exception as e:  # a bug in the step itself: fail this job (a 500), keep serving
                     log.exception("generation step failed")
-                    self._finish(job, None, error=SpecdecodeError("internal error in the generation worker"))
+                    self._finish(job, None, error=e)
         with self._cond:
             jobs = [*self._active, *self._pending]
             self._pending.clear()

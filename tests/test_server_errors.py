@@ -1,0 +1,128 @@
+"""Which errors the client sees as its own: a SpecdecodeError (and request validation) is a 400;
+any other exception, a ValueError included, is a bug on our side: 500 with a generic OpenAI-style
+error body and the traceback in the server's log (DESIGN.md, habit 13)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+import specdecode  # noqa: E402
+from specdecode import Engine, SamplingParams  # noqa: E402
+from specdecode.errors import InvalidParameterError, SpecdecodeError  # noqa: E402
+from specdecode.server import ServerConfig, create_app  # noqa: E402
+
+COMPLETION = {"model": "tiny-random", "prompt": "def add(x, y):", "max_tokens": 4}
+CHAT = {"model": "tiny-random", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+SECRET = "internal detail 0xdeadbeef"
+
+
+class FailingEngine(Engine):
+    """Raises `exc` when a generation starts, or after `after` chunks."""
+
+    exc: BaseException = ValueError(SECRET)
+    after = 0
+
+    def stream(self, prompt, params=None, *, chat=None, **kwargs):
+        for i, chunk in enumerate(super().stream(prompt, params, chat=chat, **kwargs)):
+            if i >= self.after:
+                raise self.exc
+            yield chunk
+
+
+@pytest.fixture(scope="module")
+def target():
+    import torch
+
+    torch.set_num_threads(1)
+    return specdecode.load("tiny-random", dtype="float32")
+
+
+@pytest.fixture
+def client_for(target):
+    clients = []
+
+    def make(exc: BaseException | None = None, after: int = 0, **config):
+        engine = FailingEngine(target, None) if exc is not None else Engine(target, None)
+        if exc is not None:
+            engine.exc, engine.after = exc, after
+        app = create_app(engine, ServerConfig("tiny-random", allowed_hosts=("testserver",), **config))
+        client = TestClient(app, raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)
+
+
+def _error(resp, status: int, type_: str) -> dict:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["type"] == type_
+    return body["error"]
+
+
+@pytest.mark.parametrize("path,body", [("/v1/completions", COMPLETION), ("/v1/chat/completions", CHAT)])
+def test_value_error_inside_the_engine_is_a_500_with_a_logged_traceback(client_for, caplog, path, body):
+    client = client_for(ValueError(SECRET))
+    with caplog.at_level(logging.ERROR, logger="specdecode.server"):
+        err = _error(client.post(path, json=body), 500, "server_error")
+    assert SECRET not in err["message"]  # no internals in the answer...
+    logged = [r for r in caplog.records if r.exc_info and SECRET in str(r.exc_info[1])]
+    assert logged, "the traceback must be in the log"  # ...but in the log
+
+
+def test_specdecode_error_inside_the_engine_is_a_400(client_for):
+    client = client_for(SpecdecodeError("your prompt is not acceptable"))
+    err = _error(client.post("/v1/completions", json=COMPLETION), 400, "invalid_request_error")
+    assert err["message"] == "your prompt is not acceptable"
+
+
+def test_invalid_parameter_is_a_400_and_still_a_value_error(client_for):
+    assert issubclass(InvalidParameterError, SpecdecodeError) and issubclass(InvalidParameterError, ValueError)
+    with pytest.raises(InvalidParameterError):
+        SamplingParams(top_p=0.0)
+    client = client_for(InvalidParameterError("top_p must be in (0, 1], got 0"))
+    _error(client.post("/v1/completions", json=COMPLETION), 400, "invalid_request_error")
+
+
+def test_request_validation_is_still_a_400(client_for):
+    client = client_for()
+    _error(client.post("/v1/completions", json={**COMPLETION, "temperature": -1}), 400, "invalid_request_error")
+    _error(client.post("/v1/completions", json={**COMPLETION, "max_tokens": "many"}), 400, "invalid_request_error")
+    assert client.post("/v1/completions", json=COMPLETION).status_code == 200
+
+
+def test_value_error_mid_stream_ends_the_stream_with_a_server_error(client_for):
+    client = client_for(ValueError(SECRET), after=1)
+    with client.stream("POST", "/v1/completions", json={**COMPLETION, "max_tokens": 8, "stream": True}) as resp:
+        assert resp.status_code == 200  # the answer had started
+        text = "".join(resp.iter_text())
+    assert '"type": "server_error"' in text and SECRET not in text
+    assert '"finish_reason": "abort"' in text and text.rstrip().endswith("data: [DONE]")
+
+
+def test_a_bug_in_the_worker_itself_is_a_500(client_for, monkeypatch, caplog):
+    """Outside the engine (here the metrics), the worker fails the job: a 500, not a 400."""
+    client = client_for()
+    metrics = client.app.state.metrics
+
+    def broken(*a, **k):
+        raise KeyError(SECRET)
+
+    monkeypatch.setattr(metrics, "record_first_token", broken)
+    with caplog.at_level(logging.ERROR, logger="specdecode.server"):
+        err = _error(client.post("/v1/completions", json=COMPLETION), 500, "server_error")
+    assert SECRET not in err["message"]
+    assert any(r.exc_info and SECRET in str(r.exc_info[1]) for r in caplog.records)
+    monkeypatch.undo()
+    assert client.post("/v1/completions", json=COMPLETION).status_code == 200  # the worker kept serving
