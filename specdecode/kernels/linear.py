@@ -70,6 +70,34 @@ class PackedLinear(nn.Module):
     def weight_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.buffers(), *self.parameters()))
 
+    @staticmethod
+    def buffer_layout(out_features: int, in_features: int, dtype: torch.dtype) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """name -> (shape, dtype) of each buffer this layer type holds for an (N, K) weight."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_buffers(cls, in_features: int, out_features: int, dtype: torch.dtype,
+                     buffers: dict[str, torch.Tensor], bias: torch.Tensor | None = None) -> "PackedLinear":
+        """A layer around buffers taken from one before (the loader's quantized-weights cache):
+        nothing is quantized or packed again. Shapes and dtypes are checked first, because the
+        kernels trust them. Raises ValueError on any mismatch."""
+        if in_features % pack.BLOCK or in_features < 1 or out_features < 1:
+            raise ValueError(f"{cls.__name__} cannot take a ({out_features}, {in_features}) weight")
+        layout = cls.buffer_layout(out_features, in_features, dtype)
+        if set(buffers) != set(layout):
+            raise ValueError(f"{cls.__name__} holds buffers {sorted(layout)}, got {sorted(buffers)}")
+        for name, (shape, dt) in layout.items():
+            t = buffers[name]
+            if tuple(t.shape) != shape or t.dtype != dt:
+                raise ValueError(f"{cls.__name__}.{name}: expected {shape} {dt}, got {tuple(t.shape)} {t.dtype}")
+        if bias is not None and tuple(bias.shape) != (out_features,):
+            raise ValueError(f"{cls.__name__}.bias: expected ({out_features},), got {tuple(bias.shape)}")
+        layer = cls.__new__(cls)
+        PackedLinear.__init__(layer, in_features, out_features, bias, dtype)
+        for name in layout:
+            layer.register_buffer(name, buffers[name].contiguous())
+        return layer
+
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, isa={build.ISA_NAMES[_isa()]}")
@@ -91,6 +119,15 @@ class PackedFloatLinear(PackedLinear):
     def format_code(self) -> int:
         return FORMAT_CODES["bf16" if self.act_dtype == torch.bfloat16 else "f32"]
 
+    @staticmethod
+    def buffer_layout(out_features: int, in_features: int, dtype: torch.dtype) -> dict:
+        T = -(-out_features // pack.TILE)
+        if dtype == torch.bfloat16:
+            return {"packed": ((T, in_features // 2, pack.TILE, 2), dtype)}
+        if dtype == torch.float32:
+            return {"packed": ((T, in_features, pack.TILE), dtype)}
+        raise ValueError(f"packed float weights must be bf16 or fp32, not {dtype}")
+
     def dequantized_weight(self) -> torch.Tensor:
         return pack.unpack_float(self.packed, self.out_features).float()
 
@@ -110,6 +147,12 @@ class PackedInt8Linear(PackedLinear):
 
     format_code = FORMAT_CODES["int8"]
 
+    @staticmethod
+    def buffer_layout(out_features: int, in_features: int, dtype: torch.dtype) -> dict:
+        T = -(-out_features // pack.TILE)
+        return {"packed": ((T, in_features // pack.BLOCK, 8, pack.TILE, 4), torch.int8),
+                "scales": ((T * pack.TILE,), torch.float32)}
+
     def dequantized_weight(self) -> torch.Tensor:
         q = pack.unpack_int8(self.packed, self.out_features)
         return q.float() * self.scales[: self.out_features, None]
@@ -127,6 +170,11 @@ class PackedInt4Linear(PackedLinear):
         self.register_buffer("packed", pack.pack_int4(*pack.quantize_int4_blocks(weight.detach())))
 
     format_code = FORMAT_CODES["int4"]
+
+    @staticmethod
+    def buffer_layout(out_features: int, in_features: int, dtype: torch.dtype) -> dict:
+        T = -(-out_features // pack.TILE)
+        return {"packed": ((T, in_features // pack.BLOCK, 320), torch.uint8)}
 
     def dequantized_weight(self) -> torch.Tensor:
         return pack.dequantize_int4_blocks(*pack.unpack_int4(self.packed, self.out_features)).float()
