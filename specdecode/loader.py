@@ -17,6 +17,10 @@ from .lm import LanguageModel
 from .testing import TINY_NAMES, load_tiny
 from .tokenizer import Tokenizer
 
+# What load() passes to quantize_model (and keys the quantized-model cache with).
+QUANT_GROUP_SIZE = 32
+QUANT_HEAD = "int8"
+
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -30,9 +34,10 @@ class Model:
     source: str
     dtype: torch.dtype
     load_seconds: float = 0.0
-    from_cache: bool = False
+    from_cache: bool = False  # the weights came from $SPECDECODE_CACHE (converted or quantized)
     quantize: str | None = None  # "int8" | "int4": quantized linear layers (specdecode.quant)
     row_invariance: "RowInvariance | None" = None  # probed at load: is a verify pass bit-identical to steps?
+    quantized_from_cache: bool = False  # the quantized layers were read back, not quantized again
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -72,7 +77,10 @@ def load(
     layers after loading (specdecode.quant.quantize_model; on CPU with the kernels, activations
     are quantized per block of 32 too, see docs/kernels.md).
     The result's `row_invariance` says whether a verify pass rounds exactly like single steps here.
+    On CPU with the kernels, a quantized model is cached in $SPECDECODE_CACHE/quantized, so only
+    the first load of a (model, dtype, quantize) quantizes (specdecode.loading.quantized).
     """
+    from .kernels import kernels_available
     from .model import build_transformer
     from .quant import MODES, quantize_model
 
@@ -92,15 +100,24 @@ def load(
             quantize_model(lm, quantize)
         return Model(lm, Tokenizer(hf_tok, eos), source, dt, time.perf_counter() - t0, False, quantize,
                      probe_row_invariance(lm))
-    from .loading import load_checkpoint
+    from .loading import load_checkpoint, quantized
 
-    ckpt = load_checkpoint(source, dt)
-    lm = build_transformer(ckpt.args, ckpt.state_dict, dtype=dt, device=dev)
-    if quantize:
-        quantize_model(lm, quantize)
+    cache_quantized = quantize is not None and dev.type == "cpu" and kernels_available()
+    ckpt = load_checkpoint(source, dt, weights=not cache_quantized)
+    lm, qkey = None, None
+    if cache_quantized:
+        qkey = quantized.cache_key(ckpt.key, quantize, QUANT_GROUP_SIZE, QUANT_HEAD)
+        lm = quantized.load(qkey, ckpt.args, dt)
+    quantized_from_cache = lm is not None
+    if lm is None:
+        lm = build_transformer(ckpt.args, ckpt.weights(), dtype=dt, device=dev)
+        if quantize:
+            quantize_model(lm, quantize, QUANT_GROUP_SIZE, QUANT_HEAD, progress=True)
+        if qkey is not None:
+            quantized.save(qkey, lm)
     tokenizer = Tokenizer(ckpt.tokenizer, ckpt.eos_token_ids)
-    return Model(lm, tokenizer, source, dt, time.perf_counter() - t0, ckpt.from_cache, quantize,
-                 probe_row_invariance(lm))
+    return Model(lm, tokenizer, source, dt, time.perf_counter() - t0, ckpt.from_cache or quantized_from_cache,
+                 quantize, probe_row_invariance(lm), quantized_from_cache)
 
 
 def as_language_model(obj) -> tuple[LanguageModel, Tokenizer | None]:

@@ -260,7 +260,8 @@ def _head_mode(mode: str, head: str) -> str | None:
     return None if head == "float" else mode if head == "same" else head
 
 
-def quantize_model(model: nn.Module, mode: str, group_size: int = 32, head: str = "int8") -> nn.Module:
+def quantize_model(model: nn.Module, mode: str, group_size: int = 32, head: str = "int8",
+                   progress: bool = False) -> nn.Module:
     """Replace the linear layers of `model` in place with quantized ones; returns the model.
 
     mode: "int8" or "int4". group_size: int4 inputs per (scale, zero) pair (32, 64, 128 or 256;
@@ -271,18 +272,21 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = 32, head: str 
     head: how to store lm_head: "int8" (default), "same" as the body, "int4" or "float". The
     head is the most sensitive layer (SmolLM2: int4 body + int4 head 0.84 agreement, + int8
     head 0.976), and int8 costs little extra. The embedding is never quantized (see above).
+    progress: a progress bar on stderr (a terminal only) once quantizing has taken 2 s.
     """
+    from tqdm.auto import tqdm
+
     if mode not in MODES:
         raise ValueError(f"unknown quantization mode {mode!r}; choose from {', '.join(MODES)}")
     head_mode = _head_mode(mode, head)
     linear_types = _linear_types()
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if not isinstance(child, linear_types):
-                continue
-            m = head_mode if name == "lm_head" else mode
-            if m is not None:
-                setattr(parent, name, quantize_linear(child, m, group_size))
+    todo = [(parent, name, child) for parent in list(model.modules())
+            for name, child in list(parent.named_children()) if isinstance(child, linear_types)]
+    for parent, name, child in tqdm(todo, desc=f"quantizing to {mode}", unit="layer", leave=False, delay=2.0,
+                                    disable=None if progress else True):
+        m = head_mode if name == "lm_head" else mode
+        if m is not None:
+            setattr(parent, name, quantize_linear(child, m, group_size))
     return model
 
 

@@ -9,11 +9,12 @@ of a file pays for de-quantization and tokenizer construction.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -21,7 +22,9 @@ from specdecode.config import ModelArgs
 from specdecode.errors import ModelLoadError, ModelNotFoundError, SpecdecodeError
 
 from . import hf, registry, store
-from .gguf import ModelFileMissingError, load_gguf, open_gguf
+from .gguf import ModelFileMissingError, load_gguf, open_gguf, read_args, special_token_ids
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Checkpoint", "load_checkpoint", "resolve_source", "end_token_ids"]
 
@@ -32,15 +35,29 @@ _END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "
 
 @dataclass
 class Checkpoint:
-    """Everything needed to build and drive a model; weights are already in the asked dtype."""
+    """Everything needed to build and drive a model; weights are already in the asked dtype.
+
+    ``state_dict`` is None when loaded with ``weights=False``; ``weights()`` reads it then.
+    ``key`` identifies the source's weights and the dtype (file identities, not contents):
+    caches derived from them (quantized models) are named after it.
+    """
 
     args: ModelArgs
-    state_dict: dict[str, torch.Tensor]
+    state_dict: dict[str, torch.Tensor] | None
     tokenizer: Any  # transformers.PreTrainedTokenizerBase
     eos_token_ids: list[int]
     source: str
     load_seconds: float = 0.0
     from_cache: bool = False
+    key: str = ""
+    read_weights: Callable[[], dict[str, torch.Tensor]] | None = field(default=None, repr=False, compare=False)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The state dict, read on first use if the checkpoint was loaded without it."""
+        if self.state_dict is None:
+            assert self.read_weights is not None
+            self.state_dict = self.read_weights()
+        return self.state_dict
 
 
 def end_token_ids(tokenizer: Any, declared: list[int], vocab_size: int | None = None) -> list[int]:
@@ -102,20 +119,34 @@ def _gguf_tokenizer(path: Path, arch: str) -> Any:
     d, name = str(path.parent), path.name
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
-            from transformers.tokenization_utils_tokenizers import TokenizersBackend
-
-            if arch in TOKENIZER_MAPPING_NAMES:
-                return AutoTokenizer.from_pretrained(d, gguf_file=name, tokenizer_type=arch)
-            return TokenizersBackend.from_pretrained(d, gguf_file=name)
-        except Exception:
-            pass
+        fast = _fast_gguf_tokenizer(d, name, arch)
+        if fast is not None:
+            return fast
         try:
             return AutoTokenizer.from_pretrained(d, gguf_file=name)
         except Exception as e:  # transformers raises many kinds for tokenizers it cannot build
             msg = (str(e).strip().splitlines() or [""])[0]
             raise ModelLoadError(f"cannot build a tokenizer from {path}: {type(e).__name__}: {msg}") from None
+
+
+def _fast_gguf_tokenizer(d: str, name: str, arch: str) -> Any | None:
+    """The tokenizer built without transformers' model-config step, or None (then the caller
+    takes the documented route): this transformers lacks the internals used, or they fail."""
+    try:
+        from transformers import AutoTokenizer
+        from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError as e:
+        log.debug("no fast GGUF tokenizer route in this transformers version: %s", e)
+        return None
+    try:
+        if arch in TOKENIZER_MAPPING_NAMES:
+            return AutoTokenizer.from_pretrained(d, gguf_file=name, tokenizer_type=arch)
+        return TokenizersBackend.from_pretrained(d, gguf_file=name)
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
+        log.warning("fast tokenizer route failed for %s (%s: %s); trying transformers' generic route (slower)",
+                    name, type(e).__name__, e)
+        return None
 
 
 def _save_entry(key: str, args: ModelArgs, sd: dict[str, torch.Tensor], tok: Any, eos: list[int], source: Path) -> None:
@@ -128,59 +159,99 @@ def _save_entry(key: str, args: ModelArgs, sd: dict[str, torch.Tensor], tok: Any
 
     try:
         store.save_entry(key, write)
-    except Exception as e:  # a full or read-only cache only costs speed next time
+    except OSError as e:  # a full or read-only cache only costs speed next time
         warnings.warn(f"could not cache the converted model in {store.converted_dir()}: {type(e).__name__}: {e}", stacklevel=3)
 
 
-def _load_entry(entry: Path) -> tuple[ModelArgs, dict[str, torch.Tensor], Any, list[int]]:
-    from safetensors.torch import load_file
+def _damaged_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged entry raises: bad JSON or fields, bad safetensors, a missing file
+    (a tokenizer that cannot be read is turned into a ValueError by _load_entry)."""
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, KeyError, TypeError, SafetensorError)
+
+
+def _load_entry(entry: Path, weights: bool) -> tuple[ModelArgs, dict[str, torch.Tensor] | None, Any, list[int]]:
     from transformers import AutoTokenizer
 
     marker = json.loads((entry / "specdecode.json").read_text())
     args = ModelArgs(**marker["args"])
-    return args, load_file(str(entry / "model.safetensors")), AutoTokenizer.from_pretrained(str(entry)), marker["eos_token_ids"]
+    try:
+        tok = AutoTokenizer.from_pretrained(str(entry))
+    except OSError:
+        raise
+    except Exception as e:  # the tokenizers library raises plain Exception on a file it cannot parse
+        raise ValueError(f"unreadable tokenizer: {type(e).__name__}: {e}") from e
+    return args, _read_entry_weights(entry) if weights else None, tok, marker["eos_token_ids"]
 
 
-def _load_gguf_file(path: Path, dtype: torch.dtype) -> tuple[ModelArgs, dict[str, torch.Tensor], Any, list[int], bool]:
+def _read_entry_weights(entry: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(entry / "model.safetensors"))
+
+
+def _load_gguf_file(path: Path, dtype: torch.dtype, weights: bool = True) -> Checkpoint:
     key = store.converted_key(path, dtype)
     entry = store.entry_path(key)
     if entry is not None:
         try:
-            return (*_load_entry(entry), True)
-        except Exception as e:  # a damaged entry is rebuilt, not fatal
+            args, sd, tok, eos = _load_entry(entry, weights)
+        except _damaged_errors() as e:  # a damaged entry is rebuilt, not fatal
             warnings.warn(f"ignoring damaged cache entry {entry}: {type(e).__name__}", stacklevel=3)
             store.remove_entry(key)
+        else:
+            def read_cached() -> dict[str, torch.Tensor]:
+                try:
+                    return _read_entry_weights(entry)
+                except _damaged_errors() as e:
+                    warnings.warn(f"ignoring damaged cache entry {entry}: {type(e).__name__}", stacklevel=4)
+                    store.remove_entry(key)
+                    return _load_gguf_file(path, dtype).weights()
+
+            return Checkpoint(args, sd, tok, eos, str(path), from_cache=True, key=key, read_weights=read_cached)
     # Sequential on purpose: building the tokenizer in a thread next to the de-quantization
     # made the de-quantization 3x slower (its thousands of small torch ops queue for the GIL).
+    # The tensors first: a broken file fails before any tokenizer work.
     header = open_gguf(path)
-    ck = load_gguf(header, dtype)
+    sd = load_gguf(header, dtype).state_dict if weights else None
+    args = read_args(header)
     tok = _gguf_tokenizer(path, str(header.metadata.get("general.architecture")))
-    eos = end_token_ids(tok, ck.eos_token_ids, ck.args.vocab_size)
-    _save_entry(key, ck.args, ck.state_dict, tok, eos, path)
-    return ck.args, ck.state_dict, tok, eos, False
+    eos = end_token_ids(tok, special_token_ids(header)[1], args.vocab_size)
+
+    def save(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        _save_entry(key, args, state_dict, tok, eos, path)
+        return state_dict
+
+    return Checkpoint(args, None if sd is None else save(sd), tok, eos, str(path), key=key,
+                      read_weights=lambda: save(load_gguf(header, dtype).state_dict))
 
 
-def _load_hf_dir(directory: Path, dtype: torch.dtype) -> tuple[ModelArgs, dict[str, torch.Tensor], Any, list[int]]:
+def _load_hf_dir(directory: Path, dtype: torch.dtype, weights: bool = True) -> Checkpoint:
     from transformers import AutoTokenizer
 
     config = hf.read_config(directory)
     args = hf.model_args(config, directory)
-    sd = hf.load_state_dict(directory, dtype)
+    key = store.files_key(directory.name, [directory / "config.json", *hf.weight_files(directory)], dtype)
+    sd = hf.load_state_dict(directory, dtype) if weights else None
     try:
         tok = AutoTokenizer.from_pretrained(str(directory))
-    except Exception as e:
+    except Exception as e:  # transformers raises many kinds for tokenizers it cannot build
         raise ModelLoadError(f"cannot load the tokenizer of {directory}: {type(e).__name__}") from None
-    return args, sd, tok, end_token_ids(tok, hf.eos_from_configs(directory, config), args.vocab_size)
+    eos = end_token_ids(tok, hf.eos_from_configs(directory, config), args.vocab_size)
+    return Checkpoint(args, sd, tok, eos, str(directory), key=key, read_weights=lambda: hf.load_state_dict(directory, dtype))
 
 
-def load_checkpoint(source: str, dtype: torch.dtype = torch.bfloat16) -> Checkpoint:
-    """Load a model by short name (see ``specdecode models list``), .gguf path, HF dir or hub id."""
+def load_checkpoint(source: str, dtype: torch.dtype = torch.bfloat16, *, weights: bool = True) -> Checkpoint:
+    """Load a model by short name (see ``specdecode models list``), .gguf path, HF dir or hub id.
+
+    weights=False leaves ``state_dict`` None until ``Checkpoint.weights()`` is called: the
+    shape, tokenizer and key are enough to find a quantized model in the cache.
+    """
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise SpecdecodeError(f"dtype must be a floating torch dtype, got {dtype!r}")
     t0 = time.perf_counter()
     kind, path = resolve_source(source)
-    if kind == "gguf":
-        args, sd, tok, eos, cached = _load_gguf_file(path, dtype)
-    else:
-        (args, sd, tok, eos), cached = _load_hf_dir(path, dtype), False
-    return Checkpoint(args, sd, tok, eos, source, time.perf_counter() - t0, cached)
+    ck = _load_gguf_file(path, dtype, weights) if kind == "gguf" else _load_hf_dir(path, dtype, weights)
+    ck.source, ck.load_seconds = source, time.perf_counter() - t0
+    return ck

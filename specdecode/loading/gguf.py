@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from specdecode.config import SUPPORTED_ARCHS, ModelArgs
 from specdecode.errors import ModelLoadError, ModelNotFoundError
@@ -207,7 +208,9 @@ def load_gguf(path: str | os.PathLike[str] | GGUFFile, dtype: torch.dtype = torc
     torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            state_dict = dict(pool.map(convert, todo))
+            # A bar on a terminal once it has taken 2 s (the 1.5B model takes about a minute).
+            state_dict = dict(tqdm(pool.map(convert, todo), total=len(todo), desc="converting GGUF", unit="tensor",
+                                   leave=False, delay=2.0, disable=None))
     finally:
         torch.set_num_threads(prev)
     bos, eos = special_token_ids(reader)

@@ -8,6 +8,7 @@ a downloaded file can run arbitrary code, so ``.bin`` files are opened with
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import re
@@ -18,6 +19,8 @@ import torch
 
 from specdecode.config import SUPPORTED_ARCHS, ModelArgs
 from specdecode.errors import ModelLoadError, ModelNotFoundError
+
+log = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # What a snapshot needs: config, weights, tokenizer files, generation config.
@@ -53,7 +56,7 @@ def model_args(config: dict[str, Any], where: Path) -> ModelArgs:
         raise ModelLoadError(f"{where}/config.json is inconsistent: {e}") from None
 
 
-def _weight_files(directory: Path) -> list[Path]:
+def weight_files(directory: Path) -> list[Path]:
     """The checkpoint's weight files: the index's shards, else model*.safetensors, else *.bin."""
     index = directory / "model.safetensors.index.json"
     if index.is_file():
@@ -68,7 +71,7 @@ def load_state_dict(directory: Path, dtype: torch.dtype) -> dict[str, torch.Tens
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    files = _weight_files(directory)
+    files = weight_files(directory)
     if not files:
         raise ModelLoadError(f"{directory} has a config.json but no *.safetensors weights")
     sd: dict[str, torch.Tensor] = {}
@@ -119,8 +122,8 @@ def hub_snapshot(repo_id: str) -> Path:
         raise ModelNotFoundError(f"cannot fetch {repo_id}: huggingface_hub is not installed") from None
     try:
         return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, local_files_only=True))
-    except Exception:
-        pass
+    except (OSError, ValueError) as e:  # not in the local HF cache (LocalEntryNotFoundError is an OSError)
+        log.debug("%s is not in the local Hugging Face cache (%s); trying a download", repo_id, type(e).__name__)
     try:
         return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, etag_timeout=10))
     except Exception as e:

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,11 @@ def converted_dir() -> Path:
     return cache_dir() / "converted"
 
 
+def quantized_dir() -> Path:
+    """Where quantized, packed models live, one .safetensors file per (source, dtype, format)."""
+    return cache_dir() / "quantized"
+
+
 def file_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Cheap identity of a file (no hashing): absolute path, size and modification time."""
     p = Path(path).resolve()
@@ -54,6 +60,26 @@ def converted_key(source: str | os.PathLike[str], dtype: torch.dtype) -> str:
     ident.update(dtype=str(dtype), format=FORMAT_VERSION)
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
     return f"{Path(source).stem}-{str(dtype).removeprefix('torch.')}-{digest}"
+
+
+def files_key(name: str, files: list[Path], dtype: torch.dtype) -> str:
+    """Like converted_key, for a source made of several files (an HF checkpoint directory)."""
+    ident = {"files": [file_identity(f) for f in files], "dtype": str(dtype), "format": FORMAT_VERSION}
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+    return f"{name}-{str(dtype).removeprefix('torch.')}-{digest}"
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Create ``path`` via ``write(tmp_path)`` on a temp name in the same directory + rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -106,25 +132,27 @@ def remove_entry(key: str) -> None:
     d = converted_dir() / key
     if not d.exists():
         return
-    trash = Path(tempfile.mkdtemp(dir=converted_dir(), prefix=f".{key}.", suffix=".tmp"))
     try:
+        trash = Path(tempfile.mkdtemp(dir=converted_dir(), prefix=f".{key}.", suffix=".tmp"))
         os.replace(d, trash / "old")
-    except OSError:
-        pass
+    except OSError as e:  # a read-only cache: the entry stays, and is found damaged again next time
+        warnings.warn(f"could not remove cache entry {d}: {e}", stacklevel=2)
+        return
     shutil.rmtree(trash, ignore_errors=True)
 
 
-_ST_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float64: "F64"}
+_ST_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float64: "F64",
+              torch.int8: "I8", torch.uint8: "U8", torch.int32: "I32", torch.int64: "I64"}
 
 
-def save_safetensors(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+def save_safetensors(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write a .safetensors file tensor by tensor (no whole-file buffer in RAM).
 
     ``safetensors.torch.save_file`` serialises everything into one buffer first; streaming
     the tensors was 1.5x faster for the 3 GB bf16 Qwen 1.5B and halves the peak memory.
     The layout is the spec's: u64 header size, JSON header (8-byte aligned), raw bytes.
     """
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    header: dict[str, Any] = {"__metadata__": {"format": "pt", **(metadata or {})}}
     offset = 0
     for name, t in state_dict.items():
         n = t.numel() * t.element_size()
