@@ -48,9 +48,19 @@ class KVCache:
         self.length = length
 
     def keep(self, start: int, indices: torch.Tensor) -> None:
-        """Compact slots `start + indices` to `start, start+1, ...` (an accepted path of a token tree)."""
+        """Compact slots `start + indices` to `start, start+1, ...` and forget the rest.
+
+        The seam for token trees (DESIGN.md, cache.py): after a tree pass wrote every node from
+        slot `start` on, keep the accepted root-to-leaf path. A chain's accepted prefix is
+        indices 0..n-1, i.e. trim(start + n). indices: int64 (n,), each in [0, length - start).
+        """
         n = indices.numel()
-        src = indices + start
+        if not 0 <= start <= self.length:
+            raise ValueError(f"keep: start {start} is outside a cache of length {self.length}")
+        on_host = indices.device.type == "cpu"  # checking device indices would cost a sync
+        if n and on_host and not (0 <= int(indices.min()) and int(indices.max()) < self.length - start):
+            raise ValueError(f"keep: indices must be in [0, {self.length - start}), got {indices.tolist()}")
+        src = indices.to(device=self.keys[0].device, dtype=torch.long) + start
         for buf in (*self.keys, *self.values):
             buf[:, :, start : start + n] = buf.index_select(2, src)
         self.length = start + n
