@@ -64,7 +64,9 @@ def converted_key(source: str | os.PathLike[str], dtype: torch.dtype) -> str:
 
 def files_key(name: str, files: list[Path], dtype: torch.dtype) -> str:
     """Like converted_key, for a source made of several files (an HF checkpoint directory)."""
-    ident = {"files": [file_identity(f) for f in files], "dtype": str(dtype), "format": FORMAT_VERSION}
+    # A missing file is the reader's error to report (it says which shard); here it only changes the key.
+    ident = {"files": [file_identity(f) if f.is_file() else {"missing": str(f)} for f in files],
+             "dtype": str(dtype), "format": FORMAT_VERSION}
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
     return f"{name}-{str(dtype).removeprefix('torch.')}-{digest}"
 
