@@ -30,13 +30,18 @@ class RowInvariance:
         return f"kernels {self.kernel_path}; verify pass row-invariant: {'yes' if self.row_invariant else 'NO'}"
 
 
+def _is_linear(m: nn.Module) -> bool:
+    """nn.Linear, a packed layer, or a quantized one (specdecode.quant's: they carry `mode`; not
+    imported here, so kernels and quant do not import each other)."""
+    return type(m) is nn.Linear or isinstance(m, PACKED_LINEARS) or (
+        getattr(m, "mode", None) in ("int8", "int4") and hasattr(m, "in_features"))
+
+
 def _linear_layers(model: nn.Module) -> list[nn.Module]:
     """One layer of each (type, shape, dtype) kind: the first block's projections and the head."""
-    from ..quant import QUANT_LINEARS
-
     seen, out = set(), []
     for m in model.modules():
-        if isinstance(m, (nn.Linear, *QUANT_LINEARS, *PACKED_LINEARS)):
+        if _is_linear(m):
             dtype = m.weight.dtype if type(m) is nn.Linear else m.dtype
             key = (type(m), m.in_features, m.out_features, dtype)
             if key not in seen:
