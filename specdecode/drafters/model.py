@@ -27,24 +27,21 @@ class ModelDrafter:
         self.min_confidence = min_confidence
         self.cache = None
         self._context_len = 0
-        self._prompt_len = 0
 
     @property
     def vocab_size(self) -> int:
         return self.model.vocab_size
 
     def catch_up_tokens(self, context: list[int]) -> int:
-        """Tokens of `context` the draft cache lacks beyond the prompt: what a round must pay to
-        draft now. The prompt's own prefill is a one-time cost of using the draft at all, not a
-        per-round one; charging it to every round kept a policy from ever starting to draft."""
-        seen = self.cache.length if self.cache is not None else 0
-        return len(context) - max(seen, self._prompt_len)
+        """Tokens of `context` the draft cache lacks (the prompt too, before the first draft): the
+        first draft step feeds them all in one pass. The policy spreads that one-time cost over
+        the rest of the request (drafters/policy.py)."""
+        return len(context) - (self.cache.length if self.cache is not None else 0)
 
     def begin(self, prompt: list[int], max_len: int, device: torch.device) -> None:
         self.cache = self.model.new_cache(max_len)
         self.device = device
         self._context_len = 0
-        self._prompt_len = len(prompt)
 
     def _feed(self, tokens: list[int] | torch.Tensor) -> torch.Tensor:
         """Append tokens to the draft cache; return the logits of the last one, (V,)."""

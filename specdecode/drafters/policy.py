@@ -80,10 +80,16 @@ class AdaptiveDraftLength:
 # accepted after 8% of 1-token matches, 54% of 2-token and 93% of 3-token ones (docs/policy.md).
 PRIORS: dict[str, float] = {"model": 0.6, "self": 0.8, "ngram:1": 0.1, "ngram:2": 0.5, "ngram:3": 0.8}
 DEFAULT_PRIOR = 0.5
-# A catch-up pass (the draft model feeding the tokens it missed while the n-gram drafter or no
-# drafter ran) is paid once and serves every later round: charging it all to one round would
-# lock the draft model out after a long n-gram stretch, so a quarter of its extra cost is charged.
-CATCH_UP_AMORTIZATION = 4.0
+# Optimism for a drafter (or n-gram bucket) not yet tried in this request: it is judged as if this
+# were its acceptance, so a pessimistic prior cannot keep a good drafter out forever (it never
+# drafts, so it never learns). One round tells: after it the request's own evidence decides. It
+# cannot make speculation win where passes are dear (T(2) = 2 T(1) loses even at 100%).
+UNTRIED_ACCEPTANCE = 0.9
+# A catch-up pass (the draft model feeding the prompt before its first draft, or the tokens it
+# missed while the n-gram drafter or no drafter ran) is paid once and serves the rest of the
+# request: a round is charged its share, expected tokens of the round / tokens still to come.
+# (Charging it all to one round locked the draft model out after a long prompt for good;
+# ignoring it made a 0.5B draft prefill a 1,000-token RAG prompt to save a few passes.)
 
 
 class AcceptanceEstimate:
@@ -138,15 +144,21 @@ class AcceptanceEstimate:
         w = self.position_weight
         return (self.accepted[i] + w * pooled) / (self.seen[i] + w)
 
-    def expected_tokens(self, k_max: int) -> list[float]:
+    @property
+    def untried(self) -> bool:
+        """No round of this request has drafted with it yet (its estimate is the prior alone)."""
+        return self.pooled_seen == 0.0
+
+    def expected_tokens(self, k_max: int, rate: float | None = None) -> list[float]:
         """E[k] = expected tokens a round with k drafts yields (accepted + the target's own), k = 0..k_max.
 
         E[k] = 1 + sum_{i<k} prod_{j<=i} a_j; with one rate a everywhere, (1 - a^(k+1)) / (1 - a).
+        rate: use this one rate at every position instead of the estimates.
         """
         pooled = self.pooled()
         out, alive = [1.0], 1.0
         for i in range(k_max):
-            alive *= self.rate(i, pooled)
+            alive *= rate if rate is not None else self.rate(i, pooled)
             out.append(out[-1] + alive)
         return out
 
@@ -213,22 +225,24 @@ class CostPolicy:
             est = self.estimates[which, key] = AcceptanceEstimate(prior)
         return est
 
-    def draft_seconds(self, drafter, k: int, context: list[int]) -> float:
-        """Time to draft k tokens: a catch-up pass over the tokens the draft has not seen, then k - 1 steps."""
+    def draft_seconds(self, drafter, k: int, context: list[int], expected_tokens: float = 1.0,
+                      remaining: int = 1) -> float:
+        """Time charged for drafting k tokens: k steps, plus this round's share of a catch-up
+        pass over the tokens the draft has not seen (expected_tokens / remaining of it)."""
         if k <= 0:
             return 0.0
-        first, step = self._draft_costs(drafter, context)
-        return first + (k - 1) * step
+        step, catch_up = self._draft_costs(drafter, context)
+        return k * step + catch_up * min(1.0, expected_tokens / max(remaining, 1))
 
     def _draft_costs(self, drafter, context: list[int]) -> tuple[float, float]:
-        """(seconds of the first draft step, of each further one)."""
+        """(seconds of one draft step, extra seconds of the one-time catch-up pass)."""
         cm, name = self.cost_model, drafter.name
         step = cm.draft(name, 1)
         if step <= 0.0:
             return 0.0, 0.0
         behind = getattr(drafter, "catch_up_tokens", None)
         p = max(behind(context), 1) if behind is not None else 1
-        return step + (cm.draft(name, p) - step) / CATCH_UP_AMORTIZATION, step
+        return step, max(cm.draft(name, p) - step, 0.0)
 
     def options(self, context: list[int], k_cap: int, bar: float = 0.0) -> list[Choice]:
         """Candidate (drafter, k) of this round with expected tokens and seconds; k = 0 first.
@@ -239,6 +253,7 @@ class CostPolicy:
         T = self._target_seconds
         out = [Choice(0, 0, None, 1.0, T[1])]
         limit = min(self.k_max, k_cap, len(T) - 2)
+        remaining = max(k_cap - self.k_max, 1)  # tokens still to come (the engine sizes k_cap so)
         if limit <= 0:
             return out
         for which, drafter in enumerate(self.drafters):
@@ -246,12 +261,14 @@ class CostPolicy:
             k_top = limit if available is None else min(limit, available)
             if k_top <= 0:
                 continue
-            expected = self.estimate(which, key).expected_tokens(k_top)
-            first, step = self._draft_costs(drafter, context)
-            if expected[k_top] / (T[2] + first) <= bar:
+            est = self.estimate(which, key)
+            expected = est.expected_tokens(k_top, rate=max(est.pooled(), UNTRIED_ACCEPTANCE) if est.untried else None)
+            step, catch_up = self._draft_costs(drafter, context)
+            if expected[k_top] / (T[2] + step + catch_up * min(1.0, 1.0 / remaining)) <= bar:
                 continue
             ks = [k_top] if self.k_fixed is not None else range(1, k_top + 1)
-            out += [Choice(which, k, key, expected[k], first + (k - 1) * step + T[k + 1]) for k in ks]
+            out += [Choice(which, k, key, expected[k],
+                           k * step + catch_up * min(1.0, expected[k] / remaining) + T[k + 1]) for k in ks]
         return out
 
     def choose(self, context: list[int], k_cap: int) -> tuple[int, int]:
