@@ -52,8 +52,9 @@ class PackedLinear(nn.Module):
 
     def spec(self) -> tuple:
         """What the C++ `linear` call takes: (format, packed weight, int8 scales, bias, N)."""
-        bias = None if self.bias is None else self.bias.float()
-        return (self.format_code, self.packed, getattr(self, "scales", None), bias, self.out_features)
+        # The bias goes as stored: the kernel adds it to its fp32 output (exact for bf16), so no
+        # float copy is made on every call.
+        return (self.format_code, self.packed, getattr(self, "scales", None), self.bias, self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return project(x, self)[0]
