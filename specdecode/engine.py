@@ -17,13 +17,16 @@ import torch
 
 from .config import SamplingParams
 from .cost_model import CostModel, measure_cost_model
-from .drafters.base import Drafter
+from .drafters.base import Draft, Drafter, empty_draft, fork_drafter
 from .drafters.composite import DrafterSet
+from .drafters.model import ModelDrafter, propose_batch
 from .drafters.policy import AdaptiveDraftLength, CostPolicy, FixedDraftLength
 from .errors import ContextLengthError, SpecdecodeError
 from .metrics import SpecStats
+from .ragged import Segment, forward_segments
+from .request import RequestState
 from .sampling import logits_to_probs, make_generator, sample
-from .verify import greedy_verify, rejection_sample
+from .verify import rejection_sample
 
 # The fastest draft lengths measured on the one machine we had (2-core AVX2 CPU, Qwen2.5-Coder
 # 1.5B target; k in 1..4 for a draft model, 1..8 for n-gram): a multi-token verify pass costs
@@ -34,6 +37,12 @@ DEFAULT_NUM_DRAFT_TOKENS = {"model": 2, "ngram": 2, "self": 2}
 FALLBACK_NUM_DRAFT_TOKENS = 5  # a drafter kind without a measured default (a user's own drafter)
 AUTO = "auto"
 MAX_DRAFT_TOKENS = 15  # auto's longest draft: the cost model times passes of up to 16 tokens
+# A prompt is prefilled in chunks of this many tokens, one chunk per pass, so a long prompt never
+# stalls the requests decoding beside it for long. Fixed per engine (not per batch): a prompt is
+# prefilled by the same calls alone or batched, which keeps outputs identical.
+PREFILL_CHUNK = 128
+# Prompt chunks join a pass while it has fewer tokens than this (decode rows count too).
+MAX_BATCH_TOKENS = 512
 
 
 def default_num_draft_tokens(drafter_kind: str) -> int:
@@ -54,6 +63,15 @@ def context_budget(prompt_tokens: int, max_new_tokens: int, max_context: int) ->
             f"the prompt has {prompt_tokens} tokens but the model's context is {max_context} tokens"
         )
     return min(max_new_tokens, max_context - prompt_tokens)
+
+
+@dataclass
+class StepInfo:
+    """What one `Engine.step` did: requests in the pass, tokens in the pass, seconds."""
+
+    batch_size: int
+    tokens: int
+    seconds: float
 
 
 @dataclass
@@ -98,6 +116,8 @@ class Engine:
         eos_token_ids: list[int] | None = None,
         cost_model: CostModel | None = None,
         max_draft_tokens: int = MAX_DRAFT_TOKENS,
+        prefill_chunk: int = PREFILL_CHUNK,
+        max_batch_tokens: int = MAX_BATCH_TOKENS,
     ) -> None:
         from .loader import as_language_model, as_tokenizer
 
@@ -126,6 +146,11 @@ class Engine:
         if eos_token_ids is None and self.tokenizer is not None:
             eos_token_ids = self.tokenizer.eos_token_ids
         self.eos_token_ids = set(eos_token_ids or ())
+        if not isinstance(prefill_chunk, int) or prefill_chunk < 1:
+            raise SpecdecodeError(f"prefill_chunk must be an integer >= 1, got {prefill_chunk!r}")
+        if not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
+            raise SpecdecodeError(f"max_batch_tokens must be an integer >= 1, got {max_batch_tokens!r}")
+        self.prefill_chunk, self.max_batch_tokens = prefill_chunk, max_batch_tokens
 
     @property
     def draft_policy(self) -> str:
@@ -151,76 +176,191 @@ class Engine:
             return []
         return list(self.drafter.drafters) if isinstance(self.drafter, DrafterSet) else [self.drafter]
 
-    def _policy(self):
-        if self.drafter is None:
+    def _policy(self, drafter):
+        """A fresh policy for one request whose drafter (a fork of self.drafter) is `drafter`."""
+        if drafter is None:
             return None
         if self.needs_cost_model:
             k_fixed = None if self.auto else self.num_draft_tokens
-            return CostPolicy(self.cost_model, self._drafters(), k_max=self.num_draft_tokens, k_fixed=k_fixed)
+            members = list(drafter.drafters) if isinstance(drafter, DrafterSet) else [drafter]
+            return CostPolicy(self.cost_model, members, k_max=self.num_draft_tokens, k_fixed=k_fixed)
         if self.adaptive:
             return AdaptiveDraftLength(self.num_draft_tokens, 1, max(16, self.num_draft_tokens))
         return FixedDraftLength(self.num_draft_tokens)
 
-    # -- layer 1: rounds ---------------------------------------------------------------------
+    # -- layer 1: requests and rounds --------------------------------------------------------
 
-    def _rounds(self, prompt_ids: list[int], params: SamplingParams, stats: SpecStats) -> Iterator[list[int]]:
-        """Yield the new tokens of each round, unbounded; the caller decides when to stop."""
-        target, drafter, policy = self.target, self.drafter, self._policy()
-        device = target.device
+    def start(self, prompt_ids: list[int], params: SamplingParams, stats: SpecStats | None = None) -> RequestState:
+        """A new request's state (caches allocated, nothing computed yet); `step` advances it.
+
+        Raises SpecdecodeError for an empty prompt, bad parameters or a prompt that fills the
+        context. The caller must `release` it (step does so itself when it finishes)."""
+        params.validate()
+        if not prompt_ids:
+            raise SpecdecodeError("the prompt is empty")
+        budget = context_budget(len(prompt_ids), params.max_new_tokens, self.target.max_context)
+        stats = stats if stats is not None else SpecStats()
+        stats.prompt_tokens = len(prompt_ids)
+        drafter = fork_drafter(self.drafter) if self.drafter is not None else None
+        policy = self._policy(drafter)
         k_max = policy.k_max if policy else 0
-        multi = isinstance(drafter, DrafterSet)
         # Every position fed (drafts included) stays inside the context: RoPE tables and caches
-        # end there. `room` below is what keeps a round's drafts within max_len.
-        max_len = min(len(prompt_ids) + params.max_new_tokens + k_max + 1, target.max_context)
-        generator = make_generator(params.seed, device)
-        cache = target.new_cache(max_len)
-        tokens = list(prompt_ids)
+        # end there. The room passed to the policy keeps a round's drafts within max_len.
+        max_len = min(len(prompt_ids) + budget + k_max + 1, self.target.max_context)
+        device = self.target.device
+        state = RequestState(
+            prompt_ids=list(prompt_ids), params=params, budget=budget,
+            eos=set() if params.ignore_eos else set(self.eos_token_ids), max_len=max_len,
+            cache=self.target.new_cache(max_len), drafter=drafter, policy=policy,
+            generator=make_generator(params.seed, device), stats=stats, tokens=list(prompt_ids),
+        )
         if drafter is not None:
-            drafter.begin(tokens, max_len, device)
-        try:
-            t0 = time.perf_counter()
-            ids = torch.tensor([tokens], dtype=torch.long, device=device)
-            logits = target(ids, torch.arange(len(tokens), device=device)[None], cache, num_logits=1)[0, -1]
-            first = int(_pick(logits, params, generator))
-            stats.prefill_seconds = time.perf_counter() - t0
-            tokens.append(first)
-            yield [first]
-            while True:
-                t0 = time.perf_counter()
-                which, k = policy.choose(tokens, max_len - len(tokens) - 1) if policy else (0, 0)
-                if k > 0:
-                    if multi:
-                        draft = drafter.propose(tokens, k, params, generator, which=which)
-                    else:
-                        draft = drafter.propose(tokens, k, params, generator)
-                    draft_tokens, draft_tensor, q = draft.tokens, draft.token_tensor, draft.q
-                else:
-                    draft_tokens, draft_tensor, q = [], None, None
-                t1 = time.perf_counter()
-                n = len(tokens)
-                last = torch.tensor([tokens[-1]], dtype=torch.long, device=device)
-                inp = torch.cat([last, draft_tensor]) if draft_tokens else last  # (k'+1,)
-                positions = torch.arange(n - 1, n + len(draft_tokens), device=device)
-                logits = target(inp[None], positions[None], cache)[0]  # (k'+1, V)
-                if params.greedy:
-                    num_accepted, next_token = greedy_verify(inp[1:], logits)
-                else:
-                    p = logits_to_probs(logits, params)  # (k'+1, V)
-                    num_accepted, next_token = rejection_sample(inp[1:], q, p, generator)
-                cache.trim(n + num_accepted)  # invariant: the cache holds tokens[:-1]
-                if k > 0:  # whoever was asked to draft hears the outcome, even of an empty draft
-                    drafter.on_verified(num_accepted)
-                if policy:
-                    policy.update(len(draft_tokens), num_accepted)
-                stats.draft_seconds += t1 - t0
-                stats.verify_seconds += time.perf_counter() - t1
-                stats.record_round(len(draft_tokens), num_accepted)
-                new = draft_tokens[:num_accepted] + [next_token]
-                tokens.extend(new)
-                yield new
-        finally:
-            if drafter is not None:
-                drafter.end()
+            drafter.begin(state.tokens, max_len, device)
+        return state
+
+    def release(self, state: RequestState) -> None:
+        """Free a request's caches and drafter state (idempotent; also for an unfinished request)."""
+        if state.released:
+            return
+        state.released = True
+        state.cache = None
+        if state.drafter is not None:
+            state.drafter.end()
+
+    def step(self, states: list[RequestState]) -> StepInfo:
+        """One round for every unfinished state, in one pass of the target over a ragged batch.
+
+        A request still prefilling contributes its next prompt chunk (at most prefill_chunk
+        tokens; chunks go in while the pass has fewer than max_batch_tokens tokens, at least one
+        per pass); one that is decoding contributes its last token plus the k tokens its drafter
+        proposed (k may be 0). Afterwards each state's `new_tokens` holds what it produced this
+        round (EOS cut), `finish_reason` is set when it ended, and a finished state is released.
+        """
+        for s in states:
+            s.new_tokens = []
+        live = [s for s in states if not s.finished and not s.released]
+        if not live:
+            return StepInfo(0, 0, 0.0)
+        t0 = time.perf_counter()
+        decoding = [s for s in live if not s.prefilling]
+        drafts, asked = self._draft(decoding)
+        t1 = time.perf_counter()
+        device = self.target.device
+        segments: list[Segment] = []
+        for s, d in zip(decoding, drafts):
+            last = torch.tensor([s.tokens[-1]], dtype=torch.long, device=device)
+            segments.append(Segment(s.cache, torch.cat([last, d.token_tensor]) if d.tokens else last))  # (k'+1,)
+        chunks = self._prefill_chunks([s for s in live if s.prefilling], sum(len(g.tokens) for g in segments))
+        for s, end in chunks:
+            segments.append(Segment(s.cache, s.prompt_ids[s.prefilled : end], 1 if end == len(s.prompt_ids) else 0))
+        logits = forward_segments(self.target, segments)  # (1 + k_i, V) per decoding state, (0 or 1, V) per chunk
+        # Greedy rows: one argmax and one host copy for the whole batch.
+        owners = decoding + [s for s, _ in chunks]
+        greedy = [i for i, s in enumerate(owners) if s.params.greedy and logits[i].shape[0]]
+        argmax: dict[int, list[int]] = {}
+        if greedy:
+            flat = torch.cat([logits[i] for i in greedy]).argmax(-1).tolist()
+            r = 0
+            for i in greedy:
+                argmax[i] = flat[r : r + logits[i].shape[0]]
+                r += logits[i].shape[0]
+        t2 = time.perf_counter()
+        for i, (s, d) in enumerate(zip(decoding, drafts)):
+            self._verified(s, d, asked[i], logits[i], argmax.get(i))
+            s.stats.draft_seconds += t1 - t0
+            s.stats.verify_seconds += t2 - t1
+        for j, (s, end) in enumerate(chunks, start=len(decoding)):
+            s.prefilled = end
+            s.stats.prefill_seconds += t2 - t1
+            if end == len(s.prompt_ids):
+                first = argmax[j][0] if j in argmax else int(sample(logits_to_probs(logits[j][-1], s.params), s.generator))
+                s.tokens.append(first)
+                self._emit(s, [first])
+        for s in live:
+            if s.finished:
+                self.release(s)
+        return StepInfo(len(owners), sum(len(g.tokens) for g in segments), time.perf_counter() - t0)
+
+    def _draft(self, states: list[RequestState]) -> tuple[list[Draft], list[int]]:
+        """This round's draft of each decoding state and the k each drafter was asked for (0 = none).
+        Draft-model proposals sharing one model run batched (drafters.model.propose_batch)."""
+        device = self.target.device
+        drafts: list[Draft] = [empty_draft(device)] * len(states)
+        asked = [0] * len(states)
+        by_model: dict[int, list[tuple[int, ModelDrafter]]] = {}
+        for i, s in enumerate(states):
+            if s.policy is None:
+                continue
+            which, k = s.policy.choose(s.tokens, s.max_len - len(s.tokens) - 1)
+            if k <= 0:
+                continue
+            asked[i] = k
+            member = (s.drafter.select(which, s.tokens, s.params, s.generator)
+                      if isinstance(s.drafter, DrafterSet) else s.drafter)
+            if isinstance(member, ModelDrafter):
+                by_model.setdefault(id(member.model), []).append((i, member))
+            else:
+                drafts[i] = member.propose(s.tokens, k, s.params, s.generator)
+        for group in by_model.values():
+            idx = [i for i, _ in group]
+            out = propose_batch([m for _, m in group], [states[i].tokens for i in idx], [asked[i] for i in idx],
+                                [states[i].params for i in idx], [states[i].generator for i in idx])
+            for i, d in zip(idx, out):
+                drafts[i] = d
+        return drafts, asked
+
+    def _prefill_chunks(self, waiting: list[RequestState], used: int) -> list[tuple[RequestState, int]]:
+        """(state, end of its chunk) for the prompt chunks of this pass, oldest request first.
+
+        Chunk boundaries depend only on the prompt (multiples of prefill_chunk), never on the
+        batch, so a prompt is prefilled by the same calls alone or in any batch."""
+        chunks = []
+        for s in waiting:
+            end = min(s.prefilled + self.prefill_chunk, len(s.prompt_ids))
+            if chunks and used + end - s.prefilled > self.max_batch_tokens:
+                break
+            chunks.append((s, end))
+            used += end - s.prefilled
+        return chunks
+
+    def _verified(self, s: RequestState, draft: Draft, asked: int, logits: torch.Tensor,
+                  target_tokens: list[int] | None) -> None:
+        """Verify one state's draft against its logits (1 + k', V), roll back, record, emit."""
+        k = len(draft.tokens)
+        if target_tokens is not None:  # greedy: the longest prefix equal to the target's argmax
+            num_accepted = 0
+            while num_accepted < k and draft.tokens[num_accepted] == target_tokens[num_accepted]:
+                num_accepted += 1
+            next_token = target_tokens[num_accepted]
+        else:
+            p = logits_to_probs(logits, s.params)  # (k'+1, V)
+            num_accepted, next_token = rejection_sample(draft.token_tensor, draft.q, p, s.generator)
+        n = len(s.tokens)
+        s.cache.trim(n + num_accepted)  # invariant: the cache holds tokens[:-1]
+        if asked > 0:  # whoever was asked to draft hears the outcome, even of an empty draft
+            s.drafter.on_verified(num_accepted)
+        if s.policy is not None:
+            s.policy.update(k, num_accepted)
+        s.stats.record_round(k, num_accepted)
+        new = draft.tokens[:num_accepted] + [next_token]
+        s.tokens.extend(new)
+        self._emit(s, new)
+
+    def _emit(self, s: RequestState, new: list[int]) -> None:
+        """Cut `new` at EOS or the length budget; set new_tokens, finish_reason and the counters."""
+        now = time.perf_counter()
+        if s.first_token_at is None:
+            s.first_token_at = now
+        finish = None
+        for i, tok in enumerate(new):
+            if tok in s.eos:
+                new, finish = new[:i], "stop"
+                break
+        if finish is None and s.stats.generated_tokens + len(new) >= s.budget:
+            new, finish = new[: s.budget - s.stats.generated_tokens], "length"
+        s.stats.generated_tokens += len(new) + (1 if finish == "stop" else 0)
+        s.stats.decode_seconds = now - s.first_token_at
+        s.new_tokens, s.finish_reason = new, finish
 
     # -- layer 2: token stream with EOS and length --------------------------------------------
 
@@ -229,36 +369,18 @@ class Engine:
     ) -> Iterator[tuple[list[int], str | None]]:
         """Yield (new token ids, finish_reason or None); stops at EOS or max_new_tokens.
 
-        EOS tokens are not yielded. Closing the iterator early (a cancelled request) releases
-        the request's caches; the engine stays reusable.
+        One request stepped alone (a batch of one). EOS tokens are not yielded. Closing the
+        iterator early (a cancelled request) releases the request's caches; the engine stays
+        reusable.
         """
-        params.validate()
-        stats = stats if stats is not None else SpecStats()
-        if not prompt_ids:
-            raise SpecdecodeError("the prompt is empty")
-        budget = context_budget(len(prompt_ids), params.max_new_tokens, self.target.max_context)
-        eos = set() if params.ignore_eos else self.eos_token_ids
-        stats.prompt_tokens = len(prompt_ids)
-        rounds = self._rounds(prompt_ids, params, stats)
-        start = None
+        state = self.start(prompt_ids, params, stats)
         try:
-            for new in rounds:
-                if start is None:
-                    start = time.perf_counter()
-                finish = None
-                for i, tok in enumerate(new):
-                    if tok in eos:
-                        new, finish = new[:i], "stop"
-                        break
-                if finish is None and stats.generated_tokens + len(new) >= budget:
-                    new, finish = new[: budget - stats.generated_tokens], "length"
-                stats.generated_tokens += len(new) + (1 if finish == "stop" else 0)
-                stats.decode_seconds = time.perf_counter() - start
-                yield new, finish
-                if finish:
-                    return
+            while not state.finished:
+                self.step([state])
+                if state.new_tokens or state.finished:
+                    yield state.new_tokens, state.finish_reason
         finally:
-            rounds.close()
+            self.release(state)
 
     # -- layer 3: text ---------------------------------------------------------------------------
 
@@ -318,12 +440,6 @@ class Engine:
         for new, _ in self.stream_tokens(prompt_ids, params, stats):
             ids.extend(new)
         return ids, stats
-
-
-def _pick(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
-    if params.greedy:
-        return logits.argmax(-1)
-    return sample(logits_to_probs(logits, params), generator)
 
 
 def _as_drafter(drafter, target, tokenizer) -> Drafter | None:

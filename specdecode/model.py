@@ -15,10 +15,20 @@ from .cache import KVCache
 from .config import ModelArgs
 from .kernels.attention import chain_attention, chain_attention_applies
 from .kernels.linear import project
+from .ragged import RaggedBatch, Segment
 
 # Chains up to this many tokens (drafts + 1) are verified with row-wise attention; longer
 # inputs (prefill) use one masked attention call.
 ROWWISE_ATTENTION_MAX_T = 32
+
+
+def causal_mask(cache: KVCache, T: int) -> torch.Tensor | None:
+    """The mask of T new tokens appended to `cache`: None (row-wise attention) for a chain of up to
+    ROWWISE_ATTENTION_MAX_T tokens, else causal with an offset: query i sits in slot cache.length + i."""
+    if T <= ROWWISE_ATTENTION_MAX_T:
+        return None
+    L = cache.length + T
+    return torch.ones(T, L, dtype=torch.bool, device=cache.keys[0].device).tril(diagonal=cache.length)
 
 
 class RMSNorm(nn.Module):
@@ -72,7 +82,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: KVCache,
+        cache: KVCache | RaggedBatch,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
@@ -82,25 +92,36 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
+        if isinstance(cache, RaggedBatch):
+            # B == 1 and T == N rows of several requests: each segment writes its own cache and
+            # attends alone, with exactly the calls a pass of that segment by itself makes.
+            out = torch.cat([self._attend(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], c, causal_mask(c, b - a))
+                             for c, a, b in cache.segments], dim=2)  # (1, H, N, hd)
+        else:
+            out = self._attend(q, k, v, cache, mask)  # (B, H, T, hd)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        """q (B, H, T, hd), this pass's k/v (B, Hkv, T, hd) -> (B, H, T, hd); writes k/v to `cache`."""
+        T = q.shape[2]
         k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, L, hd), L = cached + T
         gqa = self.n_kv_heads != self.n_heads
         if mask is None and T <= ROWWISE_ATTENTION_MAX_T and chain_attention_applies(k, self.head_dim):
             # Decode steps and verification chains on CPU: each query attends alone in a fixed
             # order (specdecode.kernels), so a k+1-token pass rounds exactly like k+1 steps.
-            out = chain_attention(q, k, v, self.head_dim**-0.5).to(q.dtype)  # (B, H, T, hd)
-        elif mask is None and 1 < T <= ROWWISE_ATTENTION_MAX_T:
+            return chain_attention(q, k, v, self.head_dim**-0.5).to(q.dtype)  # (B, H, T, hd)
+        if mask is None and 1 < T <= ROWWISE_ATTENTION_MAX_T:
             # Elsewhere: attend row by row with exactly the shapes a one-token decode step uses.
             # SDPA's result depends on the number of queries (its blocking changes the float
             # summation order), so one k+1-token pass would round differently from k+1 steps.
             L0 = k.shape[2] - T
-            out = torch.cat(
+            return torch.cat(
                 [F.scaled_dot_product_attention(q[:, :, i : i + 1], k[:, :, : L0 + i + 1], v[:, :, : L0 + i + 1],
                                                 enable_gqa=gqa) for i in range(T)],
                 dim=2,
             )  # (B, H, T, hd)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
 class MLP(nn.Module):
@@ -183,11 +204,9 @@ class Transformer(nn.Module):
         Returns float32 logits (B, T or num_logits, V).
         """
         B, T = tokens.shape
-        if mask is None and T > ROWWISE_ATTENTION_MAX_T:
-            # Causal with an offset: query i sits in slot cache.length + i.
-            L = cache.length + T
-            mask = torch.ones(T, L, dtype=torch.bool, device=tokens.device).tril(diagonal=cache.length)
-        elif mask is not None and mask.dim() == 3:
+        if mask is None:
+            mask = causal_mask(cache, T)
+        elif mask.dim() == 3:
             mask = mask.unsqueeze(1)  # (B, 1, T, L) broadcasts over heads
         x = self.model.embed_tokens(tokens)  # (B, T, D)
         cos, sin = self.rope(positions, x.dtype)
@@ -197,6 +216,42 @@ class Transformer(nn.Module):
         if num_logits is not None:
             x = x[:, -num_logits:]
         return self.lm_head(self.model.norm(x)).float()  # (B, T', V)
+
+    @torch.inference_mode()
+    def forward_ragged(self, segments: list[Segment]) -> list[torch.Tensor]:
+        """Score several requests' tokens in one pass: one call of each linear layer over all rows.
+
+        Segment i appends its T_i tokens to its own cache (positions cache.length on) and gets
+        the float32 logits of its last num_logits tokens, (num_logits, V). Every row's result is
+        bit for bit what a pass of that segment alone gives: the linear kernels are row-invariant
+        and attention runs per segment with the same calls (docs/batching.md).
+        """
+        device = self.device
+        bounds, rows, start = [], [], 0
+        for seg in segments:
+            T = len(seg.tokens)
+            bounds.append((seg.cache, start, start + T))
+            n = T if seg.num_logits is None else min(seg.num_logits, T)
+            rows.extend(range(start + T - n, start + T))
+            start += T
+        tokens = torch.cat([torch.as_tensor(seg.tokens, dtype=torch.long, device=device).view(-1)
+                            for seg in segments])  # (N,)
+        positions = torch.cat([torch.arange(seg.cache.length, seg.cache.length + len(seg.tokens), device=device)
+                               for seg in segments])  # (N,)
+        x = self.model.embed_tokens(tokens[None])  # (1, N, D)
+        cos, sin = self.rope(positions[None], x.dtype)
+        batch = RaggedBatch(bounds)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, batch, None)
+        for seg in segments:
+            seg.cache.advance(len(seg.tokens))
+        logits = self.lm_head(self.model.norm(x[:, rows])).float()[0] if rows else None  # (R, V)
+        out, r = [], 0
+        for seg in segments:
+            n = len(seg.tokens) if seg.num_logits is None else min(seg.num_logits, len(seg.tokens))
+            out.append(logits[r : r + n] if n else torch.empty(0, self.vocab_size, device=device))
+            r += n
+        return out
 
 
 def build_transformer(

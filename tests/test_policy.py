@@ -154,6 +154,8 @@ class Recorder:
         self.inner, self.name, self.log = inner, inner.name, log
 
     def __getattr__(self, attr):
+        if attr == "inner":  # not set yet: copy.copy (the engine forks drafters per request)
+            raise AttributeError(attr)
         return getattr(self.inner, attr)
 
     def begin(self, prompt, max_len, device):

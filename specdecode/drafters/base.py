@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -52,3 +53,14 @@ class Drafter(Protocol):
 
 def empty_draft(device: torch.device) -> Draft:
     return Draft([], torch.empty(0, dtype=torch.long, device=device), None)
+
+
+def fork_drafter(drafter):
+    """A drafter for one more request: the same models and settings, its own per-request state.
+
+    `begin` creates a drafter's per-request state (the draft model's KV cache, the n-gram index)
+    afresh, so a shallow copy is enough for the built-in drafters; a drafter with a `fork()`
+    method (DrafterSet) is asked instead. No request can see another's state.
+    """
+    fork = getattr(drafter, "fork", None)
+    return fork() if callable(fork) else copy.copy(drafter)

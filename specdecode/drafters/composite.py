@@ -48,13 +48,24 @@ class DrafterSet:
         for d in self.drafters:
             d.begin(prompt, max_len, device)
 
-    def propose(self, context: list[int], k: int, params: SamplingParams, generator: torch.Generator | None,
-                which: int = 0) -> Draft:
+    def select(self, which: int, context: list[int], params: SamplingParams, generator: torch.Generator | None):
+        """Make drafter `which` this round's drafter and show the others the context (k = 0); return
+        it, for the caller to ask for the draft (the engine batches draft-model proposals)."""
         self._which = which
         for i, d in enumerate(self.drafters):
             if i != which:
                 d.propose(context, 0, params, generator)
-        return self.drafters[which].propose(context, k, params, generator)
+        return self.drafters[which]
+
+    def propose(self, context: list[int], k: int, params: SamplingParams, generator: torch.Generator | None,
+                which: int = 0) -> Draft:
+        return self.select(which, context, params, generator).propose(context, k, params, generator)
+
+    def fork(self) -> DrafterSet:
+        """The same drafters with fresh per-request state (see drafters.base.fork_drafter)."""
+        from .base import fork_drafter
+
+        return DrafterSet([fork_drafter(d) for d in self.drafters])
 
     def on_verified(self, num_accepted: int) -> None:
         for i, d in enumerate(self.drafters):

@@ -43,37 +43,21 @@ class ModelDrafter:
         self.device = device
         self._context_len = 0
 
-    def _feed(self, tokens: list[int] | torch.Tensor) -> torch.Tensor:
-        """Append tokens to the draft cache; return the logits of the last one, (V,)."""
-        start = self.cache.length
-        t = torch.as_tensor(tokens, dtype=torch.long, device=self.model.device).view(1, -1)
-        positions = torch.arange(start, start + t.shape[1], device=self.model.device).view(1, -1)
-        return self.model(t, positions, self.cache, num_logits=1)[0, -1]
+    def _pick(self, logits: torch.Tensor, step: int, params: SamplingParams,
+              generator: torch.Generator | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The next draft token (and its distribution q when sampling) from logits (V,); (None, None)
+        when min_confidence says stop drafting here."""
+        if params.greedy and not self.min_confidence:
+            return logits.argmax(-1), None
+        q = logits_to_probs(logits, params)  # (V,)
+        if self.min_confidence and step > 0 and float(q.max()) < self.min_confidence:
+            return None, None
+        return (q.argmax(-1) if params.greedy else sample(q, generator)), q
 
     def propose(
         self, context: list[int], k: int, params: SamplingParams, generator: torch.Generator | None
     ) -> Draft:
-        self._context_len = len(context)
-        if k <= 0:
-            return empty_draft(self.device)
-        logits = self._feed(context[self.cache.length :])
-        tokens: list[torch.Tensor] = []
-        qs: list[torch.Tensor] = []
-        for i in range(k):
-            if params.greedy and not self.min_confidence:
-                token = logits.argmax(-1)
-            else:
-                q = logits_to_probs(logits, params)  # (V,)
-                if self.min_confidence and i > 0 and float(q.max()) < self.min_confidence:
-                    break
-                token = q.argmax(-1) if params.greedy else sample(q, generator)
-                qs.append(q)
-            tokens.append(token)
-            if i + 1 < k:
-                logits = self._feed(token.view(1))
-        token_tensor = torch.stack(tokens).to(self.device)  # (k',)
-        q = torch.stack(qs).to(self.device) if qs and not params.greedy else None
-        return Draft(token_tensor.tolist(), token_tensor, q)
+        return propose_batch([self], [context], [k], [params], [generator])[0]
 
     def on_verified(self, num_accepted: int) -> None:
         # Keep the context before this round plus the accepted drafts; the cache may hold fewer
@@ -82,3 +66,54 @@ class ModelDrafter:
 
     def end(self) -> None:
         self.cache = None
+
+
+def propose_batch(drafters: list[ModelDrafter], contexts: list[list[int]], ks: list[int],
+                  params: list[SamplingParams], generators: list) -> list[Draft]:
+    """Draft for several requests at once: every draft step is one pass of the shared draft model
+    over all requests still drafting (each request's drafter keeps its own cache).
+
+    Step 0 feeds each request's catch-up tokens (what its cache lacks of its context), later steps
+    its previous draft token. Each request's tokens, q and generator draws are the ones its own
+    `propose` would give: the pass is row-invariant and each request samples from its own generator.
+    """
+    from ..ragged import Segment, forward_segments
+
+    if not drafters:
+        return []
+    model = drafters[0].model
+    if any(d.model is not model for d in drafters):
+        raise ValueError("propose_batch needs drafters that share one draft model")
+    tokens: list[list[torch.Tensor]] = [[] for _ in drafters]
+    qs: list[list[torch.Tensor]] = [[] for _ in drafters]
+    live: list[int] = []
+    for i, (d, ctx, k) in enumerate(zip(drafters, contexts, ks)):
+        d._context_len = len(ctx)
+        if k > 0:
+            live.append(i)
+    segments = [Segment(drafters[i].cache, contexts[i][drafters[i].cache.length :], 1) for i in live]
+    step = 0
+    while live:
+        logits = forward_segments(model, segments)  # each (1, V)
+        still, segments = [], []
+        for i, lg in zip(live, logits):
+            d = drafters[i]
+            token, q = d._pick(lg[-1], step, params[i], generators[i])
+            if token is None:
+                continue
+            tokens[i].append(token)
+            if q is not None:
+                qs[i].append(q)
+            if step + 1 < ks[i]:
+                still.append(i)
+                segments.append(Segment(d.cache, token.view(1), 1))
+        live, step = still, step + 1
+    drafts = []
+    for d, p, toks, q in zip(drafters, params, tokens, qs):
+        if not toks:
+            drafts.append(empty_draft(d.device))
+            continue
+        token_tensor = torch.stack(toks).to(d.device)  # (k',)
+        q_tensor = torch.stack(q).to(d.device) if q and not p.greedy else None
+        drafts.append(Draft(token_tensor.tolist(), token_tensor, q_tensor))
+    return drafts

@@ -1,0 +1,68 @@
+"""RequestState: everything one generation owns, so that the engine itself holds none.
+
+`Engine.start` makes one, `Engine.step(states)` advances any set of them by one round in one
+target pass, `Engine.release` frees its caches. Between steps a state is plain data: requests
+join and leave a batch freely, and nothing of one request is reachable from another's state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .config import SamplingParams
+from .metrics import SpecStats
+
+
+@dataclass
+class RequestState:
+    prompt_ids: list[int]
+    params: SamplingParams
+    budget: int  # tokens this request may generate (max_new_tokens cut to the context)
+    eos: set[int]
+    max_len: int  # positions its caches hold: prompt + budget + the longest draft + 1
+    cache: Any  # the target's KV cache of this request (invariant once prefilled: tokens[:-1])
+    drafter: Any  # its own drafter (fork_drafter), or None
+    policy: Any  # its own draft-length / drafter policy, or None
+    generator: torch.Generator
+    stats: SpecStats = field(default_factory=SpecStats)
+    tokens: list[int] = field(default_factory=list)  # prompt + every token produced so far
+    prefilled: int = 0  # prompt tokens already in the target cache (prefill goes by chunks)
+    new_tokens: list[int] = field(default_factory=list)  # what the last step produced (EOS cut)
+    finish_reason: str | None = None  # "stop" | "length" once finished
+    released: bool = False
+    first_token_at: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def prefilling(self) -> bool:
+        return self.prefilled < len(self.prompt_ids)
+
+    @property
+    def generated(self) -> list[int]:
+        """The output so far (EOS excluded)."""
+        return self.tokens[len(self.prompt_ids) : len(self.prompt_ids) + self.stats.generated_tokens]
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of KV cache this request holds (target and draft model), fixed at start."""
+        return cache_bytes(self.cache) + sum(cache_bytes(getattr(d, "cache", None)) for d in _members(self.drafter))
+
+
+def cache_bytes(cache) -> int:
+    """Bytes held by a specdecode KVCache (0 for other caches, e.g. a transformers DynamicCache,
+    whose size is not fixed in advance)."""
+    if cache is None or not hasattr(cache, "keys") or not isinstance(cache.keys, list):
+        return 0
+    return sum(t.numel() * t.element_size() for t in (*cache.keys, *cache.values))
+
+
+def _members(drafter) -> list:
+    if drafter is None:
+        return []
+    return list(getattr(drafter, "drafters", [drafter]))
