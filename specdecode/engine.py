@@ -92,6 +92,38 @@ class GenerationResult:
     stats: SpecStats = field(default_factory=SpecStats)
 
 
+class TextRequest:
+    """A request decoded to text: its RequestState, a streaming detokenizer and the stop strings.
+
+    After each `Engine.step` that included the state, `take()` gives the Chunk of what it
+    produced (None when a step produced no text yet, e.g. a prompt chunk). A stop string ends
+    the request early: `done` turns True and the caller releases the state.
+    """
+
+    def __init__(self, state: RequestState, tokenizer) -> None:
+        from .stopping import StopStringMatcher
+
+        self.state = state
+        self.detok = tokenizer.detokenizer()
+        self.stopper = StopStringMatcher(state.params.stop)
+        self.done = False
+
+    def take(self) -> Chunk | None:
+        s = self.state
+        new, finish = s.new_tokens, s.finish_reason
+        if self.done or (not new and not finish):
+            return None
+        text, hit = self.stopper.feed(self.detok.add(new))
+        if hit:
+            self.done = True
+            return Chunk(text, new, "stop", s.stats)
+        if finish:
+            self.done = True
+            text2, hit = self.stopper.feed(self.detok.flush())
+            return Chunk(text + text2 + ("" if hit else self.stopper.flush()), new, "stop" if hit else finish, s.stats)
+        return Chunk(text, new) if text or new else None
+
+
 class Engine:
     """Speculative (or plain) generation for one target model and an optional drafter.
 
@@ -217,6 +249,16 @@ class Engine:
         if drafter is not None:
             drafter.begin(state.tokens, max_len, device)
         return state
+
+    def kv_bytes(self, prompt_tokens: int, max_new_tokens: int) -> int:
+        """KV-cache bytes a request of this size allocates (target and draft model caches; 0 for models
+        whose caches grow on demand, such as a transformers model's). What the server's memory budget
+        admits requests by."""
+        policy_k = self.num_draft_tokens if self.drafter is not None else 0
+        budget = min(max_new_tokens, max(self.target.max_context - prompt_tokens, 0))
+        positions = min(prompt_tokens + budget + policy_k + 1, self.target.max_context)
+        models = [self.target] + [getattr(d, "model", None) for d in self._drafters()]
+        return positions * sum(kv_bytes_per_position(m) for m in models if m is not None)
 
     def release(self, state: RequestState) -> None:
         """Free a request's caches and drafter state (idempotent; also for an unfinished request)."""
@@ -393,36 +435,26 @@ class Engine:
             return list(prompt)
         return self.tokenizer.encode_prompt(prompt, chat=chat)
 
+    def open(self, prompt, params: SamplingParams, *, chat: bool | None = None) -> TextRequest:
+        """Start a request for text: encode the prompt, allocate its state (see `start`)."""
+        prompt_ids = self.encode(prompt, chat)
+        return TextRequest(self.start(prompt_ids, params), self.tokenizer)
+
     def stream(self, prompt, params: SamplingParams | None = None, *, chat: bool | None = None, **kwargs) -> Iterator[Chunk]:
         """Yield text chunks as they are decoded; the last chunk carries finish_reason and stats.
 
         prompt: a string (chat template applied for instruct models unless chat=False), a list
         of chat messages, or a list of token ids. kwargs build SamplingParams when params is None.
         """
-        from .stopping import StopStringMatcher
-
-        params = params or SamplingParams(**kwargs)
-        prompt_ids = self.encode(prompt, chat)
-        stats = SpecStats()
-        detok = self.tokenizer.detokenizer()
-        stopper = StopStringMatcher(params.stop)
-        out_ids: list[int] = []
-        tokens = self.stream_tokens(prompt_ids, params, stats)
+        request = self.open(prompt, params or SamplingParams(**kwargs), chat=chat)
         try:
-            for new, finish in tokens:
-                out_ids.extend(new)
-                text, hit = stopper.feed(detok.add(new))
-                if hit:
-                    yield Chunk(text, new, "stop", stats)
-                    return
-                if finish:
-                    text2, hit = stopper.feed(detok.flush())
-                    yield Chunk(text + text2 + ("" if hit else stopper.flush()), new, "stop" if hit else finish, stats)
-                    return
-                if text or new:
-                    yield Chunk(text, new)
+            while not request.done:
+                self.step([request.state])
+                chunk = request.take()
+                if chunk is not None:
+                    yield chunk
         finally:
-            tokens.close()
+            self.release(request.state)
 
     def generate(self, prompt, params: SamplingParams | None = None, *, chat: bool | None = None, **kwargs) -> GenerationResult:
         """Generate to completion; returns text, token ids, finish reason and SpecStats."""
@@ -440,6 +472,15 @@ class Engine:
         for new, _ in self.stream_tokens(prompt_ids, params, stats):
             ids.extend(new)
         return ids, stats
+
+
+def kv_bytes_per_position(model) -> int:
+    """Bytes of K and V one position takes in a native model's cache (0 if not a native model)."""
+    args = getattr(model, "args", None)
+    if args is None or not hasattr(model, "model"):
+        return 0
+    element = model.model.embed_tokens.weight.element_size()
+    return 2 * args.num_hidden_layers * args.num_key_value_heads * args.head_dim * element
 
 
 def _as_drafter(drafter, target, tokenizer) -> Drafter | None:

@@ -45,8 +45,9 @@ class RequestState:
 
     @property
     def generated(self) -> list[int]:
-        """The output so far (EOS excluded)."""
-        return self.tokens[len(self.prompt_ids) : len(self.prompt_ids) + self.stats.generated_tokens]
+        """The output so far (EOS excluded: stats.generated_tokens counts it, as OpenAI usage does)."""
+        n = self.stats.generated_tokens - (1 if self.finish_reason == "stop" else 0)
+        return self.tokens[len(self.prompt_ids) : len(self.prompt_ids) + n]
 
     @property
     def kv_bytes(self) -> int:

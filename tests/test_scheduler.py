@@ -1,56 +1,99 @@
 """The server's scheduler on a scripted engine (no model, no HTTP): what it promises.
 
-- max_active=1 is strict FIFO; with more, active generations advance round-robin, one chunk each;
-- at most max_active + max_queue requests are in: the next one gets QueueFull (the 429 path);
-- a cancelled request frees its place at once (queued) or at its next turn (active), and its
-  generation is closed (the engine rolls its caches back in that `finally`);
-- an engine error fails that request only; drain/stop answer waiting requests SchedulerStopped.
+- max_batch=1 is strict FIFO; with more, every active generation advances in each engine step
+  (continuous batching), and a waiting request joins as soon as a place frees;
+- at most max_batch + max_queue requests are in: the next one gets QueueFull (the 429 path);
+- a cancelled request frees its place at once (queued) or before the next step (active), and its
+  state is released (the engine frees its caches);
+- a request that cannot start fails alone; an engine step that fails fails the requests of that
+  pass and the next ones are served; drain/stop answer waiting requests SchedulerStopped;
+- the KV-cache budget: requests wait while they do not fit, one that never fits is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import dataclass, field
 
 import pytest
 
 from specdecode.config import SamplingParams
-from specdecode.engine import Chunk
+from specdecode.engine import Chunk, StepInfo
 from specdecode.metrics import SpecStats
 from specdecode.server.metrics import ServerMetrics
-from specdecode.server.scheduler import Job, QueueFull, Scheduler, SchedulerStopped
+from specdecode.server.scheduler import Job, KVBudgetExceeded, QueueFull, Scheduler, SchedulerStopped
 
 TIMEOUT = 10.0
 
 
+@dataclass
+class ScriptedState:
+    name: str
+    params: SamplingParams
+    produced: int = 0
+    fresh: bool = False  # produced a chunk in the last step
+    released: bool = False
+    stats: SpecStats = field(default_factory=SpecStats)
+
+
+class ScriptedRequest:
+    def __init__(self, state: ScriptedState) -> None:
+        self.state = state
+
+    def take(self):
+        s = self.state
+        if not s.fresh:
+            return None
+        s.fresh = False
+        i = s.produced - 1
+        last = s.produced == s.params.max_new_tokens
+        return Chunk(f"{s.name}{i}", [i], "length" if last else None, s.stats if last else None)
+
+
 class ScriptedEngine:
-    """encode: a name -> its code points; stream: `max_new_tokens` chunks named after the prompt.
-    Every step waits for `gate`; the log records starts, chunks and closes in the worker's order."""
+    """encode: a name -> its code points; each step gives every state one chunk named after its
+    prompt, `max_new_tokens` in all. Every step waits for `gate`; the log records starts, steps
+    (the names in each), chunks and releases in the worker's order. `kv` bytes per request."""
 
     drafter = None
 
-    def __init__(self, fail: set[str] = frozenset()) -> None:
+    def __init__(self, fail_open: set[str] = frozenset(), fail_step: set[str] = frozenset(), kv: int = 0) -> None:
         self.log: list[tuple] = []
         self.gate = threading.Event()
         self.gate.set()
-        self.fail = fail
+        self.fail_open, self.fail_step, self.kv = fail_open, fail_step, kv
 
     def encode(self, prompt, chat=None):
-        return [ord(c) for c in prompt]
+        return [ord(c) for c in prompt] if isinstance(prompt, str) else list(prompt)
 
-    def stream(self, ids, params):
+    def kv_bytes(self, prompt_tokens, max_new_tokens):
+        return self.kv
+
+    def open(self, ids, params, chat=None):
         name = "".join(map(chr, ids))
+        if name in self.fail_open:
+            raise RuntimeError(f"cannot start {name}")
         self.log.append(("start", name))
-        try:
-            for i in range(params.max_new_tokens):
-                assert self.gate.wait(TIMEOUT)
-                if name in self.fail:
-                    raise RuntimeError(f"engine failure in {name}")
-                self.log.append(("chunk", name, i))
-                last = i == params.max_new_tokens - 1
-                yield Chunk(f"{name}{i}", [i], "length" if last else None, SpecStats() if last else None)
-        finally:
-            self.log.append(("closed", name))
+        return ScriptedRequest(ScriptedState(name, params))
+
+    def step(self, states):
+        assert self.gate.wait(TIMEOUT)
+        names = [s.name for s in states]
+        self.log.append(("step", tuple(names)))
+        if self.fail_step & set(names):
+            raise RuntimeError("engine failure")
+        for s in states:
+            assert not s.released
+            s.fresh = True
+            self.log.append(("chunk", s.name, s.produced))
+            s.produced += 1
+        return StepInfo(len(states), len(states), 0.0)
+
+    def release(self, state):
+        if not state.released:
+            state.released = True
+            self.log.append(("closed", state.name))
 
 
 def _job(name: str, tokens: int = 3) -> Job:
@@ -90,21 +133,21 @@ def run(coro_fn, engine: ScriptedEngine, **kw):
     return sched, asyncio.run(main())
 
 
-def test_max_active_1_is_strict_fifo():
+def test_max_batch_1_is_strict_fifo():
     engine = ScriptedEngine()
 
     async def body(sched):
         jobs = [sched.submit(_job(n)) for n in "abc"]
         return [await _collect(j) for j in jobs]
 
-    _, results = run(body, engine, max_active=1, max_queue=8)
+    _, results = run(body, engine, max_batch=1, max_queue=8)
     assert results == [[f"{n}{i}" for i in range(3)] + ["done"] for n in "abc"]
-    starts_and_closes = [e for e in engine.log if e[0] != "chunk"]
+    starts_and_closes = [e for e in engine.log if e[0] in ("start", "closed")]
     assert starts_and_closes == [("start", "a"), ("closed", "a"), ("start", "b"), ("closed", "b"),
                                  ("start", "c"), ("closed", "c")]
 
 
-def test_active_generations_advance_round_robin():
+def test_active_generations_advance_together_and_a_freed_place_is_taken_at_once():
     engine = ScriptedEngine()
 
     async def body(sched):
@@ -112,13 +155,11 @@ def test_active_generations_advance_round_robin():
             long, short, third = sched.submit(_job("L", 6)), sched.submit(_job("s", 2)), sched.submit(_job("t", 2))
         return await asyncio.gather(_collect(long), _collect(short), _collect(third))
 
-    _, (long, short, third) = run(body, engine, max_active=2, max_queue=8)
-    assert long[-1] == short[-1] == third[-1] == "done"
-    chunks = [(e[1], e[2]) for e in engine.log if e[0] == "chunk"]
-    # L and s alternate; t takes s's slot once s is done; L is never starved
-    assert chunks[:4] == [("L", 0), ("s", 0), ("L", 1), ("s", 1)]
-    assert chunks[4:8] == [("L", 2), ("t", 0), ("L", 3), ("t", 1)]
-    assert chunks.index(("s", 1)) < chunks.index(("L", 5))  # the short one did not wait for the long one
+    _, (long, short, third) = run(body, engine, max_batch=2, max_queue=8)
+    assert long == [f"L{i}" for i in range(6)] + ["done"] and short[-1] == third[-1] == "done"
+    steps = [e[1] for e in engine.log if e[0] == "step"]
+    # L and s share each pass; t joins the pass right after s finished; L is never starved
+    assert steps == [("L", "s"), ("L", "s"), ("L", "t"), ("L", "t"), ("L",), ("L",)]
 
 
 def test_queue_bound_refuses_then_a_cancelled_waiter_frees_its_place():
@@ -130,7 +171,7 @@ def test_queue_bound_refuses_then_a_cancelled_waiter_frees_its_place():
         await _until(lambda: sched.active == 1)
         waiting = [sched.submit(_job(n)) for n in "bc"]
         assert sched.queue_length == 2
-        with pytest.raises(QueueFull):  # max_active + max_queue = 3 requests in
+        with pytest.raises(QueueFull):  # max_batch + max_queue = 3 requests in
             sched.submit(_job("d"))
         waiting[0].cancel()
         assert sched.queue_length == 1 and waiting[0].done
@@ -139,13 +180,13 @@ def test_queue_bound_refuses_then_a_cancelled_waiter_frees_its_place():
         results = [await _collect(j) for j in (active, waiting[1], late)]
         return results, sched.metrics.cancelled
 
-    sched, (results, cancelled) = run(body, engine, max_active=1, max_queue=2)
+    sched, (results, cancelled) = run(body, engine, max_batch=1, max_queue=2)
     assert [r[-1] for r in results] == ["done"] * 3
     assert ("start", "b") not in engine.log  # cancelled before it started: never generated
     assert cancelled == 1
 
 
-def test_cancelling_an_active_generation_closes_it_and_frees_the_slot():
+def test_cancelling_an_active_generation_releases_it_and_frees_the_place():
     engine = ScriptedEngine()
 
     async def body(sched):
@@ -159,7 +200,7 @@ def test_cancelling_an_active_generation_closes_it_and_frees_the_slot():
         await _until(lambda: first.done)
         return result
 
-    sched, result = run(body, engine, max_active=1, max_queue=4)
+    sched, result = run(body, engine, max_batch=1, max_queue=4)
     assert result[-1] == "done"
     log = engine.log
     assert log.index(("closed", "a")) < log.index(("start", "b"))  # closed (caches rolled back) first
@@ -167,16 +208,57 @@ def test_cancelling_an_active_generation_closes_it_and_frees_the_slot():
     assert sched.active == 0 and sched.queue_length == 0 and sched.metrics.cancelled == 1
 
 
-def test_an_engine_error_fails_only_its_request():
-    engine = ScriptedEngine(fail={"bad"})
+def test_a_request_that_cannot_start_fails_alone():
+    engine = ScriptedEngine(fail_open={"bad"})
 
     async def body(sched):
         bad, good = sched.submit(_job("bad")), sched.submit(_job("ok"))
         return await _collect(bad), await _collect(good)
 
-    _, (bad, good) = run(body, engine, max_active=2, max_queue=4)
+    _, (bad, good) = run(body, engine, max_batch=2, max_queue=4)
     assert bad == [("error", "RuntimeError")]  # the app turns a non-SpecdecodeError into a 500
-    assert good[-1] == "done" and ("closed", "bad") in engine.log
+    assert good == ["ok0", "ok1", "ok2", "done"]
+
+
+def test_a_failing_step_fails_its_pass_and_the_server_goes_on():
+    engine = ScriptedEngine(fail_step={"bad"})
+
+    async def body(sched):
+        with sched._cond:
+            bad, other = sched.submit(_job("bad")), sched.submit(_job("x"))
+        first = await asyncio.gather(_collect(bad), _collect(other))
+        later = await _collect(sched.submit(_job("ok")))
+        return first, later
+
+    sched, ((bad, other), later) = run(body, engine, max_batch=2, max_queue=4)
+    assert bad == [("error", "RuntimeError")] and other == [("error", "RuntimeError")]
+    assert ("closed", "bad") in engine.log and ("closed", "x") in engine.log  # caches released
+    assert later == ["ok0", "ok1", "ok2", "done"] and sched.active == 0
+
+
+def test_kv_budget_holds_requests_back_and_refuses_one_that_never_fits():
+    engine = ScriptedEngine(kv=100)
+
+    async def body(sched):
+        with sched._cond:
+            jobs = [sched.submit(_job(n, 2)) for n in "abc"]
+        results = await asyncio.gather(*map(_collect, jobs))
+        assert sched.kv_bytes_in_use == 0  # every finished request gave its bytes back
+        return results
+
+    _, results = run(body, engine, max_batch=8, max_queue=4, kv_budget_bytes=250)
+    assert all(r[-1] == "done" for r in results)
+    steps = [e[1] for e in engine.log if e[0] == "step"]
+    assert steps[0] == ("a", "b")  # c (another 100 bytes) waits: 300 > 250
+    assert ("c",) in steps
+
+    engine = ScriptedEngine(kv=300)
+
+    async def too_big(sched):
+        return await _collect(sched.submit(_job("big")))
+
+    _, result = run(too_big, engine, max_batch=8, max_queue=4, kv_budget_bytes=250)
+    assert result == [("error", KVBudgetExceeded.__name__)] and ("start", "big") not in engine.log
 
 
 def test_drain_refuses_new_requests_and_fails_the_waiting_ones():
@@ -195,7 +277,7 @@ def test_drain_refuses_new_requests_and_fails_the_waiting_ones():
         engine.gate.set()
         return await _collect(active), w
 
-    _, (active, waiting) = run(body, engine, max_active=1, max_queue=4)
+    _, (active, waiting) = run(body, engine, max_batch=1, max_queue=4)
     assert active[-1] == "done"  # running generations go on
     assert waiting == [("error", "SchedulerStopped")]
 
@@ -213,14 +295,16 @@ def test_stop_fails_every_job_still_in():
         await stopper
         return [await _collect(j) for j in jobs]
 
-    _, results = run(body, engine, max_active=1, max_queue=4)
+    _, results = run(body, engine, max_batch=1, max_queue=4)
     assert all(r[-1] == ("error", "SchedulerStopped") for r in results)
     assert ("closed", "a") in engine.log
 
 
 def test_bad_sizes_are_refused():
     with pytest.raises(ValueError):
-        Scheduler(ScriptedEngine(), ServerMetrics(), max_active=0)
+        Scheduler(ScriptedEngine(), ServerMetrics(), max_batch=0)
+    with pytest.raises(ValueError):
+        Scheduler(ScriptedEngine(), ServerMetrics(), kv_budget_bytes=0)
     with pytest.raises(ValueError):
         Scheduler(ScriptedEngine(), ServerMetrics(), max_queue=-1)
 
@@ -239,7 +323,7 @@ def test_a_full_queue_is_a_429_with_retry_after():
     engine.target = SimpleNamespace(vocab_size=300, max_context=512)
     engine.num_draft_tokens, engine.adaptive = 0, False
     engine.gate.clear()
-    app = create_app(engine, ServerConfig("scripted", max_active=1, max_queue=1, allowed_hosts=("testserver",)))
+    app = create_app(engine, ServerConfig("scripted", max_batch=1, max_queue=1, allowed_hosts=("testserver",)))
     with TestClient(app) as client:
         sched = app.state.scheduler
         loop = asyncio.new_event_loop()

@@ -103,7 +103,7 @@ def ref(target, draft):
 
 @pytest.fixture(scope="module")
 def server(target, draft):
-    config = ServerConfig(MODEL, max_active=4, max_queue=64, max_body_bytes=64 * 1024, max_tokens_limit=512)
+    config = ServerConfig(MODEL, max_batch=4, max_queue=64, max_body_bytes=64 * 1024, max_tokens_limit=512)
     with ServerThread(create_app(Engine(target, draft, num_draft_tokens=2), config)) as s:
         yield s
 
@@ -252,27 +252,23 @@ class GatedEngine(Engine):
         super().__init__(*a, **kw)
         self.gate = threading.Event()
 
-    def stream(self, *a, **kw):
+    def step(self, states):
         assert self.gate.wait(20)
-        yield from super().stream(*a, **kw)
+        return super().step(states)
 
 
 class SlowEngine(Engine):
-    """Sleeps after every chunk: a long generation stays in progress for seconds."""
+    """Sleeps after every step: a long generation stays in progress for seconds."""
 
-    def stream(self, *a, **kw):
-        gen = super().stream(*a, **kw)
-        try:
-            for chunk in gen:
-                time.sleep(0.01)
-                yield chunk
-        finally:
-            gen.close()
+    def step(self, states):
+        info = super().step(states)
+        time.sleep(0.01)
+        return info
 
 
 def test_disconnect_mid_stream_cancels_and_frees_the_slot(target):
     engine = SlowEngine(target, NgramDrafter())
-    with ServerThread(create_app(engine, ServerConfig(MODEL, max_active=1))) as s:
+    with ServerThread(create_app(engine, ServerConfig(MODEL, max_batch=1))) as s:
         metrics = s.app.state.metrics
         body = {"model": MODEL, "prompt": PROMPTS[3], "max_tokens": 2000, "ignore_eos": True, "stream": True}
         with httpx.Client(timeout=30) as c, c.stream("POST", s.url + "/v1/completions", json=body) as r:
@@ -289,7 +285,7 @@ def test_disconnect_mid_stream_cancels_and_frees_the_slot(target):
 
 
 def test_round_robin_lets_a_short_request_pass_a_long_one(target):
-    with ServerThread(create_app(SlowEngine(target, NgramDrafter()), ServerConfig(MODEL, max_active=2))) as s:
+    with ServerThread(create_app(SlowEngine(target, NgramDrafter()), ServerConfig(MODEL, max_batch=2))) as s:
         client, done = s.client(), []
 
         def long_request():  # ignore_eos is an extension: raw HTTP
@@ -308,7 +304,7 @@ def test_round_robin_lets_a_short_request_pass_a_long_one(target):
 
 def test_queue_full_429_and_waiting_disconnect_frees_place(target):
     engine = GatedEngine(target, NgramDrafter())
-    config = ServerConfig(MODEL, max_active=1, max_queue=1)
+    config = ServerConfig(MODEL, max_batch=1, max_queue=1)
     with ServerThread(create_app(engine, config)) as s:
         sched, client = s.scheduler, s.client()
         results = []
@@ -742,7 +738,7 @@ def test_sigterm_ends_streams_answers_waiting_requests_and_exits_0():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "specdecode", "serve", "--model", MODEL, "--drafter", "ngram",
-                             "--port", str(port), "--max-active", "1", "--threads", "1", "--log-level", "info",
+                             "--port", str(port), "--max-batch", "1", "--threads", "1", "--log-level", "info",
                              "--shutdown-timeout", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"

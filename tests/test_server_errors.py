@@ -24,16 +24,16 @@ SECRET = "internal detail 0xdeadbeef"
 
 
 class FailingEngine(Engine):
-    """Raises `exc` when a generation starts, or after `after` chunks."""
+    """Raises `exc` in a generation's first step, or after `after` steps."""
 
     exc: BaseException = ValueError(SECRET)
     after = 0
 
-    def stream(self, prompt, params=None, *, chat=None, **kwargs):
-        for i, chunk in enumerate(super().stream(prompt, params, chat=chat, **kwargs)):
-            if i >= self.after:
-                raise self.exc
-            yield chunk
+    def step(self, states):
+        self.steps = getattr(self, "steps", 0) + 1
+        if self.steps > self.after:
+            raise self.exc
+        return super().step(states)
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from . import schemas
 from .errors import APIError, clip, error_body
 from .guard import GuardMiddleware, allowed_host_names
 from .metrics import ServerMetrics
-from .scheduler import Event, Job, QueueFull, Scheduler, SchedulerStopped
+from .scheduler import Event, Job, KVBudgetExceeded, QueueFull, Scheduler, SchedulerStopped
 
 log = logging.getLogger("specdecode.server")
 
@@ -47,8 +47,9 @@ ABORTED = "abort"  # finish_reason of a stream cut by the server (shutdown, erro
 class ServerConfig:
     model_name: str
     api_key: str | None = None  # None: no authentication
-    max_active: int = 4  # generations interleaved round-robin; 1 = strict FIFO
-    max_queue: int = 64  # requests waiting beyond max_active before 429
+    max_batch: int = 16  # generations in progress at once, advanced together in one pass per round
+    max_queue: int = 64  # requests waiting beyond max_batch before 429
+    kv_budget_bytes: int | None = None  # KV-cache memory all active requests may hold (None: no limit)
     max_body_bytes: int = 1 << 20
     max_tokens_limit: int = 4096
     host: str = "127.0.0.1"  # the bound address: with localhost, the Host names accepted
@@ -61,7 +62,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     if engine.tokenizer is None:
         raise SpecdecodeError("the server needs an engine with a tokenizer")
     metrics = ServerMetrics()
-    scheduler = Scheduler(engine, metrics, config.max_active, config.max_queue)
+    scheduler = Scheduler(engine, metrics, config.max_batch, config.max_queue, config.kv_budget_bytes)
     limits = schemas.Limits(config.max_tokens_limit, engine.target.vocab_size)
     created = int(time.time())
 
@@ -105,7 +106,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     @app.get("/metrics")
     async def prometheus_metrics():
-        return PlainTextResponse(metrics.render(scheduler.queue_length, scheduler.active),
+        return PlainTextResponse(metrics.render(scheduler.queue_length, scheduler.active, scheduler.kv_bytes_in_use, scheduler.kv_budget_bytes),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
     def model_card() -> dict:
@@ -144,14 +145,14 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         active slots, at least 1 and at most 60 (the client's hint, not a promise)."""
         finished = metrics.duration
         mean = finished.sum / finished.count if finished.count else 1.0
-        return max(1, min(60, math.ceil(mean / scheduler.max_active)))
+        return max(1, min(60, math.ceil(mean / scheduler.max_batch)))
 
     async def generate(request: Request, req, prompt, params: SamplingParams, chat: bool):
         job = Job(prompt, chat, params, asyncio.get_running_loop())
         try:
             scheduler.submit(job)
         except QueueFull:
-            raise APIError(429, f"the server is busy: {scheduler.max_active} generations running and "
+            raise APIError(429, f"the server is busy: {scheduler.max_batch} generations running and "
                                 f"{scheduler.max_queue} waiting; retry later", "rate_limit_error", None,
                            "queue_full", headers={"Retry-After": str(retry_after())}) from None
         except SchedulerStopped:
@@ -287,6 +288,8 @@ def _engine_error(exc: BaseException | None, prompt_param: str) -> APIError:
     ValueError included, is a bug here: 500 with a generic message, the traceback logged."""
     if isinstance(exc, ContextLengthError):
         return APIError(400, str(exc), "invalid_request_error", prompt_param, "context_length_exceeded")
+    if isinstance(exc, KVBudgetExceeded):
+        return APIError(503, str(exc), "server_error", None, "kv_cache_budget")
     if isinstance(exc, SchedulerStopped):
         return APIError(503, "the server is shutting down", "server_error", None, "shutting_down")
     try:

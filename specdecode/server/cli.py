@@ -12,7 +12,12 @@ import os
 import sys
 from pathlib import Path
 
+from ..engine import MAX_BATCH_TOKENS, PREFILL_CHUNK
 from ..errors import SpecdecodeError
+
+# Requests per pass: a 16-token pass of the 1.5B target costs about 2x a 1-token pass on the
+# AVX-512-BF16 machine (docs/kernels.md), and docs/batching.md has the load test behind it.
+DEFAULT_MAX_BATCH = 16
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -33,10 +38,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on every endpoint but /health "
                         "(default: $SPECDECODE_API_KEY; unset = no authentication)")
-    p.add_argument("--max-active", type=int, default=4,
-                   help="generations in progress at once, interleaved round-robin (1 = strict FIFO; default 4)")
+    p.add_argument("--max-batch", "--max-active", dest="max_batch", type=int, default=DEFAULT_MAX_BATCH,
+                   help="generations in progress at once, advanced together: one target pass per round for all of "
+                        f"them (continuous batching; 1 = strict FIFO; default {DEFAULT_MAX_BATCH})")
+    p.add_argument("--max-batch-tokens", type=int, default=MAX_BATCH_TOKENS,
+                   help="prompt chunks join a pass while it holds fewer tokens than this, so long prompts do not "
+                        f"stall the requests decoding beside them (default {MAX_BATCH_TOKENS}; at least one chunk "
+                        f"of {PREFILL_CHUNK} tokens per pass)")
+    p.add_argument("--kv-cache-gb", type=float, default=None, metavar="GB",
+                   help="KV-cache memory the active requests may hold together; a request waits while it does not "
+                        "fit, and one that alone needs more is refused with 503 (default: half the memory "
+                        "available at start)")
     p.add_argument("--max-queue", type=int, default=64,
-                   help="requests that may wait beyond --max-active; more are refused with 429 (default 64)")
+                   help="requests that may wait beyond --max-batch; more are refused with 429 (default 64)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body, else 413 (default 1 MiB)")
     p.add_argument("--max-tokens-limit", type=int, default=4096,
                    help="largest max_tokens a request may ask for, else 400 (default 4096)")
@@ -70,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise SpecdecodeError(f"the server needs FastAPI and uvicorn ({e}): pip install 'specdecode[server]'") from None
     from ..cli_common import build_engine
 
-    for name in ("max_active", "max_body_bytes", "max_tokens_limit"):
+    for name in ("max_batch", "max_batch_tokens", "max_body_bytes", "max_tokens_limit"):
         if getattr(args, name) < 1:
             raise SpecdecodeError(f"--{name.replace('_', '-')} must be >= 1")
     if args.max_queue < 0:
@@ -92,9 +106,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host in ("0.0.0.0", "::") and not allowed_hosts:
         print("specdecode: warning: bound to every interface, so any Host header is accepted; "
               "--allowed-hosts NAMES restricts it to the names clients use", file=sys.stderr)
+    if args.kv_cache_gb is not None and not 0 < args.kv_cache_gb < math.inf:
+        raise SpecdecodeError(f"--kv-cache-gb must be a positive number, got {args.kv_cache_gb}")
     engine = build_engine(args)
+    # Measured once the weights are in memory, so the default budget leaves room for them.
+    kv_budget = int(args.kv_cache_gb * 2**30) if args.kv_cache_gb is not None else default_kv_budget()
+    engine.max_batch_tokens = args.max_batch_tokens
     config = ServerConfig(model_name=served_name, api_key=api_key,
-                          max_active=args.max_active, max_queue=args.max_queue,
+                          max_batch=args.max_batch, max_queue=args.max_queue, kv_budget_bytes=kv_budget,
                           max_body_bytes=args.max_body_bytes, max_tokens_limit=args.max_tokens_limit,
                           host=args.host, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins,
                           read_timeout=args.read_timeout)
@@ -106,6 +125,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                    http=header_timeout_protocol(args.read_timeout))
     GracefulServer(server_config, app.state.scheduler, args.shutdown_timeout).run()
     return 0
+
+
+def default_kv_budget() -> int | None:
+    """Half the physical memory available now, None where the OS does not say."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def default_served_name(model: str) -> str:

@@ -16,6 +16,8 @@ from ..metrics import SpecStats
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+PASS_TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class Histogram:
@@ -56,6 +58,10 @@ class ServerMetrics:
         self.ttft = Histogram(TTFT_BUCKETS)
         self.tpot = Histogram(TPOT_BUCKETS)
         self.duration = Histogram(DURATION_BUCKETS)
+        self.batch_size = Histogram(BATCH_BUCKETS)  # requests in each target pass
+        self.pass_tokens = Histogram(PASS_TOKEN_BUCKETS)  # tokens in each target pass
+        self.passes = 0
+        self.pass_seconds = 0.0
 
     def record_request(self, endpoint: str, status: int) -> None:
         with self._lock:
@@ -73,6 +79,15 @@ class ServerMetrics:
             if seconds is not None and num_tokens:
                 self.tpot.observe(seconds / num_tokens, num_tokens)
 
+    def record_step(self, info) -> None:
+        """One engine step (specdecode.engine.StepInfo): its batch size and tokens."""
+        with self._lock:
+            if info.batch_size:
+                self.passes += 1
+                self.pass_seconds += info.seconds
+                self.batch_size.observe(info.batch_size)
+                self.pass_tokens.observe(info.tokens)
+
     def record_finished(self, stats: SpecStats | None, seconds: float, cancelled: bool) -> None:
         with self._lock:
             self.duration.observe(seconds)
@@ -88,7 +103,7 @@ class ServerMetrics:
                 for i, n in enumerate(theirs):
                     mine[i] += n
 
-    def render(self, queue_length: int, active: int) -> str:
+    def render(self, queue_length: int, active: int, kv_bytes_in_use: int = 0, kv_budget_bytes: int | None = None) -> str:
         with self._lock:
             lines: list[str] = []
 
@@ -124,8 +139,24 @@ class ServerMetrics:
                    [f"specdecode_acceptance_rate {rate!r}"])
             metric("specdecode_queue_length", "gauge", "Requests waiting for a generation slot.",
                    [f"specdecode_queue_length {queue_length}"])
-            metric("specdecode_active_requests", "gauge", "Generations in progress (interleaved).",
+            metric("specdecode_active_requests", "gauge", "Generations in progress (batched).",
                    [f"specdecode_active_requests {active}"])
+            metric("specdecode_kv_cache_bytes", "gauge", "KV-cache bytes held by the active requests.",
+                   [f"specdecode_kv_cache_bytes {kv_bytes_in_use}"])
+            if kv_budget_bytes is not None:
+                metric("specdecode_kv_cache_budget_bytes", "gauge", "KV-cache bytes the server admits requests up to.",
+                       [f"specdecode_kv_cache_budget_bytes {kv_budget_bytes}"])
+                metric("specdecode_kv_cache_usage", "gauge", "KV-cache bytes in use / budget.",
+                       [f"specdecode_kv_cache_usage {kv_bytes_in_use / kv_budget_bytes!r}"])
+            metric("specdecode_engine_passes_total", "counter", "Target passes (engine steps) run.",
+                   [f"specdecode_engine_passes_total {self.passes}"])
+            metric("specdecode_engine_pass_seconds_total", "counter", "Seconds spent in engine steps.",
+                   [f"specdecode_engine_pass_seconds_total {self.pass_seconds!r}"])
+            metric("specdecode_batch_size", "histogram", "Requests in each target pass.",
+                   self.batch_size.lines("specdecode_batch_size"))
+            metric("specdecode_tokens_per_pass", "histogram",
+                   "Tokens in each target pass (decode rows, drafts and prompt chunks).",
+                   self.pass_tokens.lines("specdecode_tokens_per_pass"))
             metric("specdecode_time_to_first_token_seconds", "histogram",
                    "From admission to the queue to the first generated token.",
                    self.ttft.lines("specdecode_time_to_first_token_seconds"))

@@ -1,24 +1,20 @@
-"""One worker thread runs every generation; requests wait in a bounded FIFO queue.
+"""One worker thread runs every generation, in batches; requests wait in a bounded FIFO queue.
+
+Continuous batching: each turn the worker admits waiting requests (up to `max_batch` in
+progress and within the KV-cache memory budget), then advances every active request by one
+round in ONE target pass (`Engine.step` over a ragged batch), then sends each request the text
+its round produced. Requests join and leave between turns; a finished or cancelled one frees its
+caches at once. Outputs are the same as each request's alone (docs/batching.md).
 
 Torch work on the engine never runs concurrently: only the worker thread touches it (the
-tokenizer included). Up to `max_active` generations are in progress at once and advance
-round-robin, one engine chunk (one speculative round) per turn, so a long generation does
-not hold back a short one that arrived later. max_active=1 is plain FIFO, one at a time.
-
-Each active generation gets its own shallow copy of the engine and of its drafter
-(`fork_engine`): the drafter keeps per-request state (its KV cache, the n-gram index) that
-`Drafter.begin` creates afresh, and the target's cache is already per request.
-
-The event loop talks to the worker through Job: `submit` (raises QueueFull at once when
-max_active + max_queue requests are already in), `await job.next()`, `job.cancel()`.
-A cancelled job leaves the queue at once, or is closed by the worker at its next turn; its
-engine generator is closed in the worker, which rolls the caches back.
+tokenizer included). The event loop talks to the worker through Job: `submit` (raises QueueFull
+at once when max_batch + max_queue requests are already in), `await job.next()`, `job.cancel()`.
+A cancelled job leaves the queue at once, or is released by the worker before its next round.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import threading
 import time
@@ -61,7 +57,9 @@ class Job:
         self.prompt_tokens = 0
         self.submitted = time.perf_counter()
         self._scheduler: Scheduler | None = None
-        self._gen = None
+        self._request = None  # the engine's TextRequest once admitted
+        self._ids: list[int] | None = None  # the encoded prompt
+        self._kv_bytes = 0  # its share of the KV-cache budget while active
         self._last: float | None = None  # time of the previous chunk
 
     async def next(self) -> Event:
@@ -78,27 +76,27 @@ class Job:
             pass
 
 
-def fork_engine(engine: Engine) -> Engine:
-    """A per-request view of the engine: same weights, its own drafter state."""
-    forked = copy.copy(engine)
-    if engine.drafter is not None:
-        forked.drafter = copy.copy(engine.drafter)
-    return forked
+class KVBudgetExceeded(SpecdecodeError):
+    """A request whose caches alone exceed the server's KV-cache budget (a 503: it never fits)."""
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, metrics: ServerMetrics, max_active: int = 4, max_queue: int = 64) -> None:
-        if max_active < 1 or max_queue < 0:
-            raise ValueError("need max_active >= 1 and max_queue >= 0")
+    def __init__(self, engine: Engine, metrics: ServerMetrics, max_batch: int = 16, max_queue: int = 64,
+                 kv_budget_bytes: int | None = None) -> None:
+        if max_batch < 1 or max_queue < 0:
+            raise ValueError("need max_batch >= 1 and max_queue >= 0")
+        if kv_budget_bytes is not None and kv_budget_bytes < 1:
+            raise ValueError("need kv_budget_bytes >= 1 (or None: no limit)")
         self.engine, self.metrics = engine, metrics
-        self.max_active, self.max_queue = max_active, max_queue
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.kv_budget_bytes = kv_budget_bytes
+        self.kv_bytes_in_use = 0
         self._pending: deque[Job] = deque()
         self._active: list[Job] = []
         self._cond = threading.Condition()
         self._stopping = False
         self._draining = False  # shutting down: refuse new requests, let the running ones go on
         self._thread: threading.Thread | None = None
-
     # -- event-loop side ---------------------------------------------------------------------
 
     @property
@@ -145,7 +143,7 @@ class Scheduler:
         with self._cond:
             if self._stopping or self._draining:
                 raise SchedulerStopped()
-            if len(self._pending) + len(self._active) >= self.max_active + self.max_queue:
+            if len(self._pending) + len(self._active) >= self.max_batch + self.max_queue:
                 raise QueueFull()
             job._scheduler = self
             self._pending.append(job)
@@ -172,40 +170,74 @@ class Scheduler:
                     self._cond.wait()
                 if self._stopping:
                     break
-                while self._pending and len(self._active) < self.max_active:
-                    self._active.append(self._pending.popleft())
-                turn = list(self._active)
-            for job in turn:
-                try:
-                    self._step(job)
-                except Exception as e:  # a bug in the step itself: fail this job (a 500), keep serving
-                    log.exception("generation step failed")
-                    self._finish(job, None, error=e)
+            self._admit()
+            for job in [j for j in self._active if j.cancelled]:
+                self._finish(job, None)
+            if self._active:
+                self._round()
         with self._cond:
             jobs = [*self._active, *self._pending]
             self._pending.clear()
         for job in jobs:
             self._finish(job, None, error=SchedulerStopped("the server is shutting down"))
 
-    def _step(self, job: Job) -> None:
-        if job.cancelled:
-            self._finish(job, None)
-            return
+    def _admit(self) -> None:
+        """Move waiting jobs into the batch while there is room (batch size and KV budget), oldest first."""
+        while len(self._active) < self.max_batch:
+            with self._cond:
+                if not self._pending:
+                    return
+                job = self._pending.popleft()
+            try:
+                if job._ids is None:
+                    job._ids = self.engine.encode(job.prompt, job.chat)
+                    job.prompt_tokens = len(job._ids)
+                need = self.engine.kv_bytes(len(job._ids), job.params.max_new_tokens)
+                if self.kv_budget_bytes is not None and need > self.kv_budget_bytes:
+                    raise KVBudgetExceeded(
+                        f"this request needs {need / 2**20:.0f} MiB of KV cache, more than the server's budget "
+                        f"of {self.kv_budget_bytes / 2**20:.0f} MiB (--kv-cache-gb); ask for fewer tokens")
+                if (self.kv_budget_bytes is not None and self._active
+                        and self.kv_bytes_in_use + need > self.kv_budget_bytes):
+                    with self._cond:  # wait at the head of the queue until others free their caches
+                        if not job.cancelled:
+                            self._pending.appendleft(job)
+                    return
+                job._request = self.engine.open(job._ids, job.params, chat=False)
+            except Exception as e:  # a user error (SpecdecodeError: 4xx) or a bug (500, logged by the app)
+                self._finish(job, None, error=e)
+                continue
+            job._kv_bytes = need
+            with self._cond:
+                self.kv_bytes_in_use += need
+                self._active.append(job)
+            if job.cancelled:
+                self._finish(job, None)
+
+    def _round(self) -> None:
+        """One engine step over every active job, then each job's chunk."""
+        batch = list(self._active)
         try:
-            if job._gen is None:
-                engine = self.engine if self.max_active == 1 else fork_engine(self.engine)
-                ids = engine.encode(job.prompt, job.chat)
-                if not ids:
-                    raise SpecdecodeError("the prompt is empty")
-                job.prompt_tokens = len(ids)
-                job._gen = engine.stream(ids, job.params)
-            chunk = next(job._gen)
-        except StopIteration:  # the engine always ends on a finish chunk; be safe anyway
-            chunk = Chunk("", [], "stop", None)
-        except Exception as e:
-            self._finish(job, None, error=e)
+            info = self.engine.step([job._request.state for job in batch])
+        except Exception as e:  # a bug in the step: fail the jobs of this batch (500s), keep serving
+            log.exception("generation step failed")
+            for job in batch:
+                self._finish(job, None, error=e)
             return
+        self.metrics.record_step(info)
         now = time.perf_counter()
+        for job in batch:
+            try:
+                self._deliver(job, now)
+            except Exception as e:  # a bug outside the engine (e.g. in the metrics): fail this job, a 500
+                log.exception("delivering a chunk failed")
+                self._finish(job, None, error=e)
+
+    def _deliver(self, job: Job, now: float) -> None:
+        """Send a job the text its last round produced; finish it when that was its last."""
+        chunk = job._request.take()
+        if chunk is None:
+            return
         if job._last is None:
             self.metrics.record_first_token(now - job.submitted, job.prompt_tokens)
             self.metrics.record_tokens(len(chunk.token_ids), None)
@@ -218,16 +250,17 @@ class Scheduler:
             job._emit(Event("chunk", chunk))
 
     def _finish(self, job: Job, stats, error: BaseException | None = None, last: Event | None = None) -> None:
-        """Close the job's generation, free its slot, then send its last event."""
-        if job._gen is not None:
+        """Release the job's caches, free its place, then send its last event."""
+        if job._request is not None:
             try:
-                job._gen.close()  # rolls the caches back, ends the drafter's request
+                self.engine.release(job._request.state)
             except Exception:
-                log.exception("closing a generation failed")
-            job._gen = None
+                log.exception("releasing a generation failed")
+            job._request = None
         with self._cond:
             if job in self._active:
                 self._active.remove(job)
+                self.kv_bytes_in_use -= job._kv_bytes
             job.done = True  # before the last event: a later cancel() is a no-op
         cancelled = job.cancelled and stats is None and error is None
         self.metrics.record_finished(stats, time.perf_counter() - job.submitted, cancelled)
