@@ -548,14 +548,39 @@ def test_loadtest_script(server, capsys, tmp_path):
                         "--warmup", "0", "--json", str(out)])
     assert rc == 0
     table = capsys.readouterr().out
-    assert "total tok/s" in table
+    assert "total tok/s" in table and "mixed" in table
     import json
 
     levels = json.loads(out.read_text())["levels"]
     assert [lv["concurrency"] for lv in levels] == [1, 3]
     for lv in levels:
-        assert lv["errors"] == 0 and lv["completion_tokens"] == 3 * 8
+        assert lv["errors"] == 0 and lv["completion_tokens"] == 3 * 8 and lv["mismatched"] == 0
         assert lv["ttft_p50_s"] > 0 and lv["total_tok_s"] > 0 and lv["acceptance_rate"] is not None
+    # three distinct prompts per level; the same three answers at both levels (one batched, one not)
+    texts = [{r["prompt_index"]: r["text"] for r in lv["results"]} for lv in levels]
+    assert texts[0] == texts[1] and len(set(texts[0].values())) == 3
+
+
+def test_loadtest_counts_a_mixed_up_answer(monkeypatch):
+    """The "mixed" check itself: a server that answers one prompt differently the second time is caught."""
+    import asyncio
+
+    from specdecode.server import loadtest
+
+    calls = []
+
+    async def fake_request(client, url, body, headers):
+        calls.append(body["prompt"])
+        text = body["prompt"] + ("!" if len(calls) == 3 else "")  # the third answer is wrong
+        return loadtest.RequestResult(True, ttft=0.1, total=0.2, completion_tokens=4, text=text)
+
+    monkeypatch.setattr(loadtest, "one_request", fake_request)
+    args = loadtest.argparse.Namespace(url="http://x", chat=False, api_key=None, requests=2, max_tokens=4,
+                                       temperature=0.0, ignore_eos=True, timeout=5, prompts=["a", "b"])
+    answers = {}
+    first = asyncio.run(loadtest.run_level(args, "m", 1, answers))
+    second = asyncio.run(loadtest.run_level(args, "m", 2, answers))
+    assert first["mismatched"] == 0 and second["mismatched"] == 1
 
 
 # -- sampling edges -------------------------------------------------------------------------------

@@ -8,6 +8,12 @@ flight and reports time to first token (TTFT, from sending the request to the fi
 decode tokens/s per request (after the first token), end-to-end tokens/s per request and the
 total throughput (all completion tokens / wall time of the level). With --ignore-eos (the
 default) every request generates exactly --max-tokens tokens, so levels are comparable.
+
+Request i sends prompt i mod P of P distinct prompts (--prompt repeated with a numbered task, or
+--prompts-file). With temperature 0 the text of each prompt must be the same at every level and
+for every request: the "mixed" column counts requests whose text differs from the first answer
+seen for their prompt (a request that got another's tokens, or lost some, shows there), and any
+mismatch makes the exit status 1.
 """
 
 from __future__ import annotations
@@ -20,18 +26,32 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-DEFAULT_PROMPT = "Write a Python function that checks whether a string is a palindrome, with tests."
+# Distinct prompts of different lengths, so a batch mixes prompt lengths and every request's text
+# can be told apart from the others'.
+DEFAULT_TASKS = (
+    "checks whether a string is a palindrome, with tests",
+    "returns the n-th Fibonacci number",
+    "merges two sorted lists into one sorted list without using sort",
+    "parses an ISO 8601 date string and returns the day of the week, handling invalid input with a clear error",
+    "counts the words in a text file",
+    "flattens an arbitrarily nested list of integers, iteratively rather than recursively, and explain the approach",
+    "computes the greatest common divisor of two integers",
+    "finds the longest common prefix of a list of strings",
+)
 
 
 @dataclass
 class RequestResult:
     ok: bool
+    prompt_index: int = 0
     ttft: float = 0.0
     total: float = 0.0
     completion_tokens: int = 0
     acceptance_rate: float | None = None
     tokens_per_pass: float | None = None
     error: str = ""
+    text: str = ""
+    mismatch: bool = False  # text differs from the first answer seen for this prompt (temperature 0)
 
     @property
     def decode_tps(self) -> float:
@@ -45,7 +65,7 @@ class RequestResult:
 
 async def one_request(client, url: str, body: dict, headers: dict) -> RequestResult:
     t0 = time.perf_counter()
-    ttft, usage, spec = None, None, None
+    ttft, usage, spec, parts = None, None, None, []
     try:
         async with client.stream("POST", url, json=body, headers=headers) as r:
             if r.status_code != 200:
@@ -60,14 +80,17 @@ async def one_request(client, url: str, body: dict, headers: dict) -> RequestRes
                     text = choice.get("text") or (choice.get("delta") or {}).get("content")
                     if text and ttft is None:
                         ttft = time.perf_counter() - t0
+                    if text:
+                        parts.append(text)
                 usage = data.get("usage") or usage
                 spec = data.get("specdecode") or spec
     except Exception as e:  # a load test reports failures, it does not stop on them
         return RequestResult(False, error=f"{type(e).__name__}: {e}")
     total = time.perf_counter() - t0
     tokens = usage["completion_tokens"] if usage else 0
-    return RequestResult(True, ttft if ttft is not None else total, total, tokens,
-                         spec.get("acceptance_rate") if spec else None, spec.get("tokens_per_pass") if spec else None)
+    return RequestResult(True, 0, ttft if ttft is not None else total, total, tokens,
+                         spec.get("acceptance_rate") if spec else None, spec.get("tokens_per_pass") if spec else None,
+                         text="".join(parts))
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -90,42 +113,55 @@ def summarize(concurrency: int, results: list[RequestResult], wall: float) -> di
         "e2e_tok_s_per_request": mean([r.e2e_tps for r in ok]),
         "total_tok_s": tokens / wall if wall > 0 else 0.0, "completion_tokens": tokens, "wall_s": wall,
         "acceptance_rate": mean(acc) if acc else None, "tokens_per_pass": mean(tpp) if tpp else None,
+        "mismatched": sum(r.mismatch for r in ok),
         "first_error": next((r.error for r in results if not r.ok), None),
     }
 
 
-async def run_level(args, model: str, concurrency: int) -> dict:
-    import httpx
-
-    chat = args.chat
-    url = args.url.rstrip("/") + ("/v1/chat/completions" if chat else "/v1/completions")
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+def request_body(args, model: str, prompt: str) -> dict:
     body = {"model": model, "max_tokens": args.max_tokens, "temperature": args.temperature, "stream": True,
             "stream_options": {"include_usage": True}, "ignore_eos": args.ignore_eos}
-    body.update({"messages": [{"role": "user", "content": args.prompt}]} if chat else {"prompt": args.prompt})
+    body.update({"messages": [{"role": "user", "content": prompt}]} if args.chat else {"prompt": prompt})
+    return body
+
+
+async def run_level(args, model: str, concurrency: int, answers: dict[int, str] | None = None) -> dict:
+    """One level; `answers` (prompt index -> first text seen) is filled and checked when given."""
+    import httpx
+
+    url = args.url.rstrip("/") + ("/v1/chat/completions" if args.chat else "/v1/completions")
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     sem = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    requests = args.requests or 2 * concurrency
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(args.timeout), limits=limits) as client:
-        async def bounded() -> RequestResult:
+        async def bounded(i: int) -> RequestResult:
+            k = i % len(args.prompts)
             async with sem:
-                return await one_request(client, url, body, headers)
+                r = await one_request(client, url, request_body(args, model, args.prompts[k]), headers)
+            r.prompt_index = k
+            return r
 
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(bounded() for _ in range(args.requests)))
+        results = await asyncio.gather(*(bounded(i) for i in range(requests)))
         wall = time.perf_counter() - t0
+    if answers is not None:
+        for r in results:
+            if r.ok:
+                r.mismatch = answers.setdefault(r.prompt_index, r.text) != r.text
     return {**summarize(concurrency, list(results), wall), "results": [asdict(r) for r in results]}
 
 
 def format_table(rows: list[dict]) -> str:
     head = (f"{'conc':>4} {'reqs':>5} {'err':>4} {'TTFT p50':>9} {'TTFT p90':>9} {'tok/s/req':>10} {'e2e/req':>8} "
-            f"{'total tok/s':>12} {'accept':>7}")
+            f"{'total tok/s':>12} {'accept':>7} {'mixed':>5}")
     lines = [head]
     for r in rows:
         acc = f"{r['acceptance_rate']:.0%}" if r["acceptance_rate"] is not None else "-"
         lines.append(f"{r['concurrency']:>4} {r['requests']:>5} {r['errors']:>4} {r['ttft_p50_s'] * 1000:>7.0f}ms "
                      f"{r['ttft_p90_s'] * 1000:>7.0f}ms {r['decode_tok_s_per_request']:>10.1f} "
-                     f"{r['e2e_tok_s_per_request']:>8.1f} {r['total_tok_s']:>12.1f} {acc:>7}")
+                     f"{r['e2e_tok_s_per_request']:>8.1f} {r['total_tok_s']:>12.1f} {acc:>7} {r['mismatched']:>5}")
     return "\n".join(lines)
 
 
@@ -140,10 +176,11 @@ async def amain(args) -> list[dict]:
             r.raise_for_status()
             model = r.json()["data"][0]["id"]
     rows = []
+    answers: dict[int, str] | None = {} if args.temperature == 0 else None
     for c in args.concurrency:
         for _ in range(args.warmup):
             await run_level(argparse.Namespace(**{**vars(args), "requests": 1}), model, 1)
-        rows.append(await run_level(args, model, c))
+        rows.append(await run_level(args, model, c, answers))
         print(format_table(rows[-1:]).splitlines()[-1] if rows[:-1] else format_table(rows), file=sys.stderr, flush=True)
     return rows
 
@@ -153,9 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server root (default http://127.0.0.1:8000)")
     p.add_argument("--model", help="model name to send (default: the first of /v1/models)")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated in-flight levels (default 1,4,16)")
-    p.add_argument("--requests", type=int, default=32, help="requests per level (default 32)")
+    p.add_argument("--requests", type=int, default=None, help="requests per level (default: twice the level's concurrency)")
     p.add_argument("--max-tokens", type=int, default=128, help="max_tokens of each request (default 128)")
-    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt of every request")
+    p.add_argument("--prompt", default=None,
+                   help="one prompt for every request (default: 8 distinct coding prompts of different lengths)")
+    p.add_argument("--prompts-file", help="a text file with one prompt per line, sent round-robin")
     p.add_argument("--chat", action="store_true", help="use /v1/chat/completions (default /v1/completions)")
     p.add_argument("--temperature", type=float, default=0.0, help="default 0 (greedy)")
     p.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false",
@@ -169,14 +208,26 @@ def main(argv: list[str] | None = None) -> int:
         args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     except ValueError:
         p.error("--concurrency must be comma-separated integers, e.g. 1,4,16")
-    if not args.concurrency or min(args.concurrency) < 1 or args.requests < 1 or args.max_tokens < 1:
+    if not args.concurrency or min(args.concurrency) < 1 or (args.requests or 1) < 1 or args.max_tokens < 1:
         p.error("--concurrency levels, --requests and --max-tokens must be >= 1")
+    if args.prompts_file:
+        try:
+            with open(args.prompts_file, encoding="utf-8") as f:
+                args.prompts = [line.rstrip("\n") for line in f if line.strip()]
+        except OSError as e:
+            p.error(f"cannot read --prompts-file: {e}")
+        if not args.prompts:
+            p.error("--prompts-file has no prompts")
+    elif args.prompt is not None:
+        args.prompts = [args.prompt]
+    else:
+        args.prompts = [f"Write a Python function that {task}." for task in DEFAULT_TASKS]
     rows = asyncio.run(amain(args))
     print(format_table(rows))
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump({"url": args.url, "max_tokens": args.max_tokens, "levels": rows}, f, indent=2)
-    return 1 if any(r["errors"] for r in rows) else 0
+    return 1 if any(r["errors"] or r["mismatched"] for r in rows) else 0
 
 
 if __name__ == "__main__":
