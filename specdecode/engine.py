@@ -330,10 +330,18 @@ class Engine:
         drafts: list[Draft] = [empty_draft(device)] * len(states)
         asked = [0] * len(states)
         by_model: dict[int, list[tuple[int, ModelDrafter]]] = {}
+        # Batch-aware choices (CostPolicy): each request weighs its draft against the pass so far,
+        # n tokens expected to yield e (every request brings its last token, worth one).
+        n = e = len(states)
         for i, s in enumerate(states):
             if s.policy is None:
                 continue
-            which, k = s.policy.choose(s.tokens, s.max_len - len(s.tokens) - 1)
+            room = s.max_len - len(s.tokens) - 1
+            if isinstance(s.policy, CostPolicy):
+                which, k = s.policy.choose(s.tokens, room, batch=(n, e))
+                n, e = n + k, e + s.policy.last.expected_tokens - 1.0
+            else:
+                which, k = s.policy.choose(s.tokens, room)
             if k <= 0:
                 continue
             asked[i] = k

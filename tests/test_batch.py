@@ -234,8 +234,11 @@ def test_propose_batch_equals_each_propose():
 # -- sampling -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("drafter", ["model-k3", "set-auto"])
+@pytest.mark.parametrize("drafter", ["model-k3", "ngram"])
 def test_seeded_sampling_in_a_batch_equals_alone(models, drafter):
+    """With a fixed k a request draws the same random numbers in a batch as alone, so the same
+    seed gives the same text. (With auto, k depends on the batch, CostPolicy's batch argument:
+    the draws differ, the distribution does not; the statistical test below covers it.)"""
     target, draft = models
     make, options = DRAFTERS[drafter]
     engine = Engine(target, make(draft), **CHUNKED, **options)

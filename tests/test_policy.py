@@ -95,6 +95,23 @@ def test_intermediate_costs_give_an_intermediate_k():
     assert 1 < k < 15
 
 
+def test_in_a_batch_a_draft_must_beat_the_batch_rate():
+    """Passes flat up to 16 tokens, then 0.1 T1 per extra token (a CPU past its bandwidth bound).
+    Alone, or in a small batch with free rows left, drafts are free: k > 0. In a batch of 32 that
+    yields 32 tokens per T(32) = 2.6 T1, an extra token costs 0.1 T1 = 1.23 tokens' worth of
+    batch time, more than any draft token can bring: k = 0. Same request, same acceptance."""
+    knee = CostModel.from_function(lambda m: T1 * (1 + 0.1 * max(0, m - 16)), m_max=64)
+    ngram = FakeNgram(n=3, available=15)
+    policy = CostPolicy(knee, [ngram])
+    policy.estimate(0, "ngram:3").observe(15, 14)  # about 93% accepted
+    assert policy.choose([1, 2, 3], 15)[1] == 15  # alone
+    assert policy.choose([1, 2, 3], 15, batch=(1, 1.0))[1] == 15  # a batch of one is alone
+    assert 1 <= policy.choose([1, 2, 3], 15, batch=(8, 8.0))[1] <= 15  # rows to spare
+    assert policy.choose([1, 2, 3], 15, batch=(32, 32.0))[1] == 0  # the batch's rows cost more
+    # a low batch rate (the others expect few tokens per pass) makes the same draft worth it again
+    assert policy.choose([1, 2, 3], 15, batch=(32, 2.0))[1] > 0
+
+
 def test_chooses_between_ngram_and_model():
     ngram = FakeNgram(n=3, available=10)
     policy = CostPolicy(MIDDLE, [FakeModelDrafter(), ngram])

@@ -271,8 +271,18 @@ class CostPolicy:
                            k * step + catch_up * min(1.0, expected[k] / remaining) + T[k + 1]) for k in ks]
         return out
 
-    def choose(self, context: list[int], k_cap: int) -> tuple[int, int]:
+    def choose(self, context: list[int], k_cap: int, batch: tuple[int, float] | None = None) -> tuple[int, int]:
+        """(drafter index, k) for this round.
+
+        batch: (N, E) when this request shares the target pass with others: N tokens are already
+        in the pass and E tokens are expected from it. Then a draft is worth its place when what it
+        adds beats what the same time yields at the batch's rate: E(k) - 1 > (E / T(N)) * (T(N + k)
+        - T(N) + drafting), which is exactly when it raises the whole batch's tokens per second.
+        With batch None or N <= 1 (alone), the round that maximises this request's tokens per second.
+        """
         fixed = self.k_fixed is not None
+        if batch is not None and batch[0] > 1:
+            return self._choose_in_batch(context, k_cap, *batch)
         bar = 0.0 if fixed else (1.0 + self.margin) / self._target_seconds[1]
         options = self.options(context, k_cap, bar)
         best = options[0]
@@ -282,6 +292,27 @@ class CostPolicy:
             for c in options[1:]:  # ties go to the shorter draft (listed first)
                 if c.tokens_per_second > bar:
                     best, bar = c, c.tokens_per_second
+        self.last = best
+        return best.which, best.k
+
+    def _choose_in_batch(self, context: list[int], k_cap: int, n: int, expected: float) -> tuple[int, int]:
+        T, cm = self._target_seconds, self.cost_model
+        t_n = cm.T(n)
+        rate = expected / t_n if t_n > 0 else 0.0
+        options = self.options(context, k_cap)
+
+        def gain(c: Choice) -> float:  # tokens gained minus the tokens the extra time would give at `rate`
+            drafting = c.seconds - T[c.k + 1]
+            return c.expected_tokens - 1.0 - rate * (cm.T(n + c.k) - t_n + drafting)
+
+        best = options[0]
+        if self.k_fixed is not None and len(options) > 1:
+            best = max(options[1:], key=gain)
+        else:
+            bar = self.margin  # as alone: speculation only on a bet it is expected to win
+            for c in options[1:]:  # ties go to the shorter draft (listed first)
+                if gain(c) > bar:
+                    best, bar = c, gain(c)
         self.last = best
         return best.which, best.k
 

@@ -47,7 +47,7 @@ ABORTED = "abort"  # finish_reason of a stream cut by the server (shutdown, erro
 class ServerConfig:
     model_name: str
     api_key: str | None = None  # None: no authentication
-    max_batch: int = 16  # generations in progress at once, advanced together in one pass per round
+    max_batch: int = 32  # generations in progress at once, advanced together in one pass per round
     max_queue: int = 64  # requests waiting beyond max_batch before 429
     kv_budget_bytes: int | None = None  # KV-cache memory all active requests may hold (None: no limit)
     max_body_bytes: int = 1 << 20

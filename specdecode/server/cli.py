@@ -15,9 +15,9 @@ from pathlib import Path
 from ..engine import MAX_BATCH_TOKENS, PREFILL_CHUNK
 from ..errors import SpecdecodeError
 
-# Requests per pass: a 16-token pass of the 1.5B target costs about 2x a 1-token pass on the
-# AVX-512-BF16 machine (docs/kernels.md), and docs/batching.md has the load test behind it.
-DEFAULT_MAX_BATCH = 16
+# Requests per pass: a 32-request pass of the bf16 1.5B target gave 9.7x the tokens/s of one request,
+# 16 gave 7.7x, on the AVX-512-BF16 EPYC (docs/batching.md); 32 x 2k-token contexts need ~1.8 GB of KV.
+DEFAULT_MAX_BATCH = 32
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -81,7 +81,7 @@ class KVBudgetExceeded(SpecdecodeError):
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, metrics: ServerMetrics, max_batch: int = 16, max_queue: int = 64,
+    def __init__(self, engine: Engine, metrics: ServerMetrics, max_batch: int = 32, max_queue: int = 64,
                  kv_budget_bytes: int | None = None) -> None:
         if max_batch < 1 or max_queue < 0:
             raise ValueError("need max_batch >= 1 and max_queue >= 0")
