@@ -53,13 +53,17 @@ class PassCosts:
     from_cache: bool = False
 
     def __call__(self, m: int) -> float:
-        """T(m); beyond the measured range, linear in m with the slope of the last segment."""
+        """T(m); beyond the measured range (batches of many requests), linear in m with the mean slope
+        of the upper half of the range. (The last segment alone misleads: the kernels take rows in
+        blocks of 4 or 8, so T(15) -> T(16) is nearly flat while T(17) opens a new block; with
+        that slope a batched pass of 40 rows looked as cheap as one of 16.)"""
         if m <= 0:
             return 0.0
         n = len(self.seconds)
         if m <= n:
             return self.seconds[m - 1]
-        slope = self.seconds[-1] - self.seconds[-2] if n > 1 else self.seconds[-1]
+        half = n // 2
+        slope = (self.seconds[-1] - self.seconds[half - 1]) / (n - half) if half >= 1 else self.seconds[-1]
         return self.seconds[-1] + (m - n) * max(slope, 0.0)
 
     @classmethod

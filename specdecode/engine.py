@@ -20,7 +20,7 @@ from .cost_model import CostModel, measure_cost_model
 from .drafters.base import Draft, Drafter, empty_draft, fork_drafter
 from .drafters.composite import DrafterSet
 from .drafters.model import ModelDrafter, propose_batch
-from .drafters.policy import AdaptiveDraftLength, CostPolicy, FixedDraftLength
+from .drafters.policy import AcceptanceHistory, AdaptiveDraftLength, CostPolicy, FixedDraftLength
 from .errors import ContextLengthError, SpecdecodeError
 from .metrics import SpecStats
 from .ragged import Segment, forward_segments
@@ -183,6 +183,23 @@ class Engine:
         if not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
             raise SpecdecodeError(f"max_batch_tokens must be an integer >= 1, got {max_batch_tokens!r}")
         self.prefill_chunk, self.max_batch_tokens = prefill_chunk, max_batch_tokens
+        # Off by default so that a seeded request replays exactly; the server turns it on
+        # (learn_acceptance), trading that for fewer wasted drafts across many short requests.
+        self.acceptance_history: AcceptanceHistory | None = None
+
+    @property
+    def learn_acceptance(self) -> bool:
+        """Whether new requests start from the acceptance measured on finished ones (see
+        drafters.policy.AcceptanceHistory) instead of fixed priors. Greedy outputs never depend on
+        it; with -k auto, a seeded sampled request then replays in distribution, not in text."""
+        return self.acceptance_history is not None
+
+    @learn_acceptance.setter
+    def learn_acceptance(self, on: bool) -> None:
+        if on and self.acceptance_history is None:
+            self.acceptance_history = AcceptanceHistory()
+        elif not on:
+            self.acceptance_history = None
 
     @property
     def draft_policy(self) -> str:
@@ -215,7 +232,8 @@ class Engine:
         if self.needs_cost_model:
             k_fixed = None if self.auto else self.num_draft_tokens
             members = list(drafter.drafters) if isinstance(drafter, DrafterSet) else [drafter]
-            return CostPolicy(self.cost_model, members, k_max=self.num_draft_tokens, k_fixed=k_fixed)
+            return CostPolicy(self.cost_model, members, k_max=self.num_draft_tokens, k_fixed=k_fixed,
+                              learned=self.acceptance_history)
         if self.adaptive:
             return AdaptiveDraftLength(self.num_draft_tokens, 1, max(16, self.num_draft_tokens))
         return FixedDraftLength(self.num_draft_tokens)
@@ -266,6 +284,8 @@ class Engine:
             return
         state.released = True
         state.cache = None
+        if self.acceptance_history is not None and isinstance(state.policy, CostPolicy):
+            self.acceptance_history.add(state.policy)
         if state.drafter is not None:
             state.drafter.end()
 

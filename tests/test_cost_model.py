@@ -32,7 +32,10 @@ def test_interpolation_fills_1_to_16_and_never_decreases():
     assert costs(3) == costs(4) == 1.5  # the dip at 4 is noise: T never decreases
     assert costs(6) == pytest.approx(1.4 + (3.0 - 1.4) * 2 / 4)
     assert costs(16) == pytest.approx(1.4 + (3.0 - 1.4) * 12 / 4)  # last slope continues
-    assert costs(20) == pytest.approx(costs(16) + 4 * (costs(16) - costs(15)))  # and past 16
+    # past 16: the mean slope of 8..16, not the last segment's
+    assert costs(20) == pytest.approx(costs(16) + 4 * (costs(16) - costs(8)) / 8)
+    stairs = PassCosts([1.0] * 8 + [2.0] * 8)  # row blocks of 8: flat inside a block, a step between
+    assert stairs(16) - stairs(15) == 0.0 and stairs(24) == pytest.approx(2.0 + 8 * (2.0 - 1.0) / 8)
     assert costs(0) == 0.0
     with pytest.raises(ValueError):
         PassCosts.from_points({2: 1.0, 4: 2.0})

@@ -11,7 +11,7 @@ from specdecode import SamplingParams
 from specdecode.cli import main
 from specdecode.cost_model import CostModel
 from specdecode.drafters import CostPolicy, DrafterSet, ModelDrafter, NgramDrafter
-from specdecode.drafters.policy import AcceptanceEstimate
+from specdecode.drafters.policy import AcceptanceEstimate, AcceptanceHistory
 from specdecode.engine import Engine
 from specdecode.errors import SpecdecodeError
 from test_engine_greedy import PROMPT, pair, reference  # noqa: F401 - pair is a fixture
@@ -110,6 +110,40 @@ def test_in_a_batch_a_draft_must_beat_the_batch_rate():
     assert policy.choose([1, 2, 3], 15, batch=(32, 32.0))[1] == 0  # the batch's rows cost more
     # a low batch rate (the others expect few tokens per pass) makes the same draft worth it again
     assert policy.choose([1, 2, 3], 15, batch=(32, 2.0))[1] > 0
+
+
+def test_acceptance_learned_on_finished_requests_replaces_the_probe():
+    """A fresh request probes an untried n-gram bucket as if 90% accepted; once finished requests
+    measured that bucket at ~5%, the next request starts from that and does not draft."""
+    flat_ngram = CostModel.from_function(lambda m: T1 * (1 + 0.05 * (m - 1)))
+    fresh = CostPolicy(flat_ngram, [FakeNgram(n=1, available=15)])
+    assert fresh.choose([1, 2, 3], 15)[1] > 0  # the optimistic probe
+    history = AcceptanceHistory()
+    assert history.rate("ngram:1") is None  # nothing measured yet
+    finished = CostPolicy(flat_ngram, [FakeNgram(n=1, available=15)])
+    finished.estimate(0, "ngram:1").observe(4, 0)
+    history.add(finished)
+    assert history.rate("ngram:1") is None  # one observation is not enough to replace the prior
+    for _ in range(6):
+        history.add(finished)
+    assert 0.0 < history.rate("ngram:1") < 0.1
+    learned = CostPolicy(flat_ngram, [FakeNgram(n=1, available=15)], learned=history)
+    assert learned.choose([1, 2, 3], 15)[1] == 0
+    assert not learned.estimate(0, "ngram:1").untried
+
+
+def test_engine_learns_acceptance_only_when_asked(pair):  # noqa: F811
+    target, draft = pair
+    engine = Engine(target, [ModelDrafter(draft), NgramDrafter()], cost_model=MIDDLE)
+    assert not engine.learn_acceptance
+    ref = reference(target)
+    assert engine.generate_ids(PROMPT, SamplingParams(max_new_tokens=40))[0] == ref
+    engine.learn_acceptance = True
+    for _ in range(3):  # greedy output never depends on what was learned
+        assert engine.generate_ids(PROMPT, SamplingParams(max_new_tokens=40))[0] == ref
+    assert engine.acceptance_history.counts and any(c[1] > 0 for c in engine.acceptance_history.counts.values())
+    engine.learn_acceptance = False
+    assert engine.acceptance_history is None
 
 
 def test_chooses_between_ngram_and_model():

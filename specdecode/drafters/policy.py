@@ -92,6 +92,33 @@ UNTRIED_ACCEPTANCE = 0.9
 # ignoring it made a 0.5B draft prefill a 1,000-token RAG prompt to save a few passes.)
 
 
+class AcceptanceHistory:
+    """Acceptance pooled over finished requests, by drafter key ("model", "ngram:2", ...): the
+    priors of the next requests. The server turns it on (Engine.learn_acceptance): with many short
+    requests, every request probing every drafter from a guessed prior wastes passes that a batch
+    pays for. Only counts are kept, never tokens; older requests fade by `decay` per request."""
+
+    def __init__(self, decay: float = 0.9, min_seen: float = 4.0) -> None:
+        self.decay, self.min_seen = decay, min_seen
+        self.counts: dict[str, list[float]] = {}  # key -> [accepted, seen]
+
+    def add(self, policy: CostPolicy) -> None:
+        for c in self.counts.values():
+            c[0] *= self.decay
+            c[1] *= self.decay
+        for (_, key), est in policy.estimates.items():
+            c = self.counts.setdefault(str(key), [0.0, 0.0])
+            c[0] += est.pooled_accepted
+            c[1] += est.pooled_seen
+
+    def rate(self, key: str) -> float | None:
+        """The pooled acceptance of `key`, kept inside (0.02, 0.98); None while too few were seen."""
+        c = self.counts.get(key)
+        if c is None or c[1] < self.min_seen:
+            return None
+        return min(max(c[0] / c[1], 0.02), 0.98)
+
+
 class AcceptanceEstimate:
     """Running P(draft token i is accepted | drafts before i were), per draft position i.
 
@@ -111,6 +138,7 @@ class AcceptanceEstimate:
         self.accepted: list[float] = []  # discounted accepts at position i
         self.seen: list[float] = []  # discounted observations of position i
         self.pooled_accepted = self.pooled_seen = 0.0
+        self.learned_prior = False  # the prior was measured on earlier requests: no optimistic probe
 
     def observe(self, num_drafted: int, num_accepted: int) -> None:
         """A round drafted num_drafted tokens; the first num_accepted were accepted."""
@@ -146,8 +174,8 @@ class AcceptanceEstimate:
 
     @property
     def untried(self) -> bool:
-        """No round of this request has drafted with it yet (its estimate is the prior alone)."""
-        return self.pooled_seen == 0.0
+        """No round of this request has drafted with it yet and its prior is a guess, not a measurement."""
+        return self.pooled_seen == 0.0 and not self.learned_prior
 
     def expected_tokens(self, k_max: int, rate: float | None = None) -> list[float]:
         """E[k] = expected tokens a round with k drafts yields (accepted + the target's own), k = 0..k_max.
@@ -203,7 +231,8 @@ class CostPolicy:
     """
 
     def __init__(self, cost_model: CostModel, drafters: Sequence, *, k_max: int = 15, k_fixed: int | None = None,
-                 margin: float = 0.02, idle_decay: float = 0.95, priors: dict[str, float] | None = None) -> None:
+                 margin: float = 0.02, idle_decay: float = 0.95, priors: dict[str, float] | None = None,
+                 learned: AcceptanceHistory | None = None) -> None:
         if k_fixed is not None and k_fixed < 1:
             raise ValueError(f"num_draft_tokens must be >= 1, got {k_fixed}")
         if not drafters:
@@ -213,6 +242,7 @@ class CostPolicy:
         self.k_max = k_fixed if k_fixed is not None else k_max
         self.margin, self.idle_decay = margin, idle_decay
         self.priors = {**PRIORS, **(priors or {})}
+        self.learned = learned
         self.estimates: dict[tuple[int, Hashable], AcceptanceEstimate] = {}
         self.last: Choice | None = None
         # T(m) looked up once per request, since choose() runs every round. Index m; 0 unused.
@@ -222,7 +252,9 @@ class CostPolicy:
         est = self.estimates.get((which, key))
         if est is None:
             prior = self.priors.get(str(key), self.priors.get(self.drafters[which].name, DEFAULT_PRIOR))
-            est = self.estimates[which, key] = AcceptanceEstimate(prior)
+            measured = self.learned.rate(str(key)) if self.learned is not None else None
+            est = self.estimates[which, key] = AcceptanceEstimate(measured if measured is not None else prior)
+            est.learned_prior = measured is not None
         return est
 
     def draft_seconds(self, drafter, k: int, context: list[int], expected_tokens: float = 1.0,
