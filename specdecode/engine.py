@@ -26,7 +26,7 @@ from .metrics import SpecStats
 from .ragged import Segment, forward_segments
 from .request import RequestState
 from .sampling import logits_to_probs, make_generator, sample
-from .verify import rejection_sample
+from .verify import greedy_accept, rejection_sample
 
 # The fastest draft lengths measured on the one machine we had (2-core AVX2 CPU, Qwen2.5-Coder
 # 1.5B target; k in 1..4 for a draft model, 1..8 for n-gram): a multi-token verify pass costs
@@ -402,10 +402,7 @@ class Engine:
         """Verify one state's draft against its logits (1 + k', V), roll back, record, emit."""
         k = len(draft.tokens)
         if target_tokens is not None:  # greedy: the longest prefix equal to the target's argmax
-            num_accepted = 0
-            while num_accepted < k and draft.tokens[num_accepted] == target_tokens[num_accepted]:
-                num_accepted += 1
-            next_token = target_tokens[num_accepted]
+            num_accepted, next_token = greedy_accept(draft.tokens, target_tokens)
         else:
             p = logits_to_probs(logits, s.params)  # (k'+1, V)
             num_accepted, next_token = rejection_sample(draft.token_tensor, draft.q, p, s.generator)

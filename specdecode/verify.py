@@ -25,6 +25,15 @@ def greedy_verify(draft: torch.Tensor, target_logits: torch.Tensor) -> tuple[int
     return num_accepted, int(target_tokens[num_accepted])
 
 
+def greedy_accept(draft: list[int], target_tokens: list[int]) -> tuple[int, int]:
+    """greedy_verify on host lists: target_tokens (k+1,) are the target's argmax at each position
+    (the engine takes them for a whole batch in one host copy). Returns (num_accepted, next_token)."""
+    num_accepted = 0
+    while num_accepted < len(draft) and draft[num_accepted] == target_tokens[num_accepted]:
+        num_accepted += 1
+    return num_accepted, target_tokens[num_accepted]
+
+
 def rejection_sample(
     draft: torch.Tensor,
     q: torch.Tensor | None,

@@ -12,7 +12,7 @@ from scipy import stats as st
 
 from specdecode.config import SamplingParams
 from specdecode.sampling import logits_to_probs, sample
-from specdecode.verify import greedy_verify, rejection_sample
+from specdecode.verify import greedy_accept, greedy_verify, rejection_sample
 
 N = 20000
 ALPHA = 1e-4
@@ -111,6 +111,11 @@ def test_greedy_verify():
     assert greedy_verify(torch.tensor([1, 0, 0]), logits) == (1, 2)
     assert greedy_verify(torch.tensor([2, 2, 0]), logits) == (0, 1)
     assert greedy_verify(torch.tensor([], dtype=torch.long), logits[:1]) == (0, 1)
+    # the host-list form the batched engine uses agrees on every case
+    target = logits.argmax(-1).tolist()
+    for draft in ([1, 2, 0], [1, 0, 0], [2, 2, 0], [1, 2, 1]):
+        assert greedy_accept(draft, target) == greedy_verify(torch.tensor(draft), logits)
+    assert greedy_accept([], target[:1]) == (0, 1)
 
 
 def test_logits_to_probs_filters():
