@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli_common import DEFAULT_TARGET, add_model_options, add_sampling_options, build_engine
+from .cli_common import (DEFAULT_TARGET, add_model_options, add_sampling_options, agree_request, build_engine,
+                         quiet_follower, read_prompt)
 from .errors import SpecdecodeError
 
 __all__ = ["main", "make_parser", "build_engine", "add_model_options", "add_sampling_options", "DEFAULT_TARGET"]
@@ -15,10 +16,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop)
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = read_prompt(args)
     if not prompt:
         raise SpecdecodeError("the prompt is empty")
     engine = build_engine(args)
+    prompt, params = agree_request(engine, prompt, params)  # --tp: rank 0's prompt and seed on every rank
     if args.compare and engine.drafter is None:
         raise SpecdecodeError("--compare needs a drafter to compare with the target alone (--draft NAME, --drafter ngram|self)")
     chat = False if args.raw else None
@@ -130,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with quiet_follower(args):  # --tp: ranks other than 0 print nothing but their errors
+            return args.func(args)
     except (SpecdecodeError, ValueError) as e:
         print(f"specdecode: error: {e}", file=sys.stderr)
         return 2

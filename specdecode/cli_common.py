@@ -7,6 +7,8 @@ it imports none of them: the command modules never import each other.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 from .errors import SpecdecodeError
@@ -43,6 +45,13 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str | None = DE
                         "(default: none for --draft, int4 for self)")
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
+    p.add_argument("--tp", type=int, default=1, metavar="N",
+                   help="tensor parallelism: shard the target over N processes started by torchrun, one per rank "
+                        "(torchrun --nproc-per-node N -m specdecode ... --tp N; gloo on CPU, NCCL on CUDA; "
+                        "docs/scale-out.md; default 1)")
+    p.add_argument("--tp-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="with --tp N > 1: a rank that does not answer a collective within this time, or dies, "
+                        "ends the others with an error (default 60)")
 
 
 def _draft_length(value: str) -> str | int:
@@ -81,11 +90,14 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
         raise SpecdecodeError("--drafter model needs --draft NAME (a smaller model with the same tokenizer)")
     if args.draft and drafter_kind not in ("model", "auto"):
         raise SpecdecodeError(f"--draft was given but --drafter is {drafter_kind!r}; drop one of them")
-    target = _load(args.model, args, "target", progress, getattr(args, "quantize", None))
+    group = tensor_parallel_group(args)
+    if group is not None:
+        progress = progress and group.leader  # the other ranks work silently
+    target = _load(args.model, args, "target", progress, getattr(args, "quantize", None), group)
     draft_quantize = getattr(args, "draft_quantize", None)
     drafter = None
     if drafter_kind in ("model", "auto") and args.draft:
-        draft = _load(args.draft, args, "draft", progress, draft_quantize)
+        draft = _load(args.draft, args, "draft", progress, draft_quantize, group, replicated=True)
         drafter = ModelDrafter(draft.lm)
         check_same_vocab(target.lm, draft.lm, target.tokenizer, draft.tokenizer)
     if drafter_kind == "auto":
@@ -98,6 +110,13 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
         if progress:
             print(f"self-drafter: {mode} copy of the target", file=sys.stderr, flush=True)
     engine = specdecode.Engine(target, drafter, num_draft_tokens=k, adaptive=adaptive)
+    engine.tp_group = group
+    if group is not None and engine.needs_cost_model:  # every rank must choose the same draft lengths
+        from .parallel import agree_cost_model
+
+        if progress:
+            print("measuring pass costs on all ranks ...", file=sys.stderr, flush=True)
+        engine._cost_model = agree_cost_model(engine.target, engine._drafters(), group)
     if engine.needs_cost_model:
         if progress:
             print("measuring pass costs (cached per machine and model) ...", file=sys.stderr, flush=True)
@@ -109,13 +128,67 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
     return engine
 
 
-def _load(source: str, args: argparse.Namespace, role: str, progress: bool, quantize: str | None = None):
+def tensor_parallel_group(args: argparse.Namespace):
+    """The tensor-parallel group for --tp N > 1 (joined here; torchrun must have started this
+    process), else None."""
+    tp = getattr(args, "tp", 1)
+    if tp == 1:
+        return None
+    from .parallel import init_tensor_parallel
+
+    return init_tensor_parallel(tp, args.device, getattr(args, "tp_timeout", 60.0))
+
+
+def read_prompt(args: argparse.Namespace) -> str:
+    """The prompt argument, or stdin for '-': read by tensor-parallel rank 0 only (the others
+    would split a piped stdin with it); `agree_request` then gives every rank rank 0's."""
+    if args.prompt != "-":
+        return args.prompt
+    if getattr(args, "tp", 1) > 1 and os.environ.get("RANK", "0") != "0":
+        return "-"
+    return sys.stdin.read()
+
+
+def agree_request(engine, prompt: str, params):
+    """(prompt, params) as rank 0 has them, with a seed every tensor-parallel rank shares, so all
+    ranks sample alike (unchanged without --tp)."""
+    import dataclasses
+    import secrets
+
+    group = getattr(engine, "tp_group", None)
+    if group is None:
+        return prompt, params
+    seed = params.seed if params.seed is not None else secrets.randbits(63)
+    msg = group.broadcast_json({"prompt": prompt, "seed": seed} if group.leader else None)
+    return msg["prompt"], dataclasses.replace(params, seed=int(msg["seed"]))
+
+
+@contextlib.contextmanager
+def quiet_follower(args: argparse.Namespace):
+    """Silence stdout and stderr of a tensor-parallel rank other than 0 (rank 0 speaks for all);
+    errors raised out of the block are still printed by the caller, on every rank."""
+    if getattr(args, "tp", 1) <= 1 or os.environ.get("RANK", "0") == "0":
+        yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+        yield
+
+
+def _load(source: str, args: argparse.Namespace, role: str, progress: bool, quantize: str | None = None,
+          group=None, replicated: bool = False):
     import specdecode
 
     if progress:
-        print(f"loading {role} {source} ...", file=sys.stderr, flush=True)
+        print(f"loading {role} {source}{'' if group is None or replicated else f' (shard of {group.world_size})'} ...",
+              file=sys.stderr, flush=True)
     try:
-        model = specdecode.load(source, dtype=args.dtype, device=args.device, threads=args.threads, quantize=quantize)
+        if group is not None and not replicated:
+            from .parallel import load_sharded
+
+            model = load_sharded(source, group, dtype=args.dtype, threads=args.threads, quantize=quantize)
+        else:
+            device = group.device if group is not None else args.device
+            model = specdecode.load(source, dtype=args.dtype, device=device, threads=args.threads, quantize=quantize)
     except SpecdecodeError as e:
         raise SpecdecodeError(f"cannot load the {role} model: {e}") from None
     if progress:

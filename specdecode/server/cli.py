@@ -112,6 +112,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Measured once the weights are in memory, so the default budget leaves room for them.
     kv_budget = int(args.kv_cache_gb * 2**30) if args.kv_cache_gb is not None else default_kv_budget()
     engine.max_batch_tokens = args.max_batch_tokens
+    group = getattr(engine, "tp_group", None)
+    if group is not None:  # --tp N: rank 0 serves, the other ranks replay its engine calls
+        from ..parallel.serve import FollowerLoop, LeaderEngine
+
+        if not group.leader:
+            return FollowerLoop(engine, group).run()
+        engine = LeaderEngine(engine, group)
     config = ServerConfig(model_name=served_name, api_key=api_key,
                           max_batch=args.max_batch, max_queue=args.max_queue, kv_budget_bytes=kv_budget,
                           max_body_bytes=args.max_body_bytes, max_tokens_limit=args.max_tokens_limit,
@@ -124,6 +131,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server_config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                    http=header_timeout_protocol(args.read_timeout))
     GracefulServer(server_config, app.state.scheduler, args.shutdown_timeout).run()
+    if group is not None:
+        engine.close()
+        if engine.lost is not None:
+            raise engine.lost
     return 0
 
 
