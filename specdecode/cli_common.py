@@ -114,8 +114,6 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
     if group is not None and engine.needs_cost_model:  # every rank must choose the same draft lengths
         from .parallel import agree_cost_model
 
-        if progress:
-            print("measuring pass costs on all ranks ...", file=sys.stderr, flush=True)
         engine._cost_model = agree_cost_model(engine.target, engine._drafters(), group)
     if engine.needs_cost_model:
         if progress:

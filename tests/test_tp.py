@@ -6,7 +6,7 @@ ranks write what they saw as JSON and the tests compare. Every rank also builds 
 model, so "single process" results come from the same weights in the same process.
 
 Tolerance of the logits: max |tp - single| <= 1e-5 * max |single| (the sharded sums add the
-same products in another order; float32 rounding alone gives ~1e-7 relative here).
+same products in another order: measured 1.6e-6 and 1.8e-6 relative on these models).
 """
 
 from __future__ import annotations
