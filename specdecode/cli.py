@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .cli_common import (DEFAULT_TARGET, add_model_options, add_sampling_options, agree_request, build_engine,
-                         quiet_follower, read_prompt)
+                         read_prompt, tensor_parallel_run)
 from .errors import SpecdecodeError
 
 __all__ = ["main", "make_parser", "build_engine", "add_model_options", "add_sampling_options", "DEFAULT_TARGET"]
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
-        with quiet_follower(args):  # --tp: ranks other than 0 print nothing but their errors
+        with tensor_parallel_run(args):  # --tp: only rank 0 prints (but errors); all leave the group
             return args.func(args)
     except (SpecdecodeError, ValueError) as e:
         print(f"specdecode: error: {e}", file=sys.stderr)

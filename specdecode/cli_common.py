@@ -162,14 +162,26 @@ def agree_request(engine, prompt: str, params):
 
 
 @contextlib.contextmanager
-def quiet_follower(args: argparse.Namespace):
-    """Silence stdout and stderr of a tensor-parallel rank other than 0 (rank 0 speaks for all);
-    errors raised out of the block are still printed by the caller, on every rank."""
-    if getattr(args, "tp", 1) <= 1 or os.environ.get("RANK", "0") == "0":
+def tensor_parallel_run(args: argparse.Namespace):
+    """Around a command with --tp N > 1: ranks other than 0 print nothing (rank 0 speaks for all;
+    errors raised out of the block are still printed by the caller, on every rank), and every rank
+    leaves the group at the end (waiting for the others unless it is failing)."""
+    if getattr(args, "tp", 1) <= 1:
         yield
         return
-    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
-        yield
+    from .parallel.tp import close_tensor_parallel
+
+    with contextlib.ExitStack() as stack:
+        if os.environ.get("RANK", "0") != "0":
+            null = stack.enter_context(open(os.devnull, "w"))
+            stack.enter_context(contextlib.redirect_stdout(null))
+            stack.enter_context(contextlib.redirect_stderr(null))
+        try:
+            yield
+        except BaseException:
+            close_tensor_parallel(wait=False)
+            raise
+        close_tensor_parallel()
 
 
 def _load(source: str, args: argparse.Namespace, role: str, progress: bool, quantize: str | None = None,

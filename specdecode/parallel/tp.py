@@ -10,6 +10,7 @@ costs) is decided by rank 0 and broadcast, so all ranks take the same branch eve
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -102,6 +103,24 @@ class TPGroup:
         self._run(dist.all_gather, parts, x, nbytes=x.numel() * x.element_size() * self.world_size)
         return torch.cat(parts, dim=-1)
 
+    def close(self, wait: bool = True) -> None:
+        """Leave the group: first (wait=True) let every rank get here, so none closes its connections
+        while another still reads them; then destroy it. Idempotent; also run at exit, but a script
+        should call it at its end (at interpreter exit gloo sometimes aborts instead)."""
+        global _GROUP
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            return
+        if wait and self._lost is None:
+            try:
+                dist.barrier(group=self.control)
+            except RuntimeError:  # a rank left early: nothing to wait for
+                pass
+        dist.destroy_process_group()
+        if _GROUP is self:
+            _GROUP = None
+
     def broadcast_json(self, obj: Any = None) -> Any:
         """Rank 0's `obj` on every rank (others pass None): JSON bytes in a uint8 tensor, no pickle."""
         import torch.distributed as dist
@@ -164,7 +183,14 @@ def init_tensor_parallel(tp: int, device: str | torch.device | None = "auto",
         raise TensorParallelError(f"could not form the tensor-parallel group of {world} ranks "
                                   f"(rank {rank}, {backend}): {detail}") from None
     _GROUP = TPGroup(rank, world, local, dev, backend, timeout_s, control)
+    atexit.register(_GROUP.close)
     return _GROUP
+
+
+def close_tensor_parallel(wait: bool = True) -> None:
+    """Leave the tensor-parallel group this process joined, if any (TPGroup.close)."""
+    if _GROUP is not None:
+        _GROUP.close(wait)
 
 
 def _rank_device(device: str | torch.device | None, local_rank: int) -> torch.device:
