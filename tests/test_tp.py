@@ -422,6 +422,47 @@ def test_torchrun_serve_end_to_end():
             proc.wait()
 
 
+def test_serve_leader_exits_when_follower_dies():
+    """serve --tp 2 with rank 1 killed: the next request fails, and rank 0 shuts down with the
+    rank-lost error and a non-zero status instead of serving failures or hanging."""
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("uvicorn")
+    port, http = free_port(), free_port()
+    cmd = [sys.executable, "-m", "specdecode", "serve", "--model", "tiny-random", "--tp", "2", "--tp-timeout", "10",
+           "--device", "cpu", "--dtype", "float32", "--threads", "1", "--drafter", "ngram", "-k", "2",
+           "--port", str(http), "--log-level", "warning", "--shutdown-timeout", "1"]
+    procs = [subprocess.Popen(cmd, env=rank_env(r, port), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for r in range(WORLD)]
+    url = f"http://127.0.0.1:{http}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            assert procs[0].poll() is None, procs[0].communicate()[1][-3000:]
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, "the tensor-parallel server did not come up"
+            time.sleep(0.3)
+        procs[1].kill()
+        procs[1].wait()
+        body = {"model": "tiny-random", "prompt": "hello", "max_tokens": 8, "temperature": 0}
+        try:
+            r = httpx.post(url + "/v1/completions", json=body, timeout=30)
+            assert r.status_code == 503, r.text
+        except httpx.TransportError:
+            pass  # the server may already be closing
+        _, err = procs[0].communicate(timeout=30)
+        assert procs[0].returncode not in (0, None)
+        assert "specdecode: error: tensor-parallel rank lost (" in err, err[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
 SCENARIOS = {"equivalence": scenario_equivalence, "sampling": scenario_sampling,
              "join_and_die": scenario_join_and_die, "join_and_hang": scenario_join_and_hang}
 

@@ -55,11 +55,7 @@ class LeaderEngine:
         object.__setattr__(self, name, value)
 
     def _send(self, message: dict) -> None:
-        try:
-            self.group.broadcast_json(message)
-        except TensorParallelError as e:
-            self._lose(e)
-            raise
+        self.group.broadcast_json(message)
         self._last_sent = time.monotonic()
 
     def _lose(self, e: TensorParallelError) -> None:
@@ -70,15 +66,19 @@ class LeaderEngine:
             os.kill(os.getpid(), signal.SIGTERM)
 
     def _call(self, message: dict, fn, *args):  # noqa: ANN001, ANN202
+        """Broadcast `message`, then run fn(*args) here. A lost rank fails the call as a shutdown
+        (the client gets 503 shutting_down, not a 400: nothing it sent was wrong)."""
+        from ..server.scheduler import SchedulerStopped
+
         with self._lock:
-            if self.lost is not None:
-                raise self.lost
-            self._send(message)
             try:
+                if self.lost is not None:
+                    raise self.lost
+                self._send(message)
                 return fn(*args)
             except TensorParallelError as e:
                 self._lose(e)
-                raise
+                raise SchedulerStopped(f"the server is shutting down: {e}") from e
 
     def open(self, prompt, params: SamplingParams, *, chat: bool | None = None):  # noqa: ANN001, ANN201
         from ..engine import TextRequest
@@ -127,7 +127,8 @@ class LeaderEngine:
                 if self.lost is None and not self._stop.is_set():
                     try:
                         self._send({"op": "ping"})
-                    except TensorParallelError:
+                    except TensorParallelError as e:
+                        self._lose(e)
                         return
 
 
