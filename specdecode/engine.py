@@ -352,19 +352,15 @@ class Engine:
         by_model: dict[int, list[tuple[int, ModelDrafter]]] = {}
         # Batch-aware choices (CostPolicy): each request weighs its draft against the pass so far,
         # n tokens expected to yield e (every request brings its last token, worth one).
-        # Requests that could share each draft model's passes this round, by drafter name.
+        # Draft passes already planned, by drafter name: (requests in them, their longest k).
         n = e = len(states)
-        sharing: dict[str, int] = {}
-        for s in states:
-            if isinstance(s.policy, CostPolicy):
-                for name in {d.name for d in s.policy.drafters if isinstance(d, ModelDrafter)}:
-                    sharing[name] = sharing.get(name, 0) + 1
+        drafting: dict[str, tuple[int, int]] = {}
         for i, s in enumerate(states):
             if s.policy is None:
                 continue
             room = s.max_len - len(s.tokens) - 1
             if isinstance(s.policy, CostPolicy):
-                which, k = s.policy.choose(s.tokens, room, batch=(n, e), sharing=sharing)
+                which, k = s.policy.choose(s.tokens, room, batch=(n, e), drafting=drafting)
                 n, e = n + k, e + s.policy.last.expected_tokens - 1.0
             else:
                 which, k = s.policy.choose(s.tokens, room)
@@ -375,6 +371,8 @@ class Engine:
                       if isinstance(s.drafter, DrafterSet) else s.drafter)
             if isinstance(member, ModelDrafter):
                 by_model.setdefault(id(member.model), []).append((i, member))
+                rows, k_most = drafting.get(member.name, (0, 0))
+                drafting[member.name] = (rows + 1, max(k_most, k))
             else:
                 drafts[i] = member.propose(s.tokens, k, s.params, s.generator)
         for group in by_model.values():

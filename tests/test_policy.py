@@ -112,18 +112,17 @@ def test_in_a_batch_a_draft_must_beat_the_batch_rate():
     assert policy.choose([1, 2, 3], 15, batch=(32, 2.0))[1] > 0
 
 
-def test_in_a_batch_shared_draft_passes_cost_a_share():
-    """The draft model's step alone costs 0.3 T1, each more row 0.01 T1. In a batch of 8 (flat
-    target rows) with 70% acceptance, paying for draft passes alone does not beat the batch's
-    rate; sharing them with the 4 others who can draft with the model (0.34 / 5 T1 each) does."""
+def test_in_a_batch_joining_planned_draft_passes_costs_a_row():
+    """The draft model's step alone costs 0.3 T1, a row added to a planned draft pass 0.01 T1. In a
+    batch of 8 (flat target rows) with 70% acceptance, paying for new draft passes does not beat
+    the batch's rate; joining passes that four other requests already run does."""
     costs = CostModel.from_function(lambda m: T1, {"model": lambda m: T1 * (0.3 + 0.01 * (m - 1))})
     policy = CostPolicy(costs, [FakeModelDrafter()])
     policy.estimate(0, "model").observe(8, 5)
     policy.estimate(0, "model").observe(8, 6)
     assert policy.choose([1, 2, 3], 15, batch=(8, 8.0))[1] == 0  # alone in drafting: k steps of 0.3 T1
-    assert policy.choose([1, 2, 3], 15, batch=(8, 8.0), sharing={"model": 1})[1] == 0
-    assert policy.choose([1, 2, 3], 15, batch=(8, 8.0), sharing={"model": 5})[1] >= 1
-    assert policy.choose([1, 2, 3], 15, batch=(8, 8.0), sharing={"self": 5})[1] == 0  # another model's passes
+    assert policy.choose([1, 2, 3], 15, batch=(8, 8.0), drafting={"model": (4, 6)})[1] >= 1
+    assert policy.choose([1, 2, 3], 15, batch=(8, 8.0), drafting={"ngram": (4, 6)})[1] == 0  # another drafter's passes
 
 
 def test_acceptance_learned_on_finished_requests_replaces_the_probe():

@@ -304,7 +304,7 @@ class CostPolicy:
         return out
 
     def choose(self, context: list[int], k_cap: int, batch: tuple[int, float] | None = None,
-               sharing: dict[str, int] | None = None) -> tuple[int, int]:
+               drafting: dict[str, tuple[int, int]] | None = None) -> tuple[int, int]:
         """(drafter index, k) for this round.
 
         batch: (N, E) when this request shares the target pass with others: N tokens are already
@@ -312,12 +312,12 @@ class CostPolicy:
         adds beats what the same time yields at the batch's rate: E(k) - 1 > (E / T(N)) * (T(N + k)
         - T(N) + drafting), which is exactly when it raises the whole batch's tokens per second.
         With batch None or N <= 1 (alone), the round that maximises this request's tokens per second.
-        sharing: per draft model name, how many requests of the batch can draft with it: their
-        draft steps run as one pass each, so a request is charged its share T_d(P) / P of a step.
+        drafting: per draft model name, (requests already drafting with it this round, their
+        longest k): those draft passes run anyway, so joining them costs a row, not a pass.
         """
         fixed = self.k_fixed is not None
         if batch is not None and batch[0] > 1:
-            return self._choose_in_batch(context, k_cap, *batch, sharing or {})
+            return self._choose_in_batch(context, k_cap, *batch, drafting or {})
         bar = 0.0 if fixed else (1.0 + self.margin) / self._target_seconds[1]
         options = self.options(context, k_cap, bar)
         best = options[0]
@@ -331,7 +331,7 @@ class CostPolicy:
         return best.which, best.k
 
     def _choose_in_batch(self, context: list[int], k_cap: int, n: int, expected: float,
-                         sharing: dict[str, int]) -> tuple[int, int]:
+                         drafting: dict[str, tuple[int, int]]) -> tuple[int, int]:
         T, cm = self._target_seconds, self.cost_model
         t_n = cm.T(n)
         rate = expected / t_n if t_n > 0 else 0.0
@@ -341,12 +341,12 @@ class CostPolicy:
             name = self.drafters[c.which].name
             step = cm.draft(name, 1)
             own = c.seconds - T[c.k + 1]  # k steps alone + this round's share of a catch-up
-            peers = sharing.get(name, 1)
-            if c.k == 0 or step <= 0.0 or peers <= 1:
+            if c.k == 0 or step <= 0.0 or name not in drafting:
                 return own
-            # Every request that can draft with this model is assumed to join its passes (a joint
-            # decision taken one request at a time: charged alone, none would ever start them).
-            return own - c.k * (step - cm.draft(name, peers) / peers)
+            rows, k_others = drafting[name]
+            joined = min(c.k, k_others)  # steps whose passes run anyway: one more row each
+            row = max(cm.draft(name, rows + 1) - cm.draft(name, rows), 0.0)
+            return own - joined * (step - row)
 
         def gain(c: Choice) -> float:  # tokens gained minus the tokens the extra time would give at `rate`
             return c.expected_tokens - 1.0 - rate * (cm.T(n + c.k) - t_n + draft_cost(c))
