@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .cli_common import (DEFAULT_TARGET, add_model_options, add_sampling_options, agree_request, build_engine,
@@ -133,15 +134,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with tensor_parallel_run(args):  # --tp: only rank 0 prints (but errors); all leave the group
-            return args.func(args)
+            rc = args.func(args)
     except (SpecdecodeError, ValueError) as e:
         print(f"specdecode: error: {e}", file=sys.stderr)
-        return 2
+        rc = 2
     except KeyboardInterrupt:
         print("\nspecdecode: interrupted", file=sys.stderr)
-        return 130
+        rc = 130
     except BrokenPipeError:
-        return 0
+        rc = 0
+    if getattr(args, "tp", 1) > 1:
+        _exit_tensor_parallel_rank(rc)
+    return rc
+
+
+def _exit_tensor_parallel_rank(rc: int) -> None:
+    """End a torchrun rank now that it has left its group: gloo's threads sometimes abort the
+    interpreter's teardown ("terminate called without an active exception", SIGABRT, seen about
+    one run in six), which torchrun reports as a failure of a run that succeeded."""
+    from .parallel.tp import joined_tensor_parallel
+
+    if joined_tensor_parallel():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
 
 
 if __name__ == "__main__":

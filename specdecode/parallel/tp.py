@@ -137,6 +137,7 @@ class TPGroup:
 
 
 _GROUP: TPGroup | None = None  # torch.distributed's default group is process-wide; so is this view of it
+_JOINED = False
 
 
 def init_tensor_parallel(tp: int, device: str | torch.device | None = "auto",
@@ -184,7 +185,14 @@ def init_tensor_parallel(tp: int, device: str | torch.device | None = "auto",
                                   f"(rank {rank}, {backend}): {detail}") from None
     _GROUP = TPGroup(rank, world, local, dev, backend, timeout_s, control)
     atexit.register(_GROUP.close)
+    global _JOINED
+    _JOINED = True
     return _GROUP
+
+
+def joined_tensor_parallel() -> bool:
+    """Whether this process ever joined a tensor-parallel group (it runs under torchrun)."""
+    return _JOINED
 
 
 def close_tensor_parallel(wait: bool = True) -> None:
