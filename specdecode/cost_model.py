@@ -32,7 +32,10 @@ M_MAX = 16  # the longest pass measured: a round verifies last token + up to 15 
 # Coarse points first, so a tight time budget still spans 1..16 (the rest is interpolated);
 # m = 1 and 2 are always measured: they alone decide whether speculation can pay at all.
 MEASURE_ORDER = (1, 2, 4, 8, 16, 3, 6, 12)
-FORMAT_VERSION = 1  # bump when what is measured changes: old cache entries are then ignored
+FORMAT_VERSION = 2  # bump when what is measured changes: old cache entries are then ignored
+# T(m) is timed after this many context tokens; a longer context adds per_key per query row and key.
+MEASURE_CONTEXT = 4
+LONG_CONTEXT = 1024  # where the per-key attention cost is timed (a cache filled directly, no prefill)
 _FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
           "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "bf16", "i8mm")
 # Sources whose changes change pass times (relative to the specdecode package).
@@ -51,6 +54,11 @@ class PassCosts:
     key: dict[str, Any] = field(default_factory=dict)  # what it was measured for
     measure_seconds: float = 0.0  # wall time the measurement took
     from_cache: bool = False
+    per_key: float = 0.0  # seconds more per query row and per context position (attention)
+
+    def at(self, m: int, context: int) -> float:
+        """T(m) after `context` tokens: each of the m rows also attends to the longer context."""
+        return self(m) + m * max(context - MEASURE_CONTEXT, 0) * self.per_key
 
     def __call__(self, m: int) -> float:
         """T(m); beyond the measured range (batches of many requests), linear in m with the mean slope
@@ -90,12 +98,12 @@ class PassCosts:
 
     def to_dict(self) -> dict[str, Any]:
         return {"seconds": self.seconds, "measured": self.measured, "key": self.key,
-                "measure_seconds": self.measure_seconds}
+                "measure_seconds": self.measure_seconds, "per_key": self.per_key}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PassCosts:
         return cls([float(x) for x in d["seconds"]], [int(x) for x in d.get("measured", [])], dict(d.get("key", {})),
-                   float(d.get("measure_seconds", 0.0)))
+                   float(d.get("measure_seconds", 0.0)), per_key=float(d.get("per_key", 0.0)))
 
 
 @dataclass
@@ -109,20 +117,24 @@ class CostModel:
     target: PassCosts
     drafts: dict[str, PassCosts] = field(default_factory=dict)
 
-    def T(self, m: int) -> float:  # noqa: N802 - the papers' name
-        """Seconds of one target pass over m tokens."""
-        return self.target(m)
+    def T(self, m: int, context: int | None = None) -> float:  # noqa: N802 - the papers' name
+        """Seconds of one target pass over m tokens (after `context` tokens; None = a short one)."""
+        return self.target(m) if context is None else self.target.at(m, context)
 
-    def draft(self, name: str, m: int) -> float:
+    def draft(self, name: str, m: int, context: int | None = None) -> float:
         """Seconds of one pass of drafter `name`'s model over m tokens (0 for model-less drafters)."""
         costs = self.drafts.get(name)
-        return costs(m) if costs is not None else 0.0
+        if costs is None:
+            return 0.0
+        return costs(m) if context is None else costs.at(m, context)
 
     @classmethod
-    def from_function(cls, target, drafts: dict[str, Any] | None = None, m_max: int = M_MAX) -> CostModel:
-        """A synthetic cost model: `target` and each draft are functions m -> seconds."""
+    def from_function(cls, target, drafts: dict[str, Any] | None = None, m_max: int = M_MAX,
+                      per_key: float = 0.0) -> CostModel:
+        """A synthetic cost model: `target` and each draft are functions m -> seconds; `per_key`
+        seconds more per row and context position for all of them."""
         def table(f) -> PassCosts:  # noqa: ANN001
-            return PassCosts([float(f(m)) for m in range(1, m_max + 1)], list(range(1, m_max + 1)))
+            return PassCosts([float(f(m)) for m in range(1, m_max + 1)], list(range(1, m_max + 1)), per_key=per_key)
 
         return cls(table(target), {k: table(f) for k, f in (drafts or {}).items()})
 
@@ -136,7 +148,8 @@ class CostModel:
             cells = "  ".join(f"{m}:{c(m) * 1e3:.1f}" for m in ms)
             rel = " ".join(f"{c(m) / c(1):.2f}" for m in ms) if c(1) > 0 else ""
             src = "cached" if c.from_cache else f"measured in {c.measure_seconds * 1e3:.0f} ms"
-            return f"{label:<18} {cells} ms  (x T(1): {rel}; {src}, timed m = {c.measured})"
+            attn = f"; +{c.per_key * 1024 * 1e3:.1f} ms per row per 1k context" if c.per_key else ""
+            return f"{label:<18} {cells} ms  (x T(1): {rel}; {src}, timed m = {c.measured}{attn})"
 
         lines = [row("cost T(m) target", self.target)]
         lines += [row(f"cost T(m) {name}", c) for name, c in self.drafts.items()]
@@ -148,7 +161,7 @@ class CostModel:
 
 @torch.inference_mode()
 def time_passes(model, *, budget_s: float = 0.4, repeats: int = 3, m_max: int = M_MAX,
-                context: int = 4) -> dict[int, float]:
+                context: int = MEASURE_CONTEXT) -> dict[int, float]:
     """Time passes of `model` (a LanguageModel) over m new tokens: {m: fastest seconds}.
 
     One untimed warm-up pass builds a `context`-token cache; each timed pass appends m tokens
@@ -178,6 +191,31 @@ def time_passes(model, *, budget_s: float = 0.4, repeats: int = 3, m_max: int = 
     return best
 
 
+@torch.inference_mode()
+def time_per_key(model, t1: float, *, context: int = LONG_CONTEXT, repeats: int = 3) -> float:
+    """Seconds a query row spends per context position (attention over a longer cache), from one-token
+    passes after `context` positions against t1 = T(1) after MEASURE_CONTEXT. The cache is filled
+    by writing its buffers directly (zeros: attention costs the same for any values), so no
+    prefill is paid. 0 for models whose cache cannot be filled that way (transformers caches)."""
+    context = min(context, int(model.max_context) - 2)  # a model with a short context: as far as it goes
+    if not hasattr(model, "args") or context < 64:
+        return 0.0
+    cache = model.new_cache(context + 2)
+    if not hasattr(cache, "keys") or not isinstance(cache.keys, list):
+        return 0.0
+    cache.length = context
+    device = model.device
+    ids = torch.zeros(1, 1, dtype=torch.long, device=device)
+    pos = torch.full((1, 1), context, dtype=torch.long, device=device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model(ids, pos, cache).argmax(-1).tolist()
+        best = min(best, time.perf_counter() - t0)
+        cache.trim(context)
+    return max(best - t1, 0.0) / (context - MEASURE_CONTEXT)
+
+
 def measure_pass_costs(model, *, budget_s: float = 0.4, use_cache: bool = True, m_max: int = M_MAX) -> PassCosts:
     """T(1..m_max) of `model`: from the memo or the disk cache when the key matches, else timed."""
     key = cost_key(model)
@@ -192,7 +230,9 @@ def measure_pass_costs(model, *, budget_s: float = 0.4, use_cache: bool = True, 
             return cached
     t0 = time.perf_counter()
     points = time_passes(model, budget_s=budget_s, m_max=m_max)
-    costs = PassCosts.from_points(points, m_max, key=key or {}, measure_seconds=time.perf_counter() - t0)
+    per_key = time_per_key(model, points[1])
+    costs = PassCosts.from_points(points, m_max, key=key or {}, measure_seconds=time.perf_counter() - t0,
+                                  per_key=per_key)
     if digest is not None:
         _MEMO[digest] = costs
         if use_cache:

@@ -8,7 +8,7 @@ import torch
 from conftest import native_from_hf, tiny_hf_model
 from specdecode import cost_model as cm
 from specdecode.cost_model import CostModel, PassCosts, measure_cost_model, measure_pass_costs, time_passes
-from specdecode.drafters import ModelDrafter, NgramDrafter
+from specdecode.drafters import CostPolicy, ModelDrafter, NgramDrafter
 from specdecode.hf import HFCausalLM
 from specdecode.quant import quantized_copy
 
@@ -97,3 +97,38 @@ def test_synthetic_cost_model():
     model = CostModel.from_function(lambda m: 0.01 * m, {"model": lambda m: 0.002})
     assert model.T(4) == pytest.approx(0.04) and model.draft("model", 7) == pytest.approx(0.002)
     assert model.to_dict()["target"]["seconds"][0] == pytest.approx(0.01)
+
+
+def test_attention_cost_grows_with_the_context(tiny):
+    """T(m) after L context tokens = T(m) + m (L - 4) per_key; measured on the model: per_key >= 0,
+    and a one-token pass after 1,024 positions is indeed no cheaper than after 4."""
+    costs = PassCosts([1.0, 1.1], [1, 2], per_key=1e-3)
+    assert costs.at(2, 4) == costs(2) == 1.1
+    assert costs.at(2, 104) == pytest.approx(1.1 + 2 * 100 * 1e-3)
+    model = CostModel(costs)
+    assert model.T(1, 1004) == pytest.approx(2.0) and model.T(1) == 1.0
+    from specdecode.cost_model import time_per_key
+
+    assert time_per_key(tiny, 0.0) > 0.0  # everything counted as attention: certainly positive
+    measured = measure_pass_costs(tiny, use_cache=False)
+    assert measured.per_key >= 0.0 and PassCosts.from_dict(measured.to_dict()).per_key == measured.per_key
+
+
+T1 = 0.05
+
+
+class _Ngram:
+    name = "ngram"
+
+    def evidence(self, context, k):
+        return "ngram:3", k
+
+
+def test_a_long_context_shortens_the_draft():
+    """Flat passes but dear attention: 15 drafts after 64 tokens, fewer after 4,000."""
+    flat = CostModel.from_function(lambda m: T1, per_key=T1 / 2000)
+    policy = CostPolicy(flat, [_Ngram()])
+    policy.estimate(0, "ngram:3").observe(15, 12)
+    short = policy.choose([1] * 64, 15)[1]
+    long = policy.choose([1] * 4000, 15)[1]
+    assert short == 15 and long < short

@@ -68,14 +68,24 @@ def round_mix(drafted_by_position: list[int], target_passes: int) -> dict[int, i
     return {k: n for k, n in mix.items() if n}
 
 
-def predict(records: list[dict[str, Any]], cost: CostModel, draft_step: float) -> dict[str, Any]:
+def predict(records: list[dict[str, Any]], cost: CostModel, draft_step: float, draft: str | None = None) -> dict[str, Any]:
     """Predicted and measured decode speed of one method over some prompts, relative to T(1).
 
     Predicted: the measured rounds (their draft lengths) and acceptance by position give the
     expected tokens, E[k] = 1 + sum_{i<k} P(drafts 0..i accepted); the cost model gives their
-    time, T(k+1) + k * draft_step per round. Also the closed form with one acceptance rate a,
+    time, T(k+1) + k * draft_step per round, both at the mean context of the decode (prompt +
+    half the output: attention grows with it). Also the closed form with one acceptance rate a,
     (1 - a^(k+1)) / (1 - a) tokens per T(k+1) + k * draft_step, at the most frequent k.
+    draft: the draft model's name in the cost model (its step at that context replaces draft_step).
     """
+    contexts = [r.get("prompt_tokens", 0) + r["decode_tokens"] / 2 for r in records]
+    L = int(sum(contexts) / len(contexts)) if contexts else None
+    if draft is not None and draft_step:
+        draft_step = cost.draft(draft, 1, L)
+
+    def T(m: int) -> float:  # noqa: N802
+        return cost.T(m, L)
+
     drafted: list[int] = []
     accepted: list[int] = []
     mix: dict[int, int] = defaultdict(int)
@@ -94,15 +104,16 @@ def predict(records: list[dict[str, Any]], cost: CostModel, draft_step: float) -
     survive = [a / d if d else 0.0 for a, d in zip(accepted, drafted)]  # P(drafts 0..i accepted | drafted i)
     rounds = sum(mix.values())
     exp_tokens = sum(n * (1 + sum(survive[:k])) for k, n in mix.items())
-    exp_time = sum(n * (cost.T(k + 1) + k * draft_step) for k, n in mix.items())
+    exp_time = sum(n * (T(k + 1) + k * draft_step) for k, n in mix.items())
     a = sum(accepted) / sum(drafted) if sum(drafted) else 0.0
     k_main = max(mix, key=mix.get) if mix else 0
     closed = (1 - a ** (k_main + 1)) / (1 - a) if a < 1 else k_main + 1.0
     return {
         "rounds": rounds, "round_mix": dict(sorted(mix.items())), "acceptance": a,
         "acceptance_by_position": survive,
-        "predicted_speedup": exp_tokens / exp_time * cost.T(1) if exp_time else None,
-        "predicted_speedup_closed_form": closed / (cost.T(k_main + 1) + k_main * draft_step) * cost.T(1),
+        "context": L,
+        "predicted_speedup": exp_tokens / exp_time * T(1) if exp_time else None,
+        "predicted_speedup_closed_form": closed / (T(k_main + 1) + k_main * draft_step) * T(1),
         "measured_tokens_per_s": tokens / seconds if seconds else None,
     }
 
@@ -110,24 +121,27 @@ def predict(records: list[dict[str, Any]], cost: CostModel, draft_step: float) -
 def theory(results: dict[str, Any], cost: CostModel) -> dict[str, Any]:
     """{method: {category: predict(...) + measured_speedup}} for every specdecode method vs `target`."""
     by = defaultdict(lambda: defaultdict(list))
+    prompt_tokens: dict[int, int] = {}  # id(record) -> its prompt's length (records do not carry it)
     for p in results["prompts"]:
         for name, r in p["results"].items():
             if r.get("drafted_by_position") is not None and r.get("target_passes") is not None:
+                prompt_tokens[id(r)] = p.get("prompt_tokens", 0)
                 by[name][p["category"]].append(r)
                 by[name]["all"].append(r)
     ref = by.pop("target", {})
     step = cost.draft("model", 1)
     out: dict[str, Any] = {"T_ms": {m: cost.T(m) * 1e3 for m in range(1, 17)},
-                           "draft_step_ms": step * 1e3, "methods": {}}
+                           "per_key_us": cost.target.per_key * 1e6, "draft_step_ms": step * 1e3, "methods": {}}
     for name, cats in by.items():
         if results.get("methods", {}).get(name, {}).get("reference", "target") != "target":
             continue  # another target (int8): the bf16 T(m) does not describe it
         model_rounds = name.startswith(_MODEL_METHODS)
         for cat, recs in cats.items():
             base = ref.get(cat, [])
-            row = predict(recs, cost, step if model_rounds else 0.0)
+            recs = [{**r, "prompt_tokens": r.get("prompt_tokens", prompt_tokens.get(id(r), 0))} for r in recs]
+            row = predict(recs, cost, step if model_rounds else 0.0, "model")
             if name == "spec-auto" and step:  # which rounds used the model is not recorded: both bounds
-                row["predicted_speedup_all_model"] = predict(recs, cost, step)["predicted_speedup"]
+                row["predicted_speedup_all_model"] = predict(recs, cost, step, "model")["predicted_speedup"]
             base_speed = (sum(r["decode_tokens"] for r in base) / sum(r["decode_s"] for r in base)) if base else None
             row["measured_speedup"] = (row["measured_tokens_per_s"] / base_speed
                                        if base_speed and row["measured_tokens_per_s"] else None)
@@ -139,9 +153,10 @@ def format_theory(t: dict[str, Any]) -> str:
     ms = (1, 2, 3, 4, 6, 8, 12, 16)
     lines = ["# Theory beside measurement", "",
              "Target T(m), ms: " + ", ".join(f"T({m}) = {t['T_ms'][m]:.1f}" for m in ms)
-             + f"; draft step {t['draft_step_ms']:.1f} ms", "",
-             "| method | category | acceptance | rounds by k | predicted | closed form | measured |",
-             "|---|---|---|---|---|---|---|"]
+             + f"; draft step {t['draft_step_ms']:.1f} ms; attention +{t.get('per_key_us', 0.0):.2f} us per row "
+             "per context token (predictions use each category's mean context)", "",
+             "| method | category | context | acceptance | rounds by k | predicted | closed form | measured |",
+             "|---|---|---|---|---|---|---|---|"]
     f = lambda x: f"{x:.2f}x" if x is not None else "-"  # noqa: E731
     for name, cats in sorted(t["methods"].items()):
         for cat, r in sorted(cats.items()):
@@ -149,7 +164,7 @@ def format_theory(t: dict[str, Any]) -> str:
             pred = f(r["predicted_speedup"])
             if "predicted_speedup_all_model" in r:
                 pred += f" .. {f(r['predicted_speedup_all_model'])}"
-            lines.append(f"| {name} | {cat} | {r['acceptance']:.0%} | {mix} | {pred} | "
+            lines.append(f"| {name} | {cat} | {r.get('context') or '-'} | {r['acceptance']:.0%} | {mix} | {pred} | "
                          f"{f(r['predicted_speedup_closed_form'])} | {f(r['measured_speedup'])} |")
     return "\n".join(lines) + "\n"
 

@@ -85,6 +85,8 @@ DEFAULT_PRIOR = 0.5
 # drafts, so it never learns). One round tells: after it the request's own evidence decides. It
 # cannot make speculation win where passes are dear (T(2) = 2 T(1) loses even at 100%).
 UNTRIED_ACCEPTANCE = 0.9
+# Pass costs are looked up at the context length rounded up to this (attention grows with it).
+CONTEXT_STEP = 64
 # A catch-up pass (the draft model feeding the prompt before its first draft, or the tokens it
 # missed while the n-gram drafter or no drafter ran) is paid once and serves the rest of the
 # request: a round is charged its share, expected tokens of the round / tokens still to come.
@@ -245,8 +247,21 @@ class CostPolicy:
         self.learned = learned
         self.estimates: dict[tuple[int, Hashable], AcceptanceEstimate] = {}
         self.last: Choice | None = None
-        # T(m) looked up once per request, since choose() runs every round. Index m; 0 unused.
-        self._target_seconds = [0.0] + [cost_model.T(m) for m in range(1, self.k_max + 2)]
+        # T(m) at the context length, looked up again only when the context grew by CONTEXT_STEP
+        # tokens, since choose() runs every round. Index m; 0 unused.
+        self._tables: dict[int, list[float]] = {}
+
+    def _table(self, context_len: int) -> list[float]:
+        """[0, T(1), ..., T(k_max + 1)] after `context_len` tokens (rounded up to CONTEXT_STEP)."""
+        bucket = -(-context_len // CONTEXT_STEP) * CONTEXT_STEP
+        table = self._tables.get(bucket)
+        if table is None:
+            table = self._tables[bucket] = [0.0] + [self.cost_model.T(m, bucket) for m in range(1, self.k_max + 2)]
+        return table
+
+    @property
+    def _target_seconds(self) -> list[float]:  # T(m) after a short context (tests, tools)
+        return self._table(0)
 
     def estimate(self, which: int, key: Hashable) -> AcceptanceEstimate:
         est = self.estimates.get((which, key))
@@ -267,14 +282,14 @@ class CostPolicy:
         return k * step + catch_up * min(1.0, expected_tokens / max(remaining, 1))
 
     def _draft_costs(self, drafter, context: list[int]) -> tuple[float, float]:
-        """(seconds of one draft step, extra seconds of the one-time catch-up pass)."""
-        cm, name = self.cost_model, drafter.name
-        step = cm.draft(name, 1)
+        """(seconds of one draft step, extra seconds of the one-time catch-up pass), at this context."""
+        cm, name, n = self.cost_model, drafter.name, len(context)
+        step = cm.draft(name, 1, n)
         if step <= 0.0:
             return 0.0, 0.0
         behind = getattr(drafter, "catch_up_tokens", None)
         p = max(behind(context), 1) if behind is not None else 1
-        return step, max(cm.draft(name, p) - step, 0.0)
+        return step, max(cm.draft(name, p, n) - step, 0.0)
 
     def options(self, context: list[int], k_cap: int, bar: float = 0.0) -> list[Choice]:
         """Candidate (drafter, k) of this round with expected tokens and seconds; k = 0 first.
@@ -282,7 +297,7 @@ class CostPolicy:
         bar: skip a drafter none of whose k can exceed this many tokens per second (a cheap
         bound: E[k] <= E[k_top], and every k costs at least T(2) + the first draft step).
         """
-        T = self._target_seconds
+        T = self._table(len(context))
         out = [Choice(0, 0, None, 1.0, T[1])]
         limit = min(self.k_max, k_cap, len(T) - 2)
         remaining = max(k_cap - self.k_max, 1)  # tokens still to come (the engine sizes k_cap so)
@@ -318,7 +333,7 @@ class CostPolicy:
         fixed = self.k_fixed is not None
         if batch is not None and batch[0] > 1:
             return self._choose_in_batch(context, k_cap, *batch, drafting or {})
-        bar = 0.0 if fixed else (1.0 + self.margin) / self._target_seconds[1]
+        bar = 0.0 if fixed else (1.0 + self.margin) / self._table(len(context))[1]
         options = self.options(context, k_cap, bar)
         best = options[0]
         if fixed and len(options) > 1:
@@ -332,7 +347,7 @@ class CostPolicy:
 
     def _choose_in_batch(self, context: list[int], k_cap: int, n: int, expected: float,
                          drafting: dict[str, tuple[int, int]]) -> tuple[int, int]:
-        T, cm = self._target_seconds, self.cost_model
+        T, cm = self._table(len(context)), self.cost_model
         t_n = cm.T(n)
         rate = expected / t_n if t_n > 0 else 0.0
         options = self.options(context, k_cap)
@@ -349,7 +364,9 @@ class CostPolicy:
             return own - joined * (step - row)
 
         def gain(c: Choice) -> float:  # tokens gained minus the tokens the extra time would give at `rate`
-            return c.expected_tokens - 1.0 - rate * (cm.T(n + c.k) - t_n + draft_cost(c))
+            # the pass grows by k rows, each also attending to this request's context
+            rows = cm.T(n + c.k) - t_n + (T[c.k + 1] - T[1]) - (cm.T(c.k + 1) - cm.T(1))
+            return c.expected_tokens - 1.0 - rate * (rows + draft_cost(c))
 
         best = options[0]
         if self.k_fixed is not None and len(options) > 1:
