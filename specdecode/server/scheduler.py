@@ -97,6 +97,7 @@ class Scheduler:
         self._stopping = False
         self._draining = False  # shutting down: refuse new requests, let the running ones go on
         self._thread: threading.Thread | None = None
+
     # -- event-loop side ---------------------------------------------------------------------
 
     @property
@@ -202,6 +203,8 @@ class Scheduler:
                     with self._cond:  # wait at the head of the queue until others free their caches
                         if not job.cancelled:
                             self._pending.appendleft(job)
+                            return
+                    self._finish(job, None)  # cancelled while it was being considered
                     return
                 job._request = self.engine.open(job._ids, job.params, chat=False)
             except Exception as e:  # a user error (SpecdecodeError: 4xx) or a bug (500, logged by the app)
