@@ -18,7 +18,7 @@ import torch
 from .config import SamplingParams
 from .cost_model import CostModel, measure_cost_model
 from .drafters.base import Draft, Drafter, empty_draft, fork_drafter
-from .drafters.composite import DrafterSet
+from .drafters.composite import DrafterSet, drafter_members
 from .drafters.model import ModelDrafter, propose_batch
 from .drafters.policy import AcceptanceHistory, AdaptiveDraftLength, CostPolicy, FixedDraftLength
 from .errors import ContextLengthError, SpecdecodeError
@@ -221,9 +221,7 @@ class Engine:
         return self._cost_model
 
     def _drafters(self) -> list[Drafter]:
-        if self.drafter is None:
-            return []
-        return list(self.drafter.drafters) if isinstance(self.drafter, DrafterSet) else [self.drafter]
+        return drafter_members(self.drafter)
 
     def _policy(self, drafter):
         """A fresh policy for one request whose drafter (a fork of self.drafter) is `drafter`."""
@@ -231,8 +229,7 @@ class Engine:
             return None
         if self.needs_cost_model:
             k_fixed = None if self.auto else self.num_draft_tokens
-            members = list(drafter.drafters) if isinstance(drafter, DrafterSet) else [drafter]
-            return CostPolicy(self.cost_model, members, k_max=self.num_draft_tokens, k_fixed=k_fixed,
+            return CostPolicy(self.cost_model, drafter_members(drafter), k_max=self.num_draft_tokens, k_fixed=k_fixed,
                               learned=self.acceptance_history)
         if self.adaptive:
             return AdaptiveDraftLength(self.num_draft_tokens, 1, max(16, self.num_draft_tokens))

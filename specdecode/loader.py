@@ -63,6 +63,21 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
+def apply_load_options(threads: int | None, quantize: str | None) -> str | None:
+    """Check and apply `load`'s threads and quantize options; return quantize normalised
+    (None for no quantization). Shared by `load` and the tensor-parallel `load_sharded`."""
+    from .quant import MODES
+
+    if threads is not None:
+        if threads < 1:
+            raise SpecdecodeError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    quantize = None if quantize in (None, "none") else quantize
+    if quantize is not None and quantize not in MODES:
+        raise SpecdecodeError(f"unknown quantization {quantize!r}; choose from none, {', '.join(MODES)}")
+    return quantize
+
+
 def load(
     source: str,
     *,
@@ -82,15 +97,9 @@ def load(
     """
     from .kernels import kernels_available
     from .model import build_transformer
-    from .quant import MODES, quantize_model
+    from .quant import quantize_model
 
-    if threads is not None:
-        if threads < 1:
-            raise SpecdecodeError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-    quantize = None if quantize in (None, "none") else quantize
-    if quantize is not None and quantize not in MODES:
-        raise SpecdecodeError(f"unknown quantization {quantize!r}; choose from none, {', '.join(MODES)}")
+    quantize = apply_load_options(threads, quantize)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     t0 = time.perf_counter()

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .config import SamplingParams
+from .drafters.composite import drafter_members
 from .metrics import SpecStats
 
 
@@ -52,7 +53,7 @@ class RequestState:
     @property
     def kv_bytes(self) -> int:
         """Bytes of KV cache this request holds (target and draft model), fixed at start."""
-        return cache_bytes(self.cache) + sum(cache_bytes(getattr(d, "cache", None)) for d in _members(self.drafter))
+        return cache_bytes(self.cache) + sum(cache_bytes(getattr(d, "cache", None)) for d in drafter_members(self.drafter))
 
 
 def cache_bytes(cache) -> int:
@@ -62,8 +63,3 @@ def cache_bytes(cache) -> int:
         return 0
     return sum(t.numel() * t.element_size() for t in (*cache.keys, *cache.values))
 
-
-def _members(drafter) -> list:
-    if drafter is None:
-        return []
-    return list(getattr(drafter, "drafters", [drafter]))

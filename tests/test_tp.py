@@ -368,6 +368,20 @@ def test_torchrun_generate_end_to_end():
     assert single.stdout.strip()
 
 
+def wait_healthy(httpx, proc: subprocess.Popen, url: str, timeout: float, output) -> None:  # noqa: ANN001
+    """Until `url`/health answers 200; fails with the server's output if `proc` exits first."""
+    deadline = time.time() + timeout
+    while True:
+        assert proc.poll() is None, output()[-3000:]
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.time() < deadline, "the tensor-parallel server did not come up"
+        time.sleep(0.3)
+
+
 def test_torchrun_serve_end_to_end():
     """`torchrun ... serve --tp 2`: rank 0 answers HTTP, rank 1 replays its engine calls; a batch of
     concurrent greedy requests gets the single-process texts, and a request after an idle spell
@@ -392,16 +406,7 @@ def test_torchrun_serve_end_to_end():
     try:
         engine = specdecode.Engine(specdecode.load("tiny-random", dtype="float32", device="cpu"))
         expected = [engine.generate(p, max_new_tokens=8, chat=False).text for p in prompts]
-        deadline = time.time() + 90
-        while True:
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline, "the tensor-parallel server did not come up"
-            time.sleep(0.3)
+        wait_healthy(httpx, proc, url, 90, lambda: proc.stdout.read())
 
         def complete(prompt: str) -> str:
             body = {"model": "tiny-random", "prompt": prompt, "max_tokens": 8, "temperature": 0}
@@ -435,16 +440,7 @@ def test_serve_leader_exits_when_follower_dies():
                               text=True) for r in range(WORLD)]
     url = f"http://127.0.0.1:{http}"
     try:
-        deadline = time.time() + 60
-        while True:
-            assert procs[0].poll() is None, procs[0].communicate()[1][-3000:]
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline, "the tensor-parallel server did not come up"
-            time.sleep(0.3)
+        wait_healthy(httpx, procs[0], url, 60, lambda: procs[0].communicate()[1])
         procs[1].kill()
         procs[1].wait()
         body = {"model": "tiny-random", "prompt": "hello", "max_tokens": 8, "temperature": 0}

@@ -17,6 +17,13 @@ from ..errors import SpecdecodeError
 from .base import Draft
 
 
+def drafter_members(drafter) -> list:
+    """The drafters inside `drafter`: a DrafterSet's members, a single drafter itself, none for None."""
+    if drafter is None:
+        return []
+    return list(drafter.drafters) if isinstance(drafter, DrafterSet) else [drafter]
+
+
 class DrafterSet:
     """Drafters sharing one request; `propose(..., which=i)` drafts with drafter i.
 

@@ -259,10 +259,6 @@ class CostPolicy:
             table = self._tables[bucket] = [0.0] + [self.cost_model.T(m, bucket) for m in range(1, self.k_max + 2)]
         return table
 
-    @property
-    def _target_seconds(self) -> list[float]:  # T(m) after a short context (tests, tools)
-        return self._table(0)
-
     def estimate(self, which: int, key: Hashable) -> AcceptanceEstimate:
         est = self.estimates.get((which, key))
         if est is None:

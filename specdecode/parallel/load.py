@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from ..errors import SpecdecodeError
 from .shard import Getter, build_sharded, dict_getter, take
 from .tp import TPGroup
 
@@ -25,18 +24,12 @@ def load_sharded(source: str, group: TPGroup, *, dtype: str | torch.dtype | None
     """This rank's shard of the target `source` as a specdecode Model (its lm is the sharded
     Transformer, whose forward runs the group's collectives: call it on every rank alike)."""
     from ..kernels import probe_row_invariance
-    from ..loader import Model, resolve_dtype
-    from ..quant import MODES, quantize_model
+    from ..loader import Model, apply_load_options, resolve_dtype
+    from ..quant import quantize_model
     from ..testing import TINY_NAMES, tiny_args, tiny_state_dict, tiny_tokenizer
     from ..tokenizer import Tokenizer
 
-    if threads is not None:
-        if threads < 1:
-            raise SpecdecodeError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-    quantize = None if quantize in (None, "none") else quantize
-    if quantize is not None and quantize not in MODES:
-        raise SpecdecodeError(f"unknown quantization {quantize!r}; choose from none, {', '.join(MODES)}")
+    quantize = apply_load_options(threads, quantize)
     dev = group.device
     dt = resolve_dtype(dtype, dev)
     t0 = time.perf_counter()
