@@ -237,6 +237,27 @@ def test_load_gguf_casts_to_requested_dtype(tmp_path):
     assert all(v.dtype == torch.bfloat16 for v in ck.state_dict.values())
 
 
+def test_conversion_warns_nothing_and_leaves_warning_filters_and_file_alone(tmp_path):
+    """The conversion threads used to silence torch's read-only-array warning with
+    warnings.catch_warnings(), which races on the process-wide filters: a caller's
+    pytest.warns / catch_warnings could lose its warnings. Now nothing is silenced because
+    nothing warns, and the copy-on-write map never writes the file."""
+    import warnings
+
+    path = tmp_path / "m.gguf"
+    _write_model_gguf(path, tiny_hf_model("qwen2"), "qwen2", Q.Q8_0)
+    before = path.read_bytes()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        filters = list(warnings.filters)
+        load_gguf(path, torch.bfloat16)
+        # torch.from_numpy warns (once per process) on a read-only array: the map is writable
+        assert all(t.data.flags.writeable for t in open_gguf(path).tensors)
+        assert warnings.filters == filters
+    assert [str(w.message) for w in seen] == []
+    assert path.read_bytes() == before
+
+
 def test_fast_header_parser_agrees_with_gguf_reader(tmp_path):
     tokens = [f"tok{i}" for i in range(3000)]  # long enough to be skipped
     meta = {"add_token_list": tokens, "add_bos_token_id": 7, "add_chat_template": "{{ x }}", "add_block_count": 1}

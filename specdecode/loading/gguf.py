@@ -170,9 +170,7 @@ def dequantize(tensor: TensorInfo, dtype: torch.dtype = torch.float32) -> torch.
     from gguf.quants import dequantize as gguf_dequantize
 
     shape = tuple(reversed(tensor.shape))
-    with warnings.catch_warnings():  # the memory map is read-only; we only ever read it
-        warnings.simplefilter("ignore", UserWarning)
-        raw = torch.from_numpy(tensor.data.reshape(-1))
+    raw = torch.from_numpy(tensor.data.reshape(-1))  # a copy-on-write map: no read-only warning
     if tensor.tensor_type in KERNELS:
         return dequantize_blocks(raw.view(torch.uint8), tensor.tensor_type, dtype).reshape(shape)
     if tensor.tensor_type in (Q.F32, Q.F16, Q.BF16):

@@ -158,7 +158,11 @@ def _parse(p: Path, buf: Any, size: int) -> GGUFFile:
         table.append((name, cur.unpack("<I"), shape, cur.unpack("<Q")))
     align = int(metadata.get("general.alignment", 32))
     start = cur.pos + (-cur.pos) % align
-    mm = np.memmap(p, mode="r", dtype=np.uint8) if size else np.zeros(0, np.uint8)
+    # Copy-on-write, not read-only: torch.from_numpy warns on a read-only array, and silencing
+    # that per tensor with warnings.catch_warnings() in the conversion threads raced on the
+    # process-wide warning filters (it could leave "ignore" behind for everyone). Nothing
+    # writes to these pages; if anything did, the file would still not change.
+    mm = np.memmap(p, mode="c", dtype=np.uint8) if size else np.zeros(0, np.uint8)
     tensors = []
     for name, ttype, shape, rel in table:
         try:
