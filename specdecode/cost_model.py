@@ -32,7 +32,13 @@ M_MAX = 16  # the longest pass measured: a round verifies last token + up to 15 
 # Coarse points first, so a tight time budget still spans 1..16 (the rest is interpolated);
 # m = 1 and 2 are always measured: they alone decide whether speculation can pay at all.
 MEASURE_ORDER = (1, 2, 4, 8, 16, 3, 6, 12)
-FORMAT_VERSION = 2  # bump when what is measured changes: old cache entries are then ignored
+# One prefill-sized pass, timed when the model is quick enough (2 T(16) within the budget): a
+# draft model feeding a 700-token prompt before its first draft, or a batch of many requests,
+# runs passes far past 16, where cost per row is set by compute, not by reading the weights.
+# Extrapolating from 8..16 missed that both ways on the AVX-512-BF16 EPYC (bf16, 2 threads):
+# 1.6x too dear for the 0.5B Qwen at 700 rows, 0.7x too cheap for the 1.5B.
+BIG_M = 32
+FORMAT_VERSION = 3  # bump when what is measured changes: old cache entries are then ignored
 # T(m) is timed after this many context tokens; a longer context adds per_key per query row and key.
 MEASURE_CONTEXT = 4
 LONG_CONTEXT = 1024  # where the per-key attention cost is timed (a cache filled directly, no prefill)
@@ -61,22 +67,27 @@ class PassCosts:
         return self(m) + m * max(context - MEASURE_CONTEXT, 0) * self.per_key
 
     def __call__(self, m: int) -> float:
-        """T(m); beyond the measured range (batches of many requests), linear in m with the mean slope
-        of the upper half of the range. (The last segment alone misleads: the kernels take rows in
-        blocks of 4 or 8, so T(15) -> T(16) is nearly flat while T(17) opens a new block; with
-        that slope a batched pass of 40 rows looked as cheap as one of 16.)"""
+        """T(m); beyond the table (prefill, batches of many requests): when a pass of BIG_M rows was
+        timed, proportional to m at its cost per row (compute-bound: the weights are read once for
+        all rows); else linear in m with the mean slope of the upper half of the range. (The last
+        segment alone misleads: the kernels take rows in blocks of 4 or 8, so T(15) -> T(16) is
+        nearly flat while T(17) opens a new block; with that slope a batched pass of 40 rows
+        looked as cheap as one of 16.)"""
         if m <= 0:
             return 0.0
         n = len(self.seconds)
         if m <= n:
             return self.seconds[m - 1]
+        if self.measured and max(self.measured) >= BIG_M and n >= BIG_M:
+            return self.seconds[-1] * m / n
         half = n // 2
         slope = (self.seconds[-1] - self.seconds[half - 1]) / (n - half) if half >= 1 else self.seconds[-1]
         return self.seconds[-1] + (m - n) * max(slope, 0.0)
 
     @classmethod
     def from_points(cls, points: dict[int, float], m_max: int = M_MAX, **kw: Any) -> PassCosts:
-        """Interpolate timed points {m: seconds} to 1..m_max, linearly, and make T non-decreasing.
+        """Interpolate timed points {m: seconds} to 1..m_max (or the largest point past it),
+        linearly, and make T non-decreasing.
 
         Past the last point the last segment's slope continues (a pass over more tokens costs
         at least as much per extra token as the largest ones measured did). A longer pass cannot
@@ -86,6 +97,7 @@ class PassCosts:
         if 1 not in points or len(points) < 2:
             raise ValueError("need T(1) and at least one more point")
         ms = sorted(points)
+        m_max = max(m_max, ms[-1])
         out: list[float] = []
         for m in range(1, m_max + 1):
             hi = next((i for i, x in enumerate(ms) if x >= m), len(ms) - 1)
@@ -144,7 +156,7 @@ class CostModel:
     def format(self) -> str:
         """Human-readable (the CLI's --stats): T(m) in ms and relative to T(1)."""
         def row(label: str, c: PassCosts) -> str:
-            ms = (1, 2, 3, 4, 6, 8, 12, 16)
+            ms = (1, 2, 3, 4, 6, 8, 12, 16) + ((BIG_M,) if BIG_M in c.measured else ())
             cells = "  ".join(f"{m}:{c(m) * 1e3:.1f}" for m in ms)
             rel = " ".join(f"{c(m) / c(1):.2f}" for m in ms) if c(1) > 0 else ""
             src = "cached" if c.from_cache else f"measured in {c.measure_seconds * 1e3:.0f} ms"
@@ -167,27 +179,41 @@ def time_passes(model, *, budget_s: float = 0.4, repeats: int = 3, m_max: int = 
     One untimed warm-up pass builds a `context`-token cache; each timed pass appends m tokens
     and is rolled back. Every m in MEASURE_ORDER is timed once, then again up to `repeats`
     times, until `budget_s` is spent; m = 1 and 2 are timed even past the budget. The minimum
-    of the repeats is kept: noise on a shared machine only ever adds time.
+    of the repeats is kept: noise on a shared machine only ever adds time. Then a pass of
+    BIG_M rows (twice when cheap), if T(16) was timed and 2 T(16) fits in `budget_s`: on a
+    machine where even that is dear (a 1.5B bf16 model on AVX2), passes are linear in m anyway.
     """
     device = model.device
     vocab = int(model.vocab_size)
-    cache = model.new_cache(context + m_max + 1)
-    ids = torch.arange(context + m_max, device=device).remainder(vocab).view(1, -1)  # (1, context + m_max)
-    pos = torch.arange(context + m_max, device=device).view(1, -1)
+    longest = max(m_max, BIG_M)
+    cache = model.new_cache(context + longest + 1)
+    ids = torch.arange(context + longest, device=device).remainder(vocab).view(1, -1)  # (1, context + longest)
+    pos = torch.arange(context + longest, device=device).view(1, -1)
     model(ids[:, :context], pos[:, :context], cache).argmax(-1).tolist()  # warm-up and context
     best: dict[int, float] = {}
+
+    def time_one(m: int) -> float:
+        t0 = time.perf_counter()
+        # .tolist() is verification's host copy, and the sync that makes the timing honest on CUDA.
+        model(ids[:, context:context + m], pos[:, context:context + m], cache).argmax(-1).tolist()
+        dt = time.perf_counter() - t0
+        cache.trim(context)
+        best[m] = min(dt, best.get(m, dt))
+        return dt
+
     start = time.perf_counter()
     order = [m for m in MEASURE_ORDER if m <= m_max]
     for rep in range(repeats):
         for m in order:
             if time.perf_counter() - start > budget_s and not (rep == 0 and m <= 2):
-                return best
-            t0 = time.perf_counter()
-            # .tolist() is verification's host copy, and the sync that makes the timing honest on CUDA.
-            model(ids[:, context:context + m], pos[:, context:context + m], cache).argmax(-1).tolist()
-            dt = time.perf_counter() - t0
-            cache.trim(context)
-            best[m] = min(dt, best.get(m, dt))
+                break
+            time_one(m)
+        else:
+            continue
+        break
+    if m_max >= M_MAX and M_MAX in best and 2 * best[M_MAX] <= budget_s:
+        if time_one(BIG_M) <= budget_s / 2:
+            time_one(BIG_M)  # the first pass of a new shape can carry one-time setup
     return best
 
 

@@ -331,6 +331,20 @@ def test_humaneval_dataset():
     assert p.text in p.message(chat=True) and p.message(chat=True).startswith("Complete the following")
 
 
+def test_several_datasets_in_one_run(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"prompt": "a", "category": "k"}\n{"prompt": "b", "category": "k"}\n')
+    prompts = load_prompts(f"spec-bench,{path}", limit=1)
+    assert [p.category for p in prompts] == [*SPEC_BENCH_CATEGORIES, "k"]  # the limit applies per category
+    assert [p.text for p in load_prompts(f"spec-bench, {path}", categories=["k"])] == ["a", "b"]
+    with pytest.raises(SpecdecodeError, match="unknown categories"):
+        load_prompts(f"spec-bench,{path}", ["poetry"])
+    with pytest.raises(SpecdecodeError, match="twice"):
+        load_prompts("spec-bench,spec-bench")
+    with pytest.raises(SpecdecodeError, match="unknown dataset"):
+        load_prompts("spec-bench,nope")
+
+
 def test_jsonl_dataset(tmp_path):
     path = tmp_path / "mine.jsonl"
     path.write_text('{"prompt": "a"}\n\n{"prompt": "b", "category": "k", "id": "x"}\n')

@@ -41,9 +41,23 @@ def test_interpolation_fills_1_to_16_and_never_decreases():
         PassCosts.from_points({2: 1.0, 4: 2.0})
 
 
+def test_a_timed_prefill_sized_pass_sets_the_cost_past_the_table():
+    """With T(32) timed, T(m) past it is proportional to m at T(32)'s cost per row (compute-bound
+    prefill), and 17..31 interpolate; without it, the 8..16 slope rule stays."""
+    pts = {1: 1.0, 2: 1.1, 4: 1.2, 8: 1.6, 16: 2.0, cm.BIG_M: 3.2}
+    costs = PassCosts.from_points(pts)
+    assert len(costs.seconds) == cm.BIG_M and costs.measured[-1] == cm.BIG_M
+    assert costs(24) == pytest.approx(2.0 + (3.2 - 2.0) * 8 / 16)
+    assert costs(cm.BIG_M) == 3.2 and costs(700) == pytest.approx(3.2 * 700 / cm.BIG_M)
+    without = PassCosts.from_points({m: t for m, t in pts.items() if m != cm.BIG_M})
+    assert without(700) == pytest.approx(2.0 + (700 - 16) * (2.0 - 1.6) / 8)
+    assert PassCosts.from_dict(costs.to_dict())(700) == costs(700)  # survives the disk cache
+
+
 def test_time_passes_on_a_tiny_model_is_quick_and_covers_the_range(tiny):
     points = time_passes(tiny, budget_s=0.5)
-    assert set(points) == set(cm.MEASURE_ORDER)
+    assert set(points) == {*cm.MEASURE_ORDER, cm.BIG_M}  # a tiny model is quick: the big pass too
+    assert cm.BIG_M not in time_passes(tiny, budget_s=0.5, m_max=8)  # not past a short table
     assert all(t > 0 for t in points.values())
     # A zero budget still times m = 1 and 2: they decide whether speculation can pay at all.
     assert set(time_passes(tiny, budget_s=0.0)) == {1, 2}

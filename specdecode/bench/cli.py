@@ -26,7 +26,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:  # noqa: ANN001 - argpars
     p.add_argument("--draft", default=None, help="draft model for spec-model and hf-assisted (same tokenizer)")
     p.add_argument("--methods", default="all",
                    help=f"comma list of methods; 'all' = {defaults}; 'target' always runs. Registered: {', '.join(METHODS)}")
-    p.add_argument("--dataset", default="spec-bench", help="spec-bench | humaneval | PATH.jsonl ({\"prompt\": ..., \"category\": ...})")
+    p.add_argument("--dataset", default="spec-bench", help="spec-bench | humaneval | PATH.jsonl ({\"prompt\": ..., \"category\": ...}), or a comma list "
+                        "for one run over several (spec-bench,humaneval)")
     p.add_argument("--categories", default=None,
                    help="comma list (spec-bench: mt_bench,translation,summarization,qa,math_reasoning,rag; humaneval: code)")
     p.add_argument("--limit", type=int, default=None, help="prompts per category (default: all)")

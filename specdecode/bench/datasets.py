@@ -37,11 +37,24 @@ class BenchPrompt:
 
 
 def load_prompts(dataset: str, categories: list[str] | None = None, limit: int | None = None) -> list[BenchPrompt]:
-    """Prompts of `dataset` ("spec-bench", "humaneval" or a .jsonl path), filtered and limited.
+    """Prompts of `dataset` ("spec-bench", "humaneval" or a .jsonl path, or a comma list of them
+    for one run over several: "spec-bench,humaneval"), filtered and limited.
 
     limit: at most this many prompts per category; within a category they are taken round-robin
     over its subcategories (MT-bench's eight), in file order, so a small limit still mixes them.
     """
+    if "," in dataset and not Path(dataset).is_file():
+        parts = [d.strip() for d in dataset.split(",") if d.strip()]
+        if len(set(parts)) != len(parts):
+            raise SpecdecodeError(f"dataset {dataset!r} names one twice")
+        every = [p for d in parts for p in load_prompts(d, None, limit)]
+        if categories:
+            have = {p.category for p in every}
+            unknown = [c for c in categories if c not in have]
+            if unknown:
+                raise SpecdecodeError(f"unknown categories {unknown} for {dataset}; available: {', '.join(sorted(have))}")
+            every = [p for p in every if p.category in categories]
+        return every
     if dataset == "spec-bench":
         prompts = spec_bench_prompts()
     elif dataset == "humaneval":

@@ -77,6 +77,8 @@ def predict(records: list[dict[str, Any]], cost: CostModel, draft_step: float, d
     half the output: attention grows with it). Also the closed form with one acceptance rate a,
     (1 - a^(k+1)) / (1 - a) tokens per T(k+1) + k * draft_step, at the most frequent k.
     draft: the draft model's name in the cost model (its step at that context replaces draft_step).
+    A request whose rounds used the draft model also pays, once, the draft's pass over its prompt
+    before the first draft (its catch-up; priced by the draft's T(m) past 16, see cost_model.BIG_M).
     """
     contexts = [r.get("prompt_tokens", 0) + r["decode_tokens"] / 2 for r in records]
     L = int(sum(contexts) / len(contexts)) if contexts else None
@@ -89,8 +91,11 @@ def predict(records: list[dict[str, Any]], cost: CostModel, draft_step: float, d
     drafted: list[int] = []
     accepted: list[int] = []
     mix: dict[int, int] = defaultdict(int)
-    tokens = seconds = 0.0
+    tokens = seconds = catch_up = 0.0
     for r in records:
+        if draft is not None and draft_step and (r["drafted_by_position"] or [0])[0] > 0:
+            p = int(r.get("prompt_tokens", 0))
+            catch_up += cost.draft(draft, p, 0)  # attention among the prompt rows: a few % of it, as in the policy
         for i, (dn, an) in enumerate(zip(r["drafted_by_position"] or [], r["accepted_by_position"] or [])):
             if i >= len(drafted):
                 drafted.append(0)
@@ -104,14 +109,14 @@ def predict(records: list[dict[str, Any]], cost: CostModel, draft_step: float, d
     survive = [a / d if d else 0.0 for a, d in zip(accepted, drafted)]  # P(drafts 0..i accepted | drafted i)
     rounds = sum(mix.values())
     exp_tokens = sum(n * (1 + sum(survive[:k])) for k, n in mix.items())
-    exp_time = sum(n * (T(k + 1) + k * draft_step) for k, n in mix.items())
+    exp_time = sum(n * (T(k + 1) + k * draft_step) for k, n in mix.items()) + catch_up
     a = sum(accepted) / sum(drafted) if sum(drafted) else 0.0
     k_main = max(mix, key=mix.get) if mix else 0
     closed = (1 - a ** (k_main + 1)) / (1 - a) if a < 1 else k_main + 1.0
     return {
         "rounds": rounds, "round_mix": dict(sorted(mix.items())), "acceptance": a,
         "acceptance_by_position": survive,
-        "context": L,
+        "context": L, "catch_up_ms_per_request": catch_up / len(records) * 1e3 if records else 0.0,
         "predicted_speedup": exp_tokens / exp_time * T(1) if exp_time else None,
         "predicted_speedup_closed_form": closed / (T(k_main + 1) + k_main * draft_step) * T(1),
         "measured_tokens_per_s": tokens / seconds if seconds else None,
