@@ -37,8 +37,12 @@ MEASURE_ORDER = (1, 2, 4, 8, 16, 3, 6, 12)
 # runs passes far past 16, where cost per row is set by compute, not by reading the weights.
 # Extrapolating from 8..16 missed that both ways on the AVX-512-BF16 EPYC (bf16, 2 threads):
 # 1.6x too dear for the 0.5B Qwen at 700 rows, 0.7x too cheap for the 1.5B.
+# The same pass is timed prefill-shaped too (logits of the last row only, as a prompt chunk or a
+# draft's catch-up pass runs): a verify pass projects every row to the vocabulary, and for the
+# 0.5B Qwen (151,936 x 896 head, tied) that is a quarter of its weights: its 672-row catch-up
+# took 1.2 s, where T(m) with every row's logits said 2.0 s.
 BIG_M = 32
-FORMAT_VERSION = 3  # bump when what is measured changes: old cache entries are then ignored
+FORMAT_VERSION = 4  # bump when what is measured changes: old cache entries are then ignored
 # T(m) is timed after this many context tokens; a longer context adds per_key per query row and key.
 MEASURE_CONTEXT = 4
 LONG_CONTEXT = 1024  # where the per-key attention cost is timed (a cache filled directly, no prefill)
@@ -61,6 +65,19 @@ class PassCosts:
     measure_seconds: float = 0.0  # wall time the measurement took
     from_cache: bool = False
     per_key: float = 0.0  # seconds more per query row and per context position (attention)
+    prefill_big: float = 0.0  # seconds of a BIG_M-row pass with the last row's logits only; 0 = not timed
+
+    def prefill(self, m: int, context: int = 0) -> float:
+        """A pass over m rows that projects only the last one to the vocabulary (a prompt chunk, a
+        draft's catch-up) after `context` tokens. Without a timed prefill-shaped pass: T(m)."""
+        if self.prefill_big <= 0.0 or BIG_M not in self.measured:
+            return self.at(m, context)
+        if m > BIG_M:
+            body = self.prefill_big * m / BIG_M
+        else:  # T(m) less the vocabulary projection of its m - 1 other rows
+            head_row = max(self(BIG_M) - self.prefill_big, 0.0) / (BIG_M - 1)
+            body = max(self(m) - (m - 1) * head_row, self(1))
+        return body + m * max(context - MEASURE_CONTEXT, 0) * self.per_key
 
     def at(self, m: int, context: int) -> float:
         """T(m) after `context` tokens: each of the m rows also attends to the longer context."""
@@ -110,12 +127,13 @@ class PassCosts:
 
     def to_dict(self) -> dict[str, Any]:
         return {"seconds": self.seconds, "measured": self.measured, "key": self.key,
-                "measure_seconds": self.measure_seconds, "per_key": self.per_key}
+                "measure_seconds": self.measure_seconds, "per_key": self.per_key, "prefill_big": self.prefill_big}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PassCosts:
         return cls([float(x) for x in d["seconds"]], [int(x) for x in d.get("measured", [])], dict(d.get("key", {})),
-                   float(d.get("measure_seconds", 0.0)), per_key=float(d.get("per_key", 0.0)))
+                   float(d.get("measure_seconds", 0.0)), per_key=float(d.get("per_key", 0.0)),
+                   prefill_big=float(d.get("prefill_big", 0.0)))
 
 
 @dataclass
@@ -140,6 +158,12 @@ class CostModel:
             return 0.0
         return costs(m) if context is None else costs.at(m, context)
 
+    def draft_prefill(self, name: str, m: int, context: int = 0) -> float:
+        """Seconds of drafter `name`'s model feeding m tokens it has not seen (one pass, the last
+        row's logits only: its catch-up before drafting) after `context` cached tokens."""
+        costs = self.drafts.get(name)
+        return 0.0 if costs is None else costs.prefill(m, context)
+
     @classmethod
     def from_function(cls, target, drafts: dict[str, Any] | None = None, m_max: int = M_MAX,
                       per_key: float = 0.0) -> CostModel:
@@ -153,6 +177,10 @@ class CostModel:
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target.to_dict(), "drafts": {k: v.to_dict() for k, v in self.drafts.items()}}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CostModel:
+        return cls(PassCosts.from_dict(d["target"]), {k: PassCosts.from_dict(v) for k, v in d.get("drafts", {}).items()})
+
     def format(self) -> str:
         """Human-readable (the CLI's --stats): T(m) in ms and relative to T(1)."""
         def row(label: str, c: PassCosts) -> str:
@@ -161,6 +189,8 @@ class CostModel:
             rel = " ".join(f"{c(m) / c(1):.2f}" for m in ms) if c(1) > 0 else ""
             src = "cached" if c.from_cache else f"measured in {c.measure_seconds * 1e3:.0f} ms"
             attn = f"; +{c.per_key * 1024 * 1e3:.1f} ms per row per 1k context" if c.per_key else ""
+            if c.prefill_big:
+                attn += f"; prefill {c.prefill_big / BIG_M * 1e3:.2f} ms per row"
             return f"{label:<18} {cells} ms  (x T(1): {rel}; {src}, timed m = {c.measured}{attn})"
 
         lines = [row("cost T(m) target", self.target)]
@@ -218,6 +248,24 @@ def time_passes(model, *, budget_s: float = 0.4, repeats: int = 3, m_max: int = 
 
 
 @torch.inference_mode()
+def time_prefill(model, t_big: float, *, budget_s: float = 0.4, context: int = MEASURE_CONTEXT) -> float:
+    """Seconds of a BIG_M-row pass that keeps only the last row's logits (prefill-shaped), the
+    fastest of up to two (the second only when t_big, the verify-shaped one, is under budget_s / 2)."""
+    device = model.device
+    cache = model.new_cache(context + BIG_M + 1)
+    ids = torch.arange(context + BIG_M, device=device).remainder(int(model.vocab_size)).view(1, -1)
+    pos = torch.arange(context + BIG_M, device=device).view(1, -1)
+    model(ids[:, :context], pos[:, :context], cache).argmax(-1).tolist()
+    best = float("inf")
+    for _ in range(2 if t_big <= budget_s / 2 else 1):
+        t0 = time.perf_counter()
+        model(ids[:, context:], pos[:, context:], cache, num_logits=1).argmax(-1).tolist()
+        best = min(best, time.perf_counter() - t0)
+        cache.trim(context)
+    return best
+
+
+@torch.inference_mode()
 def time_per_key(model, t1: float, *, context: int = LONG_CONTEXT, repeats: int = 3) -> float:
     """Seconds a query row spends per context position (attention over a longer cache), from one-token
     passes after `context` positions against t1 = T(1) after MEASURE_CONTEXT. The cache is filled
@@ -257,8 +305,9 @@ def measure_pass_costs(model, *, budget_s: float = 0.4, use_cache: bool = True, 
     t0 = time.perf_counter()
     points = time_passes(model, budget_s=budget_s, m_max=m_max)
     per_key = time_per_key(model, points[1])
+    prefill_big = time_prefill(model, points[BIG_M], budget_s=budget_s) if BIG_M in points else 0.0
     costs = PassCosts.from_points(points, m_max, key=key or {}, measure_seconds=time.perf_counter() - t0,
-                                  per_key=per_key)
+                                  per_key=per_key, prefill_big=prefill_big)
     if digest is not None:
         _MEMO[digest] = costs
         if use_cache:

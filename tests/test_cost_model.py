@@ -54,10 +54,30 @@ def test_a_timed_prefill_sized_pass_sets_the_cost_past_the_table():
     assert PassCosts.from_dict(costs.to_dict())(700) == costs(700)  # survives the disk cache
 
 
+def test_prefill_shaped_passes_drop_the_other_rows_vocabulary_projection():
+    """A prompt chunk or a draft's catch-up keeps only the last row's logits: priced from the timed
+    prefill-shaped BIG_M pass, not from T(m), whose every row is projected to the vocabulary."""
+    pts = {1: 1.0, 2: 1.1, 4: 1.2, 8: 1.6, 16: 2.0, cm.BIG_M: 3.2}
+    costs = PassCosts.from_points(pts, prefill_big=1.65, per_key=0.001)
+    head_row = (3.2 - 1.65) / (cm.BIG_M - 1)
+    assert costs.prefill(cm.BIG_M) == pytest.approx(1.65)
+    assert costs.prefill(16) == pytest.approx(2.0 - 15 * head_row)
+    assert costs.prefill(1) == costs(1)  # one row: nothing to drop
+    assert costs.prefill(700) == pytest.approx(1.65 * 700 / cm.BIG_M)
+    assert costs.prefill(700, 104) == pytest.approx(1.65 * 700 / cm.BIG_M + 700 * 100 * 0.001)
+    assert PassCosts.from_dict(costs.to_dict()).prefill(700) == costs.prefill(700)
+    untimed = PassCosts.from_points({m: t for m, t in pts.items() if m != cm.BIG_M})
+    assert untimed.prefill(700, 104) == untimed.at(700, 104)  # no prefill-shaped pass: T(m)
+    model = CostModel(costs, {"model": costs})
+    assert model.draft_prefill("model", 700) == costs.prefill(700) and model.draft_prefill("ngram", 700) == 0.0
+
+
 def test_time_passes_on_a_tiny_model_is_quick_and_covers_the_range(tiny):
     points = time_passes(tiny, budget_s=0.5)
     assert set(points) == {*cm.MEASURE_ORDER, cm.BIG_M}  # a tiny model is quick: the big pass too
     assert cm.BIG_M not in time_passes(tiny, budget_s=0.5, m_max=8)  # not past a short table
+    assert 0.0 < cm.time_prefill(tiny, points[cm.BIG_M]) < 10 * points[cm.BIG_M]
+    assert measure_pass_costs(tiny).prefill_big > 0.0
     assert all(t > 0 for t in points.values())
     # A zero budget still times m = 1 and 2: they decide whether speculation can pay at all.
     assert set(time_passes(tiny, budget_s=0.0)) == {1, 2}

@@ -371,6 +371,13 @@ def test_bench_policy_methods_and_theory_table(tmp_path, monkeypatch):
     assert set(t["methods"]) == set(names)
     assert "| spec-auto | code |" in (tmp_path / "b" / "theory.md").read_text()
     assert round_mix([5, 3, 3, 1], 9) == {0: 4, 1: 2, 3: 2, 4: 1}
+    # The run recorded the cost model its policy decided by; with no cost model given, the
+    # theory prices the run with that one (not with what a later process would measure).
+    recorded = CostModel.from_dict(results["cost_model"])
+    assert recorded.T(1) > 0 and "model" in recorded.drafts
+    again = write_theory(tmp_path / "b")
+    assert again["T_ms"][1] == pytest.approx(recorded.T(1) * 1e3)
+    assert row["catch_up_ms_per_request"] > 0  # the draft model fed each prompt before drafting
 
 
 def test_draft_prefill_of_a_long_prompt_pays_only_for_a_long_answer():

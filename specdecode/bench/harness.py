@@ -268,6 +268,10 @@ def run_bench(config: BenchConfig, *, target=None, draft=None, log: Callable[[st
             for _, ids, _ in todo[: config.warmup]:
                 for m in methods:
                     runners[m.name].run(ids, warm)
+        # The pass costs the cost policy decides by (measured by the warm-up of an `auto` method,
+        # else now, before any timed run; cached per machine): the theory beside measurement
+        # prices this run with them, not with whatever a later process would measure.
+        results["cost_model"] = _cost_model(target, draft).to_dict()
         # Objects alive now (models, libraries) never become garbage: freezing them keeps each
         # collection between runs short, and no collection runs inside a timed region.
         gc.collect()
@@ -283,6 +287,13 @@ def run_bench(config: BenchConfig, *, target=None, draft=None, log: Callable[[st
     results["finished"] = now_iso()
     write_reports(results, out)  # results.json with the summary, results.md, charts
     return results
+
+
+def _cost_model(target, draft):
+    from ..cost_model import measure_cost_model
+    from ..drafters import ModelDrafter
+
+    return measure_cost_model(target.lm, [ModelDrafter(draft.lm)] if draft is not None else [])
 
 
 def _run_prompts(todo, runners, params, config, results, done, decode, path) -> None:

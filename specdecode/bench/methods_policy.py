@@ -78,7 +78,7 @@ def predict(records: list[dict[str, Any]], cost: CostModel, draft_step: float, d
     (1 - a^(k+1)) / (1 - a) tokens per T(k+1) + k * draft_step, at the most frequent k.
     draft: the draft model's name in the cost model (its step at that context replaces draft_step).
     A request whose rounds used the draft model also pays, once, the draft's pass over its prompt
-    before the first draft (its catch-up; priced by the draft's T(m) past 16, see cost_model.BIG_M).
+    before the first draft (its catch-up: a prefill-shaped pass, see cost_model.BIG_M).
     """
     contexts = [r.get("prompt_tokens", 0) + r["decode_tokens"] / 2 for r in records]
     L = int(sum(contexts) / len(contexts)) if contexts else None
@@ -95,7 +95,7 @@ def predict(records: list[dict[str, Any]], cost: CostModel, draft_step: float, d
     for r in records:
         if draft is not None and draft_step and (r["drafted_by_position"] or [0])[0] > 0:
             p = int(r.get("prompt_tokens", 0))
-            catch_up += cost.draft(draft, p, 0)  # attention among the prompt rows: a few % of it, as in the policy
+            catch_up += cost.draft_prefill(draft, p)  # priced as the policy prices it
         for i, (dn, an) in enumerate(zip(r["drafted_by_position"] or [], r["accepted_by_position"] or [])):
             if i >= len(drafted):
                 drafted.append(0)
@@ -177,8 +177,9 @@ def format_theory(t: dict[str, Any]) -> str:
 def write_theory(out_dir: str | Path, cost: CostModel | None = None) -> dict[str, Any]:
     """Read OUT_DIR/results.json; write theory.json and theory.md beside it.
 
-    cost: the run's cost model; None = load the run's models again and take it from the
-    cost cache (the same machine, dtype and threads give the same entry, so no re-measurement).
+    cost: a cost model; None = the one the run recorded (results.json "cost_model"), or for an
+    older run, load its models again and take it from the cost cache (the same machine, dtype
+    and threads give the same entry unless the cache format changed since).
     """
     import specdecode
 
@@ -186,6 +187,8 @@ def write_theory(out_dir: str | Path, cost: CostModel | None = None) -> dict[str
 
     out = Path(out_dir)
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    if cost is None and "cost_model" in results:
+        cost = CostModel.from_dict(results["cost_model"])
     if cost is None:
         cfg = results["config"]
         kw = dict(dtype=cfg["dtype"], device=cfg["device"], threads=cfg["threads"])

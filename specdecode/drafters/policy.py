@@ -285,9 +285,9 @@ class CostPolicy:
             return 0.0, 0.0
         behind = getattr(drafter, "catch_up_tokens", None)
         p = max(behind(context), 1) if behind is not None else 1
-        # Its rows attend to the n - p tokens already cached (per_key, timed on one-row passes);
-        # among themselves they attend as a matrix product, a few percent of a prefill's time.
-        return step, max(cm.draft(name, p, n - p) - step, 0.0)
+        # One pass, the last row's logits only; its rows attend to the n - p tokens already cached
+        # (per_key, timed on one-row passes); among themselves as a matrix product, a few percent.
+        return step, max(cm.draft_prefill(name, p, n - p) - step, 0.0)
 
     def options(self, context: list[int], k_cap: int, bar: float = 0.0) -> list[Choice]:
         """Candidate (drafter, k) of this round with expected tokens and seconds; k = 0 first.
