@@ -290,14 +290,16 @@ def time_per_key(model, t1: float, *, context: int = LONG_CONTEXT, repeats: int 
     return max(best - t1, 0.0) / (context - MEASURE_CONTEXT)
 
 
-def measure_pass_costs(model, *, budget_s: float = 0.4, use_cache: bool = True, m_max: int = M_MAX) -> PassCosts:
-    """T(1..m_max) of `model`: from the memo or the disk cache when the key matches, else timed."""
+def measure_pass_costs(model, *, budget_s: float = 0.4, use_cache: bool = True, m_max: int = M_MAX,
+                       refresh: bool = False) -> PassCosts:
+    """T(1..m_max) of `model`: from the memo or the disk cache when the key matches, else timed.
+    refresh: time it even so, and replace the memo and the cache entry (cost_drift.py)."""
     key = cost_key(model)
     digest = _digest(key) if key is not None else None
-    if digest is not None and digest in _MEMO:
+    if digest is not None and digest in _MEMO and not refresh:
         return _MEMO[digest]
     path = costs_dir() / f"{digest}.json" if digest is not None else None
-    if use_cache and path is not None:
+    if use_cache and path is not None and not refresh:
         cached = _read(path, key)
         if cached is not None:
             _MEMO[digest] = cached
@@ -315,15 +317,22 @@ def measure_pass_costs(model, *, budget_s: float = 0.4, use_cache: bool = True, 
     return costs
 
 
+def memoized_pass_costs(model) -> PassCosts | None:
+    """What this process holds for `model` (measured or read from the cache), without timing."""
+    key = cost_key(model)
+    return _MEMO.get(_digest(key)) if key is not None else None
+
+
 def measure_cost_model(target, drafters: list | tuple = (), *, budget_s: float = 0.4,
-                       use_cache: bool = True) -> CostModel:
-    """The cost model of a target and its drafters (those with a `.model` are timed, cheaper budget)."""
+                       use_cache: bool = True, refresh: bool = False) -> CostModel:
+    """The cost model of a target and its drafters (those with a `.model` are timed, cheaper budget).
+    refresh: time them all again, replacing what the memo and the cache hold."""
     drafts = {}
     for d in drafters:
         model = getattr(d, "model", None)
         if model is not None and hasattr(model, "new_cache") and d.name not in drafts:
-            drafts[d.name] = measure_pass_costs(model, budget_s=budget_s / 2, use_cache=use_cache)
-    return CostModel(measure_pass_costs(target, budget_s=budget_s, use_cache=use_cache), drafts)
+            drafts[d.name] = measure_pass_costs(model, budget_s=budget_s / 2, use_cache=use_cache, refresh=refresh)
+    return CostModel(measure_pass_costs(target, budget_s=budget_s, use_cache=use_cache, refresh=refresh), drafts)
 
 
 # -- the cache key ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ several, each round from measured pass costs and running acceptance (docs/policy
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import SamplingParams
-from .cost_model import CostModel, measure_cost_model
+from .cost_drift import CostDrift
+from .cost_model import CostModel, measure_cost_model, memoized_pass_costs
 from .drafters.base import Draft, Drafter, empty_draft, fork_drafter
 from .drafters.composite import DrafterSet, drafter_members
 from .drafters.model import ModelDrafter, propose_batch
@@ -27,6 +29,8 @@ from .ragged import Segment, forward_segments
 from .request import RequestState
 from .sampling import logits_to_probs, make_generator, sample
 from .verify import greedy_accept, rejection_sample
+
+log = logging.getLogger(__name__)
 
 # The fastest draft lengths measured on the one machine we had (2-core AVX2 CPU, Qwen2.5-Coder
 # 1.5B target; k in 1..4 for a draft model, 1..8 for n-gram): a multi-token verify pass costs
@@ -175,6 +179,11 @@ class Engine:
         self.num_draft_tokens = num_draft_tokens or 0
         self.adaptive = adaptive
         self._cost_model = cost_model
+        # Set when this engine measured (or read from the cache) its own cost model: then its
+        # passes are checked against it (cost_drift.py). A cost model given (tests, the
+        # tensor-parallel ranks' agreed one) is taken as it is.
+        self._cost_drift: CostDrift | None = None
+        self.cost_model_refreshes = 0  # times the passes drifted from the cost model and it was measured again
         if eos_token_ids is None and self.tokenizer is not None:
             eos_token_ids = self.tokenizer.eos_token_ids
         self.eos_token_ids = set(eos_token_ids or ())
@@ -218,7 +227,24 @@ class Engine:
         """T(m) of the target and each draft model, measured on first use (a few hundred ms; then cached)."""
         if self._cost_model is None:
             self._cost_model = measure_cost_model(self.target, self._drafters())
+            self._cost_drift = CostDrift()
         return self._cost_model
+
+    def _check_cost(self, m: int, context: int, seconds: float) -> None:
+        """Compare one single-request target pass over m tokens after `context` with the cost model;
+        measure again (replacing the cached entry) when they have drifted apart. Requests already
+        running keep the costs they started with; later ones get the new ones."""
+        if self._cost_drift is None or not self._cost_drift.observe(m, seconds, self._cost_model.T(m, context)):
+            return
+        at_m, ratio = self._cost_drift.last_drift
+        shared = memoized_pass_costs(self.target)
+        if shared is not None and shared is not self._cost_model.target:
+            # another engine on this model measured again already: take its figures
+            self._cost_model = measure_cost_model(self.target, self._drafters())
+            return
+        log.info("target passes over %d tokens took %.2fx the cost model's figure: measuring again", at_m, ratio)
+        self._cost_model = measure_cost_model(self.target, self._drafters(), refresh=True)
+        self.cost_model_refreshes += 1
 
     def _drafters(self) -> list[Drafter]:
         return drafter_members(self.drafter)
@@ -324,6 +350,8 @@ class Engine:
                 argmax[i] = flat[r : r + logits[i].shape[0]]
                 r += logits[i].shape[0]
         t2 = time.perf_counter()
+        if len(segments) == 1 and decoding and greedy:  # one request, its tokens read back: like the measurement
+            self._check_cost(len(segments[0].tokens), segments[0].cache.length - len(segments[0].tokens), t2 - t1)
         for i, (s, d) in enumerate(zip(decoding, drafts)):
             self._verified(s, d, asked[i], logits[i], argmax.get(i))
             s.stats.draft_seconds += t1 - t0

@@ -166,3 +166,62 @@ def test_a_long_context_shortens_the_draft():
     short = policy.choose([1] * 64, 15)[1]
     long = policy.choose([1] * 4000, 15)[1]
     assert short == 15 and long < short
+
+
+# -- drift: the cached measurement no longer describes the machine --------------------------------
+
+
+def test_cost_drift_asks_for_a_new_measurement_only_on_a_sustained_gap():
+    from specdecode.cost_drift import CostDrift
+
+    drift = CostDrift(window=4, max_remeasures=1)
+    assert not any(drift.observe(1, 0.012, 0.010) for _ in range(20))  # within the band: never
+    assert [drift.observe(1, 0.005, 0.010) for _ in range(2)] == [False, False]  # the median is a vote:
+    assert drift.observe(1, 0.005, 0.010)  # three of four recent passes at half the prediction
+    assert drift.last_drift == (1, pytest.approx(0.5))
+    assert not any(drift.observe(1, 0.005, 0.010) for _ in range(8))  # its one re-measure is spent
+    other = CostDrift(window=4)
+    for _ in range(3):
+        other.observe(1, 0.005, 0.010)
+    assert not other.observe(4, 0.005, 0.010)  # each m judged on its own passes
+
+
+def test_engine_measures_again_when_its_passes_drift_from_a_stale_measurement(tiny, isolated_cache):
+    """A measurement taken in a slow moment (here: every figure 20x too dear) is replaced once the
+    engine's own passes disagree with it for a while; the output never changes."""
+    import specdecode
+
+    reference = specdecode.Engine(tiny).generate_ids([3, 5, 7], specdecode.SamplingParams(max_new_tokens=48))[0]
+    engine = specdecode.Engine(tiny, NgramDrafter())
+    real = engine.cost_model.target  # measured now, written to the cache
+    stale = PassCosts([t * 20 for t in real.seconds], real.measured, real.key, per_key=real.per_key * 20)
+    digest = cm._digest(cm.cost_key(tiny))
+    cm._MEMO[digest] = stale
+    cm._write(isolated_cache / "costs" / f"{digest}.json", stale)
+    engine._cost_model = CostModel(stale, {})
+    out = engine.generate_ids([3, 5, 7], specdecode.SamplingParams(max_new_tokens=48))[0]
+    assert out == reference
+    assert engine.cost_model_refreshes == 1
+    assert engine.cost_model.target is not stale and engine.cost_model.T(1) < stale(1) / 4
+    cm._MEMO.clear()
+    assert measure_pass_costs(tiny).seconds == engine.cost_model.target.seconds  # the cache entry was replaced
+    # A second engine in the process takes the new figures from the memo instead of timing again.
+    again = specdecode.Engine(tiny, NgramDrafter())
+    again._cost_model, again._cost_drift = CostModel(stale, {}), cm_drift()
+    again.generate_ids([3, 5, 7], specdecode.SamplingParams(max_new_tokens=48))
+    assert again.cost_model_refreshes == 0 and again.cost_model.target.seconds == engine.cost_model.target.seconds
+
+
+def test_a_given_cost_model_is_never_replaced(tiny):
+    import specdecode
+
+    given = CostModel.from_function(lambda m: 1.0)  # absurdly dear: the passes will disagree
+    engine = specdecode.Engine(tiny, NgramDrafter(), cost_model=given)
+    engine.generate_ids([3, 5, 7], specdecode.SamplingParams(max_new_tokens=48))
+    assert engine.cost_model is given and engine.cost_model_refreshes == 0
+
+
+def cm_drift():
+    from specdecode.cost_drift import CostDrift
+
+    return CostDrift()
