@@ -43,6 +43,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(f"--- {probe_row_invariance(engine.target).describe()}", file=sys.stderr)
         print(stats.format(), file=sys.stderr)
         if engine.needs_cost_model:
+            if engine.cost_model_refreshes:
+                print("--- the passes drifted from the cached cost model: measured again", file=sys.stderr)
             print(engine.cost_model.format(), file=sys.stderr)
     if args.compare and stats is not None:
         _compare_with_target_only(engine, prompt, params, chat, ids, stats)

@@ -277,6 +277,9 @@ def run_bench(config: BenchConfig, *, target=None, draft=None, log: Callable[[st
         gc.collect()
         gc.freeze()
         _run_prompts(todo, runners, params, config, results, done, tokenizer.decode, path)
+        end_costs = _cost_model(target, draft).to_dict()
+        if end_costs != results["cost_model"]:  # an engine saw its passes drift and measured again (cost_drift.py)
+            results["cost_model_end"] = end_costs
     except KeyboardInterrupt:
         results["interrupted"] = now_iso()
         write_reports(results, out)

@@ -177,7 +177,8 @@ def format_theory(t: dict[str, Any]) -> str:
 def write_theory(out_dir: str | Path, cost: CostModel | None = None) -> dict[str, Any]:
     """Read OUT_DIR/results.json; write theory.json and theory.md beside it.
 
-    cost: a cost model; None = the one the run recorded (results.json "cost_model"), or for an
+    cost: a cost model; None = the one the run recorded (results.json "cost_model", or
+    "cost_model_end" where an engine measured again during the run), or for an
     older run, load its models again and take it from the cost cache (the same machine, dtype
     and threads give the same entry unless the cache format changed since).
     """
@@ -187,8 +188,9 @@ def write_theory(out_dir: str | Path, cost: CostModel | None = None) -> dict[str
 
     out = Path(out_dir)
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    if cost is None and "cost_model" in results:
-        cost = CostModel.from_dict(results["cost_model"])
+    recorded = results.get("cost_model_end") or results.get("cost_model")  # the last figures: re-measured if passes drifted
+    if cost is None and recorded:
+        cost = CostModel.from_dict(recorded)
     if cost is None:
         cfg = results["config"]
         kw = dict(dtype=cfg["dtype"], device=cfg["device"], threads=cfg["threads"])
