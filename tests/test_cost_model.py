@@ -175,11 +175,11 @@ def test_cost_drift_asks_for_a_new_measurement_only_on_a_sustained_gap():
     from specdecode.cost_drift import CostDrift
 
     drift = CostDrift(window=4, max_remeasures=1)
-    assert not any(drift.observe(1, 0.012, 0.010) for _ in range(20))  # within the band: never
-    assert [drift.observe(1, 0.005, 0.010) for _ in range(2)] == [False, False]  # the median is a vote:
-    assert drift.observe(1, 0.005, 0.010)  # three of four recent passes at half the prediction
-    assert drift.last_drift == (1, pytest.approx(0.5))
-    assert not any(drift.observe(1, 0.005, 0.010) for _ in range(8))  # its one re-measure is spent
+    assert not any(drift.observe(1, 0.0115, 0.010) for _ in range(20))  # within the band: never
+    assert [drift.observe(1, 0.006, 0.010) for _ in range(2)] == [False, False]  # the median is a vote:
+    assert drift.observe(1, 0.006, 0.010)  # three of four recent passes at 0.6x the prediction
+    assert drift.last_drift == (1, pytest.approx(0.6))
+    assert not any(drift.observe(1, 0.006, 0.010) for _ in range(8))  # its one re-measure is spent
     other = CostDrift(window=4)
     for _ in range(3):
         other.observe(1, 0.005, 0.010)
