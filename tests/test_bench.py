@@ -286,6 +286,12 @@ def test_summarize_by_category_and_overall():
     assert s["by_category"][OVERALL]["spec"]["speedup_vs_target"] == pytest.approx(20 / 1.5 / 10)
     assert s["by_category"][OVERALL]["spec"]["tokens_per_pass"] == pytest.approx(20 / 14)
     assert s["by_category"]["x"]["spec"]["speedup_vs_hf"] is None
+    # with repeats: the fastest run of each record as well as the median
+    noisy = [{"id": "1", "category": "x", "results": {
+        "target": {**_rec(10, 1.0), "runs": [{"decode_s": 1.0}, {"decode_s": 0.8}, {"decode_s": 1.3}]},
+        "spec": {**_rec(10, 1.0), "runs": [{"decode_s": 1.0}, {"decode_s": 0.4}, {"decode_s": 1.1}]}}}]
+    row = summarize(noisy, ["target", "spec"])["by_category"]["x"]["spec"]
+    assert row["speedup_vs_target"] == pytest.approx(1.0) and row["speedup_vs_target_fastest"] == pytest.approx(2.0)
 
 
 def test_make_record_takes_median_timings_and_compare_outputs():
