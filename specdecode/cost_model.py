@@ -77,11 +77,15 @@ class PassCosts:
         else:  # T(m) less the vocabulary projection of its m - 1 other rows
             head_row = max(self(BIG_M) - self.prefill_big, 0.0) / (BIG_M - 1)
             body = max(self(m) - (m - 1) * head_row, self(1))
-        return body + m * max(context - MEASURE_CONTEXT, 0) * self.per_key
+        return body + self._attention(m, context)
 
     def at(self, m: int, context: int) -> float:
         """T(m) after `context` tokens: each of the m rows also attends to the longer context."""
-        return self(m) + m * max(context - MEASURE_CONTEXT, 0) * self.per_key
+        return self(m) + self._attention(m, context)
+
+    def _attention(self, m: int, context: int) -> float:
+        """Seconds m rows spend attending to the `context` - MEASURE_CONTEXT positions the timed passes lacked."""
+        return m * max(context - MEASURE_CONTEXT, 0) * self.per_key
 
     def __call__(self, m: int) -> float:
         """T(m); beyond the table (prefill, batches of many requests): when a pass of BIG_M rows was
@@ -213,21 +217,11 @@ def time_passes(model, *, budget_s: float = 0.4, repeats: int = 3, m_max: int = 
     BIG_M rows (twice when cheap), if T(16) was timed and 2 T(16) fits in `budget_s`: on a
     machine where even that is dear (a 1.5B bf16 model on AVX2), passes are linear in m anyway.
     """
-    device = model.device
-    vocab = int(model.vocab_size)
-    longest = max(m_max, BIG_M)
-    cache = model.new_cache(context + longest + 1)
-    ids = torch.arange(context + longest, device=device).remainder(vocab).view(1, -1)  # (1, context + longest)
-    pos = torch.arange(context + longest, device=device).view(1, -1)
-    model(ids[:, :context], pos[:, :context], cache).argmax(-1).tolist()  # warm-up and context
     best: dict[int, float] = {}
+    timed_pass = _pass_timer(model, context, max(m_max, BIG_M))
 
     def time_one(m: int) -> float:
-        t0 = time.perf_counter()
-        # .tolist() is verification's host copy, and the sync that makes the timing honest on CUDA.
-        model(ids[:, context:context + m], pos[:, context:context + m], cache).argmax(-1).tolist()
-        dt = time.perf_counter() - t0
-        cache.trim(context)
+        dt = timed_pass(m)
         best[m] = min(dt, best.get(m, dt))
         return dt
 
@@ -251,18 +245,28 @@ def time_passes(model, *, budget_s: float = 0.4, repeats: int = 3, m_max: int = 
 def time_prefill(model, t_big: float, *, budget_s: float = 0.4, context: int = MEASURE_CONTEXT) -> float:
     """Seconds of a BIG_M-row pass that keeps only the last row's logits (prefill-shaped), the
     fastest of up to two (the second only when t_big, the verify-shaped one, is under budget_s / 2)."""
+    timed_pass = _pass_timer(model, context, BIG_M)
+    return min(timed_pass(BIG_M, num_logits=1) for _ in range(2 if t_big <= budget_s / 2 else 1))
+
+
+def _pass_timer(model, context: int, longest: int):  # noqa: ANN202 - (m, num_logits=None) -> seconds
+    """Build a throw-away cache holding `context` tokens (one untimed warm-up pass) and return a
+    function that times one pass over m <= `longest` new tokens after them, then rolls it back."""
     device = model.device
-    cache = model.new_cache(context + BIG_M + 1)
-    ids = torch.arange(context + BIG_M, device=device).remainder(int(model.vocab_size)).view(1, -1)
-    pos = torch.arange(context + BIG_M, device=device).view(1, -1)
-    model(ids[:, :context], pos[:, :context], cache).argmax(-1).tolist()
-    best = float("inf")
-    for _ in range(2 if t_big <= budget_s / 2 else 1):
+    cache = model.new_cache(context + longest + 1)
+    ids = torch.arange(context + longest, device=device).remainder(int(model.vocab_size)).view(1, -1)  # (1, context + longest)
+    pos = torch.arange(context + longest, device=device).view(1, -1)
+    model(ids[:, :context], pos[:, :context], cache).argmax(-1).tolist()  # warm-up and context
+
+    def timed_pass(m: int, num_logits: int | None = None) -> float:
         t0 = time.perf_counter()
-        model(ids[:, context:], pos[:, context:], cache, num_logits=1).argmax(-1).tolist()
-        best = min(best, time.perf_counter() - t0)
+        # .tolist() is verification's host copy, and the sync that makes the timing honest on CUDA.
+        model(ids[:, context:context + m], pos[:, context:context + m], cache, num_logits=num_logits).argmax(-1).tolist()
+        dt = time.perf_counter() - t0
         cache.trim(context)
-    return best
+        return dt
+
+    return timed_pass
 
 
 @torch.inference_mode()

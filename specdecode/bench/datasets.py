@@ -47,22 +47,9 @@ def load_prompts(dataset: str, categories: list[str] | None = None, limit: int |
         parts = [d.strip() for d in dataset.split(",") if d.strip()]
         if len(set(parts)) != len(parts):
             raise SpecdecodeError(f"dataset {dataset!r} names one twice")
-        every = [p for d in parts for p in load_prompts(d, None, limit)]
-        if categories:
-            have = {p.category for p in every}
-            unknown = [c for c in categories if c not in have]
-            if unknown:
-                raise SpecdecodeError(f"unknown categories {unknown} for {dataset}; available: {', '.join(sorted(have))}")
-            every = [p for p in every if p.category in categories]
-        return every
-    if dataset == "spec-bench":
-        prompts = spec_bench_prompts()
-    elif dataset == "humaneval":
-        prompts = humaneval_prompts()
-    elif dataset.endswith(".jsonl") or Path(dataset).is_file():
-        prompts = jsonl_prompts(Path(dataset))
     else:
-        raise SpecdecodeError(f"unknown dataset {dataset!r}: use spec-bench, humaneval or a path to a .jsonl file")
+        parts = [dataset]
+    prompts = [p for part in parts for p in _dataset_prompts(part)]
     if limit is not None and limit < 1:
         raise SpecdecodeError(f"--limit must be >= 1, got {limit}")
     by_cat: dict[str, list[BenchPrompt]] = defaultdict(list)
@@ -74,6 +61,17 @@ def load_prompts(dataset: str, categories: list[str] | None = None, limit: int |
             raise SpecdecodeError(f"unknown categories {unknown} for {dataset}; available: {', '.join(by_cat)}")
         by_cat = {c: by_cat[c] for c in by_cat if c in categories}
     return [p for cat in by_cat.values() for p in _take_mixed(cat, limit)]
+
+
+def _dataset_prompts(dataset: str) -> list[BenchPrompt]:
+    """Every prompt of one dataset, in file order."""
+    if dataset == "spec-bench":
+        return spec_bench_prompts()
+    if dataset == "humaneval":
+        return humaneval_prompts()
+    if dataset.endswith(".jsonl") or Path(dataset).is_file():
+        return jsonl_prompts(Path(dataset))
+    raise SpecdecodeError(f"unknown dataset {dataset!r}: use spec-bench, humaneval or a path to a .jsonl file")
 
 
 def _take_mixed(prompts: list[BenchPrompt], limit: int | None) -> list[BenchPrompt]:
