@@ -24,6 +24,11 @@ WINDOW = 16  # passes of one m before the median is trusted
 # single slow passes; 20% was too wide to catch the T(1) = 70 ms entry against passes of 56-60 ms.
 LOW, HIGH = 0.85, 1.18
 MAX_REMEASURES = 2  # per engine: a machine whose speed swings all the time is not chased forever
+# Passes the cost model says are shorter than this are not judged: the engine's own bookkeeping
+# per round (~0.3-1 ms of Python, not in the measurement) would alone put them outside the band,
+# and tiny models would then be re-measured for nothing (which also made two engines on one
+# test model decide differently). Real targets take tens of milliseconds a pass.
+MIN_PREDICTED_S = 0.005
 
 
 class CostDrift:
@@ -38,7 +43,7 @@ class CostDrift:
 
     def observe(self, m: int, seconds: float, predicted: float) -> bool:
         """Record one pass over m tokens; True when the cost model should be measured again."""
-        if predicted <= 0.0 or self.remeasures_left <= 0:
+        if predicted < MIN_PREDICTED_S or self.remeasures_left <= 0:
             return False
         ratios = self.ratios[m]
         ratios.append(seconds / predicted)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import native_from_hf, tiny_hf_model
+from specdecode import cost_drift
 from specdecode import cost_model as cm
 from specdecode.cost_model import CostModel, PassCosts, measure_cost_model, measure_pass_costs, time_passes
 from specdecode.drafters import CostPolicy, ModelDrafter, NgramDrafter
@@ -184,17 +185,21 @@ def test_cost_drift_asks_for_a_new_measurement_only_on_a_sustained_gap():
     for _ in range(3):
         other.observe(1, 0.005, 0.010)
     assert not other.observe(4, 0.005, 0.010)  # each m judged on its own passes
+    tiny = CostDrift(window=4)  # passes too short to judge (engine bookkeeping would dominate): never
+    assert not any(tiny.observe(1, 0.004, 0.001) for _ in range(20))
 
 
 def test_engine_measures_again_when_its_passes_drift_from_a_stale_measurement(tiny, isolated_cache):
-    """A measurement taken in a slow moment (here: every figure 20x too dear) is replaced once the
-    engine's own passes disagree with it for a while; the output never changes."""
+    """A measurement taken in a slow moment (here: every figure 100x too dear, which also lifts the
+    tiny model's passes above cost_drift.MIN_PREDICTED_S) is replaced once the engine's own passes
+    disagree with it for a while; the output never changes."""
     import specdecode
 
     reference = specdecode.Engine(tiny).generate_ids([3, 5, 7], specdecode.SamplingParams(max_new_tokens=48))[0]
     engine = specdecode.Engine(tiny, NgramDrafter())
     real = engine.cost_model.target  # measured now, written to the cache
-    stale = PassCosts([t * 20 for t in real.seconds], real.measured, real.key, per_key=real.per_key * 20)
+    stale = PassCosts([t * 100 for t in real.seconds], real.measured, real.key, per_key=real.per_key * 100)
+    assert stale(1) >= cost_drift.MIN_PREDICTED_S
     digest = cm._digest(cm.cost_key(tiny))
     cm._MEMO[digest] = stale
     cm._write(isolated_cache / "costs" / f"{digest}.json", stale)
