@@ -402,8 +402,10 @@ class Engine:
                 drafts[i] = member.propose(s.tokens, k, s.params, s.generator)
         for group in by_model.values():
             idx = [i for i, _ in group]
+            stops = [states[i].policy.draft_stop if isinstance(states[i].policy, CostPolicy) else None for i in idx]
             out = propose_batch([m for _, m in group], [states[i].tokens for i in idx], [asked[i] for i in idx],
-                                [states[i].params for i in idx], [states[i].generator for i in idx])
+                                [states[i].params for i in idx], [states[i].generator for i in idx],
+                                [s.keep_drafting if s is not None else None for s in stops])
             for i, d in zip(idx, out):
                 drafts[i] = d
         return drafts, asked

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from collections.abc import Callable, Sequence
+
 from ..config import SamplingParams
 from ..sampling import logits_to_probs, sample
 from .base import Draft, empty_draft
@@ -17,10 +19,12 @@ class ModelDrafter:
     "catches up" without a separate pass.
 
     min_confidence: adaptive draft length. Stop drafting once the draft's top probability
-    falls below this (its guesses beyond that point are mostly rejected); 0 disables.
+    falls below this (its guesses beyond that point are mostly rejected); 0 disables. The cost
+    policy's finer rule (drafters/confidence.py) comes in through propose_batch's `stops`.
     """
 
     name = "model"
+    reports_confidence = True  # propose_batch can ask a stop rule after every token (drafters/confidence.py)
 
     def __init__(self, model, min_confidence: float = 0.0) -> None:  # model: a LanguageModel
         self.model = model
@@ -43,16 +47,17 @@ class ModelDrafter:
         self.device = device
         self._context_len = 0
 
-    def _pick(self, logits: torch.Tensor, step: int, params: SamplingParams,
-              generator: torch.Generator | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The next draft token (and its distribution q when sampling) from logits (V,); (None, None)
-        when min_confidence says stop drafting here."""
-        if params.greedy and not self.min_confidence:
-            return logits.argmax(-1), None
-        q = logits_to_probs(logits, params)  # (V,)
-        if self.min_confidence and step > 0 and float(q.max()) < self.min_confidence:
-            return None, None
-        return (q.argmax(-1) if params.greedy else sample(q, generator)), q
+    def _pick(self, logits: torch.Tensor, step: int, params: SamplingParams, generator: torch.Generator | None,
+              need_confidence: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None, float | None]:
+        """(next draft token, its distribution q when sampling, the draft's confidence when asked
+        or min_confidence is set) from logits (V,); (None, None, None) when min_confidence says
+        stop drafting here. Greedy, the confidence is the untempered top probability (q would be
+        one-hot, always 1)."""
+        q = None if params.greedy else logits_to_probs(logits, params)  # (V,)
+        conf = confidence(logits, q) if need_confidence or self.min_confidence else None
+        if self.min_confidence and step > 0 and conf < self.min_confidence:
+            return None, None, None
+        return (logits.argmax(-1) if params.greedy else sample(q, generator)), q, conf
 
     def propose(
         self, context: list[int], k: int, params: SamplingParams, generator: torch.Generator | None
@@ -68,8 +73,15 @@ class ModelDrafter:
         self.cache = None
 
 
+def confidence(logits: torch.Tensor, q: torch.Tensor | None) -> float:
+    """The draft's top probability for the token it just drafted: of q when it sampled (what it
+    drew from), else of the untempered logits (V,)."""
+    return float(q.max()) if q is not None else float(torch.softmax(logits.float(), -1).max())
+
+
 def propose_batch(drafters: list[ModelDrafter], contexts: list[list[int]], ks: list[int],
-                  params: list[SamplingParams], generators: list) -> list[Draft]:
+                  params: list[SamplingParams], generators: list,
+                  stops: Sequence[Callable[[float], bool] | None] | None = None) -> list[Draft]:
     """Draft for several requests at once: every draft step is one pass of the shared draft model
     over all requests still drafting (each request's drafter keeps its own cache).
 
@@ -98,12 +110,15 @@ def propose_batch(drafters: list[ModelDrafter], contexts: list[list[int]], ks: l
         still, segments = [], []
         for i, lg in zip(live, logits):
             d = drafters[i]
-            token, q = d._pick(lg[-1], step, params[i], generators[i])
+            stop = stops[i] if stops is not None else None
+            token, q, conf = d._pick(lg[-1], step, params[i], generators[i], need_confidence=stop is not None)
             if token is None:
                 continue
             tokens[i].append(token)
             if q is not None:
                 qs[i].append(q)
+            if stop is not None and not stop(conf):
+                continue
             if step + 1 < ks[i]:
                 still.append(i)
                 segments.append(Segment(d.cache, token.view(1), 1))

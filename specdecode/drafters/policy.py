@@ -12,6 +12,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from ..cost_model import CostModel
+from .confidence import ConfidenceCalibration, DraftStop
 
 
 class FixedDraftLength:
@@ -78,13 +79,19 @@ class AdaptiveDraftLength:
 # match is stronger evidence). Two rounds' worth of weight: a request's own rounds soon dominate.
 # n-gram: scripts/ngram_match_length.py on the recorded Qwen outputs found the first token
 # accepted after 8% of 1-token matches, 54% of 2-token and 93% of 3-token ones (docs/policy.md).
-PRIORS: dict[str, float] = {"model": 0.6, "self": 0.8, "ngram:1": 0.1, "ngram:2": 0.5, "ngram:3": 0.8}
+# model: the first draft token of the Qwen 0.5B draft was accepted 72-80% of the time over
+# Spec-Bench and HumanEval (fixed k runs); with a prior worth PRIOR_WEIGHT = 4 rounds, one early
+# rejection no longer drags a request under break-even and out of drafting for good
+# (scripts/policy_replay.py chose these on prompts the benchmark does not run; docs/policy.md).
+PRIORS: dict[str, float] = {"model": 0.75, "self": 0.8, "ngram:1": 0.1, "ngram:2": 0.5, "ngram:3": 0.8}
 DEFAULT_PRIOR = 0.5
+PRIOR_WEIGHT = 4.0
 # Optimism for a drafter (or n-gram bucket) not yet tried in this request: it is judged as if this
 # were its acceptance, so a pessimistic prior cannot keep a good drafter out forever (it never
 # drafts, so it never learns). One round tells: after it the request's own evidence decides. It
-# cannot make speculation win where passes are dear (T(2) = 2 T(1) loses even at 100%).
-UNTRIED_ACCEPTANCE = 0.9
+# cannot make speculation win where passes are dear (T(2) = 2 T(1) loses even at 100%). Not above
+# the draft model's prior: more optimism made the first round of a short request draft long and lose.
+UNTRIED_ACCEPTANCE = 0.75
 # Pass costs are looked up at the context length rounded up to this (attention grows with it).
 CONTEXT_STEP = 64
 # A catch-up pass (the draft model feeding the prompt before its first draft, or the tokens it
@@ -132,7 +139,7 @@ class AcceptanceEstimate:
     fades back to the prior and the drafter is tried again (the exploration safeguard).
     """
 
-    def __init__(self, prior: float, prior_weight: float = 2.0, decay: float = 0.9,
+    def __init__(self, prior: float, prior_weight: float = PRIOR_WEIGHT, decay: float = 0.9,
                  position_weight: float = 2.0) -> None:
         if not 0.0 < prior < 1.0:
             raise ValueError(f"prior must be in (0, 1), got {prior}")
@@ -227,6 +234,11 @@ class CostPolicy:
     speculation is expected to be `margin` faster: speculation is never chosen on a bet it is
     not expected to win, which is what keeps `auto` from being slower than the target alone.
 
+    How far to draft: with a drafter that reports its confidence per token (the draft model,
+    `reports_confidence`), the k chosen here only decides *whether* to draft; the round may run
+    up to k_max (alone) or the chosen k (in a batch), and `draft_stop` (confidence.DraftStop)
+    stops it at the first token whose successor is not worth its cost.
+
     k_fixed: always draft exactly k (capped by what a drafter can offer), choosing only the
     drafter; k = 0 only when no drafter has anything to propose.
     Per request: the engine makes one per generation, so one request's text never steers another's.
@@ -247,6 +259,10 @@ class CostPolicy:
         self.learned = learned
         self.estimates: dict[tuple[int, Hashable], AcceptanceEstimate] = {}
         self.last: Choice | None = None
+        # This round's stopping rule (None: draft exactly the k returned), and per drafter index
+        # what its confidence has meant in this request.
+        self.draft_stop: DraftStop | None = None
+        self.calibrations: dict[int, ConfidenceCalibration] = {}
         # T(m) at the context length, looked up again only when the context grew by CONTEXT_STEP
         # tokens, since choose() runs every round. Index m; 0 unused.
         self._tables: dict[int, list[float]] = {}
@@ -329,9 +345,11 @@ class CostPolicy:
         longest k): those draft passes run anyway, so joining them costs a row, not a pass.
         """
         fixed = self.k_fixed is not None
+        self.draft_stop = None
         if batch is not None and batch[0] > 1:
             return self._choose_in_batch(context, k_cap, *batch, drafting or {})
-        bar = 0.0 if fixed else (1.0 + self.margin) / self._table(len(context))[1]
+        T = self._table(len(context))
+        bar = 0.0 if fixed else (1.0 + self.margin) / T[1]
         options = self.options(context, k_cap, bar)
         best = options[0]
         if fixed and len(options) > 1:
@@ -341,7 +359,22 @@ class CostPolicy:
                 if c.tokens_per_second > bar:
                     best, bar = c, c.tokens_per_second
         self.last = best
-        return best.which, best.k
+        # Alone, a confident draft may run past the k planned from averages, up to k_max.
+        bound = min(self.k_max, k_cap, len(T) - 2)
+        return best.which, self._stop_by_confidence(best, context, bound, best.tokens_per_second, T)
+
+    def _stop_by_confidence(self, best: Choice, context: list[int], bound: int, rate: float,
+                            T: list[float]) -> int:  # noqa: N803
+        """The k to ask the drafter for; sets draft_stop when its confidence decides how far to go."""
+        drafter = self.drafters[best.which]
+        if best.k <= 0 or self.k_fixed is not None or not getattr(drafter, "reports_confidence", False):
+            return best.k
+        est = self.estimate(best.which, best.key)
+        pooled = est.pooled()
+        step, _ = self._draft_costs(drafter, context)
+        calibration = self.calibrations.setdefault(best.which, ConfidenceCalibration())
+        self.draft_stop = DraftStop(rate, step, T, lambda j: est.rate(j, pooled), calibration, max(bound, best.k))
+        return max(bound, best.k)
 
     def _choose_in_batch(self, context: list[int], k_cap: int, n: int, expected: float,
                          drafting: dict[str, tuple[int, int]]) -> tuple[int, int]:
@@ -375,7 +408,8 @@ class CostPolicy:
                 if gain(c) > bar:
                     best, bar = c, gain(c)
         self.last = best
-        return best.which, best.k
+        # In a batch the planned k is the most: the rows were weighed against the others' (gain).
+        return best.which, self._stop_by_confidence(best, context, best.k, rate, T)
 
     def update(self, num_drafted: int, num_accepted: int) -> None:
         used = (self.last.which, self.last.key) if self.last is not None and self.last.k > 0 else None
@@ -384,6 +418,9 @@ class CostPolicy:
                 est.age(self.idle_decay)
         if used is not None and num_drafted > 0:
             self.estimates[used].observe(num_drafted, num_accepted)
+            if self.draft_stop is not None:
+                self.calibrations[used[0]].observe(self.draft_stop.confidences, num_accepted)
+        self.draft_stop = None
 
     def __repr__(self) -> str:
         names = "+".join(d.name for d in self.drafters)
