@@ -57,7 +57,7 @@ class DraftStop:
 
     After j drafted tokens, all j are accepted with probability S (the product of their
     calibrated acceptances). Token j + 1 adds S * a_next expected tokens (a_next: the policy's
-    running acceptance estimate for that position) and costs one draft step plus one more
+    running acceptance estimate, its confidence being unknown until it is drafted) and costs one draft step plus one more
     verified row, T(j + 2) - T(j + 1); it is drafted when that beats `rate` (tokens per second
     the round is expected to run at) times its cost. Myopic on purpose: it never counts on a
     later token to pay for this one.

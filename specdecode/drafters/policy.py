@@ -369,11 +369,13 @@ class CostPolicy:
         drafter = self.drafters[best.which]
         if best.k <= 0 or self.k_fixed is not None or not getattr(drafter, "reports_confidence", False):
             return best.k
-        est = self.estimate(best.which, best.key)
-        pooled = est.pooled()
+        # The next token's confidence is not known yet: it is expected to be accepted at the
+        # drafter's rate pooled over positions. (The per-position rate locked a request at k = 1:
+        # one early rejection at position 1, then no round went past 1 to correct it.)
+        pooled = self.estimate(best.which, best.key).pooled()
         step, _ = self._draft_costs(drafter, context)
         calibration = self.calibrations.setdefault(best.which, ConfidenceCalibration())
-        self.draft_stop = DraftStop(rate, step, T, lambda j: est.rate(j, pooled), calibration, max(bound, best.k))
+        self.draft_stop = DraftStop(rate, step, T, lambda j: pooled, calibration, max(bound, best.k))
         return max(bound, best.k)
 
     def _choose_in_batch(self, context: list[int], k_cap: int, n: int, expected: float,
