@@ -50,7 +50,8 @@ def record(args: argparse.Namespace) -> None:
     for n, p in enumerate(chosen):
         ids = engine.tokenizer.encode_prompt(p.message(True), chat=True)
         out = engine.generate(ids, max_new_tokens=args.max_new_tokens).token_ids
-        trace = {"id": p.id, "category": p.category, "prompt_ids": ids, "output_ids": out, **draft_view(draft, ids, out)}
+        trace = {"id": p.id, "category": p.category, "prompt_ids": ids, "output_ids": out,
+                 "max_new_tokens": args.max_new_tokens, **draft_view(draft, ids, out)}
         traces.append(trace)
         agree = sum(g == o for g, o in zip(trace["draft_guesses"], out)) / max(len(out), 1)
         print(f"[{n + 1}/{len(chosen)}] {p.id} {p.category}: {len(ids)} prompt tokens, {len(out)} out, "
@@ -144,6 +145,7 @@ def simulate(trace: dict, cost_model, method: str, truth=None) -> tuple[float, i
     truth = truth or cost_model
     prompt, out = trace["prompt_ids"], trace["output_ids"]
     n = len(out)
+    budget = trace.get("max_new_tokens", args_max_new_tokens)
     model = ReplayedModelDrafter(trace["draft_guesses"], trace["draft_confidence"], len(prompt))
     drafters = [ReplayedNgramDrafter(), model] if method == "auto+ngram" else [model]
     policy = CostPolicy(cost_model, drafters, k_max=args_k_max) if method.startswith("auto") else None
@@ -154,7 +156,9 @@ def simulate(trace: dict, cost_model, method: str, truth=None) -> tuple[float, i
         if method == "target":
             which, k = 0, 0
         elif policy is not None:
-            which, k = policy.choose(context, room + args_k_max)  # the engine's k_cap: room left
+            # The engine's k_cap: the room left in the token budget (not the answer's true length,
+            # which the engine cannot know), plus the draft's room.
+            which, k = policy.choose(context, max(budget - p - 1, room) + args_k_max)
             k = min(k, room)
         else:
             which, k = 0, min(int(method[1:]), room)
@@ -180,13 +184,14 @@ def simulate(trace: dict, cost_model, method: str, truth=None) -> tuple[float, i
 
 
 args_k_max = 15
+args_max_new_tokens = 96
 
 
 def replay(args: argparse.Namespace) -> None:
     from specdecode.cost_model import CostModel
 
-    global args_k_max
-    args_k_max = args.k_max
+    global args_k_max, args_max_new_tokens
+    args_k_max, args_max_new_tokens = args.k_max, args.max_new_tokens
     data = json.loads(Path(args.traces).read_text())
     cm = _cost_model(args.cost_model)
     truth = _cost_model(args.truth) if args.truth else None
@@ -259,6 +264,8 @@ def main() -> None:
     p.add_argument("--truth", help="time rounds with this cost model instead (a belief that is off)")
     p.add_argument("--methods", default="target,k1,k2,k3,k4,k8,auto,auto+ngram")
     p.add_argument("--k-max", type=int, default=15)
+    p.add_argument("-n", "--max-new-tokens", type=int, default=96,
+                   help="the token budget the traces were recorded with (traces record it since)")
     args = ap.parse_args()
     {"record": record, "annotate": annotate, "replay": replay}[args.cmd](args)
 
