@@ -386,17 +386,29 @@ def test_bench_policy_methods_and_theory_table(tmp_path, monkeypatch):
 def test_draft_prefill_of_a_long_prompt_pays_only_for_a_long_answer():
     """The draft model must feed the prompt before its first draft. Seen on the real pair: charged
     to every round it kept `auto` from ever drafting; not charged at all, a 0.5B draft prefilled
-    1,000-token RAG prompts to save a few passes of a 96-token answer (0.74x the target)."""
+    1,000-token RAG prompts to save a few passes of a 96-token answer (0.74x the target). And since
+    the answer's length is unknown, the prefill is bought only once the request has spent half its
+    cost on the target alone (CATCH_UP_RENT = 2): a 16-token answer never pays for it."""
     class LongPrompt(FakeModelDrafter):
         def catch_up_tokens(self, context):
             return 1000
 
-    # target 30 ms a pass, flat; the draft 10 ms a step and 1 ms per token of catch-up
+    # target 30 ms a pass, flat; the draft 10 ms a step and 1 ms per token of catch-up: 1 s extra
     costs = CostModel.from_function(lambda m: 0.030, {"model": lambda m: 0.009 + 0.001 * m})
-    k_max = 15
-    long_answer = CostPolicy(costs, [LongPrompt()], k_max=k_max).choose([1], 5000 + k_max)
-    short_answer = CostPolicy(costs, [LongPrompt()], k_max=k_max).choose([1], 20 + k_max)
-    assert long_answer[1] > 0 and short_answer == (0, 0)
+    k_max, prompt = 15, list(range(50))
+
+    def first_draft(budget: int) -> int | None:
+        """The token (1 = the prefill's) after which the policy first drafts, within `budget` tokens."""
+        policy = CostPolicy(costs, [LongPrompt()], k_max=k_max)
+        for n in range(1, budget):
+            if policy.choose(prompt + [7] * n, budget - n + k_max)[1] > 0:
+                return n
+            policy.update(0, 0)
+        return None
+
+    assert 16 <= first_draft(5000) <= 18  # 1 s of catch-up / 2 = 0.5 s = 17 passes of 30 ms
+    assert first_draft(16) is None
+    assert first_draft(40) is None  # bought at 17 tokens, the rest could not pay 1 s back
 
 
 def test_an_untried_drafter_is_probed_then_judged_by_its_own_evidence():

@@ -99,6 +99,13 @@ CONTEXT_STEP = 64
 # request: a round is charged its share, expected tokens of the round / tokens still to come.
 # (Charging it all to one round locked the draft model out after a long prompt for good;
 # ignoring it made a 0.5B draft prefill a 1,000-token RAG prompt to save a few passes.)
+# How long the answer will be is unknown (the budget is only an upper bound), so the catch-up is
+# bought the way a ski-rental problem buys skis: not before the request has spent, on the target
+# alone, 1 / CATCH_UP_RENT of what the catch-up would cost. A short answer after a long prompt
+# then never pays for the draft's prefill; a long one loses a few rounds of speculation at most.
+# Replayed (scripts/policy_replay.py), 2 lifted the worst category of auto against the best fixed
+# k from 0.82-0.92 to 0.99 and cost code 1-5% (docs/policy.md, section 3).
+CATCH_UP_RENT = 2.0
 
 
 class AcceptanceHistory:
@@ -266,6 +273,13 @@ class CostPolicy:
         # T(m) at the context length, looked up again only when the context grew by CONTEXT_STEP
         # tokens, since choose() runs every round. Index m; 0 unused.
         self._tables: dict[int, list[float]] = {}
+        self._start: int | None = None  # context length at the first round: generated = len(context) - _start
+
+    def _generated(self, context: list[int]) -> int:
+        """Tokens this request has generated so far (1 at its first round: the prefill's)."""
+        if self._start is None:
+            self._start = len(context) - 1
+        return max(len(context) - self._start, 1)
 
     def _table(self, context_len: int) -> list[float]:
         """[0, T(1), ..., T(k_max + 1)] after `context_len` tokens (rounded up to CONTEXT_STEP)."""
@@ -317,14 +331,17 @@ class CostPolicy:
         remaining = max(k_cap - self.k_max, 1)  # tokens still to come (the engine sizes k_cap so)
         if limit <= 0:
             return out
+        spent = self._generated(context) * T[1]  # seconds this request has run on the target, about
         for which, drafter in enumerate(self.drafters):
             key, available = drafter_evidence(drafter, context, limit)
             k_top = limit if available is None else min(limit, available)
             if k_top <= 0:
                 continue
+            step, catch_up = self._draft_costs(drafter, context)
+            if catch_up > 0.0 and catch_up > CATCH_UP_RENT * spent:
+                continue  # not yet worth buying (CATCH_UP_RENT)
             est = self.estimate(which, key)
             expected = est.expected_tokens(k_top, rate=max(est.pooled(), UNTRIED_ACCEPTANCE) if est.untried else None)
-            step, catch_up = self._draft_costs(drafter, context)
             if expected[k_top] / (T[2] + step + catch_up * min(1.0, 1.0 / remaining)) <= bar:
                 continue
             ks = [k_top] if self.k_fixed is not None else range(1, k_top + 1)
