@@ -134,21 +134,23 @@ class ReplayedNgramDrafter:
         pass
 
 
-def simulate(trace: dict, cost_model, method: str, truth=None) -> tuple[float, int, list[int]]:
+def simulate(trace: dict, cost_model, method: str, truth=None, k_max: int = 15,
+             max_new_tokens: int = 96) -> tuple[float, int, list[int]]:
     """(seconds, tokens, k of every round) of one trace's decode (after the first token).
 
     method: "target", "kN" (draft model, fixed k = N, as FixedDraftLength), "auto" (CostPolicy
     over the draft model), "auto+ngram" (CostPolicy over n-gram + draft model, as --drafter auto).
-    truth: the cost model that times the rounds (default: the one the policy believes)."""
+    truth: the cost model that times the rounds (default: the one the policy believes).
+    k_max: auto's longest draft; max_new_tokens: the budget (traces recorded since carry theirs)."""
     from specdecode.drafters.policy import CostPolicy
 
     truth = truth or cost_model
     prompt, out = trace["prompt_ids"], trace["output_ids"]
     n = len(out)
-    budget = trace.get("max_new_tokens", args_max_new_tokens)
+    budget = trace.get("max_new_tokens", max_new_tokens)
     model = ReplayedModelDrafter(trace["draft_guesses"], trace["draft_confidence"], len(prompt))
     drafters = [ReplayedNgramDrafter(), model] if method == "auto+ngram" else [model]
-    policy = CostPolicy(cost_model, drafters, k_max=args_k_max) if method.startswith("auto") else None
+    policy = CostPolicy(cost_model, drafters, k_max=k_max) if method.startswith("auto") else None
     p, seconds, ks = 1, 0.0, []  # out[0] came from the prefill
     while p < n:
         context = prompt + out[:p]
@@ -158,7 +160,7 @@ def simulate(trace: dict, cost_model, method: str, truth=None) -> tuple[float, i
         elif policy is not None:
             # The engine's k_cap: the room left in the token budget (not the answer's true length,
             # which the engine cannot know), plus the draft's room.
-            which, k = policy.choose(context, max(budget - p - 1, room) + args_k_max)
+            which, k = policy.choose(context, max(budget - p - 1, room) + k_max)
             k = min(k, room)
         else:
             which, k = 0, min(int(method[1:]), room)
@@ -183,15 +185,7 @@ def simulate(trace: dict, cost_model, method: str, truth=None) -> tuple[float, i
     return seconds, n - 1, ks
 
 
-args_k_max = 15
-args_max_new_tokens = 96
-
-
 def replay(args: argparse.Namespace) -> None:
-    from specdecode.cost_model import CostModel
-
-    global args_k_max, args_max_new_tokens
-    args_k_max, args_max_new_tokens = args.k_max, args.max_new_tokens
     data = json.loads(Path(args.traces).read_text())
     cm = _cost_model(args.cost_model)
     truth = _cost_model(args.truth) if args.truth else None
@@ -200,7 +194,7 @@ def replay(args: argparse.Namespace) -> None:
     hist: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     for trace in data["traces"]:
         for m in methods:
-            s, t, ks = simulate(trace, cm, m, truth)
+            s, t, ks = simulate(trace, cm, m, truth, args.k_max, args.max_new_tokens)
             for key in (trace["category"], "overall"):
                 cats[key][m][0] += s
                 cats[key][m][1] += t

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import torch
-
 from collections.abc import Callable, Sequence
+
+import torch
 
 from ..config import SamplingParams
 from ..sampling import logits_to_probs, sample

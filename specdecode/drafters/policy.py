@@ -76,7 +76,7 @@ class AdaptiveDraftLength:
 
 # What a request's first rounds assume, before its own evidence: P(draft token accepted) per
 # position, by drafter and, for the n-gram drafter, by the length of the matched suffix (a longer
-# match is stronger evidence). Two rounds' worth of weight: a request's own rounds soon dominate.
+# match is stronger evidence). Worth PRIOR_WEIGHT rounds: a request's own rounds soon dominate.
 # n-gram: scripts/ngram_match_length.py on the recorded Qwen outputs found the first token
 # accepted after 8% of 1-token matches, 54% of 2-token and 93% of 3-token ones (docs/policy.md).
 # model: the first draft token of the Qwen 0.5B draft was accepted 72-80% of the time over
@@ -104,7 +104,7 @@ CONTEXT_STEP = 64
 # alone, 1 / CATCH_UP_RENT of what the catch-up would cost. A short answer after a long prompt
 # then never pays for the draft's prefill; a long one loses a few rounds of speculation at most.
 # Replayed (scripts/policy_replay.py), 2 lifted the worst category of auto against the best fixed
-# k from 0.82-0.92 to 0.99 and cost code 1-5% (docs/policy.md, section 3).
+# k from 0.82-0.92 to 0.99 and cost code 1-3% (docs/policy.md, section 3).
 CATCH_UP_RENT = 2.0
 
 
