@@ -226,6 +226,7 @@ class Choice:
     key: Hashable | None
     expected_tokens: float
     seconds: float
+    step: float = 0.0  # seconds of one draft step of this drafter at this context (0: no draft model)
 
     @property
     def tokens_per_second(self) -> float:
@@ -346,7 +347,7 @@ class CostPolicy:
                 continue
             ks = [k_top] if self.k_fixed is not None else range(1, k_top + 1)
             out += [Choice(which, k, key, expected[k],
-                           k * step + catch_up * min(1.0, expected[k] / remaining) + T[k + 1]) for k in ks]
+                           k * step + catch_up * min(1.0, expected[k] / remaining) + T[k + 1], step) for k in ks]
         return out
 
     def choose(self, context: list[int], k_cap: int, batch: tuple[int, float] | None = None,
@@ -378,10 +379,9 @@ class CostPolicy:
         self.last = best
         # Alone, a confident draft may run past the k planned from averages, up to k_max.
         bound = min(self.k_max, k_cap, len(T) - 2)
-        return best.which, self._stop_by_confidence(best, context, bound, best.tokens_per_second, T)
+        return best.which, self._stop_by_confidence(best, bound, best.tokens_per_second, T)
 
-    def _stop_by_confidence(self, best: Choice, context: list[int], bound: int, rate: float,
-                            T: list[float]) -> int:  # noqa: N803
+    def _stop_by_confidence(self, best: Choice, bound: int, rate: float, T: list[float]) -> int:  # noqa: N803
         """The k to ask the drafter for; sets draft_stop when its confidence decides how far to go."""
         drafter = self.drafters[best.which]
         if best.k <= 0 or self.k_fixed is not None or not getattr(drafter, "reports_confidence", False):
@@ -390,10 +390,10 @@ class CostPolicy:
         # drafter's rate pooled over positions. (The per-position rate locked a request at k = 1:
         # one early rejection at position 1, then no round went past 1 to correct it.)
         pooled = self.estimate(best.which, best.key).pooled()
-        step, _ = self._draft_costs(drafter, context)
         calibration = self.calibrations.setdefault(best.which, ConfidenceCalibration())
-        self.draft_stop = DraftStop(rate, step, T, lambda j: pooled, calibration, max(bound, best.k))
-        return max(bound, best.k)
+        bound = max(bound, best.k)
+        self.draft_stop = DraftStop(rate, best.step, T, lambda j: pooled, calibration, bound)
+        return bound
 
     def _choose_in_batch(self, context: list[int], k_cap: int, n: int, expected: float,
                          drafting: dict[str, tuple[int, int]]) -> tuple[int, int]:
@@ -428,7 +428,7 @@ class CostPolicy:
                     best, bar = c, gain(c)
         self.last = best
         # In a batch the planned k is the most: the rows were weighed against the others' (gain).
-        return best.which, self._stop_by_confidence(best, context, best.k, rate, T)
+        return best.which, self._stop_by_confidence(best, best.k, rate, T)
 
     def update(self, num_drafted: int, num_accepted: int) -> None:
         used = (self.last.which, self.last.key) if self.last is not None and self.last.k > 0 else None
