@@ -228,11 +228,13 @@ def replay(args: argparse.Namespace) -> None:
 
 
 def _cost_model(path: str):
+    """The cost model of a bench results.json (bench.methods_policy.recorded_cost_model), or of a
+    file holding one cost model (CostModel.to_dict)."""
+    from specdecode.bench.methods_policy import recorded_cost_model
     from specdecode.cost_model import CostModel
 
     d = json.loads(Path(path).read_text())
-    d = d.get("cost_model_end") or d.get("cost_model") or d
-    return CostModel.from_dict(d)
+    return recorded_cost_model(d) or CostModel.from_dict(d)
 
 
 def main() -> None:

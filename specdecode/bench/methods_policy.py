@@ -174,6 +174,13 @@ def format_theory(t: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recorded_cost_model(results: dict[str, Any]) -> CostModel | None:
+    """The cost model a run's results.json recorded: its last figures ("cost_model_end" where an
+    engine saw its passes drift and measured again, else "cost_model"); None for older runs."""
+    recorded = results.get("cost_model_end") or results.get("cost_model")
+    return CostModel.from_dict(recorded) if recorded else None
+
+
 def write_theory(out_dir: str | Path, cost: CostModel | None = None) -> dict[str, Any]:
     """Read OUT_DIR/results.json; write theory.json and theory.md beside it.
 
@@ -188,9 +195,8 @@ def write_theory(out_dir: str | Path, cost: CostModel | None = None) -> dict[str
 
     out = Path(out_dir)
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    recorded = results.get("cost_model_end") or results.get("cost_model")  # the last figures: re-measured if passes drifted
-    if cost is None and recorded:
-        cost = CostModel.from_dict(recorded)
+    if cost is None:
+        cost = recorded_cost_model(results)
     if cost is None:
         cfg = results["config"]
         kw = dict(dtype=cfg["dtype"], device=cfg["device"], threads=cfg["threads"])
