@@ -4,15 +4,13 @@ CostPolicy, ModelDrafter and the engine, and the lossless contract with it on.""
 import pytest
 import torch
 
-import test_engine_sampling
-from conftest import native_from_hf, tiny_hf_model
 from specdecode import SamplingParams
-from specdecode.drafters import CostPolicy, ModelDrafter, NgramDrafter
+from specdecode.drafters import CostPolicy, ModelDrafter
 from specdecode.drafters.confidence import ConfidenceCalibration, DraftStop
 from specdecode.drafters.model import propose_batch
 from specdecode.engine import Engine
 from test_engine_greedy import PROMPT, pair, reference  # noqa: F401 - pair is a fixture
-from test_policy import FLAT, LINEAR, MIDDLE, T1, FakeModelDrafter
+from test_policy import FLAT, LINEAR, MIDDLE, T1, FakeModelDrafter, check_auto_distribution
 
 GREEDY = SamplingParams()
 CPU = torch.device("cpu")
@@ -144,14 +142,7 @@ def test_auto_greedy_equals_target_only_while_confidence_stops_drafts(pair, coun
 
 
 def test_auto_sampling_follows_the_target_distribution_while_confidence_stops_drafts(monkeypatch, count_stops):
-    """test_engine_sampling's distribution check (1,500 samples) with draft lengths set by the
+    """The distribution check of test_engine_sampling.py (1,500 samples) with draft lengths set by the
     draft's confidence: stopping depends on the draft alone, so the output distribution is the target's."""
-    from test_engine_sampling import LENGTH, V, check_distribution, exact_sequence_probs
-
-    monkeypatch.setattr(test_engine_sampling, "N", 1500)
-    target = native_from_hf(tiny_hf_model("llama", seed=1, vocab=V))
-    draft = native_from_hf(tiny_hf_model("llama", seed=2, vocab=V))
-    params = SamplingParams(temperature=1.0, max_new_tokens=LENGTH, ignore_eos=True)
-    engine = Engine(target, [ModelDrafter(draft), NgramDrafter(max_ngram=2)], cost_model=MIDDLE)
-    check_distribution(engine, exact_sequence_probs(target, params), params, seed=3)
+    check_auto_distribution(monkeypatch, MIDDLE, seed=3)
     assert count_stops["stopped"] > 0

@@ -286,17 +286,21 @@ def test_auto_with_measured_costs_and_draft_equal_to_target(pair, tmp_path, monk
     assert engine.cost_model.T(1) > 0 and engine.draft_policy == "auto"
 
 
-def test_auto_sampling_follows_the_target_distribution(monkeypatch):
+def check_auto_distribution(monkeypatch, costs: CostModel, seed: int) -> None:
     """The distribution check of test_engine_sampling.py with the policy choosing drafter and k
-    (1,500 samples instead of 5,000; same chi-square and total-variation bounds)."""
+    under `costs` (1,500 samples instead of 5,000; same chi-square and total-variation bounds)."""
     from test_engine_sampling import LENGTH, V, check_distribution, exact_sequence_probs
 
     monkeypatch.setattr(test_engine_sampling, "N", 1500)
     target = native_from_hf(tiny_hf_model("llama", seed=1, vocab=V))
     draft = native_from_hf(tiny_hf_model("llama", seed=2, vocab=V))
     params = SamplingParams(temperature=1.0, max_new_tokens=LENGTH, ignore_eos=True)
-    engine = Engine(target, [ModelDrafter(draft), NgramDrafter(max_ngram=2)], cost_model=FLAT)
-    check_distribution(engine, exact_sequence_probs(target, params), params, seed=2)
+    engine = Engine(target, [ModelDrafter(draft), NgramDrafter(max_ngram=2)], cost_model=costs)
+    check_distribution(engine, exact_sequence_probs(target, params), params, seed=seed)
+
+
+def test_auto_sampling_follows_the_target_distribution(monkeypatch):
+    check_auto_distribution(monkeypatch, FLAT, seed=2)
 
 
 def test_seeded_sampling_replays_with_auto(pair):  # noqa: F811
