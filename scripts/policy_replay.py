@@ -78,7 +78,7 @@ def annotate(args: argparse.Namespace) -> None:
     """Recompute the draft's view of recorded traces (another draft model, or confidence added)."""
     import specdecode
 
-    data = json.loads(Path(args.traces).read_text())
+    data = _read_json(args.traces)
     draft = specdecode.load(args.draft, threads=args.threads).lm
     for trace in data["traces"]:
         trace.update(draft_view(draft, trace["prompt_ids"], trace["output_ids"]))
@@ -186,7 +186,7 @@ def simulate(trace: dict, cost_model, method: str, truth=None, k_max: int = 15,
 
 
 def replay(args: argparse.Namespace) -> None:
-    data = json.loads(Path(args.traces).read_text())
+    data = _read_json(args.traces)
     cm = _cost_model(args.cost_model)
     truth = _cost_model(args.truth) if args.truth else None
     methods = args.methods.split(",")
@@ -227,13 +227,22 @@ def replay(args: argparse.Namespace) -> None:
             print(f"{m + ' / best':>12} " + " ".join(row))
 
 
+def _read_json(path: str):
+    from specdecode.errors import SpecdecodeError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise SpecdecodeError(f"{path} is not JSON ({e})") from None
+
+
 def _cost_model(path: str):
     """The cost model of a bench results.json (bench.methods_policy.recorded_cost_model), or of a
     file holding one cost model (CostModel.to_dict)."""
     from specdecode.bench.methods_policy import recorded_cost_model
     from specdecode.cost_model import CostModel
 
-    d = json.loads(Path(path).read_text())
+    d = _read_json(path)
     return recorded_cost_model(d) or CostModel.from_dict(d)
 
 
@@ -263,7 +272,14 @@ def main() -> None:
     p.add_argument("-n", "--max-new-tokens", type=int, default=96,
                    help="the token budget the traces were recorded with (traces record it since)")
     args = ap.parse_args()
-    {"record": record, "annotate": annotate, "replay": replay}[args.cmd](args)
+    from specdecode.errors import SpecdecodeError
+
+    try:
+        {"record": record, "annotate": annotate, "replay": replay}[args.cmd](args)
+    except (OSError, ValueError, KeyError, SpecdecodeError) as e:  # a missing or wrong file, an unknown model
+        detail = f"{type(e).__name__}: {e}" if isinstance(e, KeyError) else str(e)
+        print(f"policy_replay: {detail}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
