@@ -78,7 +78,7 @@ def annotate(args: argparse.Namespace) -> None:
     """Recompute the draft's view of recorded traces (another draft model, or confidence added)."""
     import specdecode
 
-    data = _read_json(args.traces)
+    data = _read_traces(args.traces)
     draft = specdecode.load(args.draft, threads=args.threads).lm
     for trace in data["traces"]:
         trace.update(draft_view(draft, trace["prompt_ids"], trace["output_ids"]))
@@ -186,10 +186,16 @@ def simulate(trace: dict, cost_model, method: str, truth=None, k_max: int = 15,
 
 
 def replay(args: argparse.Namespace) -> None:
-    data = _read_json(args.traces)
+    data = _read_traces(args.traces)
     cm = _cost_model(args.cost_model)
     truth = _cost_model(args.truth) if args.truth else None
     methods = args.methods.split(",")
+    bad = [m for m in methods if m not in ("target", "auto", "auto+ngram") and not (m[:1] == "k" and m[1:].isdigit()
+                                                                                 and int(m[1:]) >= 1)]
+    if bad:
+        from specdecode.errors import SpecdecodeError
+
+        raise SpecdecodeError(f"unknown methods {bad}: use target, kN (N >= 1), auto, auto+ngram")
     cats: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0.0]))
     hist: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     for trace in data["traces"]:
@@ -236,14 +242,30 @@ def _read_json(path: str):
         raise SpecdecodeError(f"{path} is not JSON ({e})") from None
 
 
+def _read_traces(path: str) -> dict:
+    from specdecode.errors import SpecdecodeError
+
+    d = _read_json(path)
+    if not (isinstance(d, dict) and isinstance(d.get("traces"), list)):
+        raise SpecdecodeError(f"{path} holds no traces (write them with: policy_replay.py record)")
+    return d
+
+
 def _cost_model(path: str):
     """The cost model of a bench results.json (bench.methods_policy.recorded_cost_model), or of a
     file holding one cost model (CostModel.to_dict)."""
     from specdecode.bench.methods_policy import recorded_cost_model
     from specdecode.cost_model import CostModel
 
+    from specdecode.errors import SpecdecodeError
+
     d = _read_json(path)
-    return recorded_cost_model(d) or CostModel.from_dict(d)
+    recorded = recorded_cost_model(d) if isinstance(d, dict) else None
+    if recorded is not None:
+        return recorded
+    if not (isinstance(d, dict) and isinstance(d.get("target"), dict) and "seconds" in d["target"]):
+        raise SpecdecodeError(f"{path} holds no cost model (a bench results.json, or CostModel.to_dict())")
+    return CostModel.from_dict(d)
 
 
 def main() -> None:
@@ -276,9 +298,8 @@ def main() -> None:
 
     try:
         {"record": record, "annotate": annotate, "replay": replay}[args.cmd](args)
-    except (OSError, ValueError, KeyError, SpecdecodeError) as e:  # a missing or wrong file, an unknown model
-        detail = f"{type(e).__name__}: {e}" if isinstance(e, KeyError) else str(e)
-        print(f"policy_replay: {detail}", file=sys.stderr)
+    except (OSError, SpecdecodeError) as e:  # a missing or wrong file, an unknown model
+        print(f"policy_replay: {e}", file=sys.stderr)
         sys.exit(2)
 
 
