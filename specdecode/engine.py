@@ -19,6 +19,7 @@ import torch
 from .config import SamplingParams
 from .cost_drift import CostDrift
 from .cost_model import CostModel, measure_cost_model, memoized_pass_costs
+from .cost_pace import CostPace
 from .drafters.base import Draft, Drafter, empty_draft, fork_drafter
 from .drafters.composite import DrafterSet, drafter_members
 from .drafters.model import ModelDrafter, propose_batch
@@ -183,6 +184,9 @@ class Engine:
         # passes are checked against it (cost_drift.py). A cost model given (tests, the
         # tensor-parallel ranks' agreed one) is taken as it is.
         self._cost_drift: CostDrift | None = None
+        # Set with the drift check: the policy's costs follow the pace of this engine's own passes
+        # (cost_pace.py). None keeps the cost model as given (every tensor-parallel rank must decide alike).
+        self.cost_pace: CostPace | None = None
         self.cost_model_refreshes = 0  # times the passes drifted from the cost model and it was measured again
         if eos_token_ids is None and self.tokenizer is not None:
             eos_token_ids = self.tokenizer.eos_token_ids
@@ -228,7 +232,17 @@ class Engine:
         if self._cost_model is None:
             self._cost_model = measure_cost_model(self.target, self._drafters())
             self._cost_drift = CostDrift()
+            self.cost_pace = CostPace()
         return self._cost_model
+
+    def _observe_round(self, s: RequestState, m: int, context: int, draft_seconds: float, seconds: float) -> None:
+        """A single-request round: its target pass over m tokens after `context` took `seconds`, its
+        drafting `draft_seconds`. Feeds the pace (cost_pace.py), then the drift check."""
+        if self.cost_pace is not None:
+            self.cost_pace.observe_target(m, seconds, self._cost_model.T(m, context))
+            if isinstance(s.policy, CostPolicy) and m > 1:
+                self.cost_pace.observe_draft(draft_seconds, s.policy.predicted_draft_seconds(m - 1))
+        self._check_cost(m, context, seconds)
 
     def _check_cost(self, m: int, context: int, seconds: float) -> None:
         """Compare one single-request target pass over m tokens after `context` with the cost model;
@@ -241,9 +255,11 @@ class Engine:
         if shared is not None and shared is not self._cost_model.target:
             # another engine on this model measured again already: take its figures
             self._cost_model = measure_cost_model(self.target, self._drafters())
+            self.cost_pace = CostPace()  # the pace was relative to the figures just replaced
             return
         log.info("target passes over %d tokens took %.2fx the cost model's figure: measuring again", at_m, ratio)
         self._cost_model = measure_cost_model(self.target, self._drafters(), refresh=True)
+        self.cost_pace = CostPace()
         self.cost_model_refreshes += 1
 
     def _drafters(self) -> list[Drafter]:
@@ -256,7 +272,7 @@ class Engine:
         if self.needs_cost_model:
             k_fixed = None if self.auto else self.num_draft_tokens
             return CostPolicy(self.cost_model, drafter_members(drafter), k_max=self.num_draft_tokens, k_fixed=k_fixed,
-                              learned=self.acceptance_history)
+                              learned=self.acceptance_history, pace=self.cost_pace)
         if self.adaptive:
             return AdaptiveDraftLength(self.num_draft_tokens, 1, max(16, self.num_draft_tokens))
         return FixedDraftLength(self.num_draft_tokens)
@@ -351,7 +367,8 @@ class Engine:
                 r += logits[i].shape[0]
         t2 = time.perf_counter()
         if len(segments) == 1 and decoding and greedy:  # one request, its tokens read back: like the measurement
-            self._check_cost(len(segments[0].tokens), segments[0].cache.length - len(segments[0].tokens), t2 - t1)
+            m = len(segments[0].tokens)
+            self._observe_round(decoding[0], m, segments[0].cache.length - m, t1 - t0, t2 - t1)
         for i, (s, d) in enumerate(zip(decoding, drafts)):
             self._verified(s, d, asked[i], logits[i], argmax.get(i))
             s.stats.draft_seconds += t1 - t0

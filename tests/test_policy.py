@@ -286,9 +286,10 @@ def test_auto_with_measured_costs_and_draft_equal_to_target(pair, tmp_path, monk
     assert engine.cost_model.T(1) > 0 and engine.draft_policy == "auto"
 
 
-def check_auto_distribution(monkeypatch, costs: CostModel, seed: int) -> None:
+def check_auto_distribution(monkeypatch, costs: CostModel, seed: int, pace=None) -> None:
     """The distribution check of test_engine_sampling.py with the policy choosing drafter and k
-    under `costs` (1,500 samples instead of 5,000; same chi-square and total-variation bounds)."""
+    under `costs` (1,500 samples instead of 5,000; same chi-square and total-variation bounds);
+    pace: a cost_pace.CostPace the policies scale those costs by."""
     from test_engine_sampling import LENGTH, V, check_distribution, exact_sequence_probs
 
     monkeypatch.setattr(test_engine_sampling, "N", 1500)
@@ -296,6 +297,7 @@ def check_auto_distribution(monkeypatch, costs: CostModel, seed: int) -> None:
     draft = native_from_hf(tiny_hf_model("llama", seed=2, vocab=V))
     params = SamplingParams(temperature=1.0, max_new_tokens=LENGTH, ignore_eos=True)
     engine = Engine(target, [ModelDrafter(draft), NgramDrafter(max_ngram=2)], cost_model=costs)
+    engine.cost_pace = pace
     check_distribution(engine, exact_sequence_probs(target, params), params, seed=seed)
 
 
@@ -334,6 +336,7 @@ def test_cli_defaults_to_auto_and_prints_the_cost_model(capsys, tmp_path, monkey
     assert main(["generate", "def add(x, y):", *TINY, "--draft", "tiny-random-draft", "--stats"]) == 0
     err = capsys.readouterr().err
     assert "drafter: model+ngram, k=auto" in err and "cost T(m) target" in err and "cost T(m) model" in err
+    assert "pace (observed / cost model" in err
     assert main(["generate", "def add(x, y):", *TINY, "--stats", "-k", "3"]) == 0
     err = capsys.readouterr().err
     assert "drafter: ngram, k=3" in err and "cost model from cache" not in err

@@ -12,6 +12,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from ..cost_model import CostModel
+from ..cost_pace import PROBE_WITHIN, CostPace
 from .confidence import ConfidenceCalibration, DraftStop
 
 
@@ -249,12 +250,15 @@ class CostPolicy:
 
     k_fixed: always draft exactly k (capped by what a drafter can offer), choosing only the
     drafter; k = 0 only when no drafter has anything to propose.
+    pace: the engine's CostPace (cost_pace.py): every cost is scaled by what the engine's own
+    passes of that kind took against the cost model lately, and a close round runs without a
+    draft now and then to time T(1) again. None: the cost model as it is (tests, tensor parallel).
     Per request: the engine makes one per generation, so one request's text never steers another's.
     """
 
     def __init__(self, cost_model: CostModel, drafters: Sequence, *, k_max: int = 15, k_fixed: int | None = None,
                  margin: float = 0.02, idle_decay: float = 0.95, priors: dict[str, float] | None = None,
-                 learned: AcceptanceHistory | None = None) -> None:
+                 learned: AcceptanceHistory | None = None, pace: CostPace | None = None) -> None:
         if k_fixed is not None and k_fixed < 1:
             raise ValueError(f"num_draft_tokens must be >= 1, got {k_fixed}")
         if not drafters:
@@ -265,6 +269,9 @@ class CostPolicy:
         self.margin, self.idle_decay = margin, idle_decay
         self.priors = {**PRIORS, **(priors or {})}
         self.learned = learned
+        self.pace = pace
+        self.probes = 0  # rounds run without a draft to time T(1) (pace), in this request
+        self._draft_plan = (0.0, 0.0)  # this round's draft (step, catch-up) seconds as the cost model prices them
         self.estimates: dict[tuple[int, Hashable], AcceptanceEstimate] = {}
         self.last: Choice | None = None
         # This round's stopping rule (None: draft exactly the k returned), and per drafter index
@@ -283,12 +290,27 @@ class CostPolicy:
         return max(len(context) - self._start, 1)
 
     def _table(self, context_len: int) -> list[float]:
-        """[0, T(1), ..., T(k_max + 1)] after `context_len` tokens (rounded up to CONTEXT_STEP)."""
+        """[0, T(1), ..., T(k_max + 1)] after `context_len` tokens (rounded up to CONTEXT_STEP), at
+        the pace the engine's passes have run lately (kept non-decreasing)."""
         bucket = -(-context_len // CONTEXT_STEP) * CONTEXT_STEP
         table = self._tables.get(bucket)
         if table is None:
             table = self._tables[bucket] = [0.0] + [self.cost_model.T(m, bucket) for m in range(1, self.k_max + 2)]
-        return table
+        if self.pace is None:
+            return table
+        paced = [0.0]
+        for m in range(1, len(table)):
+            paced.append(max(table[m] * self.pace.target(m), paced[-1]))
+        return paced
+
+    def _T(self, m: int) -> float:  # noqa: N802 - the papers' name
+        """T(m) after a short context, at the engine's pace (batches: the pass of all requests)."""
+        t = self.cost_model.T(m)
+        return t if self.pace is None or m <= 0 else t * self.pace.target(m)
+
+    def _draft_pass(self, name: str, m: int) -> float:
+        """One pass of drafter `name`'s model over m rows (a batched draft step), at the engine's pace."""
+        return self.cost_model.draft(name, m) * (1.0 if self.pace is None else self.pace.draft)
 
     def estimate(self, which: int, key: Hashable) -> AcceptanceEstimate:
         est = self.estimates.get((which, key))
@@ -308,8 +330,9 @@ class CostPolicy:
         step, catch_up = self._draft_costs(drafter, context)
         return k * step + catch_up * min(1.0, expected_tokens / max(remaining, 1))
 
-    def _draft_costs(self, drafter, context: list[int]) -> tuple[float, float]:
-        """(seconds of one draft step, extra seconds of the one-time catch-up pass), at this context."""
+    def _draft_costs(self, drafter, context: list[int], paced: bool = True) -> tuple[float, float]:
+        """(seconds of one draft step, extra seconds of the one-time catch-up pass), at this context;
+        paced: scaled by what the engine's draft rounds took lately against the cost model."""
         cm, name, n = self.cost_model, drafter.name, len(context)
         step = cm.draft(name, 1, n)
         if step <= 0.0:
@@ -318,7 +341,15 @@ class CostPolicy:
         p = max(behind(context), 1) if behind is not None else 1
         # One pass, the last row's logits only; its rows attend to the n - p tokens already cached
         # (per_key, timed on one-row passes); among themselves as a matrix product, a few percent.
-        return step, max(cm.draft_prefill(name, p, n - p) - step, 0.0)
+        catch_up = max(cm.draft_prefill(name, p, n - p) - step, 0.0)
+        f = self.pace.draft if paced and self.pace is not None else 1.0
+        return step * f, catch_up * f
+
+    def predicted_draft_seconds(self, num_drafted: int) -> float:
+        """What the cost model (unpaced) says this round's drafting of num_drafted tokens costs:
+        the engine compares it with the time it took (cost_pace.CostPace.observe_draft)."""
+        step, catch_up = self._draft_plan
+        return num_drafted * step + catch_up if num_drafted > 0 and step > 0.0 else 0.0
 
     def options(self, context: list[int], k_cap: int, bar: float = 0.0) -> list[Choice]:
         """Candidate (drafter, k) of this round with expected tokens and seconds; k = 0 first.
@@ -376,10 +407,19 @@ class CostPolicy:
             for c in options[1:]:  # ties go to the shorter draft (listed first)
                 if c.tokens_per_second > bar:
                     best, bar = c, c.tokens_per_second
-        self.last = best
+        if (best.k > 0 and not fixed and self.pace is not None and self.pace.single_is_stale()
+                and best.tokens_per_second * T[1] < PROBE_WITHIN):
+            best = options[0]  # a close call on a T(1) not timed lately: time it (cost_pace.py)
+            self.probes += 1
+        self._plan(best, context)
         # Alone, a confident draft may run past the k planned from averages, up to k_max.
         bound = min(self.k_max, k_cap, len(T) - 2)
         return best.which, self._stop_by_confidence(best, bound, best.tokens_per_second, T)
+
+    def _plan(self, best: Choice, context: list[int]) -> None:
+        """Remember this round's choice, and the draft's unpaced cost for predicted_draft_seconds."""
+        self.last = best
+        self._draft_plan = self._draft_costs(self.drafters[best.which], context, paced=False) if best.k > 0 else (0.0, 0.0)
 
     def _stop_by_confidence(self, best: Choice, bound: int, rate: float, T: list[float]) -> int:  # noqa: N803
         """The k to ask the drafter for; sets draft_stop when its confidence decides how far to go."""
@@ -397,25 +437,25 @@ class CostPolicy:
 
     def _choose_in_batch(self, context: list[int], k_cap: int, n: int, expected: float,
                          drafting: dict[str, tuple[int, int]]) -> tuple[int, int]:
-        T, cm = self._table(len(context)), self.cost_model
-        t_n = cm.T(n)
+        T = self._table(len(context))
+        t_n = self._T(n)
         rate = expected / t_n if t_n > 0 else 0.0
         options = self.options(context, k_cap)
 
         def draft_cost(c: Choice) -> float:
             name = self.drafters[c.which].name
-            step = cm.draft(name, 1)
+            step = self._draft_pass(name, 1)
             own = c.seconds - T[c.k + 1]  # k steps alone + this round's share of a catch-up
             if c.k == 0 or step <= 0.0 or name not in drafting:
                 return own
             rows, k_others = drafting[name]
             joined = min(c.k, k_others)  # steps whose passes run anyway: one more row each
-            row = max(cm.draft(name, rows + 1) - cm.draft(name, rows), 0.0)
+            row = max(self._draft_pass(name, rows + 1) - self._draft_pass(name, rows), 0.0)
             return own - joined * (step - row)
 
         def gain(c: Choice) -> float:  # tokens gained minus the tokens the extra time would give at `rate`
             # the pass grows by k rows, each also attending to this request's context
-            rows = cm.T(n + c.k) - t_n + (T[c.k + 1] - T[1]) - (cm.T(c.k + 1) - cm.T(1))
+            rows = self._T(n + c.k) - t_n + (T[c.k + 1] - T[1]) - (self._T(c.k + 1) - self._T(1))
             return c.expected_tokens - 1.0 - rate * (rows + draft_cost(c))
 
         best = options[0]
@@ -426,7 +466,7 @@ class CostPolicy:
             for c in options[1:]:  # ties go to the shorter draft (listed first)
                 if gain(c) > bar:
                     best, bar = c, gain(c)
-        self.last = best
+        self._plan(best, context)
         # In a batch the planned k is the most: the rows were weighed against the others' (gain).
         return best.which, self._stop_by_confidence(best, best.k, rate, T)
 
