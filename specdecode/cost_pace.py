@@ -121,6 +121,12 @@ class CostPace:
         """How many passes of each kind were observed (for tests and --stats)."""
         return {"single": self._single.seen, "multi": self._multi.seen, "draft": self._draft.seen}
 
+    def snapshot(self, m_max: int = 16) -> dict[str, object]:
+        """The factors now, as data: {"T": [factor of T(1), ..., T(m_max)], "draft": factor, "seen": counts}
+        (what a benchmark records after each run, to price its theory at the pace the policy saw)."""
+        return {"T": [round(self.target(m), 4) for m in range(1, m_max + 1)], "draft": round(self.draft, 4),
+                "seen": self.passes_seen()}
+
     def single_is_stale(self) -> bool:
         """Whether enough rounds have passed without a one-token pass that T(1) should be looked at."""
         return self.rounds_since_single >= PROBE_AFTER

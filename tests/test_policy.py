@@ -388,6 +388,28 @@ def test_bench_policy_methods_and_theory_table(tmp_path, monkeypatch):
     again = write_theory(tmp_path / "b")
     assert again["T_ms"][1] == pytest.approx(recorded.T(1) * 1e3)
     assert row["catch_up_ms_per_request"] > 0  # the draft model fed each prompt before drafting
+    # The auto methods' engines recorded their cost pace after each run (tiny passes are not
+    # observed: every factor 1), and every method's row is priced at it too.
+    auto_runs = results["prompts"][0]["results"]["spec-model-auto"]["runs"]
+    assert auto_runs[0]["pace"]["T"] == [1.0] * 16 and auto_runs[0]["pace"]["draft"] == 1.0
+    assert "pace" not in results["prompts"][0]["results"]["spec-model-k1"]["runs"][0]  # a fixed k keeps none
+    assert row["predicted_speedup_at_pace"] == pytest.approx(row["predicted_speedup"])
+
+
+def test_theory_prices_at_the_observed_pace():
+    from specdecode.bench.methods_policy import observed_pace, predict
+
+    cost = CostModel.from_function(lambda m: 0.05 * (1 + 0.1 * (m - 1)), {"model": lambda m: 0.01})
+    record = {"decode_tokens": 40, "decode_s": 1.0, "drafted_by_position": [20, 10], "accepted_by_position": [15, 5],
+              "target_passes": 25, "prompt_tokens": 0}
+    slow_single = {"T": [1.25] + [1.0] * 15, "draft": 1.0}
+    assert observed_pace([{"runs": [{"pace": slow_single}, {"pace": slow_single}, {}]}])["T"][0] == pytest.approx(1.25)
+    assert observed_pace([{"runs": [{"decode_s": 1.0}]}]) is None
+    plain = predict([record], cost, 0.01, "model")["predicted_speedup"]
+    paced = predict([record], cost, 0.01, "model", slow_single)["predicted_speedup"]
+    # Rounds by k: 5 without a draft, 10 with 1, 10 with 2: 1.7 s at the cost model, 1.7625 s with
+    # T(1) 1.25x dearer; T(1), the yardstick, is 1.25x dearer too: speculation pays more.
+    assert paced == pytest.approx(plain * 1.25 * 1.7 / 1.7625)
 
 
 def test_draft_prefill_of_a_long_prompt_pays_only_for_a_long_answer():

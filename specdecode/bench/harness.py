@@ -139,7 +139,8 @@ def make_record(runs: list[RunResult], decode: Callable[[list[int]], str]) -> di
         "decode_tokens_per_s": first.decode_tokens / dec if dec > 0 else None,
         "repeats_identical": all(r.output_ids == first.output_ids for r in runs),
         "runs": [{"prefill_s": r.prefill_s, "decode_s": r.decode_s, "total_s": r.total_s,
-                  "generated_tokens": r.generated_tokens} for r in runs],
+                  "generated_tokens": r.generated_tokens, **({"pace": r.pace} if r.pace is not None else {})}
+                 for r in runs],
     }
 
 
