@@ -20,8 +20,8 @@ by exp() of it:
              around them (propose_batch costs ~1.5-3.5 ms a step more than a bare pass)
 
 Each kind starts as PRIOR_WEIGHT observations at ratio 1 (the cost model as measured), so one odd
-pass cannot swing its factor; they fade like any observation. Each observation is clipped to [1/CLIP, CLIP] (a pause of the whole process is not the
-machine's pace). Passes the cost model prices under MIN_PREDICTED_S are not observed: on tiny
+pass cannot swing its factor; they fade like any observation. Each observation is clipped to
+[1/CLIP, CLIP] (a pause of the whole process is not the machine's pace). Passes the cost model prices under MIN_PREDICTED_S are not observed: on tiny
 test models the engine's bookkeeping dominates, and their decisions then stay reproducible.
 
 One-token passes are only seen when the policy chooses k = 0; a request that drafts every round
