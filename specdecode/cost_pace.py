@@ -1,33 +1,42 @@
 """Following the machine's speed as it runs: the engine's own passes against the cost model.
 
 The cost model (cost_model.py) is timed at one moment and cached. On a shared VM the speed
-changes within minutes, and not uniformly: on the AVX-512-BF16 EPYC, while neighbours load the
-memory bus, one-token target passes slow by a fifth or more and multi-token passes and draft
-steps much less. A round's choice depends on the *ratios* of costs (T(k+1) and k draft steps
-against T(1)), so an entry timed at a slow moment makes speculation look cheaper than it is: in
-one benchmark run the target's rounds ran at 0.84x the entry's T(1) while rounds with 1, 2, 4,
-8 drafts ran at 0.96, 1.02, 1.04, 1.10x of their predicted time, and auto drafted every mt_bench
-round where drafting lost (docs/policy.md).
+changes within minutes (on the AVX-512-BF16 EPYC T(1) read 55 ms, then 72 ms five minutes
+later), and one moment's timing of each kind of pass carries its own error. A round's choice
+depends on the *ratios* of costs (T(k+1) and k draft steps against T(1)), so an entry whose
+T(1) was timed high makes speculation look cheaper than it is: in one benchmark run the
+target's rounds ran at 0.84x the entry's T(1) while rounds with 1, 2, 4, 8 drafts ran at 0.96,
+1.02, 1.04, 1.10x of their predicted time, and auto drafted every mt_bench round where drafting
+lost (docs/policy.md).
 
-CostPace keeps, for each kind of pass, an exponentially weighted mean of log(observed seconds /
-the cost model's seconds) over the engine's recent rounds, and the policy multiplies its costs
-by exp() of it:
+CostPace keeps, for each kind of pass, a running mean of log(observed seconds / the cost
+model's seconds) over the engine's recent rounds (each pass of a kind discounts its earlier ones
+by DECAY: about the last five count), and the policy multiplies its costs by exp() of it:
 
-    single   target passes over 1 token (the round without a draft)
-    multi    target passes over m >= 2 tokens (verification), one estimate per m that leans on
-             the pooled one until m has been seen a few times
-    draft    a round's draft-model steps (and catch-up), including the engine's own overhead
-             around them (propose_batch costs ~1.5-3.5 ms a step more than a bare pass)
+    single   target passes over 1 token (a round without a draft)
+    multi    target passes over m >= 2 tokens (verification); each m also has a slow offset
+             from the pooled figure (T(3) ran a tenth above the interpolation of T(2), T(4))
+    draft    a round's draft-model steps (and catch-up) with the engine's overhead around them
+             (propose_batch costs ~1.5-3.5 ms a step more than a bare pass)
 
-Each kind starts as PRIOR_WEIGHT observations at ratio 1 (the cost model as measured), so one odd
-pass cannot swing its factor; they fade like any observation. Each observation is clipped to
-[1/CLIP, CLIP] (a pause of the whole process is not the machine's pace). Passes the cost model prices under MIN_PREDICTED_S are not observed: on tiny
+A kind not seen in a round fades (its evidence by IDLE_DECAY a round) toward what the kinds
+that are seen say about it: multi-token passes toward the one-token figure plus the gap between
+the two (GAP_DECAY, slow; measured only from passes in adjacent rounds), one-token
+passes the other way, draft steps toward the multi-token figure plus theirs. So a slow minute seen on one kind reaches the
+others, while what the entry got wrong about each kind's proportions is kept. Without this, in
+the first benchmark with the pace, a slow minute during RAG prompts left multi-token passes at
+1.18x and draft steps at 1.21x while one-token passes were back at 0.9x; no round drafted after
+that, so nothing corrected them, and the draft model sat out all of HumanEval (1.07x the target
+where it had been 1.9x).
+
+Each observation is clipped to [1/CLIP, CLIP] (a pause of the whole process is not the
+machine's pace). Passes the cost model prices under MIN_PREDICTED_S are not observed: on tiny
 test models the engine's bookkeeping dominates, and their decisions then stay reproducible.
 
 One-token passes are only seen when the policy chooses k = 0; a request that drafts every round
-would never learn that they got faster. So the policy asks `single_is_stale()` and, when the
-round's decision is close (speculation expected within PROBE_WITHIN of the target alone), runs
-one round without a draft to look (docs/policy.md, section 1).
+would never learn their offset. So the policy asks `single_is_stale()` and, when the round's
+decision is close (speculation expected within PROBE_WITHIN of the target alone), runs one round
+without a draft to look (docs/policy.md, section 1).
 
 Only timing-based choices change: never what is generated.
 """
@@ -38,9 +47,14 @@ import math
 
 from .cost_drift import HIGH, MIN_PREDICTED_S
 
-DECAY = 0.8  # each observation of a kind discounts the earlier ones: about the last five count
-PRIOR_WEIGHT = 1.0  # a kind starts as this many observations of ratio 1 (the cost model as measured)
-M_WEIGHT = 2.0  # a pass over m tokens leans on the pooled multi-token estimate, worth this many
+DECAY = 0.8  # each pass of a kind discounts its earlier ones: about the last five count
+IDLE_DECAY = 0.9  # a kind's evidence fades by this each round it is not seen (half-life ~7 rounds) ...
+FALLBACK_WEIGHT = 1.0  # ... toward what the seen kinds say about it, worth this many passes
+GAP_DECAY = 0.95  # the gaps between kinds (and each m's offset) are slow: about the last twenty count
+GAP_PRIOR = 2.0  # gaps and offsets start at 0 (the cost model's proportions), worth this many
+M_WEIGHT = 2.0  # the offset of passes over m tokens from the pooled multi-token figure: its prior weight
+FRESH = 0.5  # a kind counts as seen lately while its faded evidence weighs this much
+RECENT = 1  # passes of two kinds at most this many rounds apart (adjacent) measure the gap between them
 # Observed / predicted beyond [1/CLIP, CLIP] is counted as 1/CLIP or CLIP: a pause of the whole
 # process is not the machine's pace; a cost model off by more is measured again (cost_drift.py).
 CLIP = HIGH
@@ -52,24 +66,34 @@ PROBE_WITHIN = 1.25
 
 
 class _Mean:
-    """Exponentially weighted mean of log ratios. It starts as `start_weight` observations of ratio
-    1 (log 0), which fade like any observation: the mean settles on what the passes take."""
+    """Exponentially weighted mean of log ratios, shrunk toward a prior when asked."""
 
-    __slots__ = ("total", "weight", "seen")
+    __slots__ = ("decay", "total", "weight", "seen")
 
-    def __init__(self, start_weight: float = PRIOR_WEIGHT) -> None:
-        self.total, self.weight = 0.0, start_weight
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self.total = self.weight = 0.0
         self.seen = 0
 
-    def add(self, log_ratio: float) -> None:
-        self.total = DECAY * self.total + log_ratio
-        self.weight = DECAY * self.weight + 1.0
+    def add(self, x: float) -> None:
+        self.total = self.decay * self.total + x
+        self.weight = self.decay * self.weight + 1.0
         self.seen += 1
 
+    def age(self, factor: float) -> None:
+        """Fade the evidence, not the mean: the prior it is shrunk toward weighs more."""
+        self.total *= factor
+        self.weight *= factor
+
     def mean(self, prior: float = 0.0, prior_weight: float = 0.0) -> float:
-        """The mean, shrunk toward `prior` by `prior_weight` observations (0 when nothing was seen)."""
+        """The mean, shrunk toward `prior` by `prior_weight` observations (`prior` when nothing was seen)."""
         w = self.weight + prior_weight
         return (self.total + prior_weight * prior) / w if w > 0 else prior
+
+    @property
+    def own(self) -> float:
+        """The mean of what was observed (0 before anything was)."""
+        return self.total / self.weight if self.weight > 0 else 0.0
 
 
 class CostPace:
@@ -77,9 +101,13 @@ class CostPace:
 
     def __init__(self, min_predicted: float = MIN_PREDICTED_S) -> None:
         self.min_predicted = min_predicted
-        self._single, self._multi, self._draft = _Mean(), _Mean(), _Mean()
-        self._by_m: dict[int, _Mean] = {}
+        self._single, self._multi, self._draft = (_Mean(DECAY) for _ in range(3))
+        self._gap_multi = _Mean(GAP_DECAY)  # multi - single, while both are seen
+        self._gap_draft = _Mean(GAP_DECAY)  # draft - multi, on every drafting round
+        self._by_m: dict[int, _Mean] = {}  # each m's offset from the pooled multi figure
         self.rounds_since_single = 0  # observed target passes since the last one over 1 token
+        self._rounds = 0  # observed target passes
+        self._last_single = self._last_multi = -RECENT - 1  # the pass at which each kind was last seen
 
     @staticmethod
     def _log_ratio(seconds: float, predicted: float) -> float:
@@ -90,32 +118,60 @@ class CostPace:
         if predicted < self.min_predicted or m < 1:
             return
         x = self._log_ratio(seconds, predicted)
+        self._rounds += 1
+        self._draft.age(IDLE_DECAY)  # observe_draft renews it when this round drafted
+        # The gap between the kinds is learned only from passes in adjacent rounds: means from
+        # different minutes would take a change of the machine's speed for a gap between kinds.
         if m == 1:
+            if self._rounds - self._last_multi <= RECENT:
+                self._gap_multi.add(self._multi.own - x)
             self._single.add(x)
-            self.rounds_since_single = 0
-            return
-        self._multi.add(x)
-        self._by_m.setdefault(m, _Mean(start_weight=0.0)).add(x)
-        self.rounds_since_single += 1
+            self._multi.age(IDLE_DECAY)
+            self.rounds_since_single, self._last_single = 0, self._rounds
+        else:
+            if self._rounds - self._last_single <= RECENT:
+                self._gap_multi.add(x - self._single.own)
+            if self._multi.weight > FRESH:  # an offset from the pooled figure needs one to exist
+                self._by_m.setdefault(m, _Mean(GAP_DECAY)).add(x - self._multi.own)
+            self._multi.add(x)
+            self._single.age(IDLE_DECAY)
+            self.rounds_since_single += 1
+            self._last_multi = self._rounds
 
     def observe_draft(self, seconds: float, predicted: float) -> None:
         """A round's drafting with a draft model took `seconds`; the cost model said `predicted`."""
         if predicted < self.min_predicted:
             return
         self._draft.add(self._log_ratio(seconds, predicted))
+        self._gap_draft.add(self._draft.own - self._multi.own)
+
+    @staticmethod
+    def _blend(own: _Mean, other: _Mean, gap: float) -> float:
+        """A kind's log factor: its own passes, shrunk toward the other kind's plus the gap between
+        them while that other kind is seen lately (else its own alone; 0 before either was seen)."""
+        if other.weight <= FRESH:
+            return own.own
+        return own.mean(other.own + gap, FALLBACK_WEIGHT)
+
+    def _single_log(self) -> float:
+        return self._blend(self._single, self._multi, -self._gap_multi.mean(0.0, GAP_PRIOR))
+
+    def _multi_log(self) -> float:
+        return self._blend(self._multi, self._single, self._gap_multi.mean(0.0, GAP_PRIOR))
 
     def target(self, m: int) -> float:
         """The factor for a target pass over m tokens (1.0 until observed)."""
         if m <= 1:
-            return math.exp(self._single.mean())
-        pooled = self._multi.mean()
+            return math.exp(self._single_log())
         own = self._by_m.get(m)
-        return math.exp(own.mean(pooled, M_WEIGHT) if own is not None else pooled)
+        return math.exp(self._multi_log() + (own.mean(0.0, M_WEIGHT) if own is not None else 0.0))
 
     @property
     def draft(self) -> float:
         """The factor for draft-model steps and catch-up passes."""
-        return math.exp(self._draft.mean())
+        if self._draft.weight > 0 and self._multi.weight <= FRESH and self._single.weight <= FRESH:
+            return math.exp(self._draft.own)
+        return math.exp(self._draft.mean(self._multi_log() + self._gap_draft.mean(0.0, GAP_PRIOR), FALLBACK_WEIGHT))
 
     def passes_seen(self) -> dict[str, int]:
         """How many passes of each kind were observed (for tests and --stats)."""
@@ -134,7 +190,8 @@ class CostPace:
     def format(self) -> str:
         """One line for --stats: the factors and how many passes set them."""
         seen = self.passes_seen()
-        cells = [("T(1)", self.target(1), seen["single"]), ("T(2+)", math.exp(self._multi.mean()), seen["multi"]),
+        multi = math.exp(self._multi_log())
+        cells = [("T(1)", self.target(1), seen["single"]), ("T(2+)", multi, seen["multi"]),
                  ("draft", self.draft, seen["draft"])]
         return "pace (observed / cost model, recent passes): " + ", ".join(
             f"{label} x{factor:.2f} ({n} passes)" for label, factor, n in cells)
