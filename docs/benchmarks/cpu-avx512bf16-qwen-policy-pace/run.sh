@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The issue-9 benchmark with the costs following the engine's own passes (cost_pace.py, commit 9d91a1c): Spec-Bench (6 categories) and HumanEval,
+# The issue-9 benchmark with the costs following the engine's own passes (cost_pace.py, commit 4167fbe): Spec-Bench (6 categories) and HumanEval,
 # k = 1, 2, 4, 8 and the cost policy, 3 repeats, in one run; then the theory table.
 # Ran on the 2-core AMD EPYC VM with AVX-512 (avx512f, avx512_bf16, avx512_vnni); nothing else running.
 set -euo pipefail
