@@ -14,8 +14,12 @@ model's seconds) over the engine's recent rounds (each pass of a kind discounts 
 by DECAY: about the last five count), and the policy multiplies its costs by exp() of it:
 
     single   target passes over 1 token (a round without a draft)
-    multi    target passes over m >= 2 tokens (verification); each m also has a slow offset
-             from the pooled figure (T(3) ran a tenth above the interpolation of T(2), T(4))
+    multi    target passes over m >= 2 tokens (verification), one factor for every m: the
+             entry's shape of T(m) is kept. (A factor per m made a kink: in the second benchmark
+             with the pace, passes over 4 tokens, seen in most HumanEval rounds, read 0.90x while
+             unseen m took the pooled 0.94-1.04x, so T(5) - T(4) looked 40% dearer than timed,
+             the confidence stop ended rounds at 3 drafts, and m = 5 was never seen to correct
+             it: auto 1.56x on code against 1.91x the run before.)
     draft    a round's draft-model steps (and catch-up) with the engine's overhead around them
              (propose_batch costs ~1.5-3.5 ms a step more than a bare pass)
 
@@ -52,7 +56,6 @@ IDLE_DECAY = 0.9  # a kind's evidence fades by this each round it is not seen (h
 FALLBACK_WEIGHT = 1.0  # ... toward what the seen kinds say about it, worth this many passes
 GAP_DECAY = 0.95  # the gaps between kinds (and each m's offset) are slow: about the last twenty count
 GAP_PRIOR = 2.0  # gaps and offsets start at 0 (the cost model's proportions), worth this many
-M_WEIGHT = 2.0  # the offset of passes over m tokens from the pooled multi-token figure: its prior weight
 FRESH = 0.5  # a kind counts as seen lately while its faded evidence weighs this much
 RECENT = 1  # passes of two kinds at most this many rounds apart (adjacent) measure the gap between them
 # Observed / predicted beyond [1/CLIP, CLIP] is counted as 1/CLIP or CLIP: a pause of the whole
@@ -104,7 +107,6 @@ class CostPace:
         self._single, self._multi, self._draft = (_Mean(DECAY) for _ in range(3))
         self._gap_multi = _Mean(GAP_DECAY)  # multi - single, while both are seen
         self._gap_draft = _Mean(GAP_DECAY)  # draft - multi, on every drafting round
-        self._by_m: dict[int, _Mean] = {}  # each m's offset from the pooled multi figure
         self.rounds_since_single = 0  # observed target passes since the last one over 1 token
         self._rounds = 0  # observed target passes
         self._last_single = self._last_multi = -RECENT - 1  # the pass at which each kind was last seen
@@ -131,8 +133,6 @@ class CostPace:
         else:
             if self._rounds - self._last_single <= RECENT:
                 self._gap_multi.add(x - self._single.own)
-            if self._multi.weight > FRESH:  # an offset from the pooled figure needs one to exist
-                self._by_m.setdefault(m, _Mean(GAP_DECAY)).add(x - self._multi.own)
             self._multi.add(x)
             self._single.age(IDLE_DECAY)
             self.rounds_since_single += 1
@@ -163,8 +163,7 @@ class CostPace:
         """The factor for a target pass over m tokens (1.0 until observed)."""
         if m <= 1:
             return math.exp(self._single_log())
-        own = self._by_m.get(m)
-        return math.exp(self._multi_log() + (own.mean(0.0, M_WEIGHT) if own is not None else 0.0))
+        return math.exp(self._multi_log())
 
     @property
     def draft(self) -> float:
