@@ -38,7 +38,7 @@ machine's pace). Passes the cost model prices under MIN_PREDICTED_S are not obse
 test models the engine's bookkeeping dominates, and their decisions then stay reproducible.
 
 One-token passes are only seen when the policy chooses k = 0; a request that drafts every round
-would never learn their offset. So the policy asks `single_is_stale()` and, when the round's
+would never learn how they run. So the policy asks `single_is_stale()` and, when the round's
 decision is close (speculation expected within PROBE_WITHIN of the target alone), runs one round
 without a draft to look (docs/policy.md, section 1).
 
@@ -54,8 +54,8 @@ from .cost_drift import HIGH, MIN_PREDICTED_S
 DECAY = 0.8  # each pass of a kind discounts its earlier ones: about the last five count
 IDLE_DECAY = 0.9  # a kind's evidence fades by this each round it is not seen (half-life ~7 rounds) ...
 FALLBACK_WEIGHT = 1.0  # ... toward what the seen kinds say about it, worth this many passes
-GAP_DECAY = 0.95  # the gaps between kinds (and each m's offset) are slow: about the last twenty count
-GAP_PRIOR = 2.0  # gaps and offsets start at 0 (the cost model's proportions), worth this many
+GAP_DECAY = 0.95  # the gaps between kinds are slow: about the last twenty count
+GAP_PRIOR = 2.0  # gaps start at 0 (the cost model's proportions), worth this many
 FRESH = 0.5  # a kind counts as seen lately while its faded evidence weighs this much
 RECENT = 1  # passes of two kinds at most this many rounds apart (adjacent) measure the gap between them
 # Observed / predicted beyond [1/CLIP, CLIP] is counted as 1/CLIP or CLIP: a pause of the whole
