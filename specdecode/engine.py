@@ -238,17 +238,21 @@ class Engine:
     def _observe_round(self, s: RequestState, m: int, context: int, draft_seconds: float, seconds: float) -> None:
         """A single-request round: its target pass over m tokens after `context` took `seconds`, its
         drafting `draft_seconds`. Feeds the pace (cost_pace.py), then the drift check."""
+        if self.cost_pace is None and self._cost_drift is None:  # a cost model given, or none needed
+            return
+        predicted = self._cost_model.T(m, context)
         if self.cost_pace is not None:
-            self.cost_pace.observe_target(m, seconds, self._cost_model.T(m, context))
+            self.cost_pace.observe_target(m, seconds, predicted)
             if isinstance(s.policy, CostPolicy) and m > 1:
                 self.cost_pace.observe_draft(draft_seconds, s.policy.predicted_draft_seconds(m - 1))
-        self._check_cost(m, context, seconds)
+        if self._cost_drift is not None:
+            self._check_cost(m, seconds, predicted)
 
-    def _check_cost(self, m: int, context: int, seconds: float) -> None:
-        """Compare one single-request target pass over m tokens after `context` with the cost model;
+    def _check_cost(self, m: int, seconds: float, predicted: float) -> None:
+        """Compare one single-request target pass over m tokens with what the cost model said;
         measure again (replacing the cached entry) when they have drifted apart. Requests already
         running keep the costs they started with; later ones get the new ones."""
-        if self._cost_drift is None or not self._cost_drift.observe(m, seconds, self._cost_model.T(m, context)):
+        if not self._cost_drift.observe(m, seconds, predicted):
             return
         at_m, ratio = self._cost_drift.last_drift
         shared = memoized_pass_costs(self.target)

@@ -298,9 +298,10 @@ class CostPolicy:
             table = self._tables[bucket] = [0.0] + [self.cost_model.T(m, bucket) for m in range(1, self.k_max + 2)]
         if self.pace is None:
             return table
-        paced = [0.0]
-        for m in range(1, len(table)):
-            paced.append(max(table[m] * self.pace.target(m), paced[-1]))
+        single, multi = self.pace.target(1), self.pace.target(2)  # one factor serves every m >= 2
+        paced = [0.0, table[1] * single]
+        for m in range(2, len(table)):
+            paced.append(max(table[m] * multi, paced[-1]))
         return paced
 
     def _T(self, m: int) -> float:  # noqa: N802 - the papers' name
