@@ -7,16 +7,17 @@
 """
 
 from .config import ModelArgs, SamplingParams
-from .drafters import AdaptiveDraftLength, Draft, Drafter, FixedDraftLength, ModelDrafter, NgramDrafter
+from .drafters import Draft, Drafter, ModelDrafter, NgramDrafter
 from .engine import Chunk, Engine, GenerationResult
 from .errors import SpecdecodeError
 from .loader import Model, load
 from .metrics import SpecStats
+from .policy import AdaptiveK, CostPlanner, FixedK, Planner
 
 __version__ = "0.1.0"
 
 __all__ = [
     "load", "Model", "Engine", "Chunk", "GenerationResult", "SamplingParams", "ModelArgs", "SpecStats",
-    "Drafter", "Draft", "ModelDrafter", "NgramDrafter", "FixedDraftLength", "AdaptiveDraftLength",
+    "Drafter", "Draft", "ModelDrafter", "NgramDrafter", "Planner", "FixedK", "AdaptiveK", "CostPlanner",
     "SpecdecodeError", "__version__",
 ]

@@ -114,7 +114,7 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
     if group is not None and engine.needs_cost_model:  # every rank must choose the same draft lengths
         from .parallel import agree_cost_model
 
-        engine._cost_model = agree_cost_model(engine.target, engine._drafters(), group)
+        engine.costs.give(agree_cost_model(engine.target, engine._drafters(), group))
     if engine.needs_cost_model:
         if progress:
             print("measuring pass costs (cached per machine and model) ...", file=sys.stderr, flush=True)

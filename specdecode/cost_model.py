@@ -2,7 +2,7 @@
 
 Whether speculation pays is a property of the machine, not of the algorithm: on a GPU or an
 AVX-512-BF16 CPU a pass over 8 tokens costs about one pass over 1, on an AVX2 CPU in bf16 it
-costs nearly 8. So the policy (drafters/policy.py) does not assume a shape: it times a few
+costs nearly 8. So the planner (specdecode/policy/) does not assume a shape: it times a few
 passes of the loaded model (its dtype, quantization and thread count) on a throw-away cache,
 interpolates T(1..16), and caches the result as JSON under $SPECDECODE_CACHE/costs, keyed by
 everything that changes the timings (model shape, dtype, quantization, threads, device, torch
@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
+import statistics
 import sys
 import time
 import warnings
@@ -30,8 +32,16 @@ import torch
 
 M_MAX = 16  # the longest pass measured: a round verifies last token + up to 15 drafts
 # Coarse points first, so a tight time budget still spans 1..16 (the rest is interpolated);
-# m = 1 and 2 are always measured: they alone decide whether speculation can pay at all.
+# T(1), T(2) and T(4) are always measured: they decide whether speculation can pay at all.
 MEASURE_ORDER = (1, 2, 4, 8, 16, 3, 6, 12)
+ALWAYS_TIMED = (2, 4)
+# A measurement agrees with itself when its T(m)/T(1) pairs of one m are within SPREAD of each
+# other and T(m) falls by no more than DIP as m grows; else it is retaken up to RETAKES times.
+# Passes under MIN_JUDGED_SECONDS (tiny models) are not judged: their noise is the engine's bookkeeping.
+SPREAD = 1.3
+DIP = 1.1
+RETAKES = 2
+MIN_JUDGED_SECONDS = 0.002
 # One prefill-sized pass, timed when the model is quick enough (2 T(16) within the budget): a
 # draft model feeding a 700-token prompt before its first draft, or a batch of many requests,
 # runs passes far past 16, where cost per row is set by compute, not by reading the weights.
@@ -42,7 +52,7 @@ MEASURE_ORDER = (1, 2, 4, 8, 16, 3, 6, 12)
 # 0.5B Qwen (151,936 x 896 head, tied) that is a quarter of its weights: its 672-row catch-up
 # took 1.2 s, where T(m) with every row's logits said 2.0 s.
 BIG_M = 32
-FORMAT_VERSION = 4  # bump when what is measured changes: old cache entries are then ignored
+FORMAT_VERSION = 5  # bump when what is measured changes: old cache entries are then ignored
 # T(m) is timed after this many context tokens; a longer context adds per_key per query row and key.
 MEASURE_CONTEXT = 4
 LONG_CONTEXT = 1024  # where the per-key attention cost is timed (a cache filled directly, no prefill)
@@ -53,6 +63,7 @@ _COST_SOURCES = ("model.py", "quant.py", "cache.py", "kernels")
 # A process-wide memo: two engines on the same model (the server and a reference in a test,
 # a bench's methods) make the same decisions, even when the disk cache cannot be written.
 _MEMO: dict[str, PassCosts] = {}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -206,39 +217,51 @@ class CostModel:
 
 
 @torch.inference_mode()
-def time_passes(model, *, budget_s: float = 0.4, repeats: int = 3, m_max: int = M_MAX,
-                context: int = MEASURE_CONTEXT) -> dict[int, float]:
-    """Time passes of `model` (a LanguageModel) over m new tokens: {m: fastest seconds}.
+def time_passes(model, *, budget_s: float = 2.0, repeats: int = 3, m_max: int = M_MAX,
+                context: int = MEASURE_CONTEXT) -> tuple[dict[int, float], bool]:
+    """Time passes of `model` (a LanguageModel) over m new tokens: ({m: seconds}, consistent).
 
-    One untimed warm-up pass builds a `context`-token cache; each timed pass appends m tokens
-    and is rolled back. Every m in MEASURE_ORDER is timed once, then again up to `repeats`
-    times, until `budget_s` is spent; m = 1 and 2 are timed even past the budget. The minimum
-    of the repeats is kept: noise on a shared machine only ever adds time. Then a pass of
-    BIG_M rows (twice when cheap), if T(16) was timed and 2 T(16) fits in `budget_s`: on a
-    machine where even that is dear (a 1.5B bf16 model on AVX2), passes are linear in m anyway.
+    Costs are measured as ratios: every pass over m >= 2 tokens is timed right after a pass over
+    one, and T(m) is the median of those T(m)/T(1) pairs times the fastest T(1). A machine that
+    slows down for a moment slows both passes of a pair, so the ratio, which is all the planner
+    uses, holds (the first AVX2 run of the project cached T(2)/T(1) = 1.84 from single timings
+    where a quiet run gives 1.07). m = 2 and 4 get `repeats` pairs whatever the budget; the others
+    as `budget_s` allows. Then a pass of BIG_M rows when the model is quick enough.
+
+    consistent: the measurement agrees with itself (pairs of one m within SPREAD of each other,
+    T non-decreasing within DIP); measure_pass_costs retakes one that does not, and never caches it.
     """
-    best: dict[int, float] = {}
     timed_pass = _pass_timer(model, context, max(m_max, BIG_M))
-
-    def time_one(m: int) -> float:
-        dt = timed_pass(m)
-        best[m] = min(dt, best.get(m, dt))
-        return dt
-
+    ones: list[float] = []
+    ratios: dict[int, list[float]] = {}
     start = time.perf_counter()
-    order = [m for m in MEASURE_ORDER if m <= m_max]
+    order = [m for m in MEASURE_ORDER if 1 < m <= m_max]
     for rep in range(repeats):
         for m in order:
-            if time.perf_counter() - start > budget_s and not (rep == 0 and m <= 2):
-                break
-            time_one(m)
-        else:
-            continue
-        break
-    if m_max >= M_MAX and M_MAX in best and 2 * best[M_MAX] <= budget_s:
-        if time_one(BIG_M) <= budget_s / 2:
-            time_one(BIG_M)  # the first pass of a new shape can carry one-time setup
-    return best
+            if time.perf_counter() - start > budget_s and m not in ALWAYS_TIMED:
+                continue
+            t1 = timed_pass(1)
+            ones.append(t1)
+            ratios.setdefault(m, []).append(timed_pass(m) / t1)
+    t1 = min(ones) if ones else timed_pass(1)
+    points = {1: t1, **{m: t1 * statistics.median(r) for m, r in ratios.items()}}
+    if m_max >= M_MAX and M_MAX in points and 2 * points[M_MAX] <= budget_s:
+        big = [timed_pass(BIG_M) for _ in range(2)]  # the first pass of a new shape can carry setup
+        points[BIG_M] = min(big)
+    return points, _consistent(t1, ratios)
+
+
+def _consistent(t1: float, ratios: dict[int, list[float]]) -> bool:
+    """Whether timed ratios agree with themselves; always True for passes too quick to judge."""
+    if t1 < MIN_JUDGED_SECONDS:
+        return True
+    for r in ratios.values():
+        if len(r) >= 2 and max(r) > SPREAD * min(r):
+            return False
+    med = sorted((m, statistics.median(r)) for m, r in ratios.items())
+    if med and med[0][1] < 1.0 / DIP:  # T(2) well under T(1)
+        return False
+    return all(later * DIP >= earlier for (_, earlier), (_, later) in zip(med, med[1:]))
 
 
 @torch.inference_mode()
@@ -294,10 +317,12 @@ def time_per_key(model, t1: float, *, context: int = LONG_CONTEXT, repeats: int 
     return max(best - t1, 0.0) / (context - MEASURE_CONTEXT)
 
 
-def measure_pass_costs(model, *, budget_s: float = 0.4, use_cache: bool = True, m_max: int = M_MAX,
+def measure_pass_costs(model, *, budget_s: float = 2.0, use_cache: bool = True, m_max: int = M_MAX,
                        refresh: bool = False) -> PassCosts:
     """T(1..m_max) of `model`: from the memo or the disk cache when the key matches, else timed.
-    refresh: time it even so, and replace the memo and the cache entry (cost_drift.py)."""
+    A measurement that disagrees with itself is retaken (up to RETAKES times) and, if it still
+    does, used for this process only, never cached. refresh: time it even so, and replace the
+    memo and the cache entry (the engine's own passes contradicted it: policy/costs.py)."""
     key = cost_key(model)
     digest = _digest(key) if key is not None else None
     if digest is not None and digest in _MEMO and not refresh:
@@ -309,14 +334,20 @@ def measure_pass_costs(model, *, budget_s: float = 0.4, use_cache: bool = True, 
             _MEMO[digest] = cached
             return cached
     t0 = time.perf_counter()
-    points = time_passes(model, budget_s=budget_s, m_max=m_max)
+    for _ in range(1 + RETAKES):
+        points, consistent = time_passes(model, budget_s=budget_s, m_max=m_max)
+        if consistent:
+            break
+    if not consistent:
+        log.warning("pass timings of %s disagreed with themselves %d times (a busy machine?): using the "
+                    "last for this process, not caching it", type(model).__name__, 1 + RETAKES)
     per_key = time_per_key(model, points[1])
     prefill_big = time_prefill(model, points[BIG_M], budget_s=budget_s) if BIG_M in points else 0.0
     costs = PassCosts.from_points(points, m_max, key=key or {}, measure_seconds=time.perf_counter() - t0,
                                   per_key=per_key, prefill_big=prefill_big)
     if digest is not None:
         _MEMO[digest] = costs
-        if use_cache:
+        if use_cache and consistent:
             _write(path, costs)
     return costs
 
@@ -327,7 +358,7 @@ def memoized_pass_costs(model) -> PassCosts | None:
     return _MEMO.get(_digest(key)) if key is not None else None
 
 
-def measure_cost_model(target, drafters: list | tuple = (), *, budget_s: float = 0.4,
+def measure_cost_model(target, drafters: list | tuple = (), *, budget_s: float = 2.0,
                        use_cache: bool = True, refresh: bool = False) -> CostModel:
     """The cost model of a target and its drafters (those with a `.model` are timed, cheaper budget).
     refresh: time them all again, replacing what the memo and the cache hold."""

@@ -1,15 +1,14 @@
 """The decoding loop, layered step -> token stream -> text stream -> string (as mlx-lm).
 
-One round: the drafter proposes k tokens, the target scores last-token + k drafts in one pass,
-verification keeps the longest acceptable prefix plus one target token, caches roll back.
-Without a drafter the same loop is the plain target-only decoder (k = 0 every round).
-By default (num_draft_tokens="auto") a cost policy picks k, and the drafter when there are
-several, each round from measured pass costs and running acceptance (docs/policy.md).
+One round: the planner says what each request drafts, the drafters propose, the target scores
+last-token + k drafts of every request in one pass, verification keeps the longest acceptable
+prefix plus one target token, caches roll back. Without a drafter the same loop is the plain
+target-only decoder (k = 0 every round). By default (num_draft_tokens="auto") the CostPlanner
+picks k, and the drafter when there are several (specdecode/policy/, docs/policy.md).
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,27 +16,19 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import SamplingParams
-from .cost_drift import CostDrift
-from .cost_model import CostModel, measure_cost_model, memoized_pass_costs
-from .cost_pace import CostPace
+from .cost_model import CostModel
 from .drafters.base import Draft, Drafter, empty_draft, fork_drafter
 from .drafters.composite import DrafterSet, drafter_members
-from .drafters.model import ModelDrafter, propose_batch
-from .drafters.policy import AcceptanceHistory, AdaptiveDraftLength, CostPolicy, FixedDraftLength
 from .errors import ContextLengthError, SpecdecodeError
 from .metrics import SpecStats
+from .policy import NO_DRAFT, AdaptiveK, CostPlanner, FixedK, PassCostRatios, Plan, Planner
 from .ragged import Segment, forward_segments
 from .request import RequestState
-from .sampling import logits_to_probs, make_generator, sample
+from .sampling import PositionNoise, draw, draw_rows, logits_to_probs, make_generator
 from .verify import greedy_accept, rejection_sample
 
-log = logging.getLogger(__name__)
-
-# The fastest draft lengths measured on the one machine we had (2-core AVX2 CPU, Qwen2.5-Coder
-# 1.5B target; k in 1..4 for a draft model, 1..8 for n-gram): a multi-token verify pass costs
-# nearly one pass per token there, so short drafts win (README, "Results"). Where a (k+1)-token
-# pass costs about one token's (GPU, AVX-512-BF16), longer drafts (-k 4..6) should pay.
-# They remain the starting k of --adaptive; the default is now "auto", which measures instead.
+# The fixed draft length of --adaptive's start and of `-k` bench methods without a number, by
+# drafter name (measured on a 2-core AVX2 CPU, Qwen2.5-Coder 1.5B target: short drafts won there).
 DEFAULT_NUM_DRAFT_TOKENS = {"model": 2, "ngram": 2, "self": 2}
 FALLBACK_NUM_DRAFT_TOKENS = 5  # a drafter kind without a measured default (a user's own drafter)
 AUTO = "auto"
@@ -51,10 +42,7 @@ MAX_BATCH_TOKENS = 512
 
 
 def default_num_draft_tokens(drafter_kind: str) -> int:
-    """The fixed draft length used when none is given, by drafter name ("model", "ngram", "self").
-
-    The one place the default is looked up: the engine's --adaptive start, the bench methods and
-    the bench report all call this."""
+    """The fixed draft length used when none is given, by drafter name ("model", "ngram", "self")."""
     return DEFAULT_NUM_DRAFT_TOKENS.get(drafter_kind, FALLBACK_NUM_DRAFT_TOKENS)
 
 
@@ -136,10 +124,12 @@ class Engine:
     or anything implementing specdecode.lm.LanguageModel.
     drafter: None (target only), a Drafter (ModelDrafter, NgramDrafter, ...), a model, which
     becomes a ModelDrafter, or a list of those, which becomes a DrafterSet (one chosen per round).
-    num_draft_tokens: "auto" (the default with a drafter): the cost policy picks k in
+    num_draft_tokens: "auto" (the default with a drafter): the CostPlanner picks k in
     0..max_draft_tokens and the drafter, every round; or a fixed k >= 1.
-    cost_model: measured pass costs for the policy; None = measure on first need (cached on disk
-    per machine and model, see specdecode.cost_model); tests pass synthetic ones.
+    policy: a Planner (specdecode.policy: FixedK, AdaptiveK, CostPlanner or your own) instead of
+    the one num_draft_tokens / adaptive describe.
+    cost_model: pass costs for the planner; None = measure on first need (cached on disk per
+    machine and model, see specdecode.cost_model); tests pass synthetic ones.
     """
 
     def __init__(
@@ -150,6 +140,7 @@ class Engine:
         tokenizer=None,
         num_draft_tokens: int | str | None = None,
         adaptive: bool = False,
+        policy: Planner | None = None,
         eos_token_ids: list[int] | None = None,
         cost_model: CostModel | None = None,
         max_draft_tokens: int = MAX_DRAFT_TOKENS,
@@ -161,33 +152,12 @@ class Engine:
         self.target, target_tokenizer = as_language_model(target)
         self.tokenizer = as_tokenizer(tokenizer or target_tokenizer)
         self.drafter = _as_drafter(drafter, self.target, self.tokenizer)
-        multi = isinstance(self.drafter, DrafterSet)
-        if adaptive and (num_draft_tokens == AUTO or multi):
-            raise SpecdecodeError("--adaptive needs one drafter and a fixed draft length (-k N); 'auto' adapts by itself")
-        if num_draft_tokens is None and self.drafter is not None:
-            # --adaptive alone keeps its old meaning: start at the measured default k and adapt.
-            num_draft_tokens = default_num_draft_tokens(self.drafter.name) if adaptive else AUTO
-        self.auto = num_draft_tokens == AUTO and self.drafter is not None
-        if self.auto:
-            if not 1 <= max_draft_tokens <= MAX_DRAFT_TOKENS:
-                raise SpecdecodeError(f"max_draft_tokens must be in 1..{MAX_DRAFT_TOKENS}, got {max_draft_tokens}")
-            num_draft_tokens = max_draft_tokens
-        elif num_draft_tokens == AUTO:
-            num_draft_tokens = None
-        elif num_draft_tokens is not None and (not isinstance(num_draft_tokens, int) or num_draft_tokens < 1):
-            raise SpecdecodeError(f"num_draft_tokens must be 'auto' or an integer >= 1, got {num_draft_tokens!r}")
-        # The draft length, or with auto its upper bound (what the KV caches are sized for).
-        self.num_draft_tokens = num_draft_tokens or 0
-        self.adaptive = adaptive
-        self._cost_model = cost_model
-        # Set when this engine measured (or read from the cache) its own cost model: then its
-        # passes are checked against it (cost_drift.py). A cost model given (tests, the
-        # tensor-parallel ranks' agreed one) is taken as it is.
-        self._cost_drift: CostDrift | None = None
-        # Set with the drift check: the policy's costs follow the pace of this engine's own passes
-        # (cost_pace.py). None keeps the cost model as given (every tensor-parallel rank must decide alike).
-        self.cost_pace: CostPace | None = None
-        self.cost_model_refreshes = 0  # times the passes drifted from the cost model and it was measured again
+        members = drafter_members(self.drafter)
+        # Each request drafts through a DrafterSet of its own (one member or several), so the
+        # engine treats every drafter configuration alike.
+        self._drafter_set = DrafterSet(members) if members else None
+        self.costs = PassCostRatios(self.target, members, given=cost_model)
+        self.planner = self._make_planner(policy, num_draft_tokens, adaptive, max_draft_tokens, len(members))
         if eos_token_ids is None and self.tokenizer is not None:
             eos_token_ids = self.tokenizer.eos_token_ids
         self.eos_token_ids = set(eos_token_ids or ())
@@ -196,90 +166,62 @@ class Engine:
         if not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
             raise SpecdecodeError(f"max_batch_tokens must be an integer >= 1, got {max_batch_tokens!r}")
         self.prefill_chunk, self.max_batch_tokens = prefill_chunk, max_batch_tokens
-        # Off by default so that a seeded request replays exactly; the server turns it on
-        # (learn_acceptance), trading that for fewer wasted drafts across many short requests.
-        self.acceptance_history: AcceptanceHistory | None = None
 
-    @property
-    def learn_acceptance(self) -> bool:
-        """Whether new requests start from the acceptance measured on finished ones (see
-        drafters.policy.AcceptanceHistory) instead of fixed priors. Greedy outputs never depend on
-        it; with -k auto, a seeded sampled request then replays in distribution, not in text."""
-        return self.acceptance_history is not None
-
-    @learn_acceptance.setter
-    def learn_acceptance(self, on: bool) -> None:
-        if on and self.acceptance_history is None:
-            self.acceptance_history = AcceptanceHistory()
-        elif not on:
-            self.acceptance_history = None
+    def _make_planner(self, policy: Planner | None, k, adaptive: bool, k_max: int, drafters: int) -> Planner | None:
+        """The planner num_draft_tokens / adaptive describe (or `policy` as given); None without a drafter."""
+        self.auto, self.adaptive, self._policy_name = False, adaptive, "fixed"
+        if self.drafter is None:
+            if policy is not None:
+                raise SpecdecodeError("a policy needs a drafter")
+            self.num_draft_tokens = 0
+            return None
+        if policy is not None:
+            if k is not None or adaptive:
+                raise SpecdecodeError("give either policy= or num_draft_tokens / adaptive, not both")
+            missing = [a for a in ("k_max", "begin", "plan", "observe", "timed", "end", "describe") if not hasattr(policy, a)]
+            if missing:
+                raise SpecdecodeError(f"policy must implement specdecode.policy.Planner (lacks {', '.join(missing)})")
+            self.num_draft_tokens, self._policy_name = policy.k_max, "custom"
+            return policy
+        if adaptive and (k == AUTO or drafters > 1):
+            raise SpecdecodeError("--adaptive needs one drafter and a fixed draft length (-k N); 'auto' adapts by itself")
+        if k is None:
+            k = default_num_draft_tokens(self.drafter.name) if adaptive else AUTO
+        if k == AUTO:
+            if not isinstance(k_max, int) or not 1 <= k_max <= MAX_DRAFT_TOKENS:
+                raise SpecdecodeError(f"max_draft_tokens must be in 1..{MAX_DRAFT_TOKENS}, got {k_max}")
+            self.auto, self.num_draft_tokens, self._policy_name = True, k_max, AUTO
+            return CostPlanner(self.costs, k_max=k_max)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise SpecdecodeError(f"num_draft_tokens must be 'auto' or an integer >= 1, got {k!r}")
+        self.num_draft_tokens = k
+        if adaptive:
+            self._policy_name = "adaptive"
+            return AdaptiveK(k, 1, max(16, k))
+        return CostPlanner(self.costs, k_fixed=k) if drafters > 1 else FixedK(k)
 
     @property
     def draft_policy(self) -> str:
-        """"none", "auto", "fixed" or "adaptive" (for --stats and the server's model card)."""
-        if self.drafter is None:
-            return "none"
-        return AUTO if self.auto else "adaptive" if self.adaptive else "fixed"
+        """"none", "auto", "fixed", "adaptive" or "custom" (for --stats and the server's model card)."""
+        return "none" if self.drafter is None else self._policy_name
 
     @property
     def needs_cost_model(self) -> bool:
-        """Whether generation consults the cost model: auto k, or a choice among several drafters."""
-        return self.auto or isinstance(self.drafter, DrafterSet)
+        """Whether the planner consults the measured pass costs."""
+        return getattr(self.planner, "costs", None) is self.costs
 
     @property
     def cost_model(self) -> CostModel:
-        """T(m) of the target and each draft model, measured on first use (a few hundred ms; then cached)."""
-        if self._cost_model is None:
-            self._cost_model = measure_cost_model(self.target, self._drafters())
-            self._cost_drift = CostDrift()
-            self.cost_pace = CostPace()
-        return self._cost_model
+        """T(m) of the target and each draft model, measured on first use (about 2 s; then cached)."""
+        return self.costs.model
 
-    def _observe_round(self, s: RequestState, m: int, context: int, draft_seconds: float, seconds: float) -> None:
-        """A single-request round: its target pass over m tokens after `context` took `seconds`, its
-        drafting `draft_seconds`. Feeds the pace (cost_pace.py), then the drift check."""
-        if self.cost_pace is None and self._cost_drift is None:  # a cost model given, or none needed
-            return
-        predicted = self._cost_model.T(m, context)
-        if self.cost_pace is not None:
-            self.cost_pace.observe_target(m, seconds, predicted)
-            if isinstance(s.policy, CostPolicy) and m > 1:
-                self.cost_pace.observe_draft(draft_seconds, s.policy.predicted_draft_seconds(m - 1))
-        if self._cost_drift is not None:
-            self._check_cost(m, seconds, predicted)
-
-    def _check_cost(self, m: int, seconds: float, predicted: float) -> None:
-        """Compare one single-request target pass over m tokens with what the cost model said;
-        measure again (replacing the cached entry) when they have drifted apart. Requests already
-        running keep the costs they started with; later ones get the new ones."""
-        if not self._cost_drift.observe(m, seconds, predicted):
-            return
-        at_m, ratio = self._cost_drift.last_drift
-        shared = memoized_pass_costs(self.target)
-        if shared is not None and shared is not self._cost_model.target:
-            # another engine on this model measured again already: take its figures
-            self._cost_model = measure_cost_model(self.target, self._drafters())
-            self.cost_pace = CostPace()  # the pace was relative to the figures just replaced
-            return
-        log.info("target passes over %d tokens took %.2fx the cost model's figure: measuring again", at_m, ratio)
-        self._cost_model = measure_cost_model(self.target, self._drafters(), refresh=True)
-        self.cost_pace = CostPace()
-        self.cost_model_refreshes += 1
+    @property
+    def cost_model_refreshes(self) -> int:
+        """Times the engine's own passes contradicted the cost model and it was measured again."""
+        return self.costs.remeasures
 
     def _drafters(self) -> list[Drafter]:
         return drafter_members(self.drafter)
-
-    def _policy(self, drafter):
-        """A fresh policy for one request whose drafter (a fork of self.drafter) is `drafter`."""
-        if drafter is None:
-            return None
-        if self.needs_cost_model:
-            k_fixed = None if self.auto else self.num_draft_tokens
-            return CostPolicy(self.cost_model, drafter_members(drafter), k_max=self.num_draft_tokens, k_fixed=k_fixed,
-                              learned=self.acceptance_history, pace=self.cost_pace)
-        if self.adaptive:
-            return AdaptiveDraftLength(self.num_draft_tokens, 1, max(16, self.num_draft_tokens))
-        return FixedDraftLength(self.num_draft_tokens)
 
     # -- layer 1: requests and rounds --------------------------------------------------------
 
@@ -294,21 +236,23 @@ class Engine:
         budget = context_budget(len(prompt_ids), params.max_new_tokens, self.target.max_context)
         stats = stats if stats is not None else SpecStats()
         stats.prompt_tokens = len(prompt_ids)
-        drafter = fork_drafter(self.drafter) if self.drafter is not None else None
-        policy = self._policy(drafter)
-        k_max = policy.k_max if policy else 0
+        drafter = fork_drafter(self._drafter_set) if self._drafter_set is not None else None
+        k_max = self.planner.k_max if self.planner is not None else 0
         # Every position fed (drafts included) stays inside the context: RoPE tables and caches
-        # end there. The room passed to the policy keeps a round's drafts within max_len.
+        # end there. The room the planner sees keeps a round's drafts within max_len.
         max_len = min(len(prompt_ids) + budget + k_max + 1, self.target.max_context)
         device = self.target.device
+        seeded = params.seed is not None and not params.greedy
         state = RequestState(
             prompt_ids=list(prompt_ids), params=params, budget=budget,
             eos=set() if params.ignore_eos else set(self.eos_token_ids), max_len=max_len,
-            cache=self.target.new_cache(max_len), drafter=drafter, policy=policy,
+            cache=self.target.new_cache(max_len), drafter=drafter,
             generator=make_generator(params.seed, device), stats=stats, tokens=list(prompt_ids),
+            noise=PositionNoise(params.seed, self.target.vocab_size, device) if seeded else None,
         )
         if drafter is not None:
             drafter.begin(state.tokens, max_len, device)
+            self.planner.begin(state)
         return state
 
     def kv_bytes(self, prompt_tokens: int, max_new_tokens: int) -> int:
@@ -327,9 +271,9 @@ class Engine:
             return
         state.released = True
         state.cache = None
-        if self.acceptance_history is not None and isinstance(state.policy, CostPolicy):
-            self.acceptance_history.add(state.policy)
         if state.drafter is not None:
+            state.stats.plan = self.planner.describe(state)
+            self.planner.end(state)
             state.drafter.end()
 
     def step(self, states: list[RequestState]) -> StepInfo:
@@ -370,9 +314,10 @@ class Engine:
                 argmax[i] = flat[r : r + logits[i].shape[0]]
                 r += logits[i].shape[0]
         t2 = time.perf_counter()
-        if len(segments) == 1 and decoding and greedy:  # one request, its tokens read back: like the measurement
+        if len(segments) == 1 and decoding and greedy and self.planner is not None:
+            # one request, its tokens read back: a pass like the cost model's timed ones
             m = len(segments[0].tokens)
-            self._observe_round(decoding[0], m, segments[0].cache.length - m, t1 - t0, t2 - t1)
+            self.planner.timed(m, segments[0].cache.length - m, t2 - t1)
         for i, (s, d) in enumerate(zip(decoding, drafts)):
             self._verified(s, d, asked[i], logits[i], argmax.get(i))
             s.stats.draft_seconds += t1 - t0
@@ -381,7 +326,7 @@ class Engine:
             s.prefilled = end
             s.stats.prefill_seconds += t2 - t1
             if end == len(s.prompt_ids):
-                first = argmax[j][0] if j in argmax else int(sample(logits_to_probs(logits[j][-1], s.params), s.generator))
+                first = argmax[j][0] if j in argmax else draw(logits_to_probs(logits[j][-1], s.params), s.rng, end)
                 s.tokens.append(first)
                 self._emit(s, [first])
         for s in live:
@@ -391,42 +336,26 @@ class Engine:
 
     def _draft(self, states: list[RequestState]) -> tuple[list[Draft], list[int]]:
         """This round's draft of each decoding state and the k each drafter was asked for (0 = none).
-        Draft-model proposals sharing one model run batched (drafters.model.propose_batch)."""
+        Drafters with `propose_many` (the draft model) propose for all requests sharing their
+        model in one batched call: one draft pass per step for all of them."""
         device = self.target.device
         drafts: list[Draft] = [empty_draft(device)] * len(states)
-        asked = [0] * len(states)
-        by_model: dict[int, list[tuple[int, ModelDrafter]]] = {}
-        # Batch-aware choices (CostPolicy): each request weighs its draft against the pass so far,
-        # n tokens expected to yield e (every request brings its last token, worth one).
-        # Draft passes already planned, by drafter name: (requests in them, their longest k).
-        n = e = len(states)
-        drafting: dict[str, tuple[int, int]] = {}
-        for i, s in enumerate(states):
-            if s.policy is None:
+        plans: list[Plan] = self.planner.plan(states) if self.planner is not None and states else [NO_DRAFT] * len(states)
+        asked = [p.k for p in plans]
+        groups: dict[tuple, list[tuple[int, Drafter]]] = {}
+        for i, (s, plan) in enumerate(zip(states, plans)):
+            if plan.k <= 0:
                 continue
-            room = s.max_len - len(s.tokens) - 1
-            if isinstance(s.policy, CostPolicy):
-                which, k = s.policy.choose(s.tokens, room, batch=(n, e), drafting=drafting)
-                n, e = n + k, e + s.policy.last.expected_tokens - 1.0
+            member = s.drafter.select(plan.which, s.tokens, s.params, s.rng)
+            many = getattr(member, "propose_many", None)
+            if many is None:
+                drafts[i] = member.propose(s.tokens, plan.k, s.params, s.rng)
             else:
-                which, k = s.policy.choose(s.tokens, room)
-            if k <= 0:
-                continue
-            asked[i] = k
-            member = (s.drafter.select(which, s.tokens, s.params, s.generator)
-                      if isinstance(s.drafter, DrafterSet) else s.drafter)
-            if isinstance(member, ModelDrafter):
-                by_model.setdefault(id(member.model), []).append((i, member))
-                rows, k_most = drafting.get(member.name, (0, 0))
-                drafting[member.name] = (rows + 1, max(k_most, k))
-            else:
-                drafts[i] = member.propose(s.tokens, k, s.params, s.generator)
-        for group in by_model.values():
+                groups.setdefault((many, member.batch_key), []).append((i, member))
+        for (many, _), group in groups.items():
             idx = [i for i, _ in group]
-            stops = [states[i].policy.draft_stop if isinstance(states[i].policy, CostPolicy) else None for i in idx]
-            out = propose_batch([m for _, m in group], [states[i].tokens for i in idx], [asked[i] for i in idx],
-                                [states[i].params for i in idx], [states[i].generator for i in idx],
-                                [s.keep_drafting if s is not None else None for s in stops])
+            out = many([m for _, m in group], [states[i].tokens for i in idx], [asked[i] for i in idx],
+                       [states[i].params for i in idx], [states[i].rng for i in idx], [plans[i].stop for i in idx])
             for i, d in zip(idx, out):
                 drafts[i] = d
         return drafts, asked
@@ -449,20 +378,25 @@ class Engine:
                   target_tokens: list[int] | None) -> None:
         """Verify one state's draft against its logits (1 + k', V), roll back, record, emit."""
         k = len(draft.tokens)
-        if target_tokens is not None:  # greedy: the longest prefix equal to the target's argmax
+        n = len(s.tokens)
+        if target_tokens is None and s.noise is not None:
+            # seeded: the target's own draw at each position, from the position's noise
+            target_tokens = draw_rows(logits_to_probs(logits, s.params), s.noise, n)
+        if target_tokens is not None:  # greedy or seeded: the longest prefix equal to the target's tokens
             num_accepted, next_token = greedy_accept(draft.tokens, target_tokens)
         else:
             p = logits_to_probs(logits, s.params)  # (k'+1, V)
             num_accepted, next_token = rejection_sample(draft.token_tensor, draft.q, p, s.generator)
-        n = len(s.tokens)
         s.cache.trim(n + num_accepted)  # invariant: the cache holds tokens[:-1]
         if asked > 0:  # whoever was asked to draft hears the outcome, even of an empty draft
             s.drafter.on_verified(num_accepted)
-        if s.policy is not None:
-            s.policy.update(k, num_accepted)
+        if s.drafter is not None:  # rounds without a draft count too (the estimates fade)
+            self.planner.observe(s, k, num_accepted)
         s.stats.record_round(k, num_accepted)
         new = draft.tokens[:num_accepted] + [next_token]
         s.tokens.extend(new)
+        if s.noise is not None:
+            s.noise.forget_before(len(s.tokens))
         self._emit(s, new)
 
     def _emit(self, s: RequestState, new: list[int]) -> None:

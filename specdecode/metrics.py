@@ -21,6 +21,7 @@ class SpecStats:
     draft_seconds: float = 0.0
     verify_seconds: float = 0.0
     decode_seconds: float = 0.0  # wall time from the first token to the last
+    plan: str = ""  # the planner's account of how the request drafted (Planner.describe)
 
     def record_round(self, num_drafted: int, num_accepted: int) -> None:
         self.target_passes += 1
@@ -84,4 +85,6 @@ class SpecStats:
                 f"acceptance by pos  {by_pos}",
                 f"time drafting      {self.draft_seconds:.2f} s, verifying {self.verify_seconds:.2f} s",
             ]
+        if self.plan:
+            lines.append(f"planner            {self.plan}")
         return "\n".join(lines)

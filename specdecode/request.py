@@ -15,6 +15,7 @@ import torch
 from .config import SamplingParams
 from .drafters.composite import drafter_members
 from .metrics import SpecStats
+from .sampling import PositionNoise
 
 
 @dataclass
@@ -25,9 +26,10 @@ class RequestState:
     eos: set[int]
     max_len: int  # positions its caches hold: prompt + budget + the longest draft + 1
     cache: Any  # the target's KV cache of this request (invariant once prefilled: tokens[:-1])
-    drafter: Any  # its own drafter (fork_drafter), or None
-    policy: Any  # its own draft-length / drafter policy, or None
-    generator: torch.Generator
+    drafter: Any  # its own DrafterSet (fork_drafter), or None
+    generator: torch.Generator  # unseeded sampling draws from it (rejection sampling)
+    noise: PositionNoise | None = None  # seeded sampling: each position's draw is keyed by (seed, position)
+    plan_state: Any = None  # the planner's per-request state (Planner.begin sets it)
     stats: SpecStats = field(default_factory=SpecStats)
     tokens: list[int] = field(default_factory=list)  # prompt + every token produced so far
     prefilled: int = 0  # prompt tokens already in the target cache (prefill goes by chunks)
@@ -35,6 +37,11 @@ class RequestState:
     finish_reason: str | None = None  # "stop" | "length" once finished
     released: bool = False
     first_token_at: float | None = None
+
+    @property
+    def rng(self) -> torch.Generator | PositionNoise:
+        """Where this request's random draws come from (sampling.draw): its position noise when seeded."""
+        return self.noise if self.noise is not None else self.generator
 
     @property
     def finished(self) -> bool:

@@ -62,3 +62,61 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     else:
         g.manual_seed(seed)
     return g
+
+
+class PositionNoise:
+    """The exponential noise of a seeded request, one vector per position of its text.
+
+    Drafter-invariant speculative sampling (Daliri, Musco, Suresh 2024, "Coupling without
+    communication and drafter-invariant speculative decoding"): the token at position t is
+    argmax(p / E_t) (the exponential race: exactly a draw from p), where E_t ~ Exp(1)^V depends
+    only on (seed, t). The target-only run, a speculative run and any batch then draw the same
+    token at t from the same p; a drafter that races its q against the same E_t proposes that
+    token whenever q and p agree enough, and verification only checks equality. So a seed means
+    the same text whatever the drafter, k, batch or history.
+
+    E_t is computed once per position (float64 uniforms, ~2 ms for 152k tokens) and kept until
+    the text has moved past it, so the drafter and the target share it.
+    """
+
+    def __init__(self, seed: int, vocab_size: int, device: torch.device | str = "cpu") -> None:
+        self.seed, self.vocab_size, self.device = int(seed), int(vocab_size), torch.device(device)
+        self._at: dict[int, torch.Tensor] = {}
+
+    def at(self, position: int) -> torch.Tensor:
+        """E_position: (V,) float32, every entry > 0."""
+        e = self._at.get(position)
+        if e is None:
+            # Generated on the CPU whatever the device: the same bits on every machine.
+            g = torch.Generator().manual_seed(_mix(self.seed, position))
+            u = torch.rand(self.vocab_size, generator=g, dtype=torch.float64)
+            e = self._at[position] = (-torch.log(u.clamp_min_(1e-300))).float().to(self.device)
+        return e
+
+    def forget_before(self, position: int) -> None:
+        """Drop the noise of positions before `position` (the text there is final)."""
+        for t in [t for t in self._at if t < position]:
+            del self._at[t]
+
+
+def _mix(seed: int, position: int) -> int:
+    """A 63-bit generator seed from (seed, position): splitmix64's finalizer, so nearby pairs
+    give unrelated streams."""
+    x = (seed * 0x9E3779B97F4A7C15 + position + 1) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (x ^ (x >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+def draw(probs: torch.Tensor, rng: torch.Generator | PositionNoise | None, position: int) -> int:
+    """One token from probs (V,) for text position `position`: by the request's position noise
+    when it is seeded (the same token whoever asks), else from its generator."""
+    if isinstance(rng, PositionNoise):
+        return int((probs / rng.at(position)).argmax())
+    return int(sample(probs, rng))
+
+
+def draw_rows(probs: torch.Tensor, noise: PositionNoise, first_position: int) -> list[int]:
+    """draw for each row of probs (n, V), row i at position first_position + i; one host copy."""
+    e = torch.stack([noise.at(first_position + i) for i in range(probs.shape[0])])  # (n, V)
+    return (probs / e).argmax(-1).tolist()

@@ -139,7 +139,7 @@ def make_record(runs: list[RunResult], decode: Callable[[list[int]], str]) -> di
         "decode_tokens_per_s": first.decode_tokens / dec if dec > 0 else None,
         "repeats_identical": all(r.output_ids == first.output_ids for r in runs),
         "runs": [{"prefill_s": r.prefill_s, "decode_s": r.decode_s, "total_s": r.total_s,
-                  "generated_tokens": r.generated_tokens, **({"pace": r.pace} if r.pace is not None else {})}
+                  "generated_tokens": r.generated_tokens}
                  for r in runs],
     }
 
@@ -279,7 +279,7 @@ def run_bench(config: BenchConfig, *, target=None, draft=None, log: Callable[[st
         gc.freeze()
         _run_prompts(todo, runners, params, config, results, done, tokenizer.decode, path)
         end_costs = _cost_model(target, draft).to_dict()
-        if end_costs != results["cost_model"]:  # an engine saw its passes drift and measured again (cost_drift.py)
+        if end_costs != results["cost_model"]:  # an engine saw its passes drift and measured again (policy/costs.py)
             results["cost_model_end"] = end_costs
     except KeyboardInterrupt:
         results["interrupted"] = now_iso()

@@ -140,7 +140,6 @@ class EngineRunner:
             prefill_s=t_first - t0, decode_s=t_last - t_first, total_s=end - t0,
             target_passes=stats.target_passes, drafted_by_position=list(stats.drafted_by_position),
             accepted_by_position=list(stats.accepted_by_position),
-            pace=self.engine.cost_pace.snapshot() if self.engine.cost_pace is not None else None,
         )
 
 

@@ -14,7 +14,6 @@ OUT_DIR/theory.json and OUT_DIR/theory.md.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -69,8 +68,7 @@ def round_mix(drafted_by_position: list[int], target_passes: int) -> dict[int, i
     return {k: n for k, n in mix.items() if n}
 
 
-def predict(records: list[dict[str, Any]], cost: CostModel, draft_step: float, draft: str | None = None,
-            pace: dict[str, Any] | None = None) -> dict[str, Any]:
+def predict(records: list[dict[str, Any]], cost: CostModel, draft_step: float, draft: str | None = None) -> dict[str, Any]:
     """Predicted and measured decode speed of one method over some prompts, relative to T(1).
 
     Predicted: the measured rounds (their draft lengths) and acceptance by position give the
@@ -81,19 +79,14 @@ def predict(records: list[dict[str, Any]], cost: CostModel, draft_step: float, d
     draft: the draft model's name in the cost model (its step at that context replaces draft_step).
     A request whose rounds used the draft model also pays, once, the draft's pass over its prompt
     before the first draft (its catch-up: a prefill-shaped pass, see cost_model.BIG_M).
-    pace: factors {"T": [T(1), ..., T(16)], "draft": d} (cost_pace.CostPace.snapshot) that scale
-    the cost model, as the policy scaled it; None = the cost model as recorded.
     """
     contexts = [r.get("prompt_tokens", 0) + r["decode_tokens"] / 2 for r in records]
     L = int(sum(contexts) / len(contexts)) if contexts else None
-    factors = list(pace["T"]) if pace else []
-    draft_factor = float(pace["draft"]) if pace else 1.0
     if draft is not None and draft_step:
         draft_step = cost.draft(draft, 1, L)
-    draft_step *= draft_factor
 
     def T(m: int) -> float:  # noqa: N802
-        return cost.T(m, L) * (factors[min(m, len(factors)) - 1] if factors else 1.0)
+        return cost.T(m, L)
 
     drafted: list[int] = []
     accepted: list[int] = []
@@ -102,7 +95,7 @@ def predict(records: list[dict[str, Any]], cost: CostModel, draft_step: float, d
     for r in records:
         if draft is not None and draft_step and (r["drafted_by_position"] or [0])[0] > 0:
             p = int(r.get("prompt_tokens", 0))
-            catch_up += cost.draft_prefill(draft, p) * draft_factor  # priced as the policy prices it
+            catch_up += cost.draft_prefill(draft, p)  # priced as the planner prices it
         for i, (dn, an) in enumerate(zip(r["drafted_by_position"] or [], r["accepted_by_position"] or [])):
             if i >= len(drafted):
                 drafted.append(0)
@@ -130,26 +123,8 @@ def predict(records: list[dict[str, Any]], cost: CostModel, draft_step: float, d
     }
 
 
-def observed_pace(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The geometric mean of the cost paces recorded after each run (runs[].pace), or None."""
-    paces = [run["pace"] for r in records for run in r.get("runs") or [] if run.get("pace")]
-    if not paces:
-        return None
-
-    def mean(xs: list[float]) -> float:
-        return math.exp(sum(math.log(max(x, 1e-9)) for x in xs) / len(xs))
-
-    n = min(len(p["T"]) for p in paces)
-    return {"T": [mean([p["T"][m] for p in paces]) for m in range(n)], "draft": mean([p["draft"] for p in paces]),
-            "runs": len(paces)}
-
-
 def theory(results: dict[str, Any], cost: CostModel) -> dict[str, Any]:
-    """{method: {category: predict(...) + measured_speedup}} for every specdecode method vs `target`.
-
-    Where engines kept a cost pace (cost_pace.py: the auto methods), each category also gets the
-    prediction at the pace they observed in it (`predicted_speedup_at_pace`, for every method:
-    the methods take turns on each prompt, so they ran at the same moments)."""
+    """{method: {category: predict(...) + measured_speedup}} for every specdecode method vs `target`."""
     by = defaultdict(lambda: defaultdict(list))
     prompt_tokens: dict[int, int] = {}  # id(record) -> its prompt's length (records do not carry it)
     for p in results["prompts"]:
@@ -158,8 +133,6 @@ def theory(results: dict[str, Any], cost: CostModel) -> dict[str, Any]:
                 prompt_tokens[id(r)] = p.get("prompt_tokens", 0)
                 by[name][p["category"]].append(r)
                 by[name]["all"].append(r)
-    paces = {cat: observed_pace([r for cats in by.values() for r in cats.get(cat, [])])
-             for cat in {c for cats in by.values() for c in cats}}
     ref = by.pop("target", {})
     step = cost.draft("model", 1)
     out: dict[str, Any] = {"T_ms": {m: cost.T(m) * 1e3 for m in range(1, 17)},
@@ -174,10 +147,6 @@ def theory(results: dict[str, Any], cost: CostModel) -> dict[str, Any]:
             row = predict(recs, cost, step if model_rounds else 0.0, "model")
             if name == "spec-auto" and step:  # which rounds used the model is not recorded: both bounds
                 row["predicted_speedup_all_model"] = predict(recs, cost, step, "model")["predicted_speedup"]
-            if paces.get(cat):
-                row["pace"] = paces[cat]
-                row["predicted_speedup_at_pace"] = predict(recs, cost, step if model_rounds else 0.0, "model",
-                                                           paces[cat])["predicted_speedup"]
             base_speed = (sum(r["decode_tokens"] for r in base) / sum(r["decode_s"] for r in base)) if base else None
             row["measured_speedup"] = (row["measured_tokens_per_s"] / base_speed
                                        if base_speed and row["measured_tokens_per_s"] else None)
@@ -191,8 +160,8 @@ def format_theory(t: dict[str, Any]) -> str:
              "Target T(m), ms: " + ", ".join(f"T({m}) = {t['T_ms'][m]:.1f}" for m in ms)
              + f"; draft step {t['draft_step_ms']:.1f} ms; attention +{t.get('per_key_us', 0.0):.2f} us per row "
              "per context token (predictions use each category's mean context)", "",
-             "| method | category | context | acceptance | rounds by k | predicted | at the pace | closed form | measured |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | category | context | acceptance | rounds by k | predicted | closed form | measured |",
+             "|---|---|---|---|---|---|---|---|"]
     f = lambda x: f"{x:.2f}x" if x is not None else "-"  # noqa: E731
     for name, cats in sorted(t["methods"].items()):
         for cat, r in sorted(cats.items()):
@@ -201,10 +170,8 @@ def format_theory(t: dict[str, Any]) -> str:
             if "predicted_speedup_all_model" in r:
                 pred += f" .. {f(r['predicted_speedup_all_model'])}"
             lines.append(f"| {name} | {cat} | {r.get('context') or '-'} | {r['acceptance']:.0%} | {mix} | {pred} | "
-                         f"{f(r.get('predicted_speedup_at_pace'))} | {f(r['predicted_speedup_closed_form'])} | "
+                         f"{f(r['predicted_speedup_closed_form'])} | "
                          f"{f(r['measured_speedup'])} |")
-    lines += ["", "*at the pace*: the prediction with T(m) and the draft step scaled by the cost pace the auto "
-              "methods' engines observed in that category (specdecode/cost_pace.py; geometric mean over their runs)."]
     return "\n".join(lines) + "\n"
 
 

@@ -23,7 +23,6 @@ class RunResult:
     target_passes: int | None = None  # target decode passes after the prefill step; None = unknown
     drafted_by_position: list[int] | None = None
     accepted_by_position: list[int] | None = None
-    pace: dict | None = None  # the engine's cost pace after the run (cost_pace.CostPace.snapshot); None = none kept
 
     @property
     def decode_tokens(self) -> int:

@@ -4,8 +4,6 @@ from .base import Draft, Drafter
 from .composite import DrafterSet
 from .model import ModelDrafter
 from .ngram import NgramDrafter
-from .policy import AdaptiveDraftLength, CostPolicy, FixedDraftLength
 from .self_draft import SelfDrafter
 
-__all__ = ["Draft", "Drafter", "DrafterSet", "ModelDrafter", "NgramDrafter", "SelfDrafter", "AdaptiveDraftLength",
-           "CostPolicy", "FixedDraftLength"]
+__all__ = ["Draft", "Drafter", "DrafterSet", "ModelDrafter", "NgramDrafter", "SelfDrafter"]

@@ -31,7 +31,7 @@ class Drafter(Protocol):
     `propose` gets the whole context so far, which it must catch up on. Inside a DrafterSet it is
     called every round that anyone drafts, with k = 0 when another drafter was chosen.
     Optional, for the cost policy: `evidence(context, k) -> (bucket, tokens available)` and
-    `catch_up_tokens(context) -> int` (see drafters/policy.py).
+    `catch_up_tokens(context) -> int` (see specdecode/policy).
     """
 
     name: str

@@ -3,7 +3,7 @@
 `--drafter auto` is a DrafterSet of the n-gram drafter and, when given, the draft model:
 the n-gram drafter is free and excellent where the output repeats the input (code edits,
 summaries, RAG), the draft model helps everywhere else, and the cost policy weighs both
-each round (drafters/policy.py, CostPolicy).
+each round (specdecode/policy, CostPlanner).
 """
 
 from __future__ import annotations

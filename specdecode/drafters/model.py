@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..config import SamplingParams
-from ..sampling import logits_to_probs, sample
+from ..sampling import PositionNoise, draw, logits_to_probs
 from .base import Draft, empty_draft
 
 
@@ -16,21 +16,28 @@ class ModelDrafter:
 
     Invariant: the draft cache holds context[:-1]; `propose` first feeds whatever context
     tokens the cache lacks (one normally, two after a fully accepted round), so the draft
-    "catches up" without a separate pass.
-
-    min_confidence: adaptive draft length. Stop drafting once the draft's top probability
-    falls below this (its guesses beyond that point are mostly rejected); 0 disables. The cost
-    policy's finer rule (drafters/confidence.py) comes in through propose_batch's `stops`.
+    "catches up" without a separate pass. A seeded request's draft races q against the same
+    position noise the target uses (sampling.PositionNoise): no q is returned then, since
+    verification only checks that the target drew the same token.
     """
 
     name = "model"
-    reports_confidence = True  # propose_batch can ask a stop rule after every token (drafters/confidence.py)
+    reports_confidence = True  # propose_many asks a stop rule after every token (policy/draft_stop.py)
 
-    def __init__(self, model, min_confidence: float = 0.0) -> None:  # model: a LanguageModel
+    def __init__(self, model) -> None:  # model: a LanguageModel
         self.model = model
-        self.min_confidence = min_confidence
         self.cache = None
         self._context_len = 0
+
+    @property
+    def batch_key(self) -> int:
+        """Drafters with the same key propose together in one batched call (propose_many)."""
+        return id(self.model)
+
+    @staticmethod
+    def propose_many(drafters, contexts, ks, params, rngs, stops=None) -> list[Draft]:
+        """propose for several requests at once (see propose_batch)."""
+        return propose_batch(drafters, contexts, ks, params, rngs, stops)
 
     @property
     def vocab_size(self) -> int:
@@ -47,20 +54,21 @@ class ModelDrafter:
         self.device = device
         self._context_len = 0
 
-    def _pick(self, logits: torch.Tensor, step: int, params: SamplingParams, generator: torch.Generator | None,
-              need_confidence: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None, float | None]:
-        """(next draft token, its distribution q when sampling, the draft's confidence when asked
-        or min_confidence is set) from logits (V,); (None, None, None) when min_confidence says
-        stop drafting here. Greedy, the confidence is the untempered top probability (q would be
-        one-hot, always 1)."""
+    def _pick(self, logits: torch.Tensor, position: int, params: SamplingParams,
+              rng: torch.Generator | PositionNoise | None,
+              need_confidence: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:
+        """(next draft token for text position `position`, its distribution q when sampling, the
+        draft's confidence when asked) from logits (V,). Greedy, the confidence is the untempered
+        top probability (q would be one-hot, always 1)."""
         q = None if params.greedy else logits_to_probs(logits, params)  # (V,)
-        conf = confidence(logits, q) if need_confidence or self.min_confidence else None
-        if self.min_confidence and step > 0 and conf < self.min_confidence:
-            return None, None, None
-        return (logits.argmax(-1) if params.greedy else sample(q, generator)), q, conf
+        conf = confidence(logits, q) if need_confidence else None
+        if params.greedy:
+            return logits.argmax(-1), None, conf
+        token = torch.tensor(draw(q, rng, position), device=logits.device)
+        return token, (None if isinstance(rng, PositionNoise) else q), conf
 
     def propose(
-        self, context: list[int], k: int, params: SamplingParams, generator: torch.Generator | None
+        self, context: list[int], k: int, params: SamplingParams, generator: torch.Generator | PositionNoise | None
     ) -> Draft:
         return propose_batch([self], [context], [k], [params], [generator])[0]
 
@@ -86,8 +94,9 @@ def propose_batch(drafters: list[ModelDrafter], contexts: list[list[int]], ks: l
     over all requests still drafting (each request's drafter keeps its own cache).
 
     Step 0 feeds each request's catch-up tokens (what its cache lacks of its context), later steps
-    its previous draft token. Each request's tokens, q and generator draws are the ones its own
-    `propose` would give: the pass is row-invariant and each request samples from its own generator.
+    its previous draft token. Each request's tokens, q and random draws are the ones its own
+    `propose` would give: the pass is row-invariant and each request draws from its own generator
+    (or position noise, when seeded).
     """
     from ..ragged import Segment, forward_segments
 
@@ -111,9 +120,8 @@ def propose_batch(drafters: list[ModelDrafter], contexts: list[list[int]], ks: l
         for i, lg in zip(live, logits):
             d = drafters[i]
             stop = stops[i] if stops is not None else None
-            token, q, conf = d._pick(lg[-1], step, params[i], generators[i], need_confidence=stop is not None)
-            if token is None:
-                continue
+            token, q, conf = d._pick(lg[-1], len(contexts[i]) + step, params[i], generators[i],
+                                     need_confidence=stop is not None)
             tokens[i].append(token)
             if q is not None:
                 qs[i].append(q)

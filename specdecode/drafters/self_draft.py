@@ -25,11 +25,10 @@ class SelfDrafter(ModelDrafter):
 
     name = "self"
 
-    def __init__(self, target, mode: str = "int4", group_size: int = 32, head: str = "int8",
-                 min_confidence: float = 0.0) -> None:
+    def __init__(self, target, mode: str = "int4", group_size: int = 32, head: str = "int8") -> None:
         target = getattr(target, "lm", target)  # accept a loaded Model too
         if not isinstance(target, nn.Module) or not hasattr(target, "lm_head"):
             raise SpecdecodeError("self-drafting needs a native specdecode model (specdecode.load(...)), "
                                   f"not {type(target).__name__}")
-        super().__init__(quantized_copy(target, mode, group_size, head), min_confidence)
+        super().__init__(quantized_copy(target, mode, group_size, head))
         self.mode = mode

@@ -52,10 +52,6 @@ class LeaderEngine:
     def __setattr__(self, name: str, value) -> None:  # noqa: ANN001
         if name == "max_batch_tokens":  # engine settings must be the same on every rank
             raise AttributeError("set max_batch_tokens on every rank's engine before wrapping it")
-        if name == "learn_acceptance":
-            # The app turns learning on; the followers cannot, and every rank must choose the same
-            # draft lengths, so with --tp it stays off everywhere (fixed priors, as alone).
-            return
         object.__setattr__(self, name, value)
 
     def _send(self, message: dict) -> None:

@@ -267,7 +267,7 @@ def _agreed_pass_costs(model, group: TPGroup, budget_share: float = 1.0):  # noq
     if hit:
         return cached if group.leader else cm.PassCosts([0.0])  # only rank 0's figures are used
     t0 = time.perf_counter()
-    points = cm.time_passes(model, budget_s=float("inf"), repeats=2 if budget_share >= 1 else 1)
+    points, _ = cm.time_passes(model, budget_s=float("inf"), repeats=2 if budget_share >= 1 else 1)
     costs = cm.PassCosts.from_points(points, key=key or {}, measure_seconds=time.perf_counter() - t0)
     if path is not None:
         cm._write(path, costs)

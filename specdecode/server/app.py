@@ -62,9 +62,6 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     if engine.tokenizer is None:
         raise SpecdecodeError("the server needs an engine with a tokenizer")
     metrics = ServerMetrics()
-    # Many short requests: each starts from the acceptance the finished ones measured (greedy
-    # answers are unaffected; docs/batching.md).
-    engine.learn_acceptance = True
     scheduler = Scheduler(engine, metrics, config.max_batch, config.max_queue, config.kv_budget_bytes)
     limits = schemas.Limits(config.max_tokens_limit, engine.target.vocab_size)
     created = int(time.time())

@@ -1,0 +1,54 @@
+"""The planner interface: before a round, what each request drafts; after it, what was accepted.
+
+A planner is one object per engine. `begin` gives a request its own planning state (kept on the
+RequestState, so nothing of one request's plan is reachable from another's), `plan` decides a
+whole round at once (a request's draft is weighed against the pass it shares with the others),
+`observe` hears each request's outcome, `timed` hears how long a single-request pass took.
+Plans change only speed, never output: greedy and seeded outputs are the target's whatever the
+plan, and unseeded sampling keeps the target's distribution (docs/policy.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass
+class Plan:
+    """One request's draft for one round."""
+
+    which: int = 0  # which of the request's drafters (index into DrafterSet.drafters)
+    k: int = 0  # tokens to ask it for; 0 = the target alone this round
+    # Asked after each drafted token with the draft's confidence: draft another? None = exactly k.
+    stop: Callable[[float], bool] | None = None
+    expected_tokens: float = 1.0  # tokens the round is expected to yield (the target's own counts one)
+
+
+NO_DRAFT = Plan()
+
+
+@runtime_checkable
+class Planner(Protocol):
+    """What the engine asks; FixedK, AdaptiveK and CostPlanner implement it."""
+
+    k_max: int  # the longest draft it may ask for (the KV caches are sized for it)
+
+    def begin(self, state: Any) -> None:
+        """A new request: set `state.plan_state`."""
+
+    def plan(self, states: Sequence[Any]) -> list[Plan]:
+        """This round's plan for each decoding state, in order."""
+
+    def observe(self, state: Any, drafted: int, accepted: int) -> None:
+        """After verification: the state's draft had `drafted` tokens, the first `accepted` were kept."""
+
+    def timed(self, m: int, context: int, seconds: float) -> None:
+        """A target pass over m tokens after `context`, for one request alone, took `seconds`."""
+
+    def end(self, state: Any) -> None:
+        """The request is released."""
+
+    def describe(self, state: Any) -> str:
+        """One line for --stats: how the request drafted, and why it drafted little if it did."""

@@ -1,0 +1,111 @@
+"""Pass costs as the planner sees them: ratios to one target pass over one token, T(1).
+
+Every decision compares passes with passes (a round with k drafts against k + 1 tokens' worth
+of the target alone), so a machine that slows down as a whole changes no choice. The figures
+come from `specdecode.cost_model` (measured on first use, interleaved with T(1) so that a slow
+moment cannot skew a ratio, checked for consistency, cached per machine and model); this module
+divides them by T(1) and watches the engine's own passes: when the multi-token passes, relative
+to the one-token passes, run far from what the cached entry says, the entry is measured again
+and replaced (not nudged; docs/policy.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from statistics import median
+
+from ..cost_model import CostModel, measure_cost_model
+
+log = logging.getLogger(__name__)
+
+CONTEXT_STEP = 64  # costs are looked up at the context rounded up to this (attention grows with it)
+# The engine's own single-request passes contradict the entry when, over the last WINDOW passes
+# of each kind (one token; several), their median ratios to the entry differ by more than this.
+CONTRADICTION = 1.5
+WINDOW = 16
+MIN_PASSES = 8
+MAX_REMEASURES = 2  # per engine: a machine that keeps changing is not re-timed forever
+MIN_SECONDS = 0.005  # passes priced under this are not checked (bookkeeping dominates them)
+
+
+class PassCostRatios:
+    """The target's and the draft models' pass costs in units of the target's T(1).
+
+    `given`: a cost model to use as it is (tests; tensor-parallel ranks, which must all decide
+    alike, use rank 0's). Otherwise the engine's models are measured on first use.
+    """
+
+    def __init__(self, target, drafters: list, given: CostModel | None = None) -> None:
+        self._target, self._drafters = target, drafters
+        self._model = given
+        self.checked = given is None  # a measured entry is checked against the engine's passes
+        self.remeasures = 0
+        self.version = 0  # bumped when the figures change (tables memoised under the old ones go)
+        self._tables: dict[tuple[int, int], list[float]] = {}
+        self._seen: dict[str, deque[float]] = {"1": deque(maxlen=WINDOW), "m": deque(maxlen=WINDOW)}
+
+    @property
+    def model(self) -> CostModel:
+        if self._model is None:
+            self._model = measure_cost_model(self._target, self._drafters)
+        return self._model
+
+    def give(self, model: CostModel) -> None:
+        """Use `model` from now on, unchecked (tensor parallelism: rank 0's figures)."""
+        self._model, self.checked = model, False
+        self._changed()
+
+    @property
+    def t1(self) -> float:
+        """Seconds of T(1) after a short context: the unit."""
+        return self.model.T(1)
+
+    def table(self, context: int, k_max: int) -> list[float]:
+        """[0, T(1), ..., T(k_max + 1)] after `context` tokens (rounded up to CONTEXT_STEP), in T(1) units."""
+        bucket = -(-context // CONTEXT_STEP) * CONTEXT_STEP
+        t = self._tables.get((bucket, k_max))
+        if t is None:
+            cm, unit = self.model, self.t1
+            t = self._tables[bucket, k_max] = [0.0] + [cm.T(m, bucket) / unit for m in range(1, k_max + 2)]
+        return t
+
+    def batch(self, m: int) -> float:
+        """A target pass over m rows of a batch (short contexts), in T(1) units."""
+        return self.model.T(m) / self.t1
+
+    def draft_step(self, name: str, context: int, rows: int = 1) -> float:
+        """One pass of drafter `name`'s model over `rows` rows after `context` tokens (0: no model)."""
+        return self.model.draft(name, rows, context) / self.t1
+
+    def catch_up(self, name: str, tokens: int, context: int) -> float:
+        """Drafter `name`'s model feeding `tokens` it has not seen after `context` cached ones
+        (one pass, the last row's logits only), beyond what a plain draft step costs."""
+        cm = self.model
+        return max(cm.draft_prefill(name, tokens, context) - cm.draft(name, 1, context + tokens), 0.0) / self.t1
+
+    def timed(self, m: int, context: int, seconds: float) -> None:
+        """A single-request target pass: compare it with the entry; measure again if contradicted."""
+        if not self.checked or self._model is None or self.remeasures >= MAX_REMEASURES:
+            return
+        predicted = self._model.T(m, context)
+        if predicted < MIN_SECONDS or seconds <= 0.0:
+            return
+        self._seen["1" if m == 1 else "m"].append(math.log(seconds / predicted))
+        one, multi = self._seen["1"], self._seen["m"]
+        if len(one) < MIN_PASSES or len(multi) < MIN_PASSES:
+            return
+        off = math.exp(median(multi) - median(one))  # (observed T(m)/T(1)) / (the entry's T(m)/T(1))
+        if 1.0 / CONTRADICTION <= off <= CONTRADICTION:
+            return
+        log.info("multi-token passes ran at %.2fx the cost entry's ratio to T(1): measuring again", off)
+        self._model = measure_cost_model(self._target, self._drafters, refresh=True)
+        self.remeasures += 1
+        self._changed()
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._tables.clear()
+        for d in self._seen.values():
+            d.clear()

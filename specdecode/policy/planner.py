@@ -1,0 +1,279 @@
+"""CostPlanner: each round, the drafter and draft length expected to give the most tokens per unit
+of time, from measured pass costs (in T(1) units, costs.py) and acceptance estimates
+(acceptance.py); a draft model's confidence decides how far a round goes (draft_stop.py).
+
+A round with drafter d and k drafts yields E_d[k] tokens (the accepted drafts and the target's
+own) and costs k draft steps + T(k + 1), plus its share of a draft model's catch-up pass over
+the context it has not seen. k = 0 (one token for T(1) = 1) is always a candidate and wins unless
+speculation is expected to be `margin` faster: never a bet it does not expect to win.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import SpecdecodeError
+from .acceptance import AcceptanceBook, AcceptanceEstimate
+from .base import Plan
+from .costs import PassCostRatios
+from .draft_stop import ConfidenceCalibration, DraftStop
+
+# A draft model's catch-up pass (the prompt before its first draft, or what it missed while
+# another drafter ran) is paid once and serves the rest of the request: a round is charged its
+# share, expected tokens / tokens still to come. How long the answer will be is unknown (the
+# budget is an upper bound), so it is bought as a ski rental: not before the request has spent,
+# on the target, 1 / CATCH_UP_RENT of what the catch-up costs. A short answer after a long
+# prompt then never pays for the draft's prefill; a long one loses a few rounds at most.
+CATCH_UP_RENT = 2.0
+
+
+@dataclass
+class Choice:
+    """One candidate (drafter, k) of a round with what it is expected to yield and cost (T(1) units)."""
+
+    which: int
+    k: int
+    key: Hashable | None
+    expected_tokens: float
+    cost: float
+    step: float = 0.0  # one draft step of this drafter (0: no draft model)
+
+    @property
+    def rate(self) -> float:
+        return self.expected_tokens / self.cost if self.cost > 0 else 0.0
+
+
+@dataclass
+class RequestPlan:
+    """One request's planning state (RequestState.plan_state)."""
+
+    estimates: dict[tuple[int, Hashable], AcceptanceEstimate] = field(default_factory=dict)
+    last: Choice | None = None
+    stop: DraftStop | None = None
+    start: int | None = None  # context length at the first round
+    rounds: int = 0
+    drafted: int = 0  # rounds with a draft
+    idle: Counter = field(default_factory=Counter)  # why rounds ran without a draft
+
+
+def drafter_evidence(drafter, context: list[int], k: int) -> tuple[Hashable, int | None]:
+    """(acceptance bucket, tokens it can draft now: None = any number, 0 = none). Drafters may
+    define `evidence(context, k)`: the n-gram drafter's bucket is its matched suffix's length."""
+    ev = getattr(drafter, "evidence", None)
+    return ev(context, k) if ev is not None else (drafter.name, None)
+
+
+class CostPlanner:
+    """The default planner (`num_draft_tokens="auto"`).
+
+    costs: the engine's PassCostRatios. k_max: the longest draft. k_fixed: always exactly that
+    many drafts (choosing only the drafter among several). margin: how much faster than the
+    target alone speculation must be expected to be.
+    """
+
+    def __init__(self, costs: PassCostRatios, *, k_max: int = 15, k_fixed: int | None = None,
+                 margin: float = 0.02) -> None:
+        if k_fixed is not None and (not isinstance(k_fixed, int) or k_fixed < 1):
+            raise SpecdecodeError(f"num_draft_tokens must be an integer >= 1, got {k_fixed!r}")
+        self.costs = costs
+        self.k_fixed = k_fixed
+        self.k_max = k_fixed if k_fixed is not None else k_max
+        self.margin = margin
+        self.book = AcceptanceBook()
+        self.calibrations: dict[str, ConfidenceCalibration] = {}
+
+    # -- the Planner interface -------------------------------------------------------------------
+
+    def begin(self, state: Any) -> None:
+        state.plan_state = RequestPlan()
+
+    def plan(self, states: Sequence[Any]) -> list[Plan]:
+        # Requests sharing the pass: n tokens are in it so far, e expected from it (each brings
+        # its last token); draft passes already planned, by drafter name: (rows, longest k).
+        n = e = len(states)
+        drafting: dict[str, tuple[int, int]] = {}
+        plans = []
+        for s in states:
+            c = self._choose(s, (n, e) if len(states) > 1 else None, drafting)
+            rp = s.plan_state
+            rp.rounds += 1
+            if c.k > 0:
+                rp.drafted += 1
+                n, e = n + c.k, e + c.expected_tokens - 1.0
+                name = s.drafter.drafters[c.which].name
+                if c.step > 0.0:
+                    rows, longest = drafting.get(name, (0, 0))
+                    drafting[name] = (rows + 1, max(longest, c.k))
+            k = c.k
+            if rp.stop is not None:
+                k = rp.stop.bound
+            plans.append(Plan(c.which, k, rp.stop, c.expected_tokens))
+        return plans
+
+    def observe(self, state: Any, drafted: int, accepted: int) -> None:
+        rp: RequestPlan = state.plan_state
+        last = rp.last
+        used = (last.which, last.key) if last is not None and last.k > 0 else None
+        for key, est in rp.estimates.items():
+            if key != used:
+                est.fade()
+        if used is not None and drafted > 0:
+            rp.estimates[used].observe(drafted, accepted)
+            if rp.stop is not None:
+                name = state.drafter.drafters[used[0]].name
+                self.calibrations.setdefault(name, ConfidenceCalibration()).observe(rp.stop.confidences, accepted)
+        rp.stop = None
+
+    def timed(self, m: int, context: int, seconds: float) -> None:
+        self.costs.timed(m, context, seconds)
+
+    def end(self, state: Any) -> None:
+        rp = getattr(state, "plan_state", None)
+        if isinstance(rp, RequestPlan):
+            self.book.add({key: est for (_, key), est in rp.estimates.items()})
+
+    def describe(self, state: Any) -> str:
+        rp: RequestPlan = state.plan_state
+        names = [d.name for d in state.drafter.drafters]
+        parts = [f"drafted in {rp.drafted} of {rp.rounds} rounds"]
+        by_name: dict[str, list[AcceptanceEstimate]] = {}
+        for (which, _), est in rp.estimates.items():
+            by_name.setdefault(names[which], []).append(est)
+        context = len(state.tokens)
+        t = self.costs.table(context, self.k_max)
+        parts.append(f"T(2) = {t[2]:.2f} T(1), T(4) = {t[min(4, len(t) - 1)]:.2f} T(1)")
+        for name in names:
+            step = self.costs.draft_step(name, context)
+            cost = f"a draft step costs {step:.2f} T(1)" if step > 0 else "drafting is free"
+            ests = by_name.get(name, [])
+            if ests:
+                best = max(ests, key=lambda x: x.pooled_seen)
+                parts.append(f"{name}: {cost}, acceptance {best.pooled():.2f} (started at {best.start:.2f})")
+            else:
+                parts.append(f"{name}: {cost}, never estimated")
+        if rp.idle:
+            parts.append("rounds without a draft: " + ", ".join(f"{n} {why}" for why, n in rp.idle.most_common()))
+        return "; ".join(parts)
+
+    # -- choosing --------------------------------------------------------------------------------
+
+    def _estimate(self, rp: RequestPlan, which: int, key: Hashable, name: str) -> AcceptanceEstimate:
+        est = rp.estimates.get((which, key))
+        if est is None:
+            est = rp.estimates[which, key] = AcceptanceEstimate(self.book.start(key, name))
+        return est
+
+    def _options(self, s: Any, table: list[float], limit: int, bar: float) -> list[Choice]:
+        """Candidates of this round, k = 0 first; a drafter none of whose k can beat `bar`
+        (tokens per unit) is skipped (E[k] <= E[k_top], every k costs at least T(2) + one step)."""
+        rp: RequestPlan = s.plan_state
+        context = s.tokens
+        n = len(context)
+        out = [Choice(0, 0, None, 1.0, 1.0)]
+        remaining = max(s.budget - s.stats.generated_tokens, 1)
+        spent = max(n - rp.start, 1)  # tokens, each about one T(1), this request has run
+        reason = None
+        for which, d in enumerate(s.drafter.drafters):
+            key, available = drafter_evidence(d, context, limit)
+            k_top = limit if available is None else min(limit, available)
+            if k_top <= 0:
+                reason = reason or f"{d.name}: nothing to propose"
+                continue
+            step = self.costs.draft_step(d.name, n)
+            behind_f = getattr(d, "catch_up_tokens", None)
+            behind = max(behind_f(context), 1) if behind_f is not None else 1
+            catch_up = self.costs.catch_up(d.name, behind, n - behind) if step > 0.0 and behind > 1 else 0.0
+            if catch_up > CATCH_UP_RENT * spent:
+                reason = reason or f"{d.name}: its catch-up over {behind} tokens ({catch_up:.1f} T(1)) not yet worth it"
+                continue
+            est = self._estimate(rp, which, key, d.name)
+            expected = est.expected_tokens(k_top)
+            if expected[k_top] / (table[2] + step + catch_up * min(1.0, 1.0 / remaining)) <= bar:
+                reason = reason or (f"{d.name}: a draft step costs {step:.2f} T(1) and T(2) = {table[2]:.2f} T(1); "
+                                    f"at acceptance {est.pooled():.2f} the target alone was expected faster")
+                continue
+            ks = [k_top] if self.k_fixed is not None else range(1, k_top + 1)
+            out += [Choice(which, k, key, expected[k], k * step + catch_up * min(1.0, expected[k] / remaining)
+                           + table[k + 1], step) for k in ks]
+        self._idle_reason = reason or "the target alone was expected faster"
+        return out
+
+    def _choose(self, s: Any, batch: tuple[int, float] | None, drafting: dict[str, tuple[int, int]]) -> Choice:
+        rp: RequestPlan = s.plan_state
+        rp.stop = None
+        n_ctx = len(s.tokens)
+        if rp.start is None:
+            rp.start = n_ctx - 1
+        room = max(s.max_len - n_ctx - 1, 0)
+        table = self.costs.table(n_ctx, self.k_max)
+        limit = min(self.k_max, room, len(table) - 2)
+        if limit <= 0:
+            rp.last = Choice(0, 0, None, 1.0, 1.0)
+            return rp.last
+        fixed = self.k_fixed is not None
+        if batch is not None and batch[0] > 1:
+            best, rate = self._best_in_batch(s, table, limit, *batch, drafting)
+            bound = best.k  # in a batch the planned k is the most: its rows were weighed against the others'
+        else:
+            options = self._options(s, table, limit, 0.0 if fixed else 1.0 + self.margin)
+            best = options[0]
+            if fixed and len(options) > 1:
+                best = max(options[1:], key=lambda c: c.rate)
+            else:
+                bar = 1.0 + self.margin
+                for c in options[1:]:  # ties go to the shorter draft (listed first)
+                    if c.rate > bar:
+                        best, bar = c, c.rate
+            rate, bound = best.rate, limit  # alone, a confident draft may run past the planned k
+        rp.last = best
+        if best.k == 0:
+            rp.idle[self._idle_reason] += 1
+            return best
+        d = s.drafter.drafters[best.which]
+        if not fixed and getattr(d, "reports_confidence", False):
+            pooled = rp.estimates[best.which, best.key].pooled()
+            calibration = self.calibrations.setdefault(d.name, ConfidenceCalibration())
+            rp.stop = DraftStop(rate, best.step, table, pooled, calibration, max(bound, best.k))
+        return best
+
+    def _best_in_batch(self, s: Any, table: list[float], limit: int, n: int, expected: float,
+                       drafting: dict[str, tuple[int, int]]) -> tuple[Choice, float]:
+        """In a shared pass a draft is worth its place when what it adds beats what the same time
+        yields at the batch's rate: E(k) - 1 > (E / T(N)) (T(N + k) - T(N) + its drafting),
+        exactly when it raises the whole batch's tokens per second."""
+        costs = self.costs
+        t_n = costs.batch(n)
+        rate = expected / t_n if t_n > 0 else 0.0
+        options = self._options(s, table, limit, 0.0)
+
+        def draft_cost(c: Choice) -> float:
+            own = c.cost - table[c.k + 1]  # k steps alone + this round's share of a catch-up
+            name = s.drafter.drafters[c.which].name
+            if c.k == 0 or c.step <= 0.0 or name not in drafting:
+                return own
+            rows, k_others = drafting[name]
+            joined = min(c.k, k_others)  # steps whose passes run anyway: one more row each
+            step = costs.draft_step(name, 0)
+            row = max(costs.draft_step(name, 0, rows + 1) - costs.draft_step(name, 0, rows), 0.0)
+            return own - joined * (step - row)
+
+        def gain(c: Choice) -> float:
+            # the pass grows by k rows, each also attending to this request's context
+            rows = costs.batch(n + c.k) - t_n + (table[c.k + 1] - 1.0) - (costs.batch(c.k + 1) - costs.batch(1))
+            return c.expected_tokens - 1.0 - rate * (rows + draft_cost(c))
+
+        best = options[0]
+        if self.k_fixed is not None and len(options) > 1:
+            best = max(options[1:], key=gain)
+        else:
+            bar = self.margin
+            for c in options[1:]:
+                if gain(c) > bar:
+                    best, bar = c, gain(c)
+        return best, rate
+
+    def __repr__(self) -> str:
+        return f"CostPlanner(k<={self.k_max})" if self.k_fixed is None else f"CostPlanner(k={self.k_fixed})"
