@@ -6,7 +6,7 @@ token that counts was accepted, so it equals the output), and the n-gram drafter
 function of the context. So one target generation and one teacher-forced pass of the draft model
 per prompt fix every round's outcome for every policy, and the time of a round is the cost
 model's: T(k + 1) at the context, k draft steps and the draft's catch-up pass. The replay runs the
-real CostPolicy (drafters/policy.py) on those outcomes, so a policy change can be judged on many
+real CostPlanner (specdecode/policy/) on those outcomes, so a policy change can be judged on many
 prompts in seconds, free of the machine's timing noise; `specdecode bench` then measures it.
 
     # 1. record traces (target output + the draft's guesses), once per model pair and prompt set
@@ -135,14 +135,19 @@ class ReplayedNgramDrafter:
 
 
 def simulate(trace: dict, cost_model, method: str, truth=None, k_max: int = 15,
-             max_new_tokens: int = 96) -> tuple[float, int, list[int]]:
+             max_new_tokens: int = 96, planner=None) -> tuple[float, int, list[int]]:
     """(seconds, tokens, k of every round) of one trace's decode (after the first token).
 
-    method: "target", "kN" (draft model, fixed k = N, as FixedDraftLength), "auto" (CostPolicy
-    over the draft model), "auto+ngram" (CostPolicy over n-gram + draft model, as --drafter auto).
-    truth: the cost model that times the rounds (default: the one the policy believes).
+    method: "target", "kN" (draft model, fixed k = N, as FixedK), "auto" (the real CostPlanner
+    over the draft model), "auto+ngram" (CostPlanner over n-gram + draft model, as --drafter auto).
+    truth: the cost model that times the rounds (default: the one the planner believes).
+    planner: the CostPlanner to use (one per method over a whole replay, as an engine keeps one:
+    its history of finished requests carries over); None = a fresh one.
     k_max: auto's longest draft; max_new_tokens: the budget (traces recorded since carry theirs)."""
-    from specdecode.drafters.policy import CostPolicy
+    from types import SimpleNamespace
+
+    from specdecode.metrics import SpecStats
+    from specdecode.policy import CostPlanner, PassCostRatios
 
     truth = truth or cost_model
     prompt, out = trace["prompt_ids"], trace["output_ids"]
@@ -150,24 +155,32 @@ def simulate(trace: dict, cost_model, method: str, truth=None, k_max: int = 15,
     budget = trace.get("max_new_tokens", max_new_tokens)
     model = ReplayedModelDrafter(trace["draft_guesses"], trace["draft_confidence"], len(prompt))
     drafters = [ReplayedNgramDrafter(), model] if method == "auto+ngram" else [model]
-    policy = CostPolicy(cost_model, drafters, k_max=k_max) if method.startswith("auto") else None
+    if method.startswith("auto") and planner is None:
+        planner = CostPlanner(PassCostRatios(None, [], given=cost_model), k_max=k_max)
+    if not method.startswith("auto"):
+        planner = None
+    # What the planner reads of a RequestState (the engine sizes max_len as prompt + budget + k_max + 1).
+    state = SimpleNamespace(drafter=SimpleNamespace(drafters=drafters), tokens=list(prompt), budget=budget,
+                            max_len=len(prompt) + budget + k_max + 1, stats=SpecStats(), plan_state=None)
+    if planner is not None:
+        planner.begin(state)
     p, seconds, ks = 1, 0.0, []  # out[0] came from the prefill
     while p < n:
         context = prompt + out[:p]
         room = n - p - 1
+        stop = None
         if method == "target":
             which, k = 0, 0
-        elif policy is not None:
-            # The engine's k_cap: the room left in the token budget (not the answer's true length,
-            # which the engine cannot know), plus the draft's room.
-            which, k = policy.choose(context, max(budget - p - 1, room) + k_max)
-            k = min(k, room)
+        elif planner is not None:
+            state.tokens, state.stats.generated_tokens = context, p
+            plan = planner.plan([state])[0]
+            which, k, stop = plan.which, min(plan.k, room), plan.stop
         else:
             which, k = 0, min(int(method[1:]), room)
         ctx = len(context)
         behind = max(model.catch_up_tokens(context), 1)  # what the draft model lacks before this round
-        if k > 0 and drafters[which] is model and getattr(policy, "draft_stop", None) is not None:
-            k = model.drafted_until_stop(context, k, policy.draft_stop.keep_drafting)
+        if k > 0 and drafters[which] is model and stop is not None:
+            k = model.drafted_until_stop(context, k, stop)
         guess = drafters[which].propose(context, k) if k > 0 else []
         accepted = 0
         while accepted < len(guess) and guess[accepted] == out[p + accepted]:
@@ -178,10 +191,12 @@ def simulate(trace: dict, cost_model, method: str, truth=None, k_max: int = 15,
         seconds += truth.T(len(guess) + 1, ctx)
         if k > 0:
             drafters[which].on_verified(ctx, accepted)
-        if policy is not None:
-            policy.update(len(guess), accepted)
+        if planner is not None:
+            planner.observe(state, len(guess), accepted)
         ks.append(len(guess))
         p += accepted + 1
+    if planner is not None:
+        planner.end(state)
     return seconds, n - 1, ks
 
 
@@ -198,9 +213,12 @@ def replay(args: argparse.Namespace) -> None:
         raise SpecdecodeError(f"unknown methods {bad}: use target, kN (N >= 1), auto, auto+ngram")
     cats: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0.0]))
     hist: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    from specdecode.policy import CostPlanner, PassCostRatios
+
+    planners = {m: CostPlanner(PassCostRatios(None, [], given=cm), k_max=args.k_max) for m in methods if m.startswith("auto")}
     for trace in data["traces"]:
         for m in methods:
-            s, t, ks = simulate(trace, cm, m, truth, args.k_max, args.max_new_tokens)
+            s, t, ks = simulate(trace, cm, m, truth, args.k_max, args.max_new_tokens, planners.get(m))
             for key in (trace["category"], "overall"):
                 cats[key][m][0] += s
                 cats[key][m][1] += t

@@ -35,10 +35,11 @@ M_MAX = 16  # the longest pass measured: a round verifies last token + up to 15 
 # T(1), T(2) and T(4) are always measured: they decide whether speculation can pay at all.
 MEASURE_ORDER = (1, 2, 4, 8, 16, 3, 6, 12)
 ALWAYS_TIMED = (2, 4)
-# A measurement agrees with itself when its T(m)/T(1) pairs of one m are within SPREAD of each
-# other and T(m) falls by no more than DIP as m grows; else it is retaken up to RETAKES times.
+# A measurement agrees with itself when, for each m, at least two of its T(m)/T(1) pairs lie within
+# SPREAD of their median, and T(m) falls by no more than DIP as m grows; else it is retaken up to
+# RETAKES times.
 # Passes under MIN_JUDGED_SECONDS (tiny models) are not judged: their noise is the engine's bookkeeping.
-SPREAD = 1.3
+SPREAD = 1.15
 DIP = 1.1
 RETAKES = 2
 MIN_JUDGED_SECONDS = 0.002
@@ -228,7 +229,7 @@ def time_passes(model, *, budget_s: float = 2.0, repeats: int = 3, m_max: int = 
     where a quiet run gives 1.07). m = 2 and 4 get `repeats` pairs whatever the budget; the others
     as `budget_s` allows. Then a pass of BIG_M rows when the model is quick enough.
 
-    consistent: the measurement agrees with itself (pairs of one m within SPREAD of each other,
+    consistent: the measurement agrees with itself (two pairs of each m within SPREAD of their median,
     T non-decreasing within DIP); measure_pass_costs retakes one that does not, and never caches it.
     """
     timed_pass = _pass_timer(model, context, max(m_max, BIG_M))
@@ -246,8 +247,8 @@ def time_passes(model, *, budget_s: float = 2.0, repeats: int = 3, m_max: int = 
     t1 = min(ones) if ones else timed_pass(1)
     points = {1: t1, **{m: t1 * statistics.median(r) for m, r in ratios.items()}}
     if m_max >= M_MAX and M_MAX in points and 2 * points[M_MAX] <= budget_s:
-        big = [timed_pass(BIG_M) for _ in range(2)]  # the first pass of a new shape can carry setup
-        points[BIG_M] = min(big)
+        # as a ratio too, the fastest of two (the first pass of a new shape can carry setup)
+        points[BIG_M] = t1 * min(timed_pass(BIG_M) / timed_pass(1) for _ in range(2))
     return points, _consistent(t1, ratios)
 
 
@@ -256,7 +257,9 @@ def _consistent(t1: float, ratios: dict[int, list[float]]) -> bool:
     if t1 < MIN_JUDGED_SECONDS:
         return True
     for r in ratios.values():
-        if len(r) >= 2 and max(r) > SPREAD * min(r):
+        # the median stands when another pair corroborates it (one outlier among three is noise)
+        mid = statistics.median(r)
+        if len(r) >= 2 and sum(mid / SPREAD <= x <= mid * SPREAD for x in r) < 2:
             return False
     med = sorted((m, statistics.median(r)) for m, r in ratios.items())
     if med and med[0][1] < 1.0 / DIP:  # T(2) well under T(1)
@@ -294,10 +297,11 @@ def _pass_timer(model, context: int, longest: int):  # noqa: ANN202 - (m, num_lo
 
 @torch.inference_mode()
 def time_per_key(model, t1: float, *, context: int = LONG_CONTEXT, repeats: int = 3) -> float:
-    """Seconds a query row spends per context position (attention over a longer cache), from one-token
-    passes after `context` positions against t1 = T(1) after MEASURE_CONTEXT. The cache is filled
-    by writing its buffers directly (zeros: attention costs the same for any values), so no
-    prefill is paid. 0 for models whose cache cannot be filled that way (transformers caches)."""
+    """Seconds a query row spends per context position (attention over a longer cache): one-token
+    passes after `context` positions, each right after one after MEASURE_CONTEXT (the median of
+    the differences: a slow moment slows both). The long cache is filled by writing its buffers
+    directly (zeros: attention costs the same for any values), so no prefill is paid. 0 for models
+    whose cache cannot be filled that way (transformers caches). t1: unused, kept for callers."""
     context = min(context, int(model.max_context) - 2)  # a model with a short context: as far as it goes
     if not hasattr(model, "args") or context < 64:
         return 0.0
@@ -308,13 +312,24 @@ def time_per_key(model, t1: float, *, context: int = LONG_CONTEXT, repeats: int 
     device = model.device
     ids = torch.zeros(1, 1, dtype=torch.long, device=device)
     pos = torch.full((1, 1), context, dtype=torch.long, device=device)
-    best = float("inf")
+    short = _pass_timer(model, MEASURE_CONTEXT, 1)
+    diffs = []
     for _ in range(repeats):
+        t_short = short(1)
         t0 = time.perf_counter()
         model(ids, pos, cache).argmax(-1).tolist()
-        best = min(best, time.perf_counter() - t0)
+        diffs.append(time.perf_counter() - t0 - t_short)
         cache.trim(context)
-    return max(best - t1, 0.0) / (context - MEASURE_CONTEXT)
+    return max(statistics.median(diffs), 0.0) / (context - MEASURE_CONTEXT)
+
+
+@torch.inference_mode()
+def draft_to_target_ratio(target, draft, repeats: int = 3) -> float:
+    """T(1) of `draft` / T(1) of `target`, from one-token passes of the two taken in turn (median
+    of the pairs): the two models' tables are timed at different moments (and cached apart), and a
+    machine slower at one of them would skew the draft's cost in units of the target's T(1)."""
+    t_target, t_draft = _pass_timer(target, MEASURE_CONTEXT, 1), _pass_timer(draft, MEASURE_CONTEXT, 1)
+    return statistics.median(t_draft(1) / t_target(1) for _ in range(repeats))
 
 
 def measure_pass_costs(model, *, budget_s: float = 2.0, use_cache: bool = True, m_max: int = M_MAX,
@@ -334,13 +349,14 @@ def measure_pass_costs(model, *, budget_s: float = 2.0, use_cache: bool = True, 
             _MEMO[digest] = cached
             return cached
     t0 = time.perf_counter()
-    for _ in range(1 + RETAKES):
+    for attempt in range(1 + RETAKES):
         points, consistent = time_passes(model, budget_s=budget_s, m_max=m_max)
-        if consistent:
+        # a machine this busy will not get quiet within a retake: stop paying for them
+        if consistent or time.perf_counter() - t0 > 2 * budget_s:
             break
     if not consistent:
         log.warning("pass timings of %s disagreed with themselves %d times (a busy machine?): using the "
-                    "last for this process, not caching it", type(model).__name__, 1 + RETAKES)
+                    "last for this process, not caching it", type(model).__name__, attempt + 1)
     per_key = time_per_key(model, points[1])
     prefill_big = time_prefill(model, points[BIG_M], budget_s=budget_s) if BIG_M in points else 0.0
     costs = PassCosts.from_points(points, m_max, key=key or {}, measure_seconds=time.perf_counter() - t0,
@@ -352,22 +368,27 @@ def measure_pass_costs(model, *, budget_s: float = 2.0, use_cache: bool = True, 
     return costs
 
 
-def memoized_pass_costs(model) -> PassCosts | None:
-    """What this process holds for `model` (measured or read from the cache), without timing."""
-    key = cost_key(model)
-    return _MEMO.get(_digest(key)) if key is not None else None
-
-
 def measure_cost_model(target, drafters: list | tuple = (), *, budget_s: float = 2.0,
                        use_cache: bool = True, refresh: bool = False) -> CostModel:
     """The cost model of a target and its drafters (those with a `.model` are timed, cheaper budget).
     refresh: time them all again, replacing what the memo and the cache hold."""
+    target_costs = measure_pass_costs(target, budget_s=budget_s, use_cache=use_cache, refresh=refresh)
     drafts = {}
     for d in drafters:
         model = getattr(d, "model", None)
         if model is not None and hasattr(model, "new_cache") and d.name not in drafts:
-            drafts[d.name] = measure_pass_costs(model, budget_s=budget_s / 2, use_cache=use_cache, refresh=refresh)
-    return CostModel(measure_pass_costs(target, budget_s=budget_s, use_cache=use_cache, refresh=refresh), drafts)
+            costs = measure_pass_costs(model, budget_s=budget_s / 2, use_cache=use_cache, refresh=refresh)
+            drafts[d.name] = _in_target_units(costs, target_costs, draft_to_target_ratio(target, model))
+    return CostModel(target_costs, drafts)
+
+
+def _in_target_units(draft: PassCosts, target: PassCosts, ratio: float) -> PassCosts:
+    """The draft's table rescaled so that its T(1) is `ratio` times the target's (its shape kept)."""
+    if draft(1) <= 0.0 or target(1) <= 0.0 or target(1) < MIN_JUDGED_SECONDS:
+        return draft
+    f = ratio * target(1) / draft(1)
+    return PassCosts([x * f for x in draft.seconds], list(draft.measured), dict(draft.key), draft.measure_seconds,
+                     draft.from_cache, per_key=draft.per_key * f, prefill_big=draft.prefill_big * f)
 
 
 # -- the cache key ---------------------------------------------------------------------------------
@@ -384,7 +405,7 @@ def model_fingerprint(model) -> dict[str, Any] | None:
 
     None for a model we cannot describe: it is then timed afresh in every process.
     """
-    from .hf import HFCausalLM
+    from .hf_adapter import HFCausalLM
 
     if isinstance(model, HFCausalLM):
         cfg = model.model.config.to_dict()

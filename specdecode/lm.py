@@ -4,7 +4,7 @@ Anything with this shape can be a target or a draft:
     vocab_size: int, max_context: int, device: torch.device
     new_cache(max_len) -> cache with .length and .trim(n)
     __call__(tokens (1,T), positions (1,T), cache, mask=None, num_logits=None) -> float logits (1,T',V)
-The native Transformer has it; specdecode.hf.HFCausalLM adapts a transformers model to it.
+The native Transformer has it; specdecode.hf_adapter.HFCausalLM adapts a transformers model to it.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ import torch
 from .errors import SpecdecodeError
 from .kernels import RowInvariance, probe_row_invariance
 from .lm import LanguageModel
-from .testing import TINY_NAMES, load_tiny
 from .tokenizer import Tokenizer
 
 # What load() passes to quantize_model (and keys the quantized-model cache with).
@@ -93,9 +92,10 @@ def load(
     are quantized per block of 32 too, see docs/kernels.md).
     The result's `row_invariance` says whether a verify pass rounds exactly like single steps here.
     On CPU with the kernels, a quantized model is cached in $SPECDECODE_CACHE/quantized, so only
-    the first load of a (model, dtype, quantize) quantizes (specdecode.loading.quantized).
+    the first load of a (model, dtype, quantize) quantizes (specdecode.loading.quant_cache).
     """
     from .kernels import kernels_available
+    from .loading.tiny import TINY_NAMES, load_tiny
     from .model import build_transformer
     from .quant import quantize_model
 
@@ -109,21 +109,21 @@ def load(
             quantize_model(lm, quantize)
         return Model(lm, Tokenizer(hf_tok, eos), source, dt, time.perf_counter() - t0, False, quantize,
                      probe_row_invariance(lm))
-    from .loading import load_checkpoint, quantized
+    from .loading import load_checkpoint, quant_cache
 
     cache_quantized = quantize is not None and dev.type == "cpu" and kernels_available()
     ckpt = load_checkpoint(source, dt, weights=not cache_quantized)
     lm, qkey = None, None
     if cache_quantized:
-        qkey = quantized.cache_key(ckpt.key, quantize, QUANT_GROUP_SIZE, QUANT_HEAD)
-        lm = quantized.load(qkey, ckpt.args, dt)
+        qkey = quant_cache.cache_key(ckpt.key, quantize, QUANT_GROUP_SIZE, QUANT_HEAD)
+        lm = quant_cache.load(qkey, ckpt.args, dt)
     quantized_from_cache = lm is not None
     if lm is None:
         lm = build_transformer(ckpt.args, ckpt.weights(), dtype=dt, device=dev)
         if quantize:
             quantize_model(lm, quantize, QUANT_GROUP_SIZE, QUANT_HEAD, progress=True)
         if qkey is not None:
-            quantized.save(qkey, lm)
+            quant_cache.save(qkey, lm)
     tokenizer = Tokenizer(ckpt.tokenizer, ckpt.eos_token_ids)
     return Model(lm, tokenizer, source, dt, time.perf_counter() - t0, ckpt.from_cache or quantized_from_cache,
                  quantize, probe_row_invariance(lm), quantized_from_cache)
@@ -131,7 +131,7 @@ def load(
 
 def as_language_model(obj) -> tuple[LanguageModel, Tokenizer | None]:
     """Accept a Model, a transformers PreTrainedModel, or a LanguageModel."""
-    from .hf import HFCausalLM
+    from .hf_adapter import HFCausalLM
 
     if isinstance(obj, Model):
         return obj.lm, obj.tokenizer

@@ -4,7 +4,7 @@ A Segment is one request's contribution to a pass: the tokens it appends to its 
 and how many of them need logits (a verify chain needs all 1 + k, a prefill chunk only its last
 or none). `forward_segments` runs a list of them through any LanguageModel: in one pass on the
 native Transformer (`forward_ragged`), one call per segment on anything else (a transformers
-model behind specdecode.hf), with the same results either way.
+model behind specdecode.hf_adapter), with the same results either way.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from .config import SamplingParams
-from .drafters.composite import drafter_members
 from .metrics import SpecStats
 from .sampling import PositionNoise
 
@@ -56,17 +55,3 @@ class RequestState:
         """The output so far (EOS excluded: stats.generated_tokens counts it, as OpenAI usage does)."""
         n = self.stats.generated_tokens - (1 if self.finish_reason == "stop" else 0)
         return self.tokens[len(self.prompt_ids) : len(self.prompt_ids) + n]
-
-    @property
-    def kv_bytes(self) -> int:
-        """Bytes of KV cache this request holds (target and draft model), fixed at start."""
-        return cache_bytes(self.cache) + sum(cache_bytes(getattr(d, "cache", None)) for d in drafter_members(self.drafter))
-
-
-def cache_bytes(cache) -> int:
-    """Bytes held by a specdecode KVCache (0 for other caches, e.g. a transformers DynamicCache,
-    whose size is not fixed in advance)."""
-    if cache is None or not hasattr(cache, "keys") or not isinstance(cache.keys, list):
-        return 0
-    return sum(t.numel() * t.element_size() for t in (*cache.keys, *cache.values))
-

@@ -12,22 +12,12 @@ import torch
 from .sampling import sample
 
 
-def greedy_verify(draft: torch.Tensor, target_logits: torch.Tensor) -> tuple[int, int]:
-    """Longest prefix of `draft` (k,) that matches the target's argmax, then the target's own token.
-
-    target_logits: (k+1, V), row i scores the position after draft[:i].
-    Returns (num_accepted, next_token); one host sync.
-    """
-    k = draft.numel()
-    target_tokens = target_logits.argmax(-1)  # (k+1,)
-    matches = (target_tokens[:k] == draft).int()
-    num_accepted = int(matches.cumprod(0).sum()) if k else 0
-    return num_accepted, int(target_tokens[num_accepted])
-
-
 def greedy_accept(draft: list[int], target_tokens: list[int]) -> tuple[int, int]:
-    """greedy_verify on host lists: target_tokens (k+1,) are the target's argmax at each position
-    (the engine takes them for a whole batch in one host copy). Returns (num_accepted, next_token)."""
+    """The longest prefix of `draft` equal to the target's own tokens, then the target's next one.
+
+    target_tokens (k+1,): the target's token at each position, its argmax (greedy, taken for a
+    whole batch in one host copy) or its seeded draw (sampling.PositionNoise). Returns
+    (num_accepted, next_token)."""
     num_accepted = 0
     while num_accepted < len(draft) and draft[num_accepted] == target_tokens[num_accepted]:
         num_accepted += 1

@@ -1,16 +1,65 @@
-"""Tiny random models built in-process: no hub, no files, seconds to run."""
+"""Shared test helpers: tiny random models built in-process (no hub, no files, seconds to run) and
+the `kernels` fixture for tests that need the compiled CPU kernels."""
 
 from __future__ import annotations
+
+import os
+import platform
+import shutil
 
 import pytest
 import torch
 
 from specdecode.config import ModelArgs
-from specdecode.kernels import extension
+from specdecode.kernels import build
 from specdecode.model import build_transformer
 
 # Build (or load) the CPU kernels once, before any test points caches elsewhere.
-extension()
+build.extension()
+
+_CXX = ("c++", "g++", "clang++")
+_kernel_error_shown = False
+
+
+def kernels_missing() -> tuple[bool, str] | None:
+    """None when the compiled CPU kernels are there; else (must_fail, why).
+
+    must_fail where a build is expected to work (x86-64 with a C++ compiler on PATH, kernels not
+    turned off): a failed build there is a bug, not a machine without kernels.
+    """
+    if build.extension() is not None:
+        return None
+    if build.disabled():
+        return False, f"the CPU kernels are turned off ({build.DISABLE_ENV}={os.environ[build.DISABLE_ENV]})"
+    machine = platform.machine()
+    if machine.lower() not in ("x86_64", "amd64"):
+        return False, f"the CPU kernels are x86-64 only (this machine: {machine or 'unknown'})"
+    compilers = [c for c in _CXX if shutil.which(c)]
+    if not compilers:
+        return False, f"the CPU kernels are not built: no C++ compiler ({', '.join(_CXX)}) on PATH"
+    error = build.build_error() or "no error recorded"
+    return True, f"the CPU kernels failed to build on x86-64 with {shutil.which(compilers[0])} present:\n{error}"
+
+
+@pytest.fixture
+def kernels() -> None:
+    """For tests of the compiled CPU kernels (use with pytest.mark.usefixtures("kernels")).
+
+    Skips, with the reason, where no kernels are expected (turned off, not x86-64, no compiler);
+    fails, with the build's error, where they should have built: a silent skip would let CI pass
+    without checking row invariance.
+    """
+    global _kernel_error_shown
+    missing = kernels_missing()
+    if missing is None:
+        return
+    must_fail, why = missing
+    if not must_fail:
+        pytest.skip(why)
+    if _kernel_error_shown:  # the compiler's output once, not once per test
+        why = why.splitlines()[0] + " see the first failing kernel test for the build's output"
+    _kernel_error_shown = True
+    pytest.fail(why, pytrace=False)
 
 
 def tiny_hf_config(arch: str = "llama", vocab: int = 97, layers: int = 2, tie: bool = False, seed_theta: float = 10000.0):

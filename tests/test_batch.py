@@ -1,6 +1,6 @@
 """The batch-first engine API: Engine.start / step / release over a ragged batch.
 
-Proven here, on tiny random llama models (specdecode.testing) in float32 and bfloat16:
+Proven here, on tiny random llama models (specdecode.loading.tiny) in float32 and bfloat16:
 - greedy: each request's output inside a batch equals its output alone and the target-only
   output, token for token, with mixed prompt lengths (chunked prefill, a pass-size limit), EOS
   and max_new_tokens inside one batch, requests joining and others cancelled mid-run; for no
@@ -27,10 +27,10 @@ from specdecode.drafters import DrafterSet, ModelDrafter, NgramDrafter
 from specdecode.drafters.model import propose_batch
 from specdecode.engine import Engine
 from specdecode.errors import SpecdecodeError
+from specdecode.loading.tiny import tiny_args, tiny_state_dict
 from specdecode.model import build_transformer
 from specdecode.ragged import Segment
 from specdecode.sampling import make_generator
-from specdecode.testing import tiny_args, tiny_state_dict
 from test_engine_greedy import PROMPT
 from test_policy import FLAT, MIDDLE
 
@@ -203,10 +203,13 @@ def test_propose_batch_equals_each_propose():
     ks = [3, 5, 0, 4, 6]
     params = [SamplingParams(), SamplingParams(temperature=1.0, seed=1), SamplingParams(temperature=1.0, seed=2),
               SamplingParams(temperature=0.7, top_k=20, top_p=0.9, seed=3), SamplingParams(temperature=1.0, seed=4)]
-    confidence = [0.0, 0.0, 0.0, 0.0, 0.3]  # the last one stops drafting early
+    confidence = [0.0, 0.0, 0.0, 0.0, 0.3]  # the last one stops drafting early, below this confidence
+
+    def stops():  # a stop rule per request, as the planner gives (True: draft another)
+        return [(lambda c, bar=bar: c >= bar) if bar else None for bar in confidence]
 
     def fresh():
-        drafters = [ModelDrafter(draft, min_confidence=c) for c in confidence]
+        drafters = [ModelDrafter(draft) for _ in confidence]
         for d, ctx in zip(drafters, contexts):
             d.begin(ctx, 128, torch.device("cpu"))
         return drafters, [make_generator(p.seed) for p in params]
@@ -214,9 +217,9 @@ def test_propose_batch_equals_each_propose():
     (batched, gb), (single, gs) = fresh(), fresh()
     contexts, cut = [list(c) for c in contexts], False
     for rnd in range(3):
-        out = propose_batch(batched, contexts, ks, params, gb)
+        out = propose_batch(batched, contexts, ks, params, gb, stops())
         for i, (d, ctx, k, p, g) in enumerate(zip(single, contexts, ks, params, gs)):
-            own = d.propose(ctx, k, p, g)
+            own = propose_batch([d], [ctx], [k], [p], [g], [stops()[i]])[0]
             assert out[i].tokens == own.tokens, f"round {rnd} request {i}"
             assert (out[i].q is None) == (own.q is None) == (p.greedy or not own.tokens)
             assert own.q is None or torch.equal(out[i].q, own.q)
@@ -226,7 +229,7 @@ def test_propose_batch_equals_each_propose():
                 dd.on_verified(n)
             ctx.extend(own.tokens[:n] + [(7 * rnd + i) % V])
         ks = [k + 1 for k in ks]
-    assert cut  # min_confidence stopped a draft early
+    assert cut  # the stop rule ended a draft early
     with pytest.raises(ValueError, match="share"):
         propose_batch([ModelDrafter(draft), ModelDrafter(build(torch.float32))], [P1, P1], [1, 1], params[:2], gb[:2])
 
@@ -234,11 +237,10 @@ def test_propose_batch_equals_each_propose():
 # -- sampling -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("drafter", ["model-k3", "ngram"])
+@pytest.mark.parametrize("drafter", ["model-k3", "ngram", "set-auto"])
 def test_seeded_sampling_in_a_batch_equals_alone(models, drafter):
-    """With a fixed k a request draws the same random numbers in a batch as alone, so the same
-    seed gives the same text. (With auto, k depends on the batch, CostPolicy's batch argument:
-    the draws differ, the distribution does not; the statistical test below covers it.)"""
+    """A seeded request draws each token from its position's noise (sampling.PositionNoise), so the
+    same seed gives the same text in a batch as alone, even with auto, where k depends on the batch."""
     target, draft = models
     make, options = DRAFTERS[drafter]
     engine = Engine(target, make(draft), **CHUNKED, **options)
@@ -300,7 +302,7 @@ def test_requests_share_no_state_and_release_frees_it():
         assert a is not b and shared not in (a, b)
     m1, m2 = s1.drafter.drafters[0], s2.drafter.drafters[0]
     assert m1.cache is not m2.cache and m1.model is m2.model  # own caches, one shared draft model
-    assert s1.cache is not s2.cache and s1.policy is not s2.policy and s1.generator is not s2.generator
+    assert s1.cache is not s2.cache and s1.plan_state is not s2.plan_state and s1.generator is not s2.generator
     for _ in range(3):
         engine.step([s1, s2])
     assert s1.tokens[: len(P7)] == P7 == s1.prompt_ids and s2.tokens[: len(PROMPT)] == PROMPT

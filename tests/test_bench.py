@@ -9,7 +9,7 @@ from conftest import native_from_hf, tiny_hf_model
 from specdecode.bench import BenchConfig, run_bench
 from specdecode.bench.datasets import SPEC_BENCH_CATEGORIES, load_prompts
 from specdecode.bench.harness import compare_outputs, make_record, select_methods
-from specdecode.bench.hf_models import hf_model_from_native
+from specdecode.bench.hf_from_native import hf_model_from_native
 from specdecode.bench.methods import METHODS, EngineRunner, RunResult, register_method
 from specdecode.bench.stats import OVERALL, first_mismatch, median, method_summary, pooled_rates, speedup, summarize
 from specdecode.errors import SpecdecodeError

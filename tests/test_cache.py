@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from specdecode.cache import KVCache
+from specdecode.loading.tiny import tiny_args, tiny_state_dict
 from specdecode.model import build_transformer
-from specdecode.testing import tiny_args, tiny_state_dict
 
 L, H, D = 2, 2, 4  # layers, kv heads, head dim
 

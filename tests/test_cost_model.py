@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conftest import native_from_hf, tiny_hf_model
-from specdecode import cost_drift
 from specdecode import cost_model as cm
 from specdecode.cost_model import CostModel, PassCosts, measure_cost_model, measure_pass_costs, time_passes
-from specdecode.drafters import CostPolicy, ModelDrafter, NgramDrafter
-from specdecode.hf import HFCausalLM
+from specdecode.drafters import ModelDrafter, NgramDrafter
+from specdecode.hf_adapter import HFCausalLM
+from specdecode.policy import costs as policy_costs
 from specdecode.quant import quantized_copy
 
 
@@ -74,14 +74,41 @@ def test_prefill_shaped_passes_drop_the_other_rows_vocabulary_projection():
 
 
 def test_time_passes_on_a_tiny_model_is_quick_and_covers_the_range(tiny):
-    points = time_passes(tiny, budget_s=0.5)
+    points, consistent = time_passes(tiny, budget_s=0.5)
+    assert consistent  # passes this quick are not judged
     assert set(points) == {*cm.MEASURE_ORDER, cm.BIG_M}  # a tiny model is quick: the big pass too
-    assert cm.BIG_M not in time_passes(tiny, budget_s=0.5, m_max=8)  # not past a short table
+    assert cm.BIG_M not in time_passes(tiny, budget_s=0.5, m_max=8)[0]  # not past a short table
     assert 0.0 < cm.time_prefill(tiny, points[cm.BIG_M]) < 10 * points[cm.BIG_M]
     assert measure_pass_costs(tiny).prefill_big > 0.0
     assert all(t > 0 for t in points.values())
-    # A zero budget still times m = 1 and 2: they decide whether speculation can pay at all.
-    assert set(time_passes(tiny, budget_s=0.0)) == {1, 2}
+    # A zero budget still times m = 1, 2 and 4: they decide whether speculation can pay at all.
+    assert set(time_passes(tiny, budget_s=0.0)[0]) == {1, *cm.ALWAYS_TIMED}
+
+
+def test_a_measurement_must_agree_with_itself():
+    t1 = 0.05  # long enough to be judged
+    assert cm._consistent(t1, {2: [1.07, 1.08, 1.9], 4: [1.3, 1.31, 1.29]})  # one outlier: the median stands
+    assert not cm._consistent(t1, {2: [1.07, 1.84, 1.5], 4: [1.3, 1.31, 1.29]})  # no two pairs agree
+    assert not cm._consistent(t1, {2: [1.8, 1.8], 4: [1.3, 1.3]})  # T(2) > 1.1 T(4)
+    assert not cm._consistent(t1, {2: [0.7, 0.7]})  # T(2) well under T(1)
+    assert cm._consistent(0.0005, {2: [1.07, 1.84, 1.5]})  # a tiny model's passes: not judged
+
+
+def test_an_inconsistent_measurement_is_retaken_and_never_cached(tiny, isolated_cache, monkeypatch):
+    calls = []
+
+    def noisy(model, **kw):
+        calls.append(1)
+        return {1: 0.01, 2: 0.02, 4: 0.015}, False
+
+    monkeypatch.setattr(cm, "time_passes", noisy)
+    costs = measure_pass_costs(tiny)
+    assert costs(1) == 0.01 and len(calls) == 1 + cm.RETAKES
+    assert not list((isolated_cache / "costs").glob("*.json"))  # used for this process only
+    monkeypatch.setattr(cm, "time_passes", lambda model, **kw: ({1: 0.01, 2: 0.011, 4: 0.012}, True))
+    cm._MEMO.clear()
+    measure_pass_costs(tiny)
+    assert len(list((isolated_cache / "costs").glob("*.json"))) == 1
 
 
 def test_measurement_is_cached_on_disk_and_reused(tiny, isolated_cache):
@@ -144,12 +171,11 @@ def test_attention_cost_grows_with_the_context(tiny):
     assert model.T(1, 1004) == pytest.approx(2.0) and model.T(1) == 1.0
     from specdecode.cost_model import time_per_key
 
-    assert time_per_key(tiny, 0.0) > 0.0  # everything counted as attention: certainly positive
+    per_key = time_per_key(tiny, 0.0)  # a long-context pass less a short one, taken in turn
+    assert 0.0 <= per_key < 1e-5
     measured = measure_pass_costs(tiny, use_cache=False)
     assert measured.per_key >= 0.0 and PassCosts.from_dict(measured.to_dict()).per_key == measured.per_key
 
-
-T1 = 0.05
 
 
 class _Ngram:
@@ -161,73 +187,58 @@ class _Ngram:
 
 def test_a_long_context_shortens_the_draft():
     """Flat passes but dear attention: 15 drafts after 64 tokens, fewer after 4,000."""
-    flat = CostModel.from_function(lambda m: T1, per_key=T1 / 2000)
-    policy = CostPolicy(flat, [_Ngram()])
-    policy.estimate(0, "ngram:3").observe(15, 12)
-    short = policy.choose([1] * 64, 15)[1]
-    long = policy.choose([1] * 4000, 15)[1]
-    assert short == 15 and long < short
+    from test_policy import choose, planner, state
+
+    flat = CostModel.from_function(lambda m: 0.010, per_key=0.010 / 2000)
+    ks = []
+    for n in (64, 4000):
+        p = planner(flat)
+        s = state([_Ngram()], context=[1] * n)
+        p.begin(s)
+        from specdecode.policy.acceptance import AcceptanceEstimate
+
+        s.plan_state.estimates[0, "ngram:3"] = est = AcceptanceEstimate(0.8)
+        est.observe(15, 12)
+        ks.append(choose(p, s)[1])
+    assert ks[0] >= 12 and ks[1] < ks[0]
 
 
-# -- drift: the cached measurement no longer describes the machine --------------------------------
+# -- the engine's own passes contradict the cached entry ----------------------------------------
 
 
-def test_cost_drift_asks_for_a_new_measurement_only_on_a_sustained_gap():
-    from specdecode.cost_drift import CostDrift
+def test_costs_are_measured_again_when_the_engines_passes_contradict_their_ratios(monkeypatch):
+    """Multi-token passes run 2x dearer, relative to one-token passes, than the entry says: after
+    MIN_PASSES of each kind the entry is measured again (once here) and replaced. A machine that is
+    slower as a whole (every pass 3x) contradicts no ratio and changes nothing."""
+    entry = CostModel.from_function(lambda m: 0.010 * (1 + 0.05 * (m - 1)))
+    fresh = CostModel.from_function(lambda m: 0.010 * (1 + 0.5 * (m - 1)))
+    calls = []
 
-    drift = CostDrift(window=4, max_remeasures=1)
-    # within the band (the pace follows such swings, cost_pace.py): never
-    assert not any(drift.observe(1, t, 0.010) for t in [0.0185, 0.006] * 10)
-    assert [drift.observe(1, 0.004, 0.010) for _ in range(2)] == [False, False]  # the median is a vote:
-    assert drift.observe(1, 0.004, 0.010)  # three of four recent passes at 0.4x the prediction
-    assert drift.last_drift == (1, pytest.approx(0.4))
-    assert not any(drift.observe(1, 0.004, 0.010) for _ in range(8))  # its one re-measure is spent
-    other = CostDrift(window=4)
-    for _ in range(3):
-        other.observe(1, 0.004, 0.010)
-    assert not other.observe(4, 0.004, 0.010)  # each m judged on its own passes
-    tiny = CostDrift(window=4)  # passes too short to judge (engine bookkeeping would dominate): never
-    assert not any(tiny.observe(1, 0.004, 0.001) for _ in range(20))
+    def measure(target, drafters, refresh=False):
+        calls.append(refresh)
+        return fresh if refresh else entry
 
-
-def test_engine_measures_again_when_its_passes_drift_from_a_stale_measurement(tiny, isolated_cache):
-    """A measurement taken in a slow moment (here: every figure 100x too dear, which also lifts the
-    tiny model's passes above cost_drift.MIN_PREDICTED_S) is replaced once the engine's own passes
-    disagree with it for a while; the output never changes."""
-    import specdecode
-
-    reference = specdecode.Engine(tiny).generate_ids([3, 5, 7], specdecode.SamplingParams(max_new_tokens=48))[0]
-    engine = specdecode.Engine(tiny, NgramDrafter())
-    real = engine.cost_model.target  # measured now, written to the cache
-    stale = PassCosts([t * 100 for t in real.seconds], real.measured, real.key, per_key=real.per_key * 100)
-    assert stale(1) >= cost_drift.MIN_PREDICTED_S
-    digest = cm._digest(cm.cost_key(tiny))
-    cm._MEMO[digest] = stale
-    cm._write(isolated_cache / "costs" / f"{digest}.json", stale)
-    engine._cost_model = CostModel(stale, {})
-    out = engine.generate_ids([3, 5, 7], specdecode.SamplingParams(max_new_tokens=48))[0]
-    assert out == reference
-    assert engine.cost_model_refreshes == 1
-    assert engine.cost_model.target is not stale and engine.cost_model.T(1) < stale(1) / 4
-    cm._MEMO.clear()
-    assert measure_pass_costs(tiny).seconds == engine.cost_model.target.seconds  # the cache entry was replaced
-    # A second engine in the process takes the new figures from the memo instead of timing again.
-    again = specdecode.Engine(tiny, NgramDrafter())
-    again._cost_model, again._cost_drift = CostModel(stale, {}), cm_drift()
-    again.generate_ids([3, 5, 7], specdecode.SamplingParams(max_new_tokens=48))
-    assert again.cost_model_refreshes == 0 and again.cost_model.target.seconds == engine.cost_model.target.seconds
+    monkeypatch.setattr(policy_costs, "measure_cost_model", measure)
+    costs = policy_costs.PassCostRatios(None, [])
+    assert costs.model is entry and calls == [False]
+    for _ in range(20):  # 3x slower as a whole: ratios hold
+        costs.timed(1, 4, 3 * entry.T(1, 4))
+        costs.timed(4, 4, 3 * entry.T(4, 4))
+    assert calls == [False] and costs.model is entry
+    for _ in range(policy_costs.WINDOW):  # now the multi-token passes run 2x the entry's ratio
+        costs.timed(1, 4, entry.T(1, 4))
+        costs.timed(4, 4, 2 * entry.T(4, 4))
+    assert calls == [False, True] and costs.model is fresh and costs.remeasures == 1
+    assert costs.table(4, 4)[4] == pytest.approx(fresh.T(4, 64) / fresh.T(1))
 
 
 def test_a_given_cost_model_is_never_replaced(tiny):
     import specdecode
 
-    given = CostModel.from_function(lambda m: 1.0)  # absurdly dear: the passes will disagree
+    given = CostModel.from_function(lambda m: 1.0 * m)  # absurdly dear and steep: the passes will disagree
     engine = specdecode.Engine(tiny, NgramDrafter(), cost_model=given)
+    for m in (1, 4) * 20:
+        engine.planner.timed(m, 4, 0.001)
     engine.generate_ids([3, 5, 7], specdecode.SamplingParams(max_new_tokens=48))
     assert engine.cost_model is given and engine.cost_model_refreshes == 0
 
-
-def cm_drift():
-    from specdecode.cost_drift import CostDrift
-
-    return CostDrift()

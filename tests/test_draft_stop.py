@@ -1,91 +1,91 @@
-"""Stopping a draft by the draft model's confidence (drafters/confidence.py), its wiring through
-CostPolicy, ModelDrafter and the engine, and the lossless contract with it on."""
+"""Stopping a draft by the draft model's confidence (specdecode/policy/draft_stop.py), its wiring
+through CostPlanner, ModelDrafter and the engine, and the lossless contract with it on."""
 
 import pytest
 import torch
 
 from specdecode import SamplingParams
-from specdecode.drafters import CostPolicy, ModelDrafter
-from specdecode.drafters.confidence import ConfidenceCalibration, DraftStop
+from specdecode.drafters import ModelDrafter
 from specdecode.drafters.model import propose_batch
 from specdecode.engine import Engine
+from specdecode.policy.draft_stop import ConfidenceCalibration, DraftStop
 from test_engine_greedy import PROMPT, pair, reference  # noqa: F401 - pair is a fixture
-from test_policy import FLAT, LINEAR, MIDDLE, T1, FakeModelDrafter, check_auto_distribution
+from test_policy import FLAT, LINEAR, MIDDLE, FakeModelDrafter, check_auto_distribution, planner, state
 
 GREEDY = SamplingParams()
 CPU = torch.device("cpu")
 
 
 class FakeConfidentDrafter:
-    """A draft model as the policy sees it, reporting its confidence per token."""
+    """A draft model as the planner sees it, reporting its confidence per token."""
 
     name = "model"
     reports_confidence = True
 
 
-def test_calibration_starts_from_confidence_plus_a_little_and_learns_per_bucket():
-    cal = ConfidenceCalibration(prior_weight=2.0)
-    assert cal.acceptance(0.5) == pytest.approx(0.6)
-    assert cal.acceptance(0.95) == pytest.approx(0.99)  # kept below 1
+def test_calibration_starts_from_confidence_and_learns_per_bucket():
+    cal = ConfidenceCalibration()
+    assert cal.acceptance(0.5) == pytest.approx(0.5)
+    assert cal.acceptance(0.999) == pytest.approx(0.99)  # kept below 1
     cal.observe([0.95, 0.5, 0.2, 0.1], num_accepted=1)  # 0.95 accepted, 0.5 rejected, the rest unjudged
-    assert cal.seen == [0.0, 1.0, 0.0, 1.0] and cal.accepted == [0.0, 0.0, 0.0, 1.0]
-    assert cal.acceptance(0.5) == pytest.approx(2 * 0.6 / 3)  # bucket [0.4, 0.7): one rejection
-    assert cal.acceptance(0.2) == pytest.approx(0.3)  # bucket [0, 0.4): nothing seen, the prior
-    for _ in range(50):
-        cal.observe([0.3], num_accepted=1)
-    assert cal.acceptance(0.3) > 0.95  # an under-confident draft is learned
+    assert cal.acceptance(0.95) > 0.95 and cal.acceptance(0.5) < 0.5
+    assert cal.acceptance(0.1) == pytest.approx(0.1)  # never judged
 
 
-def stop_rule(T, rate, step=0.0, bound=15, next_acceptance=0.8):  # noqa: N803
-    return DraftStop(rate, step, T, lambda j: next_acceptance, ConfidenceCalibration(), bound)
+def stop_rule(table, rate, step=0.0, bound=15, next_acceptance=0.8):
+    return DraftStop(rate, step, table, next_acceptance, ConfidenceCalibration(), bound)
 
 
 def test_draft_stop_drafts_on_while_confident_and_stops_when_not():
-    flat = [0.0] + [T1] * 17  # T(m) = T1 for every m: rows are free, only draft steps cost
-    rule = stop_rule(flat, rate=1.2 / T1, step=0.2 * T1)
-    assert all(rule.keep_drafting(0.99) for _ in range(5))
-    assert not rule.keep_drafting(0.05)  # a 7th token: 0.8 x P(all six accepted) ~ 0.1 < 1.2 x 0.2 (its step)
-    assert len(rule.confidences) == 6
+    flat = [0.0] + [1.0] * 16  # T(m) = T(1): verified rows are free
+    rule = stop_rule(flat, rate=1.2, step=0.2)
+    assert all(rule(0.99) for _ in range(5))
+    assert not rule(0.05)  # a 7th token: 0.8 x P(all six accepted) ~ 0.04 < 1.2 x 0.2 (its step)
 
 
 def test_draft_stop_respects_the_bound_and_dear_rows():
-    flat = [0.0] + [T1] * 17
-    rule = stop_rule(flat, rate=1.2 / T1, bound=3)
-    assert rule.keep_drafting(0.99) and rule.keep_drafting(0.99) and not rule.keep_drafting(0.99)
-    linear = [0.0] + [T1 * m for m in range(1, 18)]  # each row costs a whole pass
-    assert not stop_rule(linear, rate=1.2 / T1).keep_drafting(0.99)  # one more token can never pay
+    flat = [0.0] + [1.0] * 16
+    rule = stop_rule(flat, rate=1.0, bound=3)
+    assert rule(0.99) and rule(0.99) and not rule(0.99)
+    linear = [0.0] + [float(m) for m in range(1, 17)]  # T(m) = m T(1)
+    assert not stop_rule(linear, rate=1.2)(0.99)  # one more token can never pay
 
 
-def test_policy_alone_lets_a_confident_draft_run_to_k_max():
-    policy = CostPolicy(FLAT, [FakeConfidentDrafter()])
-    which, k = policy.choose([1, 2, 3], 100)
-    assert (which, k) == (0, 15) and policy.draft_stop is not None
-    assert policy.last.k <= k  # the plan from averages; the draft's confidence decides the rest
+def test_planner_alone_lets_a_confident_draft_run_to_k_max():
+    p = planner(FLAT)
+    s = state([FakeConfidentDrafter()])
+    p.begin(s)
+    plan = p.plan([s])[0]
+    assert (plan.which, plan.k) == (0, 15) and plan.stop is not None
+    assert s.plan_state.last.k <= plan.k  # the plan from averages; the draft's confidence decides the rest
     for _ in range(3):
-        assert policy.draft_stop.keep_drafting(0.97)
-    assert not policy.draft_stop.keep_drafting(0.01)
-    policy.update(4, 2)  # two accepted, the third rejected: three confidences judged
-    assert policy.draft_stop is None
-    cal = policy.calibrations[0]
-    assert sum(cal.seen) == 3 and sum(cal.accepted) == 2
-    which, k = policy.choose([1, 2, 3], 6)  # the room left caps it
-    assert k == 6
+        assert plan.stop(0.97)
+    assert not plan.stop(0.01)
+    p.observe(s, 4, 2)  # two accepted, the third rejected: three confidences judged
+    assert s.plan_state.stop is None
+    assert sum(p.calibrations["model"].seen) == 3
 
 
-def test_policy_without_confidence_fixed_k_or_dear_passes_drafts_exactly_k():
-    which, k = (p := CostPolicy(FLAT, [FakeModelDrafter()])).choose([1, 2, 3], 100)
-    assert p.draft_stop is None and k == p.last.k
-    which, k = (p := CostPolicy(FLAT, [FakeConfidentDrafter()], k_fixed=3)).choose([1, 2, 3], 100)
-    assert p.draft_stop is None and k == 3
-    which, k = (p := CostPolicy(LINEAR, [FakeConfidentDrafter()])).choose([1, 2, 3], 100)
-    assert p.draft_stop is None and k == 0
+def test_planner_without_confidence_fixed_k_or_dear_passes_drafts_exactly_k():
+    for p, d in ((planner(FLAT), FakeModelDrafter()), (planner(FLAT, k_fixed=3), FakeConfidentDrafter())):
+        s = state([d])
+        p.begin(s)
+        plan = p.plan([s])[0]
+        assert plan.stop is None and plan.k == s.plan_state.last.k > 0
+    s = state([FakeConfidentDrafter()])
+    p = planner(LINEAR)
+    p.begin(s)
+    assert p.plan([s])[0].k == 0
 
 
 def test_in_a_batch_the_planned_k_is_the_most():
-    policy = CostPolicy(MIDDLE, [FakeConfidentDrafter()])
-    which, k = policy.choose([1, 2, 3], 100, batch=(4, 4.0))
-    assert policy.draft_stop is not None
-    assert k == policy.last.k == policy.draft_stop.bound and 1 <= k < 15
+    p = planner(MIDDLE)
+    s = state([FakeConfidentDrafter()])
+    others = [state([]) for _ in range(3)]
+    for x in [s, *others]:
+        p.begin(x)
+    plan = p.plan([s, *others])[0]
+    assert plan.stop is not None and plan.k == s.plan_state.last.k == plan.stop.bound and 1 <= plan.k < 15
 
 
 def test_propose_batch_reports_each_tokens_confidence_and_stops_where_told(pair):  # noqa: F811
@@ -109,26 +109,18 @@ def test_propose_batch_reports_each_tokens_confidence_and_stops_where_told(pair)
     assert 0.0 < min(heard) and max(heard) < 1.0  # a real distribution, not a one-hot
 
 
-def test_greedy_min_confidence_uses_the_real_top_probability(pair):  # noqa: F811
-    """Greedy used to judge min_confidence on a one-hot q (always 1), so it never stopped."""
-    _, draft = pair
-    d = ModelDrafter(draft, min_confidence=0.999)
-    d.begin(PROMPT, 64, CPU)
-    assert len(d.propose(PROMPT, 5, GREEDY, None)) == 1
-
-
 @pytest.fixture
 def count_stops(monkeypatch):
     """Counts the rounds a DraftStop ended before its bound."""
     counts = {"stopped": 0}
-    original = DraftStop.keep_drafting
+    original = DraftStop.__call__
 
     def counting(self, confidence):
         go = original(self, confidence)
         counts["stopped"] += not go and len(self.confidences) < self.bound
         return go
 
-    monkeypatch.setattr(DraftStop, "keep_drafting", counting)
+    monkeypatch.setattr(DraftStop, "__call__", counting)
     return counts
 
 

@@ -13,8 +13,8 @@ from specdecode import SamplingParams
 from specdecode.drafters import Drafter, DrafterSet, ModelDrafter, NgramDrafter
 from specdecode.drafters.base import Draft
 from specdecode.errors import SpecdecodeError
+from specdecode.loading.tiny import tiny_args, tiny_state_dict
 from specdecode.model import build_transformer
-from specdecode.testing import tiny_args, tiny_state_dict
 
 GREEDY = SamplingParams()
 CPU = torch.device("cpu")
@@ -154,11 +154,20 @@ def test_model_drafter_sampling_returns_q_and_replays_with_the_seed(tiny):
     assert all(a.q[i, t] > 0 for i, t in enumerate(a.tokens))  # each token came from its row
 
 
-def test_model_drafter_min_confidence_stops_early(tiny):
+def test_model_drafter_stop_rule_ends_a_draft_early(tiny):
+    from specdecode.drafters.model import propose_batch
+
     context = [5, 17, 42, 8]
-    d = ModelDrafter(tiny, min_confidence=1.01)  # no probability reaches it: one token only
+    d = ModelDrafter(tiny)
     d.begin(context, 64, CPU)
-    assert len(d.propose(context, 5, GREEDY, None)) == 1
+    heard = []
+
+    def stop_after_two(confidence):  # the planner's stop rule hears each drafted token's confidence
+        heard.append(confidence)
+        return len(heard) < 2
+
+    out = propose_batch([d], [context], [5], [GREEDY], [None], [stop_after_two])[0]
+    assert len(out) == 2 and len(heard) == 2 and all(0.0 < c <= 1.0 for c in heard)
     assert len(d.propose(context, 0, GREEDY, None)) == 0
 
 

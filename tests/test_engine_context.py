@@ -12,7 +12,7 @@ from specdecode.drafters import ModelDrafter
 from specdecode.engine import context_budget
 from specdecode.errors import ContextLengthError, SpecdecodeError
 from specdecode.model import build_transformer
-from specdecode.testing import tiny_args, tiny_state_dict
+from specdecode.loading.tiny import tiny_args, tiny_state_dict
 
 CONTEXT = 40
 

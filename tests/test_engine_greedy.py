@@ -63,7 +63,7 @@ def test_adaptive_and_confidence_policies_are_lossless(pair):
     ref = reference(target)
     for engine in (
         Engine(target, ModelDrafter(draft), num_draft_tokens=3, adaptive=True),
-        Engine(target, ModelDrafter(draft, min_confidence=0.5), num_draft_tokens=8),
+        Engine(target, ModelDrafter(draft), num_draft_tokens=8),
     ):
         assert engine.generate_ids(PROMPT, SamplingParams(max_new_tokens=40))[0] == ref
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import layer_mode, native_from_hf, tiny_hf_model
-from specdecode.kernels import PackedFloatLinear, best_isa
+from specdecode.kernels import PackedFloatLinear
 from specdecode.quant import quantize_model
 
-needs_kernels = pytest.mark.skipif(best_isa() < 0, reason="specdecode kernels not built (no compiler or not x86-64)")
+needs_kernels = pytest.mark.usefixtures("kernels")  # skip or fail without them: conftest.kernels
 
 
 def chain_vs_steps(model, tokens: torch.Tensor, prefix: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:

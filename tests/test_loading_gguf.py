@@ -17,7 +17,7 @@ from conftest import tiny_hf_model
 from specdecode.errors import ModelLoadError, ModelNotFoundError
 from specdecode.loading.gguf import dequantize, load_gguf, open_gguf, unpermute_qk, permute_qk
 from specdecode.loading.gguf_file import SkippedArray
-from specdecode.loading.quants import KERNELS, dequantize_blocks
+from specdecode.loading.gguf_dequant import KERNELS, dequantize_blocks
 
 Q = GGMLQuantizationType
 ROWS, COLS = 8, 512  # 512 = two K-quant super-blocks / sixteen 32-blocks per row

@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerFast
 
 from conftest import tiny_hf_model
 from specdecode.errors import ModelLoadError, ModelNotFoundError, SpecdecodeError
-from specdecode.loading import hf, load_checkpoint
+from specdecode.loading import hf_checkpoint, load_checkpoint
 
 CHATML = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
 
@@ -143,5 +143,5 @@ def test_bad_dtype():
 
 
 def test_looks_like_hub_id(tmp_path):
-    assert hf.looks_like_hub_id("Qwen/Qwen2.5-0.5B")
-    assert not hf.looks_like_hub_id("smollm2-135m") and not hf.looks_like_hub_id("a/b/c") and not hf.looks_like_hub_id("x/y.gguf")
+    assert hf_checkpoint.looks_like_hub_id("Qwen/Qwen2.5-0.5B")
+    assert not any(hf_checkpoint.looks_like_hub_id(s) for s in ("smollm2-135m", "a/b/c", "x/y.gguf"))

@@ -12,13 +12,13 @@ import torch
 import specdecode
 import specdecode.quant
 from conftest import tiny_hf_model
-from specdecode.kernels import PackedFloatLinear, PackedInt4Linear, PackedInt8Linear, kernels_available
-from specdecode.loading import quantized, store
+from specdecode.kernels import PackedFloatLinear, PackedInt4Linear, PackedInt8Linear
+from specdecode.loading import quant_cache, store
 from test_loading_checkpoint import tokenizer_meta
 from test_loading_gguf import _write_model_gguf
 from test_loading_hf import save_tiny
 
-pytestmark = pytest.mark.skipif(not kernels_available(), reason="the quantized cache needs the CPU kernels")
+pytestmark = pytest.mark.usefixtures("kernels")  # the quantized cache needs them: skip or fail, conftest.kernels
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +102,7 @@ def test_keyed_by_mode_source_and_code(tmp_path, monkeypatch):
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # the source changed
     assert not specdecode.load(str(path), quantize="int8").quantized_from_cache
-    monkeypatch.setattr(quantized, "code_version", lambda: "other packing code")
+    monkeypatch.setattr(quant_cache, "code_version", lambda: "other packing code")
     assert not specdecode.load(str(path), quantize="int8").quantized_from_cache
 
 
@@ -112,7 +112,7 @@ def test_hf_directory_source(tmp_path, monkeypatch):
     fresh = specdecode.load(str(d), quantize="int4")
     assert not fresh.from_cache and not fresh.quantized_from_cache
     no_quantizing(monkeypatch)
-    monkeypatch.setattr("specdecode.loading.hf.load_state_dict", lambda *a: pytest.fail("float weights read"))
+    monkeypatch.setattr("specdecode.loading.hf_checkpoint.load_state_dict", lambda *a: pytest.fail("float weights read"))
     again = specdecode.load(str(d), quantize="int4")
     assert again.quantized_from_cache and again.from_cache
     assert_same_model(fresh.lm, again.lm)

@@ -266,7 +266,7 @@ def test_describe_says_why_a_request_did_not_draft():
     assert all(k == 0 for _, k in run)
     text = p.describe(s)
     assert "drafted in 0 of 3 rounds" in text and "a draft step costs 0.05 T(1)" in text
-    assert "T(2) = 2.00 T(1)" in text and "the target alone was expected faster" in text
+    assert "T(2) = 2.00 T(1)" in text and "model: the target alone was expected faster" in text
 
 
 def test_trivial_planners():
@@ -494,3 +494,35 @@ def test_bench_policy_methods_and_theory_table(tmp_path, monkeypatch):
     again = write_theory(tmp_path / "b")
     assert again["T_ms"][1] == pytest.approx(recorded.T(1) * 1e3)
     assert row["catch_up_ms_per_request"] > 0  # the draft model fed each prompt before drafting
+
+
+def test_policy_replay_drives_the_real_planner():
+    """scripts/policy_replay.py replays recorded outcomes through CostPlanner: with passes flat and
+    a draft that is always right, auto is far faster than the target; with T(2) = 2 T(1) it never
+    drafts and runs at the target's speed."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "scripts" / "policy_replay.py"
+    spec = importlib.util.spec_from_file_location("policy_replay", path)
+    replay = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(replay)
+    out = [random.Random(i).randrange(50) for i in range(80)]
+    trace = {"prompt_ids": list(range(20)), "output_ids": out, "draft_guesses": out, "draft_confidence": [0.95] * 80,
+             "category": "code", "max_new_tokens": 80}
+    base, tokens, _ = replay.simulate(trace, FLAT, "target")
+    fast, tokens2, ks = replay.simulate(trace, FLAT, "auto")
+    assert tokens == tokens2 == 79 and base / fast > 3 and max(ks) > 4
+    slow, _, ks = replay.simulate(trace, LINEAR, "auto")
+    assert set(ks) == {0} and slow == pytest.approx(replay.simulate(trace, LINEAR, "target")[0])
+
+
+def test_a_draft_table_is_put_in_units_of_the_targets_t1():
+    """The draft's and the target's tables are timed at different moments; the draft step in T(1)
+    units comes from passes of the two taken in turn (cost_model.draft_to_target_ratio)."""
+    from specdecode.cost_model import PassCosts, _in_target_units
+
+    target = PassCosts([0.080, 0.090], [1, 2])
+    draft = PassCosts([0.300, 0.310], [1, 2], per_key=1e-6, prefill_big=0.5)  # timed while the machine was slow
+    fixed = _in_target_units(draft, target, ratio=0.5)
+    assert fixed(1) == pytest.approx(0.040) and fixed(2) / fixed(1) == pytest.approx(0.310 / 0.300)
+    assert fixed.per_key == pytest.approx(1e-6 * 0.040 / 0.300) and fixed.prefill_big == pytest.approx(0.5 * 0.040 / 0.300)

@@ -90,10 +90,10 @@ def _models(arch: str, vocab: int, tie: bool = False, draft_noise: float = 0.05,
     import torch
 
     from specdecode.config import ModelArgs
+    from specdecode.loading.tiny import tiny_state_dict
     from specdecode.model import build_transformer
     from specdecode.parallel import build_sharded, init_tensor_parallel
     from specdecode.parallel.shard import dict_getter
-    from specdecode.testing import tiny_state_dict
 
     group = init_tensor_parallel(WORLD, "cpu", timeout_s=30)
     args = ModelArgs(arch=arch, vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,

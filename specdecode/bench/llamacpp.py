@@ -54,7 +54,7 @@ def resolve_gguf(source: str | Path) -> Path:
     specdecode.load did (an installed short name resolves offline, without hashing again).
     """
     from ..loading import resolve_source
-    from ..testing import TINY_NAMES
+    from ..loading.tiny import TINY_NAMES
 
     if str(source) in TINY_NAMES:
         raise SpecdecodeError(f"llama.cpp needs a GGUF model; {source!r} is a random test model built in memory")

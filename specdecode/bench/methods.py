@@ -52,7 +52,7 @@ class BenchContext:
         return self._hf_twin("draft", self.draft)
 
     def _hf_twin(self, role: str, model):
-        from .hf_models import hf_model_from_native
+        from .hf_from_native import hf_model_from_native
 
         if role not in self._hf:
             self._hf[role] = hf_model_from_native(model.lm)

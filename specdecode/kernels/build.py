@@ -4,7 +4,8 @@ the instruction-set path at run time.
 The sources are compiled without -march flags; each ISA file enables its own instructions with
 `#pragma GCC target`, and `best_isa()` (the CPU's own feature flags) decides which path runs,
 so one build serves every x86-64 CPU. Without a compiler the project falls back to plain
-PyTorch with one warning, never a traceback.
+PyTorch with one warning, never a traceback; `build_error()` keeps the full error of a failed
+build (the tests fail with it where a build is expected to work).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -20,6 +22,7 @@ ISA_NAMES = ("scalar", "avx2", "avx512")  # index = the kernel's ISA code
 ISA_ENV = "SPECDECODE_KERNEL_ISA"  # force a lower path: scalar | avx2 | avx512
 DISABLE_ENV = "SPECDECODE_KERNELS"  # "off": plain PyTorch linear layers everywhere
 CACHE_ENV = "SPECDECODE_KERNEL_CACHE"  # where the compiled module lives
+_OFF = ("off", "0", "false", "no")  # values of $SPECDECODE_KERNELS that turn the kernels off
 _SRC = Path(__file__).parent / "csrc"
 _SOURCES = ("binding.cpp", "skinny_scalar.cpp", "skinny_avx2.cpp", "skinny_avx512.cpp")
 _HEADERS = ("skinny.h", "attention.h")
@@ -43,10 +46,26 @@ def _build_dir() -> Path:
     return path
 
 
+_build_error: str | None = None  # set by extension() when the compile failed
+
+
+def disabled() -> bool:
+    """$SPECDECODE_KERNELS turns the kernels off (off, 0, false, no)."""
+    return os.environ.get(DISABLE_ENV, "").lower() in _OFF
+
+
+def build_error() -> str | None:
+    """The full error of a failed build (exception type, message, compiler output); None when the
+    kernels are built or no build was tried (disabled, not x86-64)."""
+    extension()
+    return _build_error
+
+
 @functools.cache
 def extension():
     """The compiled module, or None (kernels disabled, not x86-64, or no working compiler)."""
-    if os.environ.get(DISABLE_ENV, "").lower() in ("off", "0", "false", "no"):
+    global _build_error
+    if disabled():
         return None
     import platform
 
@@ -69,7 +88,9 @@ def extension():
             build_directory=str(_build_dir()),
             verbose=False,
         )
-    except (OSError, RuntimeError, ImportError, SystemExit) as exc:  # no compiler / ninja / headers
+    # no compiler / ninja / headers; SubprocessError: a compiler that fails torch's `--version` check
+    except (OSError, RuntimeError, ImportError, SystemExit, subprocess.SubprocessError) as exc:
+        _build_error = f"{type(exc).__name__}: {str(exc).strip()}"
         first = str(exc).strip().splitlines()[:1]
         warnings.warn(
             "specdecode: could not build the CPU kernels, using plain PyTorch linear layers "

@@ -21,7 +21,7 @@ import torch
 from specdecode.config import ModelArgs
 from specdecode.errors import ModelLoadError, ModelNotFoundError, SpecdecodeError
 
-from . import hf, registry, store
+from . import hf_checkpoint, registry, store
 from .gguf import ModelFileMissingError, load_gguf, open_gguf, read_args, special_token_ids
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def resolve_source(source: str) -> tuple[str, Path]:
             raise ModelNotFoundError(f"{source} is a weights file; pass the directory that holds it and its config.json")
         return "gguf", path
     if path.is_dir():
-        if hf.is_hf_dir(path):
+        if hf_checkpoint.is_hf_dir(path):
             return "hf", path
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
@@ -98,8 +98,8 @@ def resolve_source(source: str) -> tuple[str, Path]:
         raise ModelNotFoundError(f"{source} is a directory without config.json or a .gguf file")
     if source in registry.MODELS:
         return "gguf", registry.resolve(source)
-    if hf.looks_like_hub_id(source):
-        return "hf", hf.hub_snapshot(source)
+    if hf_checkpoint.looks_like_hub_id(source):
+        return "hf", hf_checkpoint.hub_snapshot(source)
     known = ", ".join(sorted(registry.MODELS))
     if source.endswith(".gguf") or "/" in source or source.startswith((".", "~")):
         raise ModelFileMissingError(f"no such file or directory: {source}")
@@ -230,16 +230,17 @@ def _load_gguf_file(path: Path, dtype: torch.dtype, weights: bool = True) -> Che
 def _load_hf_dir(directory: Path, dtype: torch.dtype, weights: bool = True) -> Checkpoint:
     from transformers import AutoTokenizer
 
-    config = hf.read_config(directory)
-    args = hf.model_args(config, directory)
-    key = store.files_key(directory.name, [directory / "config.json", *hf.weight_files(directory)], dtype)
-    sd = hf.load_state_dict(directory, dtype) if weights else None
+    config = hf_checkpoint.read_config(directory)
+    args = hf_checkpoint.model_args(config, directory)
+    key = store.files_key(directory.name, [directory / "config.json", *hf_checkpoint.weight_files(directory)], dtype)
+    sd = hf_checkpoint.load_state_dict(directory, dtype) if weights else None
     try:
         tok = AutoTokenizer.from_pretrained(str(directory))
     except Exception as e:  # transformers raises many kinds for tokenizers it cannot build
         raise ModelLoadError(f"cannot load the tokenizer of {directory}: {type(e).__name__}") from None
-    eos = end_token_ids(tok, hf.eos_from_configs(directory, config), args.vocab_size)
-    return Checkpoint(args, sd, tok, eos, str(directory), key=key, read_weights=lambda: hf.load_state_dict(directory, dtype))
+    eos = end_token_ids(tok, hf_checkpoint.eos_from_configs(directory, config), args.vocab_size)
+    return Checkpoint(args, sd, tok, eos, str(directory), key=key,
+                      read_weights=lambda: hf_checkpoint.load_state_dict(directory, dtype))
 
 
 def load_checkpoint(source: str, dtype: torch.dtype = torch.bfloat16, *, weights: bool = True) -> Checkpoint:

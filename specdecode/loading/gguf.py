@@ -5,7 +5,7 @@ way (``blk.3.attn_q.weight``), and, for the ``llama`` family, llama.cpp's conver
 permutes the rows of q/k so that its interleaved RoPE works. Our model (like transformers)
 uses rotate_half RoPE, so that permutation is undone here; qwen2 files are not permuted.
 The header is parsed by gguf_file.py and the common block formats are de-quantized by
-quants.py (both several times faster than the ``gguf`` package's numpy code, and tested
+gguf_dequant.py (both several times faster than the ``gguf`` package's numpy code, and tested
 against it); other formats fall back to ``gguf.quants.dequantize``.
 """
 
@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from specdecode.config import SUPPORTED_ARCHS, ModelArgs
 from specdecode.errors import ModelLoadError, ModelNotFoundError
 
+from .gguf_dequant import KERNELS, dequantize_blocks
 from .gguf_file import GGUFFile, GGUFFormatError, TensorInfo, read_gguf
-from .quants import KERNELS, dequantize_blocks
 
 GGUF_MAGIC = b"GGUF"
 
@@ -163,7 +163,7 @@ def special_token_ids(reader: GGUFFile) -> tuple[int | None, list[int]]:
 def dequantize(tensor: TensorInfo, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """One GGUF tensor -> torch tensor of ``dtype`` in torch (row-major, out x in) shape.
 
-    The common block formats go through quants.py (torch, fast); anything else through
+    The common block formats go through gguf_dequant.py (torch, fast); anything else through
     the reference ``gguf.quants.dequantize``.
     """
     from gguf import GGMLQuantizationType as Q

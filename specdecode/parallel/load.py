@@ -25,8 +25,8 @@ def load_sharded(source: str, group: TPGroup, *, dtype: str | torch.dtype | None
     Transformer, whose forward runs the group's collectives: call it on every rank alike)."""
     from ..kernels import probe_row_invariance
     from ..loader import Model, apply_load_options, resolve_dtype
+    from ..loading.tiny import TINY_NAMES, tiny_args, tiny_state_dict, tiny_tokenizer
     from ..quant import quantize_model
-    from ..testing import TINY_NAMES, tiny_args, tiny_state_dict, tiny_tokenizer
     from ..tokenizer import Tokenizer
 
     quantize = apply_load_options(threads, quantize)
@@ -58,7 +58,7 @@ def load_sharded(source: str, group: TPGroup, *, dtype: str | torch.dtype | None
 def _sliced_reader(ckpt, source: str, dtype: torch.dtype) -> tuple[list[str], Getter]:  # noqa: ANN001
     """(tensor names, getter): slices read from safetensors files where the weights are in them,
     else from the full state dict (de-quantized GGUF, PyTorch .bin files)."""
-    from ..loading import hf, resolve_source, store
+    from ..loading import hf_checkpoint, resolve_source, store
 
     entry = store.entry_path(ckpt.key) if ckpt.key else None
     files: list[Path] = []
@@ -67,7 +67,7 @@ def _sliced_reader(ckpt, source: str, dtype: torch.dtype) -> tuple[list[str], Ge
     else:
         kind, path = resolve_source(source)
         if kind == "hf":
-            files = hf.weight_files(path)
+            files = hf_checkpoint.weight_files(path)
     if files and all(f.suffix == ".safetensors" and f.is_file() for f in files):
         return _safetensors_getter(files, dtype)
     state = ckpt.weights()
@@ -76,7 +76,7 @@ def _sliced_reader(ckpt, source: str, dtype: torch.dtype) -> tuple[list[str], Ge
 
 
 def _safetensors_getter(files: list[Path], dtype: torch.dtype) -> tuple[list[str], Getter]:
-    """Read slices straight from safetensors files (names as hf.load_state_dict gives them)."""
+    """Read slices straight from safetensors files (names as hf_checkpoint.load_state_dict gives them)."""
     from safetensors import safe_open
 
     where: dict[str, tuple[object, str]] = {}

@@ -57,6 +57,7 @@ class RequestPlan:
     rounds: int = 0
     drafted: int = 0  # rounds with a draft
     idle: Counter = field(default_factory=Counter)  # why rounds ran without a draft
+    idle_figures: dict[str, str] = field(default_factory=dict)  # the figures behind each reason, last seen
 
 
 def drafter_evidence(drafter, context: list[int], k: int) -> tuple[Hashable, int | None]:
@@ -137,6 +138,8 @@ class CostPlanner:
 
     def describe(self, state: Any) -> str:
         rp: RequestPlan = state.plan_state
+        if not rp.rounds:
+            return "no decode rounds"
         names = [d.name for d in state.drafter.drafters]
         parts = [f"drafted in {rp.drafted} of {rp.rounds} rounds"]
         by_name: dict[str, list[AcceptanceEstimate]] = {}
@@ -155,7 +158,9 @@ class CostPlanner:
             else:
                 parts.append(f"{name}: {cost}, never estimated")
         if rp.idle:
-            parts.append("rounds without a draft: " + ", ".join(f"{n} {why}" for why, n in rp.idle.most_common()))
+            parts.append("rounds without a draft: " + ", ".join(
+                f"{n} {why}" + (f" ({rp.idle_figures[why]})" if why in rp.idle_figures else "")
+                for why, n in rp.idle.most_common()))
         return "; ".join(parts)
 
     # -- choosing --------------------------------------------------------------------------------
@@ -175,30 +180,36 @@ class CostPlanner:
         out = [Choice(0, 0, None, 1.0, 1.0)]
         remaining = max(s.budget - s.stats.generated_tokens, 1)
         spent = max(n - rp.start, 1)  # tokens, each about one T(1), this request has run
-        reason = None
+        reason = None  # (why no draft, the figures behind it) of the first drafter left out
         for which, d in enumerate(s.drafter.drafters):
             key, available = drafter_evidence(d, context, limit)
             k_top = limit if available is None else min(limit, available)
             if k_top <= 0:
-                reason = reason or f"{d.name}: nothing to propose"
+                reason = reason or (f"{d.name} had nothing to propose", "")
                 continue
             step = self.costs.draft_step(d.name, n)
             behind_f = getattr(d, "catch_up_tokens", None)
             behind = max(behind_f(context), 1) if behind_f is not None else 1
             catch_up = self.costs.catch_up(d.name, behind, n - behind) if step > 0.0 and behind > 1 else 0.0
             if catch_up > CATCH_UP_RENT * spent:
-                reason = reason or f"{d.name}: its catch-up over {behind} tokens ({catch_up:.1f} T(1)) not yet worth it"
+                reason = reason or (f"{d.name}'s catch-up pass not yet worth it",
+                                    f"{behind} tokens, {catch_up:.1f} T(1)")
                 continue
             est = self._estimate(rp, which, key, d.name)
             expected = est.expected_tokens(k_top)
             if expected[k_top] / (table[2] + step + catch_up * min(1.0, 1.0 / remaining)) <= bar:
-                reason = reason or (f"{d.name}: a draft step costs {step:.2f} T(1) and T(2) = {table[2]:.2f} T(1); "
-                                    f"at acceptance {est.pooled():.2f} the target alone was expected faster")
+                reason = reason or (f"{d.name}: the target alone was expected faster",
+                                    f"a draft step costs {step:.2f} T(1), T(2) = {table[2]:.2f} T(1), "
+                                    f"acceptance {est.pooled():.2f}")
                 continue
             ks = [k_top] if self.k_fixed is not None else range(1, k_top + 1)
             out += [Choice(which, k, key, expected[k], k * step + catch_up * min(1.0, expected[k] / remaining)
                            + table[k + 1], step) for k in ks]
-        self._idle_reason = reason or "the target alone was expected faster"
+            # should none of this drafter's rounds win, this is why
+            reason = reason or (f"{d.name}: the target alone was expected faster",
+                                f"a draft step costs {step:.2f} T(1), T(2) = {table[2]:.2f} T(1), "
+                                f"acceptance {est.pooled():.2f}")
+        self._idle_reason = reason or ("the target alone was expected faster", "")
         return out
 
     def _choose(self, s: Any, batch: tuple[int, float] | None, drafting: dict[str, tuple[int, int]]) -> Choice:
@@ -230,7 +241,10 @@ class CostPlanner:
             rate, bound = best.rate, limit  # alone, a confident draft may run past the planned k
         rp.last = best
         if best.k == 0:
-            rp.idle[self._idle_reason] += 1
+            why, figures = self._idle_reason
+            rp.idle[why] += 1
+            if figures:
+                rp.idle_figures[why] = figures
             return best
         d = s.drafter.drafters[best.which]
         if not fixed and getattr(d, "reports_confidence", False):
