@@ -27,11 +27,13 @@ class Draft:
 class Drafter(Protocol):
     """A cheap guesser. Losslessness never depends on its quality, only speed does.
 
-    A drafter may sit out rounds (the policy chose k = 0): it is then not called, and its next
+    A drafter may sit out rounds (the planner chose k = 0): it is then not called, and its next
     `propose` gets the whole context so far, which it must catch up on. Inside a DrafterSet it is
     called every round that anyone drafts, with k = 0 when another drafter was chosen.
-    Optional, for the cost policy: `evidence(context, k) -> (bucket, tokens available)` and
-    `catch_up_tokens(context) -> int` (see specdecode/policy).
+    Optional, for the planner: `evidence(context, k) -> (bucket, tokens available)`,
+    `catch_up_tokens(context) -> int` and `reports_confidence` (see specdecode/policy); for batched
+    proposals, `batch_key` and `propose_many(drafters, contexts, ks, params, rngs, stops)` (the
+    draft model: one draft pass per step for every request sharing its model).
     """
 
     name: str

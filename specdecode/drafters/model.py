@@ -45,8 +45,8 @@ class ModelDrafter:
 
     def catch_up_tokens(self, context: list[int]) -> int:
         """Tokens of `context` the draft cache lacks (the prompt too, before the first draft): the
-        first draft step feeds them all in one pass. The policy spreads that one-time cost over
-        the rest of the request (drafters/policy.py)."""
+        first draft step feeds them all in one pass. The planner spreads that one-time cost over
+        the rest of the request (specdecode/policy/planner.py)."""
         return len(context) - (self.cache.length if self.cache is not None else 0)
 
     def begin(self, prompt: list[int], max_len: int, device: torch.device) -> None:
