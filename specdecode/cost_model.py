@@ -64,6 +64,9 @@ _COST_SOURCES = ("model.py", "quant.py", "cache.py", "kernels")
 # A process-wide memo: two engines on the same model (the server and a reference in a test,
 # a bench's methods) make the same decisions, even when the disk cache cannot be written.
 _MEMO: dict[str, PassCosts] = {}
+# draft T(1) / target T(1) per pair of tables (measure_cost_model), the tables kept beside it so
+# that an id reused after one is freed never matches
+_RATIO_MEMO: dict[tuple[int, int], tuple[PassCosts, PassCosts, float]] = {}
 log = logging.getLogger(__name__)
 
 
@@ -296,12 +299,12 @@ def _pass_timer(model, context: int, longest: int):  # noqa: ANN202 - (m, num_lo
 
 
 @torch.inference_mode()
-def time_per_key(model, t1: float, *, context: int = LONG_CONTEXT, repeats: int = 3) -> float:
+def time_per_key(model, *, context: int = LONG_CONTEXT, repeats: int = 3) -> float:
     """Seconds a query row spends per context position (attention over a longer cache): one-token
     passes after `context` positions, each right after one after MEASURE_CONTEXT (the median of
     the differences: a slow moment slows both). The long cache is filled by writing its buffers
     directly (zeros: attention costs the same for any values), so no prefill is paid. 0 for models
-    whose cache cannot be filled that way (transformers caches). t1: unused, kept for callers."""
+    whose cache cannot be filled that way (transformers caches)."""
     context = min(context, int(model.max_context) - 2)  # a model with a short context: as far as it goes
     if not hasattr(model, "args") or context < 64:
         return 0.0
@@ -357,7 +360,7 @@ def measure_pass_costs(model, *, budget_s: float = 2.0, use_cache: bool = True, 
     if not consistent:
         log.warning("pass timings of %s disagreed with themselves %d times (a busy machine?): using the "
                     "last for this process, not caching it", type(model).__name__, attempt + 1)
-    per_key = time_per_key(model, points[1])
+    per_key = time_per_key(model)
     prefill_big = time_prefill(model, points[BIG_M], budget_s=budget_s) if BIG_M in points else 0.0
     costs = PassCosts.from_points(points, m_max, key=key or {}, measure_seconds=time.perf_counter() - t0,
                                   per_key=per_key, prefill_big=prefill_big)
@@ -378,8 +381,18 @@ def measure_cost_model(target, drafters: list | tuple = (), *, budget_s: float =
         model = getattr(d, "model", None)
         if model is not None and hasattr(model, "new_cache") and d.name not in drafts:
             costs = measure_pass_costs(model, budget_s=budget_s / 2, use_cache=use_cache, refresh=refresh)
-            drafts[d.name] = _in_target_units(costs, target_costs, draft_to_target_ratio(target, model))
+            drafts[d.name] = _in_target_units(costs, target_costs, _ratio(target, model, target_costs, costs))
     return CostModel(target_costs, drafts)
+
+
+def _ratio(target, draft, target_costs: PassCosts, draft_costs: PassCosts) -> float:
+    """draft_to_target_ratio, timed once per pair of tables this process holds: two engines on
+    the same models then price the draft alike (as they share one measurement of each model)."""
+    pair = (id(target_costs), id(draft_costs))
+    held = _RATIO_MEMO.get(pair)
+    if held is None or held[0] is not target_costs or held[1] is not draft_costs:
+        held = _RATIO_MEMO[pair] = (target_costs, draft_costs, draft_to_target_ratio(target, draft))
+    return held[2]
 
 
 def _in_target_units(draft: PassCosts, target: PassCosts, ratio: float) -> PassCosts:

@@ -326,7 +326,7 @@ class Engine:
             s.prefilled = end
             s.stats.prefill_seconds += t2 - t1
             if end == len(s.prompt_ids):
-                first = argmax[j][0] if j in argmax else draw(logits_to_probs(logits[j][-1], s.params), s.rng, end)
+                first = argmax[j][0] if j in argmax else int(draw(logits_to_probs(logits[j][-1], s.params), s.rng, end))
                 s.tokens.append(first)
                 self._emit(s, [first])
         for s in live:

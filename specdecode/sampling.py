@@ -108,12 +108,13 @@ def _mix(seed: int, position: int) -> int:
     return (x ^ (x >> 31)) & 0x7FFFFFFFFFFFFFFF
 
 
-def draw(probs: torch.Tensor, rng: torch.Generator | PositionNoise | None, position: int) -> int:
-    """One token from probs (V,) for text position `position`: by the request's position noise
-    when it is seeded (the same token whoever asks), else from its generator."""
+def draw(probs: torch.Tensor, rng: torch.Generator | PositionNoise | None, position: int) -> torch.Tensor:
+    """One token from probs (V,) for text position `position`, as a 0-d int64 tensor (no host
+    sync): by the request's position noise when it is seeded (the same token whoever asks), else
+    from its generator."""
     if isinstance(rng, PositionNoise):
-        return int((probs / rng.at(position)).argmax())
-    return int(sample(probs, rng))
+        return (probs / rng.at(position)).argmax(-1)
+    return sample(probs, rng)
 
 
 def draw_rows(probs: torch.Tensor, noise: PositionNoise, first_position: int) -> list[int]:

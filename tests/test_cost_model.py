@@ -171,7 +171,7 @@ def test_attention_cost_grows_with_the_context(tiny):
     assert model.T(1, 1004) == pytest.approx(2.0) and model.T(1) == 1.0
     from specdecode.cost_model import time_per_key
 
-    per_key = time_per_key(tiny, 0.0)  # a long-context pass less a short one, taken in turn
+    per_key = time_per_key(tiny)  # a long-context pass less a short one, taken in turn
     assert 0.0 <= per_key < 1e-5
     measured = measure_pass_costs(tiny, use_cache=False)
     assert measured.per_key >= 0.0 and PassCosts.from_dict(measured.to_dict()).per_key == measured.per_key

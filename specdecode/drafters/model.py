@@ -64,8 +64,7 @@ class ModelDrafter:
         conf = confidence(logits, q) if need_confidence else None
         if params.greedy:
             return logits.argmax(-1), None, conf
-        token = torch.tensor(draw(q, rng, position), device=logits.device)
-        return token, (None if isinstance(rng, PositionNoise) else q), conf
+        return draw(q, rng, position), (None if isinstance(rng, PositionNoise) else q), conf
 
     def propose(
         self, context: list[int], k: int, params: SamplingParams, generator: torch.Generator | PositionNoise | None

@@ -171,8 +171,9 @@ class CostPlanner:
             est = rp.estimates[which, key] = AcceptanceEstimate(self.book.start(key, name))
         return est
 
-    def _options(self, s: Any, table: list[float], limit: int, bar: float) -> list[Choice]:
-        """Candidates of this round, k = 0 first; a drafter none of whose k can beat `bar`
+    def _options(self, s: Any, table: list[float], limit: int, bar: float) -> tuple[list[Choice], tuple[str, str]]:
+        """Candidates of this round, k = 0 first, and why the round would run without a draft
+        (reason, the figures behind it) should k = 0 win; a drafter none of whose k can beat `bar`
         (tokens per unit) is skipped (E[k] <= E[k_top], every k costs at least T(2) + one step)."""
         rp: RequestPlan = s.plan_state
         context = s.tokens
@@ -196,21 +197,17 @@ class CostPlanner:
                                     f"{behind} tokens, {catch_up:.1f} T(1)")
                 continue
             est = self._estimate(rp, which, key, d.name)
+            # why no draft, should none of this drafter's rounds win (or should it be skipped)
+            reason = reason or (f"{d.name}: the target alone was expected faster",
+                                f"a draft step costs {step:.2f} T(1), T(2) = {table[2]:.2f} T(1), "
+                                f"acceptance {est.pooled():.2f}")
             expected = est.expected_tokens(k_top)
             if expected[k_top] / (table[2] + step + catch_up * min(1.0, 1.0 / remaining)) <= bar:
-                reason = reason or (f"{d.name}: the target alone was expected faster",
-                                    f"a draft step costs {step:.2f} T(1), T(2) = {table[2]:.2f} T(1), "
-                                    f"acceptance {est.pooled():.2f}")
                 continue
             ks = [k_top] if self.k_fixed is not None else range(1, k_top + 1)
             out += [Choice(which, k, key, expected[k], k * step + catch_up * min(1.0, expected[k] / remaining)
                            + table[k + 1], step) for k in ks]
-            # should none of this drafter's rounds win, this is why
-            reason = reason or (f"{d.name}: the target alone was expected faster",
-                                f"a draft step costs {step:.2f} T(1), T(2) = {table[2]:.2f} T(1), "
-                                f"acceptance {est.pooled():.2f}")
-        self._idle_reason = reason or ("the target alone was expected faster", "")
-        return out
+        return out, reason or ("the target alone was expected faster", "")
 
     def _choose(self, s: Any, batch: tuple[int, float] | None, drafting: dict[str, tuple[int, int]]) -> Choice:
         rp: RequestPlan = s.plan_state
@@ -226,10 +223,10 @@ class CostPlanner:
             return rp.last
         fixed = self.k_fixed is not None
         if batch is not None and batch[0] > 1:
-            best, rate = self._best_in_batch(s, table, limit, *batch, drafting)
+            best, rate, idle = self._best_in_batch(s, table, limit, *batch, drafting)
             bound = best.k  # in a batch the planned k is the most: its rows were weighed against the others'
         else:
-            options = self._options(s, table, limit, 0.0 if fixed else 1.0 + self.margin)
+            options, idle = self._options(s, table, limit, 0.0 if fixed else 1.0 + self.margin)
             best = options[0]
             if fixed and len(options) > 1:
                 best = max(options[1:], key=lambda c: c.rate)
@@ -241,7 +238,7 @@ class CostPlanner:
             rate, bound = best.rate, limit  # alone, a confident draft may run past the planned k
         rp.last = best
         if best.k == 0:
-            why, figures = self._idle_reason
+            why, figures = idle
             rp.idle[why] += 1
             if figures:
                 rp.idle_figures[why] = figures
@@ -254,14 +251,14 @@ class CostPlanner:
         return best
 
     def _best_in_batch(self, s: Any, table: list[float], limit: int, n: int, expected: float,
-                       drafting: dict[str, tuple[int, int]]) -> tuple[Choice, float]:
+                       drafting: dict[str, tuple[int, int]]) -> tuple[Choice, float, tuple[str, str]]:
         """In a shared pass a draft is worth its place when what it adds beats what the same time
         yields at the batch's rate: E(k) - 1 > (E / T(N)) (T(N + k) - T(N) + its drafting),
         exactly when it raises the whole batch's tokens per second."""
         costs = self.costs
         t_n = costs.batch(n)
         rate = expected / t_n if t_n > 0 else 0.0
-        options = self._options(s, table, limit, 0.0)
+        options, idle = self._options(s, table, limit, 0.0)
 
         def draft_cost(c: Choice) -> float:
             own = c.cost - table[c.k + 1]  # k steps alone + this round's share of a catch-up
@@ -287,7 +284,7 @@ class CostPlanner:
             for c in options[1:]:
                 if gain(c) > bar:
                     best, bar = c, gain(c)
-        return best, rate
+        return best, rate, idle
 
     def __repr__(self) -> str:
         return f"CostPlanner(k<={self.k_max})" if self.k_fixed is None else f"CostPlanner(k={self.k_fixed})"
