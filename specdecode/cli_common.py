@@ -12,6 +12,7 @@ import os
 import sys
 
 from .errors import SpecdecodeError
+from .prefix_cache import DEFAULT_PREFIX_CACHE_GB
 
 DEFAULT_TARGET = "qwen2.5-coder-1.5b"
 
@@ -45,6 +46,11 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str | None = DE
                         "(default: none for --draft, int4 for self)")
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
+    p.add_argument("--prefix-cache-gb", type=float, default=DEFAULT_PREFIX_CACHE_GB, metavar="GB",
+                   help="memory for the KV rows of prompts and answers already computed: a request that starts "
+                        "with one (a conversation's history, a shared system prompt) prefills only the rest; "
+                        "output bits do not change (docs/prefix-cache.md; 0 = off; default "
+                        f"{DEFAULT_PREFIX_CACHE_GB:g})")
     p.add_argument("--tp", type=int, default=1, metavar="N",
                    help="tensor parallelism: shard the target over N processes started by torchrun, one per rank "
                         "(torchrun --nproc-per-node N -m specdecode ... --tp N; gloo on CPU, NCCL on CUDA; "
@@ -109,7 +115,8 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
         drafter = SelfDrafter(target.lm, mode)
         if progress:
             print(f"self-drafter: {mode} copy of the target", file=sys.stderr, flush=True)
-    engine = specdecode.Engine(target, drafter, num_draft_tokens=k, adaptive=adaptive)
+    engine = specdecode.Engine(target, drafter, num_draft_tokens=k, adaptive=adaptive,
+                               prefix_cache=getattr(args, "prefix_cache_gb", DEFAULT_PREFIX_CACHE_GB))
     engine.tp_group = group
     if group is not None and engine.needs_cost_model:  # every rank must choose the same draft lengths
         from .parallel import agree_cost_model

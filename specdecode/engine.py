@@ -22,6 +22,7 @@ from .drafters.composite import DrafterSet, drafter_members
 from .errors import ContextLengthError, SpecdecodeError
 from .metrics import SpecStats
 from .policy import NO_DRAFT, AdaptiveK, CostPlanner, FixedK, PassCostRatios, Plan, Planner
+from .prefix_cache import DEFAULT_PREFIX_CACHE_GB, PrefixCache
 from .ragged import Segment, forward_segments
 from .request import RequestState
 from .sampling import PositionNoise, draw, draw_rows, logits_to_probs, make_generator
@@ -130,6 +131,9 @@ class Engine:
     the one num_draft_tokens / adaptive describe.
     cost_model: pass costs for the planner; None = measure on first need (cached on disk per
     machine and model, see specdecode.cost_model); tests pass synthetic ones.
+    prefix_cache: a PrefixCache (to share one between engines), its budget in GB, or 0 / None for
+    none: a request starts from the longest prefix whose KV rows an earlier request computed,
+    for the target and a draft model (specdecode.prefix_cache; output bits do not change).
     """
 
     def __init__(
@@ -146,6 +150,7 @@ class Engine:
         max_draft_tokens: int = MAX_DRAFT_TOKENS,
         prefill_chunk: int = PREFILL_CHUNK,
         max_batch_tokens: int = MAX_BATCH_TOKENS,
+        prefix_cache: PrefixCache | float | None = DEFAULT_PREFIX_CACHE_GB,
     ) -> None:
         from .loader import as_language_model, as_tokenizer
 
@@ -166,6 +171,22 @@ class Engine:
         if not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
             raise SpecdecodeError(f"max_batch_tokens must be an integer >= 1, got {max_batch_tokens!r}")
         self.prefill_chunk, self.max_batch_tokens = prefill_chunk, max_batch_tokens
+        if prefix_cache is None or isinstance(prefix_cache, PrefixCache):
+            self.prefix_cache = prefix_cache
+        else:
+            self.prefix_cache = PrefixCache.of_gb(prefix_cache)
+        for member in members:  # a draft model reuses its rows too (drafters that have any)
+            use = getattr(member, "use_prefix_cache", None)
+            if use is not None:
+                use(self.prefix_cache)
+
+    @property
+    def prefix_cache_status(self) -> str:
+        """"on (N GB)" or "off (why)", for --stats and the server's model card."""
+        if self.prefix_cache is None:
+            return "off"
+        why = self.prefix_cache.why_not(self.target)
+        return why or f"on ({self.prefix_cache.budget_bytes / 2**30:g} GB)"
 
     def _make_planner(self, policy: Planner | None, k, adaptive: bool, k_max: int, drafters: int) -> Planner | None:
         """The planner num_draft_tokens / adaptive describe (or `policy` as given); None without a drafter."""
@@ -250,6 +271,11 @@ class Engine:
             generator=make_generator(params.seed, device), stats=stats, tokens=list(prompt_ids),
             noise=PositionNoise(params.seed, self.target.vocab_size, device) if seeded else None,
         )
+        if self.prefix_cache is not None:
+            # Reuse rows of at most the prompt's first n - 1 tokens: the last one's pass gives the
+            # logits of the first new token.
+            state.prefilled = self.prefix_cache.fill(self.target, state.prompt_ids, state.cache, len(prompt_ids) - 1)
+            stats.cached_tokens = state.prefilled
         if drafter is not None:
             drafter.begin(state.tokens, max_len, device)
             self.planner.begin(state)
@@ -270,6 +296,11 @@ class Engine:
         if state.released:
             return
         state.released = True
+        if self.prefix_cache is not None and state.cache is not None:
+            # The rows that hold tokens: a prompt's prefilled part, or everything but the last
+            # token (a step that failed midway may have left unverified drafts beyond it).
+            valid = state.prefilled if state.prefilling else len(state.tokens) - 1
+            self.prefix_cache.store(self.target, state.tokens, state.cache, min(valid, state.cache.length))
         state.cache = None
         if state.drafter is not None:
             state.stats.plan = self.planner.describe(state)

@@ -10,6 +10,7 @@ from typing import Any
 @dataclass
 class SpecStats:
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV rows came from the prefix cache (not prefilled)
     generated_tokens: int = 0
     target_passes: int = 0  # decode passes of the target (prefill not counted)
     draft_rounds: int = 0  # passes in which at least one token was drafted
@@ -72,7 +73,8 @@ class SpecStats:
     def format(self) -> str:
         """Human-readable summary (the CLI's --stats)."""
         lines = [
-            f"prompt tokens      {self.prompt_tokens}  (prefill {self.prefill_seconds * 1000:.0f} ms)",
+            f"prompt tokens      {self.prompt_tokens}  ({self.cached_tokens} from the prefix cache, "
+            f"prefill {self.prefill_seconds * 1000:.0f} ms)",
             f"generated tokens   {self.generated_tokens}  in {self.decode_seconds:.2f} s decode"
             f"  = {self.decode_tokens_per_second:.2f} tok/s",
             f"target passes      {self.target_passes}  ({self.tokens_per_pass:.2f} tokens per pass)",

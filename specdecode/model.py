@@ -17,15 +17,17 @@ from .kernels.attention import chain_attention, chain_attention_applies
 from .kernels.linear import project
 from .ragged import RaggedBatch, Segment
 
-# Chains up to this many tokens (drafts + 1) are verified with row-wise attention; longer
-# inputs (prefill) use one masked attention call.
+# Where the row-invariant attention kernel does not apply (CUDA, no compiler), chains up to this
+# many tokens (drafts + 1) are attended row by row; longer inputs (prefill) use one masked call.
 ROWWISE_ATTENTION_MAX_T = 32
 
 
 def causal_mask(cache: KVCache, T: int) -> torch.Tensor | None:
-    """The mask of T new tokens appended to `cache`: None (row-wise attention) for a chain of up to
-    ROWWISE_ATTENTION_MAX_T tokens, else causal with an offset: query i sits in slot cache.length + i."""
-    if T <= ROWWISE_ATTENTION_MAX_T:
+    """The mask of T new tokens appended to `cache`: None (causal, row-wise attention) where the CPU
+    kernel applies (every T: a prefill row then gets the bits a decode step gives it, which is what
+    makes a reused prefix exact) or for a chain of up to ROWWISE_ATTENTION_MAX_T tokens; else causal
+    with an offset: query i sits in slot cache.length + i."""
+    if T <= ROWWISE_ATTENTION_MAX_T or chain_attention_applies(cache.keys[0], cache.keys[0].shape[-1]):
         return None
     L = cache.length + T
     return torch.ones(T, L, dtype=torch.bool, device=cache.keys[0].device).tril(diagonal=cache.length)
@@ -107,9 +109,10 @@ class Attention(nn.Module):
         T = q.shape[2]
         k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, L, hd), L = cached + T
         gqa = self.n_kv_heads != self.n_heads
-        if mask is None and T <= ROWWISE_ATTENTION_MAX_T and chain_attention_applies(k, self.head_dim):
-            # Decode steps and verification chains on CPU: each query attends alone in a fixed
-            # order (specdecode.kernels), so a k+1-token pass rounds exactly like k+1 steps.
+        if mask is None and chain_attention_applies(k, self.head_dim):
+            # Every causal pass on CPU (prefill chunks, decode steps, verification chains): each
+            # query attends alone in a fixed order (specdecode.kernels), so a k+1-token pass rounds
+            # exactly like k+1 steps, and a prefilled row exactly like a decoded one.
             return chain_attention(q, k, v, self.head_dim**-0.5).to(q.dtype)  # (B, H, T, hd)
         if mask is None and 1 < T <= ROWWISE_ATTENTION_MAX_T:
             # Elsewhere: attend row by row with exactly the shapes a one-token decode step uses.

@@ -27,7 +27,15 @@ class ModelDrafter:
     def __init__(self, model) -> None:  # model: a LanguageModel
         self.model = model
         self.cache = None
+        self.prefix_cache = None  # the engine's PrefixCache (use_prefix_cache), shared by the forks
+        self._context: list[int] = []  # the context of the last propose (the engine's token list)
         self._context_len = 0
+        self._verified = True  # whether the rows beyond the last context are settled (on_verified)
+
+    def use_prefix_cache(self, prefix_cache) -> None:
+        """Start each request from the draft rows of its longest prefix an earlier request left
+        (the engine calls this once); None turns it off."""
+        self.prefix_cache = prefix_cache if prefix_cache is not None and prefix_cache.applies(self.model) else None
 
     @property
     def batch_key(self) -> int:
@@ -52,7 +60,9 @@ class ModelDrafter:
     def begin(self, prompt: list[int], max_len: int, device: torch.device) -> None:
         self.cache = self.model.new_cache(max_len)
         self.device = device
-        self._context_len = 0
+        self._context, self._context_len, self._verified = prompt, 0, True
+        if self.prefix_cache is not None:  # the catch-up then feeds only what no request computed
+            self.prefix_cache.fill(self.model, prompt, self.cache, len(prompt) - 1)
 
     def _pick(self, logits: torch.Tensor, position: int, params: SamplingParams,
               rng: torch.Generator | PositionNoise | None,
@@ -75,8 +85,14 @@ class ModelDrafter:
         # Keep the context before this round plus the accepted drafts; the cache may hold fewer
         # (the last draft is never fed), which the next propose catches up on.
         self.cache.trim(min(self.cache.length, self._context_len + num_accepted))
+        self._verified = True
 
     def end(self) -> None:
+        if self.prefix_cache is not None and self.cache is not None:
+            # Rows hold the context (and, once verified, the accepted drafts, which the engine
+            # appended to the same token list); unverified drafts of an interrupted round do not.
+            settled = self.cache.length if self._verified else min(self.cache.length, self._context_len)
+            self.prefix_cache.store(self.model, self._context, self.cache, min(settled, len(self._context) - 1))
         self.cache = None
 
 
@@ -108,7 +124,7 @@ def propose_batch(drafters: list[ModelDrafter], contexts: list[list[int]], ks: l
     qs: list[list[torch.Tensor]] = [[] for _ in drafters]
     live: list[int] = []
     for i, (d, ctx, k) in enumerate(zip(drafters, contexts, ks)):
-        d._context_len = len(ctx)
+        d._context, d._context_len, d._verified = ctx, len(ctx), k <= 0
         if k > 0:
             live.append(i)
     segments = [Segment(drafters[i].cache, contexts[i][drafters[i].cache.length :], 1) for i in live]

@@ -152,10 +152,11 @@ torch::Tensor attend_chain(torch::Tensor q, torch::Tensor k, torch::Tensor v, do
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = q.size(3), Hkv = k.size(1), L = k.size(2);
   TORCH_CHECK(k.size(0) == B && k.size(3) == hd && k.stride(3) == 1 && H % Hkv == 0 && hd % 16 == 0 && L >= T,
               "shapes do not match");
+  TORCH_CHECK(H / Hkv <= kMaxGroup, "at most ", kMaxGroup, " query heads per kv head");
   auto out = torch::empty_like(q);
   ChainAttention a{q.data_ptr<float>(), k.data_ptr(), v.data_ptr(), k.scalar_type() == torch::kBFloat16,
                    B, H, Hkv, T, L, hd, k.stride(0), k.stride(1), k.stride(2), float(scale), out.data_ptr<float>()};
-  at::parallel_for(0, B * H * T, 1, [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, B * Hkv * T, 1, [&](int64_t r0, int64_t r1) {
     auto f = isa == kAvx512 ? attend_rows_avx512 : isa == kAvx2 ? attend_rows_avx2 : attend_rows_scalar;
     f(a, r0, r1);
   });

@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include "skinny.h"
+#define SKINNY_ATTENTION_SIMD 1  // attention.h: 8-lane AVX registers
 #include "attention.h"
 
 namespace skinny {
