@@ -13,11 +13,12 @@ from .errors import SpecdecodeError
 from .loader import Model, load
 from .metrics import SpecStats
 from .policy import AdaptiveK, CostPlanner, FixedK, Planner
+from .prefix_cache import PrefixCache
 
 __version__ = "0.1.0"
 
 __all__ = [
     "load", "Model", "Engine", "Chunk", "GenerationResult", "SamplingParams", "ModelArgs", "SpecStats",
     "Drafter", "Draft", "ModelDrafter", "NgramDrafter", "Planner", "FixedK", "AdaptiveK", "CostPlanner",
-    "SpecdecodeError", "__version__",
+    "PrefixCache", "SpecdecodeError", "__version__",
 ]

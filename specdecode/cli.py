@@ -35,6 +35,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     sys.stdout.write("\n")
     if (args.stats or args.compare) and stats is not None:
         print(f"--- drafter: {_describe_drafter(engine)}", file=sys.stderr)
+        print(f"--- prefix cache: {engine.prefix_cache_status}", file=sys.stderr)
         import torch
 
         if isinstance(engine.target, torch.nn.Module):
