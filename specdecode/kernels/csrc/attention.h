@@ -128,7 +128,7 @@ inline void load_rows<uint16_t>(const uint16_t* src, int64_t stride, int64_t nj,
   for (int64_t j = 0; j < nj; ++j) bf16_to_f32_row(src + j * stride, hd, dst + j * hd);
 }
 
-constexpr int64_t kKeyChunk = 64;  // key/value rows converted to fp32 at a time (32 KB at head_dim 128)
+constexpr int64_t kKeyChunk = 16;  // key/value rows converted to fp32 at a time (8 KB at head_dim 128: they stay in L1)
 
 // scale * (q . k_i) for 4 keys at once (independent chains keep the adders busy): per key, partial
 // sums in 2 x 8 lanes over head_dim (lane l takes d = l mod 16), added lane-wise, then the 8
