@@ -171,6 +171,32 @@ def test_chat_greedy_and_stream(server, ref):
     assert r.choices[0].message.content == want.text
 
 
+def test_a_conversation_reuses_its_history_and_says_so(server, target, draft):
+    """Each turn resends the conversation: turns 2+ start from the prefix cache (usage's
+    cached_tokens, /metrics), and every answer is the one an engine without a cache gives."""
+    no_cache = Engine(target, draft, num_draft_tokens=2, prefix_cache=None)
+    client = server.client()
+    messages = [{"role": "user", "content": "tell me about the weather in spring"}]
+    before = httpx.get(server.url + "/metrics").text
+    hits_before = _metric(before, "specdecode_prefix_cache_hits_total")
+    for turn in range(3):
+        want = no_cache.generate(messages, temperature=0, max_new_tokens=16)
+        r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, temperature=0)
+        assert r.choices[0].message.content == want.text
+        cached = r.usage.prompt_tokens_details.cached_tokens
+        assert (cached > 0) if turn else True
+        assert cached < r.usage.prompt_tokens
+        messages += [{"role": "assistant", "content": want.text}, {"role": "user", "content": f"and then {turn}?"}]
+    metrics = httpx.get(server.url + "/metrics").text
+    assert _metric(metrics, "specdecode_prefix_cache_hits_total") >= hits_before + 2
+    assert 0 < _metric(metrics, "specdecode_prefix_cache_bytes") <= _metric(metrics, "specdecode_prefix_cache_budget_bytes")
+    assert server.client().models.list().data[0].model_extra["specdecode"]["prefix_cache"].startswith("on")
+
+
+def _metric(text: str, name: str) -> float:
+    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+
 def _ascii_stop(text: str, start: int = 6) -> str:
     m = re.search(r"[A-Za-z]{2}", text[start:])
     assert m, f"no ASCII pair to stop at in {text!r}"

@@ -106,14 +106,16 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     @app.get("/metrics")
     async def prometheus_metrics():
-        return PlainTextResponse(metrics.render(scheduler.queue_length, scheduler.active, scheduler.kv_bytes_in_use, scheduler.kv_budget_bytes),
+        return PlainTextResponse(metrics.render(scheduler.queue_length, scheduler.active, scheduler.kv_bytes_in_use,
+                                                scheduler.kv_budget_bytes, engine.prefix_cache),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
     def model_card() -> dict:
         drafter = engine.drafter.name if engine.drafter is not None else "none"
         return {"id": config.model_name, "object": "model", "created": created, "owned_by": "specdecode",
                 "specdecode": {"drafter": drafter, "num_draft_tokens": engine.num_draft_tokens,
-                               "adaptive": engine.adaptive, "max_context": engine.target.max_context}}
+                               "adaptive": engine.adaptive, "max_context": engine.target.max_context,
+                               "prefix_cache": engine.prefix_cache_status}}
 
     @app.get("/v1/models")
     async def list_models():
@@ -218,7 +220,8 @@ class Reply:
     def _extras(job: Job, chunk) -> dict:
         stats = chunk.stats
         completion = stats.generated_tokens if stats is not None else 0
-        return {"usage": schemas.usage(job.prompt_tokens, completion),
+        cached = stats.cached_tokens if stats is not None else 0
+        return {"usage": schemas.usage(job.prompt_tokens, completion, cached),
                 "specdecode": stats.to_dict() if stats is not None else None}
 
     async def json(self, job: Job, event: Event) -> JSONResponse:

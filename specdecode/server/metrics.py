@@ -103,7 +103,8 @@ class ServerMetrics:
                 for i, n in enumerate(theirs):
                     mine[i] += n
 
-    def render(self, queue_length: int, active: int, kv_bytes_in_use: int = 0, kv_budget_bytes: int | None = None) -> str:
+    def render(self, queue_length: int, active: int, kv_bytes_in_use: int = 0, kv_budget_bytes: int | None = None,
+               prefix_cache=None) -> str:
         with self._lock:
             lines: list[str] = []
 
@@ -148,6 +149,21 @@ class ServerMetrics:
                        [f"specdecode_kv_cache_budget_bytes {kv_budget_bytes}"])
                 metric("specdecode_kv_cache_usage", "gauge", "KV-cache bytes in use / budget.",
                        [f"specdecode_kv_cache_usage {kv_bytes_in_use / kv_budget_bytes!r}"])
+            if prefix_cache is not None:
+                pc = prefix_cache.stats
+                for name, value, help in (
+                    ("lookups", pc.lookups, "Requests (and draft-model starts) that looked up a cached prefix."),
+                    ("hits", pc.hits, "Lookups that reused at least one cached KV row."),
+                    ("tokens_reused", pc.tokens_reused, "Prompt positions whose KV rows were copied, not computed."),
+                    ("tokens_stored", pc.tokens_stored, "Positions whose KV rows were kept after a request."),
+                    ("evicted_tokens", pc.evicted_tokens, "Positions dropped, least recently used first."),
+                ):
+                    metric(f"specdecode_prefix_cache_{name}_total", "counter", help,
+                           [f"specdecode_prefix_cache_{name}_total {value}"])
+                metric("specdecode_prefix_cache_bytes", "gauge", "Bytes of KV rows the prefix cache holds.",
+                       [f"specdecode_prefix_cache_bytes {prefix_cache.bytes_held}"])
+                metric("specdecode_prefix_cache_budget_bytes", "gauge", "The prefix cache's budget (--prefix-cache-gb).",
+                       [f"specdecode_prefix_cache_budget_bytes {prefix_cache.budget_bytes}"])
             metric("specdecode_engine_passes_total", "counter", "Target passes (engine steps) run.",
                    [f"specdecode_engine_passes_total {self.passes}"])
             metric("specdecode_engine_pass_seconds_total", "counter", "Seconds spent in engine steps.",
