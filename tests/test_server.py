@@ -582,6 +582,9 @@ def test_loadtest_script(server, capsys, tmp_path):
     for lv in levels:
         assert lv["errors"] == 0 and lv["completion_tokens"] == 3 * 8 and lv["mismatched"] == 0
         assert lv["ttft_p50_s"] > 0 and lv["total_tok_s"] > 0 and lv["acceptance_rate"] is not None
+        # the caches' memory, watched during the level, stayed within the budgets
+        assert 0 < lv["peak_specdecode_prefix_cache_bytes"] <= lv["peak_specdecode_prefix_cache_budget_bytes"]
+    assert "prefix cache peak" in table
     # three distinct prompts per level; the same three answers at both levels (one batched, one not)
     texts = [{r["prompt_index"]: r["text"] for r in lv["results"]} for lv in levels]
     assert texts[0] == texts[1] and len(set(texts[0].values())) == 3

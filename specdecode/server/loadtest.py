@@ -144,13 +144,47 @@ async def run_level(args, model: str, concurrency: int, answers: dict[int, str] 
             return r
 
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(bounded(i) for i in range(requests)))
+        peaks: dict[str, float] = {}
+        watcher = asyncio.create_task(watch_memory(client, args.url.rstrip("/") + "/metrics", headers, peaks))
+        try:
+            results = await asyncio.gather(*(bounded(i) for i in range(requests)))
+        finally:
+            watcher.cancel()
         wall = time.perf_counter() - t0
+        await sample_memory(client, args.url.rstrip("/") + "/metrics", headers, peaks)  # after the last release
     if answers is not None:
         for r in results:
             if r.ok:
                 r.mismatch = answers.setdefault(r.prompt_index, r.text) != r.text
-    return {**summarize(concurrency, list(results), wall), "results": [asdict(r) for r in results]}
+    return {**summarize(concurrency, list(results), wall), **peaks, "results": [asdict(r) for r in results]}
+
+
+# The memory gauges of our /metrics, sampled during a level: the most each held, beside its budget.
+MEMORY_GAUGES = ("specdecode_kv_cache_bytes", "specdecode_kv_cache_budget_bytes",
+                 "specdecode_prefix_cache_bytes", "specdecode_prefix_cache_budget_bytes")
+
+
+async def sample_memory(client, url: str, headers: dict, peaks: dict[str, float]) -> bool:
+    """One look at /metrics: raise each memory gauge's peak. False when there is nothing to read."""
+    import httpx
+
+    try:
+        r = await client.get(url, headers=headers)
+    except httpx.HTTPError:
+        return False  # a server without /metrics, or one going away
+    if r.status_code != 200:
+        return False
+    for line in r.text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in MEMORY_GAUGES:
+            peaks[f"peak_{name}"] = max(peaks.get(f"peak_{name}", 0.0), float(value))
+    return True
+
+
+async def watch_memory(client, url: str, headers: dict, peaks: dict[str, float], every_s: float = 0.25) -> None:
+    """Sample /metrics until cancelled (or until it is not there: another server)."""
+    while await sample_memory(client, url, headers, peaks):
+        await asyncio.sleep(every_s)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -162,6 +196,12 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"{r['concurrency']:>4} {r['requests']:>5} {r['errors']:>4} {r['ttft_p50_s'] * 1000:>7.0f}ms "
                      f"{r['ttft_p90_s'] * 1000:>7.0f}ms {r['decode_tok_s_per_request']:>10.1f} "
                      f"{r['e2e_tok_s_per_request']:>8.1f} {r['total_tok_s']:>12.1f} {acc:>7} {r['mismatched']:>5}")
+    for r in rows:  # our server: the most memory its caches held during the level, beside the budgets
+        for what in ("kv_cache", "prefix_cache"):
+            peak, budget = r.get(f"peak_specdecode_{what}_bytes"), r.get(f"peak_specdecode_{what}_budget_bytes")
+            if peak is not None:
+                of = f" of {budget / 2**20:.0f} MiB" if budget else ""
+                lines.append(f"     conc {r['concurrency']}: {what.replace('_', ' ')} peak {peak / 2**20:.1f} MiB{of}")
     return "\n".join(lines)
 
 
@@ -181,7 +221,7 @@ async def amain(args) -> list[dict]:
         for _ in range(args.warmup):
             await run_level(argparse.Namespace(**{**vars(args), "requests": 1}), model, 1)
         rows.append(await run_level(args, model, c, answers))
-        print(format_table(rows[-1:]).splitlines()[-1] if rows[:-1] else format_table(rows), file=sys.stderr, flush=True)
+        print(format_table(rows[-1:]).splitlines()[1] if rows[:-1] else format_table(rows), file=sys.stderr, flush=True)
     return rows
 
 
