@@ -27,7 +27,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:  # noqa: ANN001 - argpars
     p.add_argument("--methods", default="all",
                    help=f"comma list of methods; 'all' = {defaults}; 'target' always runs. Registered: {', '.join(METHODS)}")
     p.add_argument("--dataset", default="spec-bench", help="spec-bench | humaneval | PATH.jsonl ({\"prompt\": ..., \"category\": ...}), or a comma list "
-                        "for one run over several (spec-bench,humaneval)")
+                        "for one run over several (spec-bench,humaneval); conversations: code-chat (ours: write, "
+                        "revise, test) and/or mt-bench-2turn (MT-bench's two turns), each turn resending the "
+                        "conversation, with every method's prompt cache kept (conversations.md)")
     p.add_argument("--categories", default=None,
                    help="comma list (spec-bench: mt_bench,translation,summarization,qa,math_reasoning,rag; humaneval: code)")
     p.add_argument("--limit", type=int, default=None, help="prompts per category (default: all)")
@@ -102,6 +104,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"\nspecdecode bench: interrupted; finished prompts are in {config.out}/results.json "
               f"(--resume continues)", file=sys.stderr)
         return 130
+    if results.get("config", {}).get("kind") == "conversations":
+        print(f"{len(results['conversations'])} conversations; TTFT of turns 2+, decode tok/s, conversation time:",
+              file=sys.stderr)
+        for m, s in results["summary"]["overall"].items():
+            ttft = f"{s['ttft_later_s']:.2f} s" if s["ttft_later_s"] is not None else "-"
+            tps = f"{s['decode_tokens_per_s']:.2f}" if s["decode_tokens_per_s"] else "-"
+            bad = f"  ({s['turns_differing']} turns differ from the reference)" if s["turns_differing"] else ""
+            print(f"  {m:<22} {ttft:>8}  {tps:>7} tok/s  {s['conversation_s']:.1f} s{bad}", file=sys.stderr)
+        print(f"wrote {config.out}/conversations.json, conversations.md", file=sys.stderr)
+        return 0
     overall = results["summary"]["by_category"]["overall"]
     print(f"{len(results['prompts'])} prompts; decode tokens/s and speed-up over the target-only loop:", file=sys.stderr)
     for m, s in overall.items():

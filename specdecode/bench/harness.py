@@ -191,10 +191,16 @@ def run_bench(config: BenchConfig, *, target=None, draft=None, log: Callable[[st
     """
     import specdecode
 
+    from .multiturn import RESULTS_JSON as CONVERSATIONS_JSON
+    from .multiturn import is_conversation_dataset, run_conversations
+
     config.validate()
     out = Path(config.out)
-    path = out / RESULTS_JSON
+    conversations = is_conversation_dataset(config.dataset)
+    path = out / (CONVERSATIONS_JSON if conversations else RESULTS_JSON)
     previous = None
+    if conversations and config.resume:
+        raise SpecdecodeError("the conversation benchmark cannot --resume (a conversation's turns are timed together)")
     if path.exists():
         if config.resume:
             previous = load_results(path)
@@ -204,7 +210,7 @@ def run_bench(config: BenchConfig, *, target=None, draft=None, log: Callable[[st
     elif config.resume:
         log(f"nothing to resume in {out}: starting a new run")
     methods, skipped = select_methods(config.methods, bool(config.draft or draft))
-    prompts = load_prompts(config.dataset, config.categories, config.limit)
+    prompts = [] if conversations else load_prompts(config.dataset, config.categories, config.limit)
 
     if target is None:
         log(f"loading target {config.target} ...")
@@ -218,6 +224,10 @@ def run_bench(config: BenchConfig, *, target=None, draft=None, log: Callable[[st
     eos = list(tokenizer.eos_token_ids)
     ctx = BenchContext(target, draft, eos, config.num_draft_tokens, config.adaptive)
     runners = {m.name: build_runner(m, ctx) for m in methods}
+    if conversations:
+        for name in skipped:
+            log(f"skipping {name}: {skipped[name]}")
+        return run_conversations(config, methods, runners, target, log)
     chat = tokenizer.has_chat_template if config.prompt_format == "auto" else config.prompt_format == "chat"
 
     results: dict[str, Any] = previous or {

@@ -93,6 +93,10 @@ class LlamaCppRunner:
         self.path, self.eos, self.threads = Path(path), set(eos_token_ids), threads
         self.max_context = max_context
         self.llm = None
+        # False: every run prefills its whole prompt. True (the conversation benchmark): the KV
+        # cache is kept and llama.cpp reuses its longest common prefix with the next prompt, as
+        # its server's prompt cache does.
+        self.keep_prefix = False
         self._ensure_context(min(_MIN_CTX, max_context or _MIN_CTX))
 
     def _ensure_context(self, needed: int) -> None:
@@ -123,7 +127,14 @@ class LlamaCppRunner:
         finish = "length"
         t0 = time.perf_counter()
         t_first = t_last = None
-        llm.reset()  # n_tokens = 0: generate() then evaluates the whole prompt, no cached prefix
+        cached = 0
+        if self.keep_prefix:  # what generate() will reuse: the common prefix, less a last token it must score
+            held = list(llm._input_ids[: llm.n_tokens])
+            while cached < min(len(held), len(prompt_ids)) and held[cached] == prompt_ids[cached]:
+                cached += 1
+            cached = min(cached, len(prompt_ids) - 1)
+        else:
+            llm.reset()  # n_tokens = 0: generate() then evaluates the whole prompt, no cached prefix
         gen = llm.generate(list(prompt_ids), reset=True, **kw)
         try:
             for token in gen:
@@ -143,7 +154,7 @@ class LlamaCppRunner:
         return RunResult(
             output_ids=output, finish_reason=finish, generated_tokens=len(ids), first_chunk_tokens=1,
             prefill_s=t_first - t0, decode_s=t_last - t_first, total_s=end - t0,
-            target_passes=max(len(ids) - 1, 0),
+            target_passes=max(len(ids) - 1, 0), cached_tokens=cached,
         )
 
     def close(self) -> None:

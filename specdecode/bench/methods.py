@@ -118,10 +118,15 @@ class EngineRunner:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # Single-turn runs prefill every prompt (the prefix cache is emptied first), as the peers
+        # do; the conversation benchmark keeps it, as llama.cpp keeps its prompt cache there.
+        self.keep_prefix_cache = False
 
     def run(self, prompt_ids: list[int], params: SamplingParams) -> RunResult:
         stats, ids, finish = SpecStats(), [], "length"
         device = self.engine.target.device
+        if self.engine.prefix_cache is not None and not self.keep_prefix_cache:
+            self.engine.prefix_cache.clear()
         _sync(device)
         t0 = time.perf_counter()
         t_first = t_last = None
@@ -139,7 +144,7 @@ class EngineRunner:
             output_ids=ids, finish_reason=finish, generated_tokens=stats.generated_tokens, first_chunk_tokens=1,
             prefill_s=t_first - t0, decode_s=t_last - t_first, total_s=end - t0,
             target_passes=stats.target_passes, drafted_by_position=list(stats.drafted_by_position),
-            accepted_by_position=list(stats.accepted_by_position),
+            accepted_by_position=list(stats.accepted_by_position), cached_tokens=stats.cached_tokens,
         )
 
 

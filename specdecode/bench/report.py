@@ -44,6 +44,9 @@ def _table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> s
     return "\n".join(lines)
 
 
+md_table = _table  # for the other reports (bench/multiturn.py)
+
+
 def _by_category_table(summary: dict, methods: list[str], key: str, spec: str = ".2f", suffix: str = "") -> str:
     cats = summary["categories"]
     rows = []

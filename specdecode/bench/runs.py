@@ -23,6 +23,7 @@ class RunResult:
     target_passes: int | None = None  # target decode passes after the prefill step; None = unknown
     drafted_by_position: list[int] | None = None
     accepted_by_position: list[int] | None = None
+    cached_tokens: int | None = None  # prompt tokens reused from a prefix cache; None = unknown
 
     @property
     def decode_tokens(self) -> int:
