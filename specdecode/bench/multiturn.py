@@ -166,8 +166,8 @@ def _check_outputs(record: dict, methods: dict[str, dict]) -> None:
     """Turns whose output differs from the method's reference (each method has one or none)."""
     for name, turns in record["results"].items():
         ref = methods[name].get("reference")
-        if ref is None or ref not in record["results"] or ref == name:
-            continue
+        if ref is None or ref not in record["results"] or ref == name or name == "llamacpp":
+            continue  # llama.cpp is another implementation: agreeing with ours is not losslessness
         want = record["results"][ref]
         for i, t in enumerate(turns):
             t["same_as_reference"] = i < len(want) and t["output_ids"] == want[i]["output_ids"]
