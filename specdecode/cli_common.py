@@ -24,10 +24,11 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str | None = DE
     start_k = ", ".join(f"{k} for {kind}" for kind, k in DEFAULT_NUM_DRAFT_TOKENS.items())
     p.add_argument("--model", "-m", default=default_model, help=f"target model: short name, .gguf path, HF dir or hub id (default: {default_model})")
     p.add_argument("--draft", help="draft model (same tokenizer as the target): short name, .gguf, HF dir or hub id")
-    p.add_argument("--drafter", choices=["auto", "model", "ngram", "self", "none"], default="auto",
+    p.add_argument("--drafter", choices=["auto", "model", "ngram", "suffix", "self", "none"], default="auto",
                    help="how to draft: 'model' (needs --draft), 'ngram' (prompt lookup, no second model), "
+                        "'suffix' (continuations of earlier requests' outputs), "
                         "'self' (the target drafts from a quantized copy of itself, see --draft-quantize), "
-                        "'none' (target only); 'auto' (default) = the n-gram drafter, plus the draft model if "
+                        "'none' (target only); 'auto' (default) = the n-gram and suffix drafters, plus the draft model if "
                         "--draft is given, the policy choosing one per round")
     p.add_argument("--num-draft-tokens", "-k", type=_draft_length, default="auto",
                    help="tokens drafted per round: 'auto' (default: chosen each round from pass costs measured on "
@@ -82,7 +83,7 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
     """Load target (+ draft) per the shared options and return an Engine."""
     import specdecode
 
-    from .drafters import ModelDrafter, NgramDrafter, SelfDrafter
+    from .drafters import ModelDrafter, NgramDrafter, SelfDrafter, SuffixDrafter
     from .engine import check_same_vocab
 
     drafter_kind = args.drafter
@@ -107,9 +108,11 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
         drafter = ModelDrafter(draft.lm)
         check_same_vocab(target.lm, draft.lm, target.tokenizer, draft.tokenizer)
     if drafter_kind == "auto":
-        drafter = [drafter, NgramDrafter()] if drafter is not None else NgramDrafter()
+        drafter = [d for d in (drafter, NgramDrafter(), SuffixDrafter()) if d is not None]
     elif drafter_kind == "ngram":
         drafter = NgramDrafter()
+    elif drafter_kind == "suffix":
+        drafter = SuffixDrafter()
     elif drafter_kind == "self":
         mode = "int4" if draft_quantize in (None, "none") else draft_quantize
         drafter = SelfDrafter(target.lm, mode)

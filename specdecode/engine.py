@@ -244,6 +244,17 @@ class Engine:
     def _drafters(self) -> list[Drafter]:
         return drafter_members(self.drafter)
 
+    def forget_history(self) -> None:
+        """Drop what earlier requests left behind (the prefix cache's rows, a suffix drafter's
+        store of outputs): the next request runs as the first one would. For benchmarks that
+        must not let a run learn from the one before it."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+        for member in self._drafters():
+            store = getattr(member, "store", None)
+            if store is not None:
+                store.clear()
+
     # -- layer 1: requests and rounds --------------------------------------------------------
 
     def start(self, prompt_ids: list[int], params: SamplingParams, stats: SpecStats | None = None) -> RequestState:

@@ -441,11 +441,11 @@ def test_cli_defaults_to_auto_and_prints_the_cost_model(capsys, tmp_path, monkey
     monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path))
     assert main(["generate", "def add(x, y):", *TINY, "--draft", "tiny-random-draft", "--stats"]) == 0
     err = capsys.readouterr().err
-    assert "drafter: model+ngram, k=auto" in err and "cost T(m) target" in err and "cost T(m) model" in err
+    assert "drafter: model+ngram+suffix, k=auto" in err and "cost T(m) target" in err and "cost T(m) model" in err
     assert "planner            drafted in" in err
-    assert main(["generate", "def add(x, y):", *TINY, "--stats", "-k", "3"]) == 0
+    assert main(["generate", "def add(x, y):", *TINY, "--stats", "--drafter", "ngram", "-k", "3"]) == 0
     err = capsys.readouterr().err
-    assert "drafter: ngram, k=3" in err and "cost model from cache" not in err
+    assert "drafter: ngram, k=3" in err and "cost model from cache" not in err  # one drafter, fixed k: no costs
 
 
 def test_cli_bad_draft_length_is_a_one_line_error(capsys):

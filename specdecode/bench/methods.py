@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..config import SamplingParams
-from ..drafters import NgramDrafter
+from ..drafters import NgramDrafter, SuffixDrafter
 from ..engine import Engine, default_num_draft_tokens
 from ..errors import SpecdecodeError
 from ..metrics import SpecStats
@@ -118,15 +118,16 @@ class EngineRunner:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        # Single-turn runs prefill every prompt (the prefix cache is emptied first), as the peers
-        # do; the conversation benchmark keeps it, as llama.cpp keeps its prompt cache there.
+        # Single-turn runs prefill every prompt and learn nothing from earlier runs (the prefix
+        # cache and a suffix store are emptied first), as the peers; the conversation benchmark
+        # keeps both, as llama.cpp keeps its prompt cache there.
         self.keep_prefix_cache = False
 
     def run(self, prompt_ids: list[int], params: SamplingParams) -> RunResult:
         stats, ids, finish = SpecStats(), [], "length"
         device = self.engine.target.device
-        if self.engine.prefix_cache is not None and not self.keep_prefix_cache:
-            self.engine.prefix_cache.clear()
+        if not self.keep_prefix_cache:
+            self.engine.forget_history()
         _sync(device)
         t0 = time.perf_counter()
         t_first = t_last = None
@@ -369,10 +370,10 @@ def _spec_int4_ngram(ctx: BenchContext):
 
 
 @register_method("spec-int4-auto", reference="target-int4", default=False,
-                 description="int4 target, --drafter auto (n-gram + int4 draft model if given), policy-chosen")
+                 description="int4 target, --drafter auto (n-gram + suffix + int4 draft model if given), policy-chosen")
 def _spec_int4_auto(ctx: BenchContext):
     from ..drafters import ModelDrafter
 
     drafters = [ModelDrafter(ctx.quantized_draft("int4"))] if ctx.draft is not None else []
-    return Engine(ctx.quantized_target("int4"), [*drafters, NgramDrafter()],
+    return Engine(ctx.quantized_target("int4"), [*drafters, NgramDrafter(), SuffixDrafter()],
                   num_draft_tokens=ctx.num_draft_tokens or "auto", eos_token_ids=ctx.eos_token_ids)

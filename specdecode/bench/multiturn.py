@@ -83,8 +83,8 @@ def keep_caches(runner: Any) -> None:
 def empty_caches(runner: Any) -> None:
     """Forget what a warm-up left behind, so the first timed turn starts cold."""
     engine = getattr(runner, "engine", None)
-    if engine is not None and getattr(engine, "prefix_cache", None) is not None:
-        engine.prefix_cache.clear()
+    if engine is not None:
+        engine.forget_history()
     llm = getattr(runner, "llm", None)
     if llm is not None:
         llm.reset()

@@ -18,7 +18,9 @@ from collections.abc import Hashable
 # was accepted after 8% of 1-token matches, 54% of 2-token and 93% of 3-token ones on the
 # recorded Qwen outputs (scripts/ngram_match_length.py); the 0.5B Qwen draft's first token was
 # accepted 72-80% of the time over Spec-Bench and HumanEval (docs/policy.md).
-PRIORS: dict[str, float] = {"model": 0.75, "self": 0.8, "ngram:1": 0.1, "ngram:2": 0.5, "ngram:3": 0.8}
+# A cross-request match (suffix) is weaker evidence than one inside the request (ngram).
+PRIORS: dict[str, float] = {"model": 0.75, "self": 0.8, "ngram:1": 0.1, "ngram:2": 0.5, "ngram:3": 0.8,
+                            "suffix:2": 0.3, "suffix:3": 0.6}
 DEFAULT_PRIOR = 0.5
 PRIOR_WEIGHT = 8.0  # rounds the start is worth against a request's own
 DECAY = 0.9  # each round of evidence discounts the earlier ones: about the last ten count

@@ -1,0 +1,81 @@
+"""SuffixDrafter: drafts what earlier requests' outputs continued with, stays lossless, stays bounded."""
+
+import pytest
+import torch
+
+from specdecode import SamplingParams
+from specdecode.drafters import NgramDrafter, SuffixDrafter, SuffixStore
+from specdecode.engine import Engine
+from specdecode.errors import SpecdecodeError
+from specdecode.loading.tiny import tiny_args, tiny_state_dict
+from specdecode.model import build_transformer
+
+GREEDY = SamplingParams(max_new_tokens=30, temperature=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def target():
+    args = tiny_args(300)
+    return build_transformer(args, tiny_state_dict(args), dtype=torch.float32)
+
+
+def test_lookup_prefers_the_longest_suffix_and_the_majority_continuation():
+    store = SuffixStore(max_tokens=1000, max_ngram=4, min_ngram=2)
+    store.add([1, 2, 3, 4, 5, 6])
+    store.add([9, 3, 4, 7, 8])
+    store.add([0, 3, 4, 7, 8, 1])
+    assert store.lookup([50, 3, 4], 3) == (2, [7, 8, 1], pytest.approx(2 / 3))  # 7 twice, 5 once: the latest 7
+    assert store.lookup([2, 3, 4], 2) == (3, [5, 6], 1.0)  # the longer match wins
+    assert store.lookup([77, 78], 4) == (0, [], 0.0)
+
+
+def test_the_store_is_bounded_and_forgets_the_oldest():
+    store = SuffixStore(max_tokens=10, max_ngram=3, min_ngram=2)
+    store.add([1, 2, 3, 4, 5, 6])
+    store.add([7, 8, 9, 10, 11, 12])
+    assert store.tokens_held == 6 and store.lookup([1, 2], 2)[1] == []  # the first went
+    assert store.lookup([7, 8], 2)[1] == [9, 10]
+    for i in range(50):
+        store.add([100 + i, 1, 2, 3])
+    assert store.tokens_held <= 10
+    assert store.index_entries <= 2 * 10 * 2 + 10  # stale entries are dropped by the rebuilds
+    with pytest.raises(SpecdecodeError):
+        SuffixStore(max_tokens=-1)
+
+
+def test_a_repeated_request_drafts_from_the_first_and_stays_identical(target):
+    ref, _ = Engine(target, None).generate_ids([5, 6, 7, 8], GREEDY)
+    eng = Engine(target, SuffixDrafter(), num_draft_tokens=4)
+    first, s1 = eng.generate_ids([5, 6, 7, 8], GREEDY)
+    second, s2 = eng.generate_ids([5, 6, 7, 8], GREEDY)
+    assert first == second == ref
+    assert s1.drafted_tokens == 0  # nothing stored yet
+    assert s2.accepted_tokens >= len(ref) // 2  # the first output, drafted back and accepted
+    assert s2.target_passes < s1.target_passes
+    eng.forget_history()
+    assert eng.generate_ids([5, 6, 7, 8], GREEDY)[1].drafted_tokens == 0
+
+
+def test_another_requests_text_changes_speed_never_output(target):
+    """A store full of unrelated outputs (and of outputs of other prompts) changes no token."""
+    store = SuffixStore()
+    for i in range(20):
+        store.add([(i * 7 + j * 13) % 300 for j in range(40)])
+    prompts = [[5, 6, 7, 8], [40, 41, 42], [9, 9, 9, 9, 1]]
+    for auto in (False, True):
+        drafter = [NgramDrafter(), SuffixDrafter(store)] if auto else SuffixDrafter(store)
+        eng = Engine(target, drafter, **({} if auto else {"num_draft_tokens": 3}))
+        for p in prompts:
+            assert eng.generate_ids(p, GREEDY)[0] == Engine(target, None).generate_ids(p, GREEDY)[0]
+    seeded = SamplingParams(max_new_tokens=30, temperature=1.0, seed=7)
+    eng = Engine(target, SuffixDrafter(store), num_draft_tokens=3)
+    for p in prompts:
+        assert eng.generate_ids(p, seeded)[0] == Engine(target, None).generate_ids(p, seeded)[0]
