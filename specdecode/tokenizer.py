@@ -6,8 +6,12 @@ and the CLI, server and bench all stream text the same way.
 
 from __future__ import annotations
 
+import codecs
+import json
+import re
 from collections.abc import Sequence
-from typing import Any
+from functools import cached_property
+from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
@@ -21,6 +25,39 @@ _REPLACEMENT = "\ufffd"
 # Tokens of prompt context used to seed a detokenizer (same constant as vLLM): enough for
 # a SentencePiece word boundary to decode as it does inside the full text.
 _CONTEXT_TOKENS = 5
+
+# An unfinished UTF-8 character has at most 3 bytes: seeing the last 4 always shows its lead byte.
+_TAIL_BYTES = 4
+
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece byte fallback: <0xE4>
+
+# How the decoder turns tokens into bytes, where it is known: "byte_level" (GPT-2 / Qwen / SmolLM:
+# each token's characters stand for bytes) or "byte_fallback" (Llama / Mistral: <0xNN> tokens).
+ByteScheme = Literal["byte_level", "byte_fallback"]
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's printable stand-in character for each byte (the table every byte-level BPE uses),
+    inverted: character -> byte. Kept here: transformers moves its copy between versions."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+def _unfinished_bytes(data: bytes) -> int:
+    """How many bytes at the end of `data` begin a UTF-8 character without finishing it (0-3).
+
+    Python's incremental decoder keeps exactly those back; invalid bytes it replaces instead, so
+    a complete U+FFFD (EF BF BD) or garbage never counts as unfinished."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    decoder.decode(data, final=False)
+    return len(decoder.getstate()[0])
 
 
 class Tokenizer:
@@ -76,6 +113,96 @@ class Tokenizer:
         """Ids -> text, special tokens (e.g. <|im_end|>) dropped."""
         return self.hf.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
+    def decode_complete(self, ids: Sequence[int]) -> str:
+        """`decode(ids)` without an unfinished UTF-8 character at the end (a generation cut by
+        max_tokens inside a multi-byte character), instead of the U+FFFD a decoder prints for it.
+
+        A U+FFFD the ids hold as complete bytes (EF BF BD) stays. Where the tokenizer's bytes are
+        unknown (neither byte-level nor byte-fallback) the two cannot be told apart, and every
+        trailing U+FFFD is taken for an unfinished character and dropped.
+        """
+        ids = list(ids)
+        text = self.decode(ids)
+        if not text.endswith(_REPLACEMENT):
+            return text
+        tail = self._unfinished_tail(ids)
+        if tail is None:
+            return text.rstrip(_REPLACEMENT)
+        cut, straddles = tail
+        if cut < len(ids):
+            # Decode without the tokens that only hold the unfinished bytes: byte fallback turns a
+            # whole invalid run of <0xNN> tokens into U+FFFDs, so trimming the text would not do.
+            text = self.decode(ids[:cut])
+        if straddles:
+            # The last kept token ends with the unfinished bytes after complete characters: a byte-level
+            # decoder (from_utf8_lossy / errors="replace") prints exactly one U+FFFD for them.
+            text = text[:-1] if text.endswith(_REPLACEMENT) else text
+        return text
+
+    def _unfinished_tail(self, ids: list[int]) -> tuple[int, bool] | None:
+        """Where an unfinished character at the end of `ids` starts: (cut, straddles), such that
+        ids[cut:] hold only its bytes (or decode to nothing), and straddles says whether ids[cut - 1]
+        holds some of its bytes too, after complete characters. (len(ids), False) when the bytes end
+        on a complete character; None when this tokenizer's bytes are unknown."""
+        if self._byte_scheme is None:
+            return None
+        pieces: list[tuple[int, bytes]] = []  # (index, bytes), last token first
+        size = 0
+        for i in range(len(ids) - 1, -1, -1):
+            if size >= _TAIL_BYTES:
+                break
+            data = b"" if ids[i] in self._skipped_ids else self._token_bytes(ids[i])
+            pieces.append((i, data))
+            size += len(data)
+        unfinished = _unfinished_bytes(b"".join(data for _, data in reversed(pieces)))
+        cut = len(ids)
+        for i, data in pieces:
+            if unfinished <= 0:
+                break
+            if len(data) > unfinished:
+                return i + 1, True
+            unfinished -= len(data)
+            cut = i
+        return cut, False
+
+    @cached_property
+    def _byte_scheme(self) -> ByteScheme | None:
+        backend = getattr(self.hf, "backend_tokenizer", None)  # a fast tokenizer's Rust tokenizer
+        decoder = getattr(backend, "decoder", None)
+        if decoder is None:
+            return None
+        spec = json.loads(decoder.__getstate__())
+        types = {spec.get("type")} | {d.get("type") for d in spec.get("decoders") or ()}
+        if "ByteLevel" in types:
+            return "byte_level"
+        if "ByteFallback" in types:
+            return "byte_fallback"
+        return None
+
+    @cached_property
+    def _byte_alphabet(self) -> dict[str, int]:
+        return _byte_level_alphabet()
+
+    @cached_property
+    def _skipped_ids(self) -> frozenset[int]:
+        # What decode(skip_special_tokens=True) leaves out: the named special tokens, and added
+        # tokens marked special (a tokenizer's own, such as <|endoftext|>, that no attribute names).
+        added = getattr(self.hf, "added_tokens_decoder", {})
+        return frozenset(self.hf.all_special_ids) | {i for i, t in added.items() if getattr(t, "special", False)}
+
+    def _token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token adds to the decoded text, as the tokenizer's decoder makes them."""
+        token = self.hf.convert_ids_to_tokens(token_id)
+        if token is None:
+            return b""
+        if self._byte_scheme == "byte_level":
+            try:
+                return bytes(self._byte_alphabet[c] for c in token)
+            except KeyError:  # an added token in plain text: the decoder passes its UTF-8 through
+                return token.encode("utf-8")
+        match = _BYTE_TOKEN.fullmatch(token)
+        return bytes([int(match.group(1), 16)]) if match else token.replace("▁", " ").encode("utf-8")
+
     def detokenizer(self, context_ids: Sequence[int] = ()) -> StreamingDetokenizer:
         """A fresh streaming detokenizer.
 
@@ -101,12 +228,15 @@ class StreamingDetokenizer:
     and multi-token characters right; dropping ids before ``prefix`` keeps each step O(1).
     Text ending in U+FFFD is an unfinished UTF-8 character and is held until completed.
     Offsets only advance at such completed boundaries, so a window never starts mid-character.
+    At the end (``flush``) a character still unfinished (the request stopped inside it) is
+    dropped rather than printed as U+FFFD (`Tokenizer.decode_complete`).
 
     Invariant: the concatenation of every ``add`` and the final ``flush`` equals
-    ``tokenizer.decode(all_ids)`` (after ``context_ids``: equals the text that the new ids
-    add to the decoded context). One exception, for invalid UTF-8 only: SentencePiece's
-    ByteFallback turns a whole run of <0xNN> tokens into U+FFFDs once the run proves
-    invalid, retroactively, so text already streamed may differ from the full decode.
+    ``tokenizer.decode_complete(all_ids)``: ``tokenizer.decode(all_ids)`` without an unfinished
+    last character (after ``context_ids``: the text that the new ids add to the decoded
+    context). One exception, for invalid UTF-8 only: SentencePiece's ByteFallback turns a
+    whole run of <0xNN> tokens into U+FFFDs once the run proves invalid, retroactively, so
+    text already streamed may differ from the full decode.
     """
 
     def __init__(self, tokenizer: Tokenizer, context_ids: Sequence[int] = ()) -> None:
@@ -130,10 +260,11 @@ class StreamingDetokenizer:
         return self._advance(text)
 
     def flush(self) -> str:
-        """Emit whatever is held back (an unfinished character comes out as U+FFFD)."""
+        """Emit whatever is held back, the end of the output: an unfinished last character is
+        dropped (a client would see U+FFFD for bytes the model never finished)."""
         if self._read == len(self._ids):
             return ""
-        text = self._tok.decode(self._ids)
+        text = self._tok.decode_complete(self._ids)
         return self._advance(text) if len(text) > len(self._prefix_text) else ""
 
     def _advance(self, text: str) -> str:

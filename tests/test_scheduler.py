@@ -7,7 +7,8 @@
   state is released (the engine frees its caches);
 - a request that cannot start fails alone; an engine step that fails fails the requests of that
   pass and the next ones are served; drain/stop answer waiting requests SchedulerStopped;
-- the KV-cache budget: requests wait while they do not fit, one that never fits is refused.
+- the KV-cache budget: requests wait while they do not fit, one that never fits is refused;
+  a prompt past the context is a context error first; a default max_tokens shrinks to fit.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 
 from specdecode.config import SamplingParams
 from specdecode.engine import Chunk, StepInfo
+from specdecode.errors import ContextLengthError
 from specdecode.metrics import SpecStats
 from specdecode.server.metrics import ServerMetrics
 from specdecode.server.scheduler import Job, KVBudgetExceeded, QueueFull, Scheduler, SchedulerStopped
@@ -58,11 +61,13 @@ class ScriptedEngine:
 
     drafter = None
 
-    def __init__(self, fail_open: set[str] = frozenset(), fail_step: set[str] = frozenset(), kv: int = 0) -> None:
+    def __init__(self, fail_open: set[str] = frozenset(), fail_step: set[str] = frozenset(), kv: int = 0,
+                 max_context: int = 512) -> None:
         self.log: list[tuple] = []
         self.gate = threading.Event()
         self.gate.set()
         self.fail_open, self.fail_step, self.kv = fail_open, fail_step, kv
+        self.target = SimpleNamespace(max_context=max_context)
 
     def encode(self, prompt, chat=None):
         return [ord(c) for c in prompt] if isinstance(prompt, str) else list(prompt)
@@ -340,3 +345,123 @@ def test_a_full_queue_is_a_429_with_retry_after():
         finally:
             engine.gate.set()
             loop.close()
+
+
+def test_a_prompt_past_the_context_is_a_context_error_before_the_kv_budget():
+    """A prompt that fills the context is the client's 400, even where its caches (sized to the
+    whole context) would not fit a small KV budget either."""
+    engine = ScriptedEngine(kv=10**9, max_context=8)
+
+    async def body(sched):
+        return await _collect(sched.submit(_job("x" * 9))), await _collect(sched.submit(_job("y" * 8)))
+
+    _, (longer, full) = run(body, engine, max_batch=2, max_queue=4, kv_budget_bytes=100)
+    assert longer == full == [("error", ContextLengthError.__name__)]
+    assert not any(e[0] == "start" for e in engine.log)
+
+
+class HeldEncodeEngine(ScriptedEngine):
+    """encode of a prompt in `held` waits until `release` is set: a job stuck mid-admission,
+    popped from the queue but not yet in the batch."""
+
+    def __init__(self, held: set[str]) -> None:
+        super().__init__()
+        self.held, self.encoding, self.release_encode = held, threading.Event(), threading.Event()
+
+    def encode(self, prompt, chat=None):
+        if prompt in self.held:
+            self.encoding.set()
+            assert self.release_encode.wait(TIMEOUT)
+        return super().encode(prompt, chat)
+
+
+def test_a_job_being_admitted_still_holds_its_place():
+    """max_batch + max_queue is a hard bound, also while the worker is admitting a job (it has
+    left the queue and is not in the batch yet): a burst gets no extra place then."""
+    engine = HeldEncodeEngine({"a"})
+
+    async def body(sched):
+        first = sched.submit(_job("a"))
+        assert await asyncio.to_thread(engine.encoding.wait, TIMEOUT)
+        assert sched.queue_length == 0 and sched.active == 0  # a is between the two
+        second = sched.submit(_job("b"))
+        with pytest.raises(QueueFull):  # a and b are in: max_batch + max_queue = 2
+            sched.submit(_job("c"))
+        engine.release_encode.set()
+        results = [await _collect(first), await _collect(second)]
+        third = sched.submit(_job("d"))  # places free again once requests finish
+        return results + [await _collect(third)]
+
+    _, results = run(body, engine, max_batch=1, max_queue=1)
+    assert [r[-1] for r in results] == ["done"] * 3
+    assert ("start", "c") not in engine.log
+
+
+def test_a_burst_never_has_more_than_max_batch_plus_max_queue_in():
+    """12 requests at once on max_batch 2, max_queue 2: exactly 4 are let in, whatever the
+    worker is doing while they arrive."""
+    engine = HeldEncodeEngine({"0", "1"})
+
+    async def body(sched):
+        taken, refused = [], 0
+        for i in range(12):
+            try:
+                taken.append(sched.submit(_job(str(i))))
+            except QueueFull:
+                refused += 1
+            if i == 0:  # the worker is now admitting the first one
+                assert await asyncio.to_thread(engine.encoding.wait, TIMEOUT)
+        engine.release_encode.set()
+        return [await _collect(j) for j in taken], refused
+
+    _, (results, refused) = run(body, engine, max_batch=2, max_queue=2)
+    assert len(results) == 4 and refused == 8 and all(r[-1] == "done" for r in results)
+
+
+class PerTokenKVEngine(ScriptedEngine):
+    """KV bytes grow with the positions a request may fill, as the real engine's: 10 per position."""
+
+    def kv_bytes(self, prompt_tokens, max_new_tokens):
+        return 10 * min(prompt_tokens + min(max_new_tokens, self.target.max_context - prompt_tokens) + 1,
+                        self.target.max_context)
+
+
+def test_a_default_max_tokens_shrinks_to_fit_the_kv_budget():
+    """No max_tokens from the client: the default becomes the most that fits the whole budget
+    (here (100 - 10) / 10 = 9 positions for a 4-token prompt: 5 tokens), and the context."""
+    engine = PerTokenKVEngine(max_context=64)
+
+    async def body(sched):
+        loop = asyncio.get_running_loop()
+        fitted = sched.submit(Job("abcd", False, SamplingParams(max_new_tokens=4096), loop, default_max_tokens=True))
+        out = await _collect(fitted)
+        return out, fitted.params.max_new_tokens
+
+    _, (out, fitted) = run(body, engine, max_batch=2, max_queue=4, kv_budget_bytes=100)
+    assert fitted == 5 and out == [f"abcd{i}" for i in range(5)] + ["done"]
+
+    engine = PerTokenKVEngine(max_context=8)  # the context ends first: 8 - 4 = 4 tokens
+
+    async def by_context(sched):
+        job = Job("abcd", False, SamplingParams(max_new_tokens=4096), asyncio.get_running_loop(),
+                  default_max_tokens=True)
+        return await _collect(sched.submit(job)), job.params.max_new_tokens
+
+    _, (out, fitted) = run(by_context, engine, max_batch=2, max_queue=4, kv_budget_bytes=10**6)
+    assert fitted == 4 and out[-1] == "done"
+
+
+def test_an_explicit_max_tokens_or_a_prompt_that_cannot_fit_is_still_refused():
+    engine = PerTokenKVEngine(max_context=64)
+
+    async def body(sched):
+        loop = asyncio.get_running_loop()
+        explicit = sched.submit(Job("abcd", False, SamplingParams(max_new_tokens=6), loop))
+        huge_prompt = sched.submit(Job("x" * 10, False, SamplingParams(max_new_tokens=16), loop,
+                                       default_max_tokens=True))
+        return await _collect(explicit), await _collect(huge_prompt), explicit
+
+    _, (explicit, huge, ejob) = run(body, engine, max_batch=2, max_queue=4, kv_budget_bytes=100)
+    assert explicit == huge == [("error", KVBudgetExceeded.__name__)]
+    assert ejob.params.max_new_tokens == 6  # an explicit max_tokens is never changed
+    assert not any(e[0] == "start" for e in engine.log)

@@ -126,3 +126,52 @@ def test_a_bug_in_the_worker_itself_is_a_500(client_for, monkeypatch, caplog):
     assert any(r.exc_info and SECRET in str(r.exc_info[1]) for r in caplog.records)
     monkeypatch.undo()
     assert client.post("/v1/completions", json=COMPLETION).status_code == 200  # the worker kept serving
+
+
+# -- the KV-cache budget (--kv-cache-gb) ------------------------------------------------------
+
+def _kv_budget(target, positions: int) -> int:
+    """A budget of exactly `positions` KV rows of the target (no drafter here)."""
+    return positions * Engine(target, None).kv_bytes(1, 1) // 3  # kv_bytes(1, 1): prompt + 1 + 1 rows
+
+
+def test_a_prompt_past_the_context_is_a_400_even_under_a_small_kv_budget(client_for, target):
+    """The context is checked before the memory: a prompt that fills it is the client's to fix."""
+    client = client_for(kv_budget_bytes=_kv_budget(target, 60))
+    context = Engine(target, None).target.max_context
+    for ids in ([5] * context, [5] * (context + 1)):
+        err = _error(client.post("/v1/completions", json={**COMPLETION, "prompt": ids}), 400, "invalid_request_error")
+        assert err["code"] == "context_length_exceeded" and err["param"] == "prompt", err
+    long_chat = {**CHAT, "messages": [{"role": "user", "content": "hello " * context}]}
+    err = _error(client.post("/v1/chat/completions", json=long_chat), 400, "invalid_request_error")
+    assert err["code"] == "context_length_exceeded"
+
+
+def test_a_chat_without_max_tokens_gets_the_most_the_kv_budget_holds(client_for, target):
+    """Chat's default max_tokens (--max-tokens-limit, 4096) would not fit 60 KV rows; without a
+    max_tokens from the client the default shrinks to fit them instead of a 503."""
+    client = client_for(kv_budget_bytes=_kv_budget(target, 60))
+    body = {k: v for k, v in CHAT.items() if k != "max_tokens"} | {"temperature": 0, "ignore_eos": True}
+    resp = client.post("/v1/chat/completions", json=body)
+    assert resp.status_code == 200, resp.text
+    usage = resp.json()["usage"]
+    assert usage["completion_tokens"] == 60 - usage["prompt_tokens"] - 1  # the last row: the next input
+    assert resp.json()["choices"][0]["finish_reason"] == "length"
+    # max_completion_tokens is the client's own choice too: kept, so refused
+    explicit = {**body, "max_completion_tokens": 100}
+    err = _error(client.post("/v1/chat/completions", json=explicit), 503, "server_error")
+    assert err["code"] == "kv_cache_budget" and f"up to {usage['completion_tokens']} would fit" in err["message"]
+    # a completion's default of 16 fits: unchanged
+    resp = client.post("/v1/completions", json={"model": "tiny-random", "prompt": "hi", "ignore_eos": True})
+    assert resp.status_code == 200 and resp.json()["usage"]["completion_tokens"] == 16
+
+
+def test_an_explicit_max_tokens_or_a_prompt_too_big_for_the_kv_budget_is_still_a_503(client_for, target):
+    client = client_for(kv_budget_bytes=_kv_budget(target, 60))
+    err = _error(client.post("/v1/completions", json={**COMPLETION, "max_tokens": 100}), 503, "server_error")
+    assert err["code"] == "kv_cache_budget" and "--kv-cache-gb" in err["message"]
+    no_room = {"model": "tiny-random", "prompt": [5] * 59}  # 59 + 1 token + the next input = 61 rows
+    err = _error(client.post("/v1/completions", json=no_room), 503, "server_error")
+    assert err["code"] == "kv_cache_budget" and "one generated token" in err["message"], err
+    err = _error(client.post("/v1/completions", json={**no_room, "max_tokens": 1}), 503, "server_error")
+    assert err["code"] == "kv_cache_budget" and "prompt alone does not fit" in err["message"], err

@@ -188,12 +188,83 @@ def test_context_ending_mid_character(byte_level: Tokenizer) -> None:
     assert detok.add(ids[-1:]) + detok.flush() == "好"
 
 
-def test_flush_releases_an_unfinished_character(byte_level: Tokenizer) -> None:
+def test_flush_drops_an_unfinished_character(byte_level: Tokenizer) -> None:
+    """A request that ends inside a character (max_tokens) ends before it, not with U+FFFD."""
     ids = byte_level.encode("a😀")
     detok = byte_level.detokenizer()
     assert [detok.add([i]) for i in ids[:-1]] == ["a"] + [""] * (len(ids) - 2)
-    assert detok.flush() == byte_level.decode(ids[:-1])[1:]  # the U+FFFD placeholder
+    assert byte_level.decode(ids[:-1]).endswith("\ufffd")  # what flush used to emit
     assert detok.flush() == ""
+    assert detok.flush() == ""
+
+
+@pytest.mark.parametrize("text", ["今天天气", "emoji 😀🎉 café", "你好，世界！"])
+def test_a_stream_cut_anywhere_ends_on_a_whole_character(tok: Tokenizer, text: str) -> None:
+    """max_tokens may stop after any token: the text is then a prefix of the full text without
+    U+FFFD, and whatever a plain decode of the cut ids shows complete is all there."""
+    ids = tok.encode(text)
+    full = tok.decode(ids)
+    for n in range(len(ids) + 1):
+        for chunk in (1, 3):
+            out = "".join(_stream(tok.detokenizer(), ids[:n], chunk))
+            assert "\ufffd" not in out and full.startswith(out), (n, out)
+            assert out == tok.decode_complete(ids[:n])
+            plain = tok.decode(ids[:n])
+            if "\ufffd" not in plain:
+                assert out == plain
+    assert tok.decode_complete(ids) == full
+
+
+def test_a_complete_replacement_character_still_comes_through(tok: Tokenizer) -> None:
+    """U+FFFD the model wrote as whole bytes (EF BF BD) is text, not an unfinished character."""
+    ids = tok.encode("x\ufffd")
+    assert tok.decode(ids) == "x\ufffd"
+    assert "".join(_stream(tok.detokenizer(), ids)) == "x\ufffd"
+    assert tok.decode_complete(ids) == "x\ufffd"
+    assert tok.decode_complete(ids[:-1]) == "x"  # one byte short: unfinished, dropped
+
+
+def _byte_level_straddling() -> Tokenizer:
+    """A byte-level BPE with one token that holds "a" and then the first byte of 今 (E4)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    alphabet = bytes_to_unicode()
+    vocab = {alphabet[b]: b for b in range(256)}
+    vocab["a" + alphabet[0xE4]] = 256
+    vocab["<|end|>"] = 257
+    raw = RawTokenizer(models.BPE(vocab=vocab, merges=[("a", alphabet[0xE4])]))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    raw.decoder = decoders.ByteLevel()
+    hf = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|end|>")
+    return Tokenizer(hf, [hf.eos_token_id])
+
+
+def test_a_token_ending_with_part_of_a_character_keeps_its_whole_characters() -> None:
+    tok = _byte_level_straddling()
+    ids = tok.encode("a今")
+    assert ids[0] == 256 and len(ids) == 3  # "a" + E4 in one token, then BB, 8A
+    for n, want in [(1, "a"), (2, "a"), (3, "a今")]:
+        assert tok.decode_complete(ids[:n]) == want
+        assert "".join(_stream(tok.detokenizer(), ids[:n])) == want
+    # EOS after the unfinished bytes: decoded to nothing, the character is still unfinished
+    assert "".join(_stream(tok.detokenizer(), ids[:2] + tok.eos_token_ids)) == "a"
+
+
+def test_a_request_cut_by_max_tokens_inside_a_character_has_no_replacement(byte_level: Tokenizer) -> None:
+    """The engine's TextRequest flushes the detokenizer when a request finishes ("length")."""
+    from types import SimpleNamespace
+
+    from specdecode.config import SamplingParams
+    from specdecode.engine import TextRequest
+    from specdecode.metrics import SpecStats
+
+    ids = byte_level.encode("今天天气")
+    n = next(n for n in range(1, len(ids)) if byte_level.decode(ids[:n]).endswith("\ufffd") and n > 3)
+    state = SimpleNamespace(params=SamplingParams(max_new_tokens=n), stats=SpecStats(), new_tokens=ids[:n],
+                            finish_reason="length")
+    chunk = TextRequest(state, byte_level).take()
+    assert chunk.finish_reason == "length" and chunk.token_ids == ids[:n]
+    assert chunk.text == byte_level.decode(ids[:n]).rstrip("\ufffd") and "\ufffd" not in chunk.text
 
 
 def test_random_text_stream_equals_decode(tok: Tokenizer) -> None:
@@ -208,7 +279,8 @@ def test_random_text_stream_equals_decode(tok: Tokenizer) -> None:
 
 
 def test_random_ids_stream_equals_decode(byte_level: Tokenizer) -> None:
-    """Arbitrary id soup (invalid UTF-8 included) still concatenates to the full decode.
+    """Arbitrary id soup (invalid UTF-8 included) still concatenates to the full decode (less an
+    unfinished last character).
 
     Byte-level only: SentencePiece's ByteFallback turns a whole run of byte tokens into
     U+FFFDs once the run turns out invalid, retroactively changing bytes that streaming
@@ -218,7 +290,20 @@ def test_random_ids_stream_equals_decode(byte_level: Tokenizer) -> None:
     for _ in range(200):
         ids = [rng.randrange(byte_level.vocab_size) for _ in range(rng.randrange(1, 40))]
         pieces = _stream(byte_level.detokenizer(), ids, chunk=rng.choice([1, 1, 2, 4]))
-        assert "".join(pieces) == byte_level.decode(ids)
+        assert "".join(pieces) == byte_level.decode_complete(ids) == _decode_bytes(byte_level, ids)
+
+
+def _decode_bytes(tok: Tokenizer, ids: list[int]) -> str:
+    """Reference for a byte-level tokenizer: the ids' bytes decoded, an unfinished last character
+    left out (the detokenizer's own byte handling is not used)."""
+    import codecs
+
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    special = {i for i, t in tok.hf.added_tokens_decoder.items() if t.special}
+    data = b"".join(bytes(byte_of[c] for c in tok.hf.convert_ids_to_tokens(i)) for i in ids if i not in special)
+    return codecs.getincrementaldecoder("utf-8")("replace").decode(data, final=False)
 
 
 def test_window_stays_small(byte_level: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -150,7 +150,8 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         return max(1, min(60, math.ceil(mean / scheduler.max_batch)))
 
     async def generate(request: Request, req, prompt, params: SamplingParams, chat: bool):
-        job = Job(prompt, chat, params, asyncio.get_running_loop())
+        job = Job(prompt, chat, params, asyncio.get_running_loop(),
+                  default_max_tokens=schemas.requested_max_tokens(req) is None)
         try:
             scheduler.submit(job)
         except QueueFull:

@@ -10,11 +10,16 @@ Torch work on the engine never runs concurrently: only the worker thread touches
 tokenizer included). The event loop talks to the worker through Job: `submit` (raises QueueFull
 at once when max_batch + max_queue requests are already in), `await job.next()`, `job.cancel()`.
 A cancelled job leaves the queue at once, or is released by the worker before its next round.
+
+Admission checks a request in this order: the model's context (a prompt that fills it is the
+client's 400, whatever the memory), then the KV-cache budget (503 for one that alone never fits).
+A request that gave no max_tokens has its default lowered to the most that fits the budget.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -23,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import SamplingParams
-from ..engine import Chunk, Engine
+from ..engine import Chunk, Engine, context_budget
 from ..errors import SpecdecodeError
 from .metrics import ServerMetrics
 
@@ -48,8 +53,12 @@ class Event:
 class Job:
     """One generation request: what to generate, and a channel of Events back to the loop."""
 
-    def __init__(self, prompt: Any, chat: bool, params: SamplingParams, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, prompt: Any, chat: bool, params: SamplingParams, loop: asyncio.AbstractEventLoop,
+                 default_max_tokens: bool = False) -> None:
         self.prompt, self.chat, self.params = prompt, chat, params
+        # The client gave no max_tokens: params.max_new_tokens is the server's default, which
+        # admission may lower to what fits the KV-cache budget (an explicit one is never changed).
+        self.default_max_tokens = default_max_tokens
         self.loop = loop
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.cancelled = False
@@ -80,6 +89,14 @@ class KVBudgetExceeded(SpecdecodeError):
     """A request whose caches alone exceed the server's KV-cache budget (a 503: it never fits)."""
 
 
+def _size(n: int) -> str:
+    """Bytes for a message, in the largest unit that keeps a digit before the point (no "0 MiB")."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
 class Scheduler:
     def __init__(self, engine: Engine, metrics: ServerMetrics, max_batch: int = 32, max_queue: int = 64,
                  kv_budget_bytes: int | None = None) -> None:
@@ -93,6 +110,9 @@ class Scheduler:
         self.kv_bytes_in_use = 0
         self._pending: deque[Job] = deque()
         self._active: list[Job] = []
+        # Jobs submitted and not yet done. Not len(_pending) + len(_active): a job the worker is
+        # admitting has left the one and not reached the other, and must still hold its place.
+        self._jobs_in = 0
         self._cond = threading.Condition()
         self._stopping = False
         self._draining = False  # shutting down: refuse new requests, let the running ones go on
@@ -144,9 +164,10 @@ class Scheduler:
         with self._cond:
             if self._stopping or self._draining:
                 raise SchedulerStopped()
-            if len(self._pending) + len(self._active) >= self.max_batch + self.max_queue:
+            if self._jobs_in >= self.max_batch + self.max_queue:
                 raise QueueFull()
             job._scheduler = self
+            self._jobs_in += 1
             self._pending.append(job)
             self._cond.notify_all()
         return job
@@ -160,6 +181,7 @@ class Scheduler:
                 return  # active: the worker closes it at its next turn
             self._pending.remove(job)  # never started: nothing to close
             job.done = True
+            self._jobs_in -= 1
         self.metrics.record_finished(None, time.perf_counter() - job.submitted, cancelled=True)
 
     # -- worker side -------------------------------------------------------------------------
@@ -193,11 +215,19 @@ class Scheduler:
                 if job._ids is None:
                     job._ids = self.engine.encode(job.prompt, job.chat)
                     job.prompt_tokens = len(job._ids)
+                    # The context first: a prompt that fills it is too long for any budget (a 400 the
+                    # client can fix by shortening it), not a request for too much memory.
+                    context_budget(len(job._ids), job.params.max_new_tokens, self.engine.target.max_context)
+                    if job.default_max_tokens:
+                        fitted = self._fit_default_max_tokens(len(job._ids), job.params.max_new_tokens)
+                        job.params = dataclasses.replace(job.params, max_new_tokens=fitted)
                 need = self.engine.kv_bytes(len(job._ids), job.params.max_new_tokens)
                 if self.kv_budget_bytes is not None and need > self.kv_budget_bytes:
+                    fits = self._most_tokens_that_fit(len(job._ids), job.params.max_new_tokens)
+                    hint = f"max_tokens up to {fits} would fit" if fits else "the prompt alone does not fit"
                     raise KVBudgetExceeded(
-                        f"this request needs {need / 2**20:.0f} MiB of KV cache, more than the server's budget "
-                        f"of {self.kv_budget_bytes / 2**20:.0f} MiB (--kv-cache-gb); ask for fewer tokens")
+                        f"this request needs {_size(need)} of KV cache, more than the server's budget "
+                        f"of {_size(self.kv_budget_bytes)} (--kv-cache-gb); {hint}")
                 if (self.kv_budget_bytes is not None and self._active
                         and self.kv_bytes_in_use + need > self.kv_budget_bytes):
                     with self._cond:  # wait at the head of the queue until others free their caches
@@ -216,6 +246,39 @@ class Scheduler:
                 self._active.append(job)
             if job.cancelled:
                 self._finish(job, None)
+
+    def _fit_default_max_tokens(self, prompt_tokens: int, default: int) -> int:
+        """The default max_tokens for this prompt: `default`, or less where the model's context or
+        the whole KV budget ends first. Sized against the whole budget, not what is free now, so
+        the answer does not depend on other traffic (a request that fits waits for room)."""
+        fitted = min(default, self.engine.target.max_context - prompt_tokens)
+        if self.kv_budget_bytes is None or self.engine.kv_bytes(prompt_tokens, fitted) <= self.kv_budget_bytes:
+            return fitted
+        most = self._most_tokens_that_fit(prompt_tokens, fitted)
+        if not most:
+            need = self.engine.kv_bytes(prompt_tokens, 1)
+            raise KVBudgetExceeded(
+                f"the prompt ({prompt_tokens} tokens) and one generated token need {_size(need)} of KV cache, "
+                f"more than the server's budget of {_size(self.kv_budget_bytes)} (--kv-cache-gb); "
+                "send a shorter prompt")
+        return most
+
+    def _most_tokens_that_fit(self, prompt_tokens: int, upto: int) -> int:
+        """The largest max_new_tokens in [1, upto] whose caches fit the whole KV budget, 0 if none.
+        Binary search: kv_bytes only grows with max_new_tokens."""
+        budget = self.kv_budget_bytes
+        if budget is None:
+            return upto
+        if self.engine.kv_bytes(prompt_tokens, 1) > budget:
+            return 0
+        lo, hi = 1, upto + 1  # kv_bytes(lo) fits; hi is past the range or does not fit
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.engine.kv_bytes(prompt_tokens, mid) <= budget:
+                lo = mid
+            else:
+                hi = mid
+        return lo
 
     def _round(self) -> None:
         """One engine step over every active job, then each job's chunk."""
@@ -264,6 +327,8 @@ class Scheduler:
             if job in self._active:
                 self._active.remove(job)
                 self.kv_bytes_in_use -= job._kv_bytes
+            if not job.done:  # _finish may run twice for one job (a failure while delivering its last chunk)
+                self._jobs_in -= 1
             job.done = True  # before the last event: a later cancel() is a no-op
         cancelled = job.cancelled and stats is None and error is None
         self.metrics.record_finished(stats, time.perf_counter() - job.submitted, cancelled)

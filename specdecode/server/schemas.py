@@ -121,12 +121,18 @@ def _reject_unsupported(req: _GenerationRequest) -> None:
             raise bad_request(message, param=param, code="unsupported_parameter")
 
 
+def requested_max_tokens(req: _GenerationRequest) -> int | None:
+    """The client's max_tokens (chat: max_completion_tokens first), None when it gave none. With
+    None the server's default applies, which the scheduler may lower to fit the KV-cache budget."""
+    if isinstance(req, ChatCompletionRequest) and req.max_completion_tokens is not None:
+        return req.max_completion_tokens
+    return req.max_tokens
+
+
 def sampling_params(req: _GenerationRequest, limits: Limits, default_max_tokens: int) -> SamplingParams:
     """The request's sampling fields, range-checked, as SamplingParams."""
     _reject_unsupported(req)
-    max_tokens = req.max_tokens
-    if isinstance(req, ChatCompletionRequest) and req.max_completion_tokens is not None:
-        max_tokens = req.max_completion_tokens
+    max_tokens = requested_max_tokens(req)
     param = "max_tokens"
     if max_tokens is None:
         max_tokens = default_max_tokens
