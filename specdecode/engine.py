@@ -244,16 +244,19 @@ class Engine:
     def _drafters(self) -> list[Drafter]:
         return drafter_members(self.drafter)
 
+    @property
+    def suffix_stores(self) -> list:
+        """The stores of earlier outputs the drafters keep (SuffixDrafter's), for /metrics."""
+        return [m.store for m in self._drafters() if getattr(m, "store", None) is not None]
+
     def forget_history(self) -> None:
         """Drop what earlier requests left behind (the prefix cache's rows, a suffix drafter's
         store of outputs): the next request runs as the first one would. For benchmarks that
         must not let a run learn from the one before it."""
         if self.prefix_cache is not None:
             self.prefix_cache.clear()
-        for member in self._drafters():
-            store = getattr(member, "store", None)
-            if store is not None:
-                store.clear()
+        for store in self.suffix_stores:
+            store.clear()
 
     # -- layer 1: requests and rounds --------------------------------------------------------
 

@@ -79,3 +79,16 @@ def test_another_requests_text_changes_speed_never_output(target):
     eng = Engine(target, SuffixDrafter(store), num_draft_tokens=3)
     for p in prompts:
         assert eng.generate_ids(p, seeded)[0] == Engine(target, None).generate_ids(p, seeded)[0]
+
+
+def test_metrics_show_the_store_within_its_bound(target):
+    from specdecode.server.metrics import ServerMetrics
+
+    store = SuffixStore(max_tokens=100)
+    eng = Engine(target, [NgramDrafter(), SuffixDrafter(store)])
+    for p in ([5, 6, 7, 8], [40, 41, 42]):
+        eng.generate_ids(p, GREEDY)
+    assert eng.suffix_stores == [store] and 0 < store.tokens_held <= 100
+    text = ServerMetrics().render(0, 0, suffix_stores=eng.suffix_stores)
+    assert f"specdecode_suffix_store_tokens {store.tokens_held}" in text
+    assert "specdecode_suffix_store_max_tokens 100" in text

@@ -107,7 +107,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     @app.get("/metrics")
     async def prometheus_metrics():
         return PlainTextResponse(metrics.render(scheduler.queue_length, scheduler.active, scheduler.kv_bytes_in_use,
-                                                scheduler.kv_budget_bytes, engine.prefix_cache),
+                                                scheduler.kv_budget_bytes, engine.prefix_cache, engine.suffix_stores),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
     def model_card() -> dict:

@@ -104,7 +104,7 @@ class ServerMetrics:
                     mine[i] += n
 
     def render(self, queue_length: int, active: int, kv_bytes_in_use: int = 0, kv_budget_bytes: int | None = None,
-               prefix_cache=None) -> str:
+               prefix_cache=None, suffix_stores=()) -> str:
         with self._lock:
             lines: list[str] = []
 
@@ -164,6 +164,12 @@ class ServerMetrics:
                        [f"specdecode_prefix_cache_bytes {prefix_cache.bytes_held}"])
                 metric("specdecode_prefix_cache_budget_bytes", "gauge", "The prefix cache's budget (--prefix-cache-gb).",
                        [f"specdecode_prefix_cache_budget_bytes {prefix_cache.budget_bytes}"])
+            if suffix_stores:
+                metric("specdecode_suffix_store_tokens", "gauge",
+                       "Tokens of earlier outputs the suffix drafter drafts from (bounded, oldest dropped first).",
+                       [f"specdecode_suffix_store_tokens {sum(st.tokens_held for st in suffix_stores)}"])
+                metric("specdecode_suffix_store_max_tokens", "gauge", "The suffix store's bound.",
+                       [f"specdecode_suffix_store_max_tokens {sum(st.max_tokens for st in suffix_stores)}"])
             metric("specdecode_engine_passes_total", "counter", "Target passes (engine steps) run.",
                    [f"specdecode_engine_passes_total {self.passes}"])
             metric("specdecode_engine_pass_seconds_total", "counter", "Seconds spent in engine steps.",
