@@ -1,4 +1,4 @@
-"""Command line: specdecode generate | models | bench | serve."""
+"""Command line: specdecode generate | chat | models | bench | serve."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import argparse
 import os
 import sys
 
+from .chat import add_parser as add_chat_parser
 from .cli_common import (DEFAULT_TARGET, add_model_options, add_sampling_options, agree_request, build_engine,
-                         read_prompt, tensor_parallel_run)
+                         describe_drafter, read_prompt, tensor_parallel_run)
 from .errors import SpecdecodeError
 
 __all__ = ["main", "make_parser", "build_engine", "add_model_options", "add_sampling_options", "DEFAULT_TARGET"]
@@ -34,7 +35,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             stats = chunk.stats
     sys.stdout.write("\n")
     if (args.stats or args.compare) and stats is not None:
-        print(f"--- drafter: {_describe_drafter(engine)}", file=sys.stderr)
+        print(f"--- drafter: {describe_drafter(engine)}", file=sys.stderr)
         print(f"--- prefix cache: {engine.prefix_cache_status}", file=sys.stderr)
         import torch
 
@@ -50,15 +51,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.compare and stats is not None:
         _compare_with_target_only(engine, prompt, params, chat, ids, stats)
     return 0
-
-
-def _describe_drafter(engine) -> str:
-    if engine.drafter is None:
-        return "none (target only)"
-    names = "+".join(getattr(engine.drafter, "names", [engine.drafter.name]))
-    if engine.auto:
-        return f"{names}, k=auto (0..{engine.num_draft_tokens}, chosen per round)"
-    return f"{names}, k={engine.num_draft_tokens}{' adaptive' if engine.adaptive else ''}"
 
 
 def _compare_with_target_only(engine, prompt, params, chat, spec_ids: list[int], spec_stats) -> None:
@@ -115,6 +107,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="then run the same request on the target alone and print the speed-up and whether the "
                         "outputs are identical (implies --stats)")
     g.set_defaults(func=cmd_generate)
+
+    add_chat_parser(sub)
 
     m = sub.add_parser("models", help="list or pull the known models", description="Known short names and their state.")
     msub = m.add_subparsers(dest="models_cmd", required=True, metavar="ACTION")

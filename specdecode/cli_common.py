@@ -70,13 +70,24 @@ def _draft_length(value: str) -> str | int:
         raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got {value!r}") from None
 
 
-def add_sampling_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", "-n", type=int, default=256, help="most tokens to generate (default 256)")
+def add_sampling_options(p: argparse.ArgumentParser, default_max_new_tokens: int = 256) -> None:
+    p.add_argument("--max-new-tokens", "-n", type=int, default=default_max_new_tokens,
+                   help=f"most tokens to generate (default {default_max_new_tokens})")
     p.add_argument("--temperature", "-t", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (1 = off)")
     p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible sampling")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def describe_drafter(engine) -> str:
+    """The drafter(s) and draft length an engine runs with, in a few words (generate --stats, chat)."""
+    if engine.drafter is None:
+        return "none (target only)"
+    names = "+".join(getattr(engine.drafter, "names", [engine.drafter.name]))
+    if engine.auto:
+        return f"{names}, k=auto (0..{engine.num_draft_tokens}, chosen per round)"
+    return f"{names}, k={engine.num_draft_tokens}{' adaptive' if engine.adaptive else ''}"
 
 
 def build_engine(args: argparse.Namespace, progress: bool = True):

@@ -210,9 +210,10 @@ def run_bench(config: BenchConfig, *, target=None, draft=None, log: Callable[[st
     elif config.resume:
         log(f"nothing to resume in {out}: starting a new run")
     methods, skipped = select_methods(config.methods, bool(config.draft or draft))
-    if conversations:  # a conversation runs the bf16 target only when asked for or referenced
-        needed = {m.reference for m in methods if m.name != "target" and m.name != "llamacpp"} | set(config.methods)
-        methods = [m for m in methods if m.name != "target" or "target" in needed or len(methods) == 1]
+    if conversations:  # the bf16 target runs only when asked for or a lossless method's reference
+        needed = {m.reference for m in methods if m.name not in ("target", "target-int4", "llamacpp")}
+        methods = [m for m in methods if m.name != "target" or "target" in needed | set(config.methods)
+                   or len(methods) == 1]
     prompts = [] if conversations else load_prompts(config.dataset, config.categories, config.limit)
 
     if target is None:
