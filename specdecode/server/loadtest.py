@@ -200,8 +200,8 @@ def format_table(rows: list[dict]) -> str:
         for what in ("kv_cache", "prefix_cache"):
             peak, budget = r.get(f"peak_specdecode_{what}_bytes"), r.get(f"peak_specdecode_{what}_budget_bytes")
             if peak is not None:
-                of = f" of {budget / 2**20:.0f} MiB" if budget else ""
-                lines.append(f"     conc {r['concurrency']}: {what.replace('_', ' ')} peak {peak / 2**20:.1f} MiB{of}")
+                of = f" of {budget / 2**20:.2f} MiB" if budget else ""
+                lines.append(f"     conc {r['concurrency']}: {what.replace('_', ' ')} peak {peak / 2**20:.2f} MiB{of}")
     return "\n".join(lines)
 
 
