@@ -272,7 +272,12 @@ def test_ctrl_c_at_the_prompt_leaves_cleanly():
         # prompt being drawn and that wait is held until the next key. A person is never that fast.
         time.sleep(0.5)
         term.send("\x03")
-        assert term.wait() == 0
+        try:
+            code = term.wait(timeout=5)
+        except AssertionError:  # on a loaded machine the SIGINT may still be held: a key releases it
+            term.send("x")
+            code = term.wait()
+        assert code == 0
         assert b"Traceback" not in term.seen and b"interrupted" not in term.seen
     finally:
         term.close()
