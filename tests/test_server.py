@@ -27,6 +27,8 @@ import specdecode  # noqa: E402
 from specdecode import Engine, NgramDrafter  # noqa: E402
 from specdecode.server import ServerConfig, create_app  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 MODEL = "tiny-random"
 
 
@@ -71,18 +73,6 @@ def wait_for(cond, timeout: float = 10.0) -> None:
     while not cond():
         assert time.time() < deadline, "timed out waiting"
         time.sleep(0.01)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP
-    contention slows them tenfold; restored for the other test modules."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

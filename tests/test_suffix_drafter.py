@@ -10,15 +10,9 @@ from specdecode.errors import SpecdecodeError
 from specdecode.loading.tiny import tiny_args, tiny_state_dict
 from specdecode.model import build_transformer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 GREEDY = SamplingParams(max_new_tokens=30, temperature=0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

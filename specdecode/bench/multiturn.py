@@ -27,7 +27,9 @@ from ..config import SamplingParams
 from ..errors import SpecdecodeError
 from .datasets import DATA_DIR, MT_BENCH_SUBCATEGORIES, SPEC_BENCH_FILE
 from .machine import machine_info, now_iso
+from .report import md_table
 from .results_io import save_json
+from .stats import throughput
 
 CODE_CHAT_FILE = DATA_DIR / "code_chat.jsonl"
 CONVERSATION_DATASETS = ("code-chat", "mt-bench-2turn")
@@ -117,8 +119,6 @@ def run_conversations(config, methods, runners: dict[str, Any], target, log) -> 
     """The conversation benchmark over loaded methods (harness.run_bench calls it); writes reports."""
     from tqdm.auto import tqdm
 
-    from .report import md_table
-
     conversations = load_conversations(config.dataset, config.limit)
     if config.temperature != 0:
         raise SpecdecodeError("the conversation benchmark is greedy (it checks outputs turn by turn): use -t 0")
@@ -158,7 +158,7 @@ def run_conversations(config, methods, runners: dict[str, Any], target, log) -> 
     results["finished"] = now_iso()
     results["summary"] = summarize(results)
     save_json(results, out / RESULTS_JSON)
-    (out / RESULTS_MD).write_text(markdown(results, md_table))
+    (out / RESULTS_MD).write_text(markdown(results))
     return results
 
 
@@ -202,8 +202,8 @@ def _figures(convs: list[list[dict]]) -> dict[str, Any]:
         "conversations": len(convs), "turns": len(turns),
         "ttft_first_s": _mean([c[0]["ttft_s"] for c in convs if c]),
         "ttft_later_s": _mean([t["ttft_s"] for t in later]),
-        "decode_tokens_per_s": decode_tokens / decode_s if decode_s > 0 else None,
-        "tokens_per_pass": decode_tokens / sum(passes) if passes and sum(passes) else None,
+        "decode_tokens_per_s": throughput(decode_tokens, decode_s),
+        "tokens_per_pass": throughput(decode_tokens, sum(passes)),
         "conversation_s": _mean([sum(t["total_s"] for t in c) for c in convs]),
         "cached_share_later": (sum(cached) / sum(t["prompt_tokens"] for t in later)) if cached and later else None,
         "turns_checked": len(checked), "turns_differing": sum(not t["same_as_reference"] for t in checked),
@@ -218,7 +218,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def markdown(results: dict[str, Any], md_table) -> str:
+def markdown(results: dict[str, Any]) -> str:
     cfg = results["config"]
     lines = [f"# Conversations: {cfg['dataset']}", "",
              f"Target `{cfg['target']}`" + (f", draft `{cfg['draft']}`" if cfg.get("draft") else "") +
