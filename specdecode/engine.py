@@ -387,6 +387,7 @@ class Engine:
         drafts: list[Draft] = [empty_draft(device)] * len(states)
         plans: list[Plan] = self.planner.plan(states) if self.planner is not None and states else [NO_DRAFT] * len(states)
         asked = [p.k for p in plans]
+        started = time.perf_counter()
         groups: dict[tuple, list[tuple[int, Drafter]]] = {}
         for i, (s, plan) in enumerate(zip(states, plans)):
             if plan.k <= 0:
@@ -403,6 +404,9 @@ class Engine:
                        [states[i].params for i in idx], [states[i].rng for i in idx], [plans[i].stop for i in idx])
             for i, d in zip(idx, out):
                 drafts[i] = d
+        timed_draft = getattr(self.planner, "timed_draft", None)  # optional in the Planner protocol
+        if timed_draft is not None and len(states) == 1 and drafts[0].tokens:
+            timed_draft(states[0], len(drafts[0].tokens), time.perf_counter() - started)
         return drafts, asked
 
     def _prefill_chunks(self, waiting: list[RequestState], used: int) -> list[tuple[RequestState, int]]:

@@ -10,6 +10,7 @@ from specdecode import cost_model as cm
 from specdecode.cost_model import CostModel, PassCosts, measure_cost_model, measure_pass_costs, time_passes
 from specdecode.drafters import ModelDrafter, NgramDrafter
 from specdecode.hf_adapter import HFCausalLM
+from specdecode.policy import CostPlanner
 from specdecode.policy import costs as policy_costs
 from specdecode.quant import quantized_copy
 
@@ -242,3 +243,61 @@ def test_a_given_cost_model_is_never_replaced(tiny):
     engine.generate_ids([3, 5, 7], specdecode.SamplingParams(max_new_tokens=48))
     assert engine.cost_model is given and engine.cost_model_refreshes == 0
 
+
+
+def test_a_draft_step_is_priced_as_the_engines_draft_rounds_run(monkeypatch):
+    """Draft rounds that take 1.6x the entry's step, while the target's passes run as the entry
+    says, price a step at 1.6x after MIN_PASSES rounds; the same rounds on a machine 3x slower as a
+    whole (target passes 3x too) leave the factor at 1.6x, not 4.8x. A remeasure forgets it."""
+    entry = CostModel.from_function(lambda m: 0.010 * (1 + 0.05 * (m - 1)),
+                                    {"model": lambda m: 0.005 * (1 + 0.05 * (m - 1))})
+    monkeypatch.setattr(policy_costs, "measure_cost_model", lambda target, drafters, refresh=False: entry)
+    costs = policy_costs.PassCostRatios(None, [])
+    measured = costs.draft_step("model", 64)
+    assert measured == pytest.approx(0.5, rel=0.01)
+    for i in range(policy_costs.MIN_PASSES):
+        costs.timed_draft("model", 3, 64, 1, 1.6 * 3 * entry.draft("model", 1, 64))
+        assert costs.draft_step("model", 64) == measured  # no target passes seen yet: unchanged
+    for _ in range(policy_costs.MIN_PASSES):
+        costs.timed(4, 64, entry.T(4, 64))
+    costs.timed_draft("model", 3, 64, 1, 1.6 * 3 * entry.draft("model", 1, 64))
+    assert costs.draft_step("model", 64) == pytest.approx(1.6 * measured, rel=1e-6)
+    assert costs.measured_draft_step("model", 64) == measured
+    for _ in range(policy_costs.WINDOW):  # everything 3x slower: the ratio to the target's passes holds
+        costs.timed(4, 64, 3 * entry.T(4, 64))
+        costs.timed_draft("model", 2, 64, 1, 3 * 1.6 * 2 * entry.draft("model", 1, 64))
+    assert costs.draft_step("model", 64) == pytest.approx(1.6 * measured, rel=1e-6)
+    # a round that fed a catch-up of 40 tokens first is priced with that pass, not as a plain step
+    for _ in range(policy_costs.WINDOW):
+        first = entry.draft_prefill("model", 40, 24)
+        costs.timed_draft("model", 2, 64, 40, 3 * (first + entry.draft("model", 1, 64)))
+    assert costs.draft_step("model", 64) == pytest.approx(measured, rel=1e-6)
+    costs._changed()
+    assert costs.draft_factors == {}
+
+
+def test_the_engine_times_a_lone_requests_draft_rounds(tiny):
+    """The engine tells the planner how long each single-request draft round took, with the
+    tokens it drafted; a batch's rounds are not timed (their passes are shared)."""
+    import specdecode
+    from specdecode.drafters import ModelDrafter
+
+    heard = []
+
+    class Spy(CostPlanner):
+        def timed_draft(self, state, steps, seconds):
+            heard.append((steps, seconds))
+            super().timed_draft(state, steps, seconds)
+
+    given = CostModel.from_function(lambda m: 0.01 * m, {"model": lambda m: 0.0001 * m})
+    engine = specdecode.Engine(tiny, ModelDrafter(tiny))
+    engine.costs.give(given)
+    engine.planner = Spy(engine.costs, k_fixed=3)
+    _, stats = engine.generate_ids([3, 5, 7], specdecode.SamplingParams(max_new_tokens=12))
+    assert heard and all(1 <= steps <= 3 and seconds > 0 for steps, seconds in heard)
+    assert sum(steps for steps, _ in heard) == stats.drafted_tokens
+    heard.clear()
+    states = [engine.start(ids, specdecode.SamplingParams(max_new_tokens=12)) for ids in ([3, 5, 7], [4, 6, 8])]
+    while any(not s.finished for s in states):
+        engine.step([s for s in states if not s.finished])
+    assert not heard

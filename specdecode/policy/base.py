@@ -3,7 +3,8 @@
 A planner is one object per engine. `begin` gives a request its own planning state (kept on the
 RequestState, so nothing of one request's plan is reachable from another's), `plan` decides a
 whole round at once (a request's draft is weighed against the pass it shares with the others),
-`observe` hears each request's outcome, `timed` hears how long a single-request pass took.
+`observe` hears each request's outcome, `timed` hears how long a single-request pass took
+(and, where a planner defines it, `timed_draft` how long a single request's draft took).
 Plans change only speed, never output: greedy and seeded outputs are the target's whatever the
 plan, and unseeded sampling keeps the target's distribution (docs/policy.md).
 """
@@ -49,6 +50,9 @@ class Planner(Protocol):
 
     def end(self, state: Any) -> None:
         """The request is released."""
+
+    # Optional: def timed_draft(self, state, steps: int, seconds: float) -> None, called after a
+    # round in which one request alone drafted `steps` tokens with the drafter its plan chose.
 
     def describe(self, state: Any) -> str:
         """One line for --stats: how the request drafted, and why it drafted little if it did."""

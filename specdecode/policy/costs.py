@@ -6,7 +6,9 @@ come from `specdecode.cost_model` (measured on first use, interleaved with T(1) 
 moment cannot skew a ratio, checked for consistency, cached per machine and model); this module
 divides them by T(1) and watches the engine's own passes: when the multi-token passes, relative
 to the one-token passes, run far from what the cached entry says, the entry is measured again
-and replaced (not nudged; docs/policy.md).
+and replaced (not nudged; docs/policy.md). A draft model's steps are watched the same way: as the
+engine runs them (a batched proposal, host copies, the stop rule after every token) they can cost
+more than the cost model's bare pass, so once enough rounds are seen a step is priced as observed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ WINDOW = 16
 MIN_PASSES = 8
 MAX_REMEASURES = 2  # per engine: a machine that keeps changing is not re-timed forever
 MIN_SECONDS = 0.005  # passes priced under this are not checked (bookkeeping dominates them)
+# A draft step is priced at (its observed / measured time) / (the target passes' observed /
+# measured time), the medians over the last WINDOW single-request rounds of each, once there are
+# MIN_PASSES of both: relative to the target's passes, so a machine that slows as a whole changes
+# nothing. Kept within this range (a factor outside it is a measurement gone wrong, not a cost).
+DRAFT_FACTOR_RANGE = (0.5, 4.0)
 
 
 class PassCostRatios:
@@ -45,6 +52,8 @@ class PassCostRatios:
         self.version = 0  # bumped when the figures change (tables memoised under the old ones go)
         self._tables: dict[tuple[int, int], list[float]] = {}
         self._seen: dict[str, deque[float]] = {"1": deque(maxlen=WINDOW), "m": deque(maxlen=WINDOW)}
+        self._draft_seen: dict[str, deque[float]] = {}
+        self.draft_factors: dict[str, float] = {}  # drafter name -> observed / measured step cost
 
     @property
     def model(self) -> CostModel:
@@ -76,8 +85,13 @@ class PassCostRatios:
         return self.model.T(m) / self.t1
 
     def draft_step(self, name: str, context: int, rows: int = 1) -> float:
-        """One pass of drafter `name`'s model over `rows` rows after `context` tokens (0: no model)."""
-        return self.model.draft(name, rows, context) / self.t1
+        """One pass of drafter `name`'s model over `rows` rows after `context` tokens (0: no model),
+        as the engine's own draft rounds have been seen to cost (draft_factors)."""
+        return self.model.draft(name, rows, context) / self.t1 * self.draft_factors.get(name, 1.0)
+
+    def measured_draft_step(self, name: str, context: int) -> float:
+        """draft_step as the cost model measured it, before the engine's rounds corrected it."""
+        return self.model.draft(name, 1, context) / self.t1
 
     def catch_up(self, name: str, tokens: int, context: int) -> float:
         """Drafter `name`'s model feeding `tokens` it has not seen after `context` cached ones
@@ -104,8 +118,33 @@ class PassCostRatios:
         self.remeasures += 1
         self._changed()
 
+    def timed_draft(self, name: str, steps: int, context: int, behind: int, seconds: float) -> None:
+        """A single request's draft round: `steps` steps of drafter `name`'s model after `context`
+        tokens, the first feeding the `behind` tokens it lacked; re-price its step if it ran far
+        from the entry relative to the target's own passes."""
+        if not self.checked or self._model is None or steps <= 0 or seconds <= 0.0:
+            return
+        cm = self._model
+        one = cm.draft(name, 1, context)
+        first = cm.draft_prefill(name, behind, context - behind) if behind > 1 else one
+        predicted = first + (steps - 1) * one
+        if predicted < MIN_SECONDS:
+            return
+        seen = self._draft_seen.setdefault(name, deque(maxlen=WINDOW))
+        seen.append(math.log(seconds / predicted))
+        target = list(self._seen["1"]) + list(self._seen["m"])
+        if len(seen) < MIN_PASSES or len(target) < MIN_PASSES:
+            return
+        lo, hi = DRAFT_FACTOR_RANGE
+        factor = min(max(math.exp(median(seen) - median(target)), lo), hi)
+        old = self.draft_factors.get(name, 1.0)
+        if abs(math.log(factor / old)) > math.log(1.25):
+            log.info("%s's draft steps run at %.2fx the cost entry's ratio to T(1)", name, factor)
+        self.draft_factors[name] = factor
+
     def _changed(self) -> None:
         self.version += 1
         self._tables.clear()
-        for d in self._seen.values():
+        self.draft_factors.clear()
+        for d in [*self._seen.values(), *self._draft_seen.values()]:
             d.clear()

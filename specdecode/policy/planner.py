@@ -40,6 +40,7 @@ class Choice:
     expected_tokens: float
     cost: float
     step: float = 0.0  # one draft step of this drafter (0: no draft model)
+    behind: int = 0  # context tokens its model lacks: the first step feeds them (the catch-up)
 
     @property
     def rate(self) -> float:
@@ -131,6 +132,12 @@ class CostPlanner:
     def timed(self, m: int, context: int, seconds: float) -> None:
         self.costs.timed(m, context, seconds)
 
+    def timed_draft(self, state: Any, steps: int, seconds: float) -> None:
+        c = state.plan_state.last
+        if c is not None and c.k > 0 and c.step > 0.0:
+            name = state.drafter.drafters[c.which].name
+            self.costs.timed_draft(name, steps, len(state.tokens), c.behind, seconds)
+
     def end(self, state: Any) -> None:
         rp = getattr(state, "plan_state", None)
         if isinstance(rp, RequestPlan):
@@ -151,6 +158,8 @@ class CostPlanner:
         for name in names:
             step = self.costs.draft_step(name, context)
             cost = f"a draft step costs {step:.2f} T(1)" if step > 0 else "drafting is free"
+            if name in self.costs.draft_factors:
+                cost += f" as run ({self.costs.measured_draft_step(name, context):.2f} measured)"
             ests = by_name.get(name, [])
             if ests:
                 best = max(ests, key=lambda x: x.pooled_seen)
@@ -206,7 +215,7 @@ class CostPlanner:
                 continue
             ks = [k_top] if self.k_fixed is not None else range(1, k_top + 1)
             out += [Choice(which, k, key, expected[k], k * step + catch_up * min(1.0, expected[k] / remaining)
-                           + table[k + 1], step) for k in ks]
+                           + table[k + 1], step, behind) for k in ks]
         return out, reason or ("the target alone was expected faster", "")
 
     def _choose(self, s: Any, batch: tuple[int, float] | None, drafting: dict[str, tuple[int, int]]) -> Choice:
