@@ -12,7 +12,7 @@ prompts in seconds, free of the machine's timing noise; `specdecode bench` then 
     # 1. record traces (target output + the draft's guesses), once per model pair and prompt set
     .venv/bin/python scripts/policy_replay.py record --target qwen2.5-coder-1.5b \\
         --draft qwen2.5-coder-0.5b --dataset spec-bench,humaneval --skip 2 --limit 4 -n 96 \\
-        --out /tmp/traces.json
+        --quantize int4 --out /tmp/traces.json
     # 2. replay: fixed k, auto, per category, with a cost model (from a bench results.json or measured)
     .venv/bin/python scripts/policy_replay.py replay /tmp/traces.json \\
         --cost-model docs/benchmarks/cpu-avx512bf16-qwen-policy-mtbench-rerun/results.json
@@ -43,8 +43,9 @@ def record(args: argparse.Namespace) -> None:
     for p in prompts:
         by_cat[p.category].append(p)
     chosen = [p for ps in by_cat.values() for p in ps[args.skip:]]
-    target = specdecode.load(args.target, threads=args.threads)
-    draft = specdecode.load(args.draft, threads=args.threads).lm
+    quantize = None if args.quantize == "none" else args.quantize
+    target = specdecode.load(args.target, threads=args.threads, quantize=quantize)
+    draft = specdecode.load(args.draft, threads=args.threads, quantize=quantize).lm
     engine = Engine(target, None)
     traces = []
     for n, p in enumerate(chosen):
@@ -297,6 +298,8 @@ def main() -> None:
     r.add_argument("--limit", type=int, default=4, help="then take N prompts per category")
     r.add_argument("-n", "--max-new-tokens", type=int, default=96)
     r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--quantize", default="none", choices=("none", "int8", "int4"),
+                   help="both models' weights, as the bench's int4 methods load them (default: none)")
     r.add_argument("--out", required=True)
     a = sub.add_parser("annotate", help="recompute the draft's guesses and confidence of recorded traces")
     a.add_argument("traces")

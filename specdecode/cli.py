@@ -17,7 +17,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .config import SamplingParams
 
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                            max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop)
+                            max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop,
+                            json_schema=_read_json_schema(args.json_schema))
     prompt = read_prompt(args)
     if not prompt:
         raise SpecdecodeError("the prompt is empty")
@@ -51,6 +52,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.compare and stats is not None:
         _compare_with_target_only(engine, prompt, params, chat, ids, stats)
     return 0
+
+
+def _read_json_schema(path: str | None) -> dict | None:
+    """--json-schema FILE: the schema it holds ("object": any JSON object)."""
+    if path is None:
+        return None
+    if path == "object":
+        return {"type": "object"}
+    import json
+
+    try:
+        schema = json.loads(open(path, encoding="utf-8").read())
+    except OSError as e:
+        raise SpecdecodeError(f"cannot read the JSON schema {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise SpecdecodeError(f"{path} is not JSON: {e}") from None
+    if not isinstance(schema, dict):
+        raise SpecdecodeError(f"{path} must hold a JSON schema object")
+    return schema
 
 
 def _compare_with_target_only(engine, prompt, params, chat, spec_ids: list[int], spec_stats) -> None:
@@ -101,6 +121,9 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", help="the prompt text, or '-' to read it from stdin")
     add_model_options(g)
     add_sampling_options(g)
+    g.add_argument("--json-schema", metavar="FILE",
+                   help="structured output: the answer follows the JSON schema in FILE ('object': any JSON object); "
+                        "speculation stays exact for the constrained model, forced tokens are drafted for free")
     g.add_argument("--raw", action="store_true", help="send the prompt as is (no chat template)")
     g.add_argument("--stats", action="store_true", help="print timing and acceptance statistics to stderr")
     g.add_argument("--compare", action="store_true",

@@ -77,6 +77,9 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    # Structured output: every token follows this JSON schema ({"type": "object"}: any JSON
+    # object); speculation stays exact for the constrained target (specdecode/constraint.py).
+    json_schema: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -96,6 +99,10 @@ class SamplingParams:
             raise InvalidParameterError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise InvalidParameterError("stop strings must be non-empty strings")
+        if self.json_schema is not None and not isinstance(self.json_schema, dict):
+            raise InvalidParameterError(f"json_schema must be a JSON object (a dict), got {type(self.json_schema).__name__}")
+        if self.json_schema is not None and self.ignore_eos:
+            raise InvalidParameterError("ignore_eos cannot be combined with json_schema: the answer ends where the schema does")
 
     @property
     def greedy(self) -> bool:

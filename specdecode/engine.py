@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import SamplingParams
+from .constraint import Constraint, GrammarVocabulary, constrain, json_schema_grammar
 from .cost_model import CostModel
 from .drafters.base import Draft, Drafter, empty_draft, fork_drafter
 from .drafters.composite import DrafterSet, drafter_members
@@ -134,6 +135,8 @@ class Engine:
     prefix_cache: a PrefixCache (to share one between engines), its budget in GB, or 0 / None for
     none: a request starts from the longest prefix whose KV rows an earlier request computed,
     for the target and a draft model (specdecode.prefix_cache; output bits do not change).
+    forced_drafts: with a json_schema, draft the tokens the grammar forces, for free (False: only
+    the drafter drafts; the output is the same either way, for comparing speed).
     """
 
     def __init__(
@@ -151,6 +154,7 @@ class Engine:
         prefill_chunk: int = PREFILL_CHUNK,
         max_batch_tokens: int = MAX_BATCH_TOKENS,
         prefix_cache: PrefixCache | float | None = DEFAULT_PREFIX_CACHE_GB,
+        forced_drafts: bool = True,
     ) -> None:
         from .loader import as_language_model, as_tokenizer
 
@@ -171,6 +175,7 @@ class Engine:
         if not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
             raise SpecdecodeError(f"max_batch_tokens must be an integer >= 1, got {max_batch_tokens!r}")
         self.prefill_chunk, self.max_batch_tokens = prefill_chunk, max_batch_tokens
+        self.forced_drafts = bool(forced_drafts)
         if prefix_cache is None or isinstance(prefix_cache, PrefixCache):
             self.prefix_cache = prefix_cache
         else:
@@ -272,7 +277,10 @@ class Engine:
         stats = stats if stats is not None else SpecStats()
         stats.prompt_tokens = len(prompt_ids)
         drafter = fork_drafter(self._drafter_set) if self._drafter_set is not None else None
+        constraint = self._constraint(params)
         k_max = self.planner.k_max if self.planner is not None else 0
+        if constraint is not None:  # room for the grammar's forced tokens, drafted for free
+            k_max = max(k_max, MAX_DRAFT_TOKENS)
         # Every position fed (drafts included) stays inside the context: RoPE tables and caches
         # end there. The room the planner sees keeps a round's drafts within max_len.
         max_len = min(len(prompt_ids) + budget + k_max + 1, self.target.max_context)
@@ -284,6 +292,7 @@ class Engine:
             cache=self.target.new_cache(max_len), drafter=drafter,
             generator=make_generator(params.seed, device), stats=stats, tokens=list(prompt_ids),
             noise=PositionNoise(params.seed, self.target.vocab_size, device) if seeded else None,
+            constraint=constraint,
         )
         if self.prefix_cache is not None:
             # Reuse rows of at most the prompt's first n - 1 tokens: the last one's pass gives the
@@ -294,6 +303,16 @@ class Engine:
             drafter.begin(state.tokens, max_len, device)
             self.planner.begin(state)
         return state
+
+    def _constraint(self, params: SamplingParams) -> Constraint | None:
+        """The grammar state a request with a json_schema starts from (None without one)."""
+        if params.json_schema is None:
+            return None
+        if self.tokenizer is None:
+            raise SpecdecodeError("structured output (json_schema) needs the model's tokenizer: pass tokenizer=")
+        grammar = json_schema_grammar(params.json_schema)
+        vocabulary = GrammarVocabulary.of(self.tokenizer, self.target.vocab_size, sorted(self.eos_token_ids))
+        return Constraint(vocabulary, grammar)
 
     def kv_bytes(self, prompt_tokens: int, max_new_tokens: int) -> int:
         """KV-cache bytes a request of this size allocates (target and draft model caches; 0 for models
@@ -337,7 +356,14 @@ class Engine:
             return StepInfo(0, 0, 0.0)
         t0 = time.perf_counter()
         decoding = [s for s in live if not s.prefilling]
-        drafts, asked = self._draft(decoding)
+        drafts, asked, free = self._draft(decoding)
+        # Structured output: the tokens each row's grammar state allows; a draft is cut at its
+        # first forbidden token (the constrained target would never accept it).
+        allowed: dict[int, torch.Tensor] = {}  # index among this pass's owners -> (rows, V) bool
+        for i, s in enumerate(decoding):
+            if s.constraint is not None:
+                allowed[i], usable = s.constraint.masks(drafts[i].tokens)
+                drafts[i] = drafts[i].cut(usable)
         t1 = time.perf_counter()
         device = self.target.device
         segments: list[Segment] = []
@@ -345,9 +371,13 @@ class Engine:
             last = torch.tensor([s.tokens[-1]], dtype=torch.long, device=device)
             segments.append(Segment(s.cache, torch.cat([last, d.token_tensor]) if d.tokens else last))  # (k'+1,)
         chunks = self._prefill_chunks([s for s in live if s.prefilling], sum(len(g.tokens) for g in segments))
-        for s, end in chunks:
+        for j, (s, end) in enumerate(chunks, start=len(decoding)):
             segments.append(Segment(s.cache, s.prompt_ids[s.prefilled : end], 1 if end == len(s.prompt_ids) else 0))
-        logits = forward_segments(self.target, segments)  # (1 + k_i, V) per decoding state, (0 or 1, V) per chunk
+            if s.constraint is not None and end == len(s.prompt_ids):
+                allowed[j] = s.constraint.masks([])[0]
+        logits = list(forward_segments(self.target, segments))  # (1 + k_i, V) per decoding state, (0 or 1, V) per chunk
+        for i, rows in allowed.items():  # the constrained target's logits, for greedy and sampled rows alike
+            logits[i] = constrain(logits[i], rows)
         # Greedy rows: one argmax and one host copy for the whole batch.
         owners = decoding + [s for s, _ in chunks]
         greedy = [i for i, s in enumerate(owners) if s.params.greedy and logits[i].shape[0]]
@@ -364,7 +394,7 @@ class Engine:
             m = len(segments[0].tokens)
             self.planner.timed(m, segments[0].cache.length - m, t2 - t1)
         for i, (s, d) in enumerate(zip(decoding, drafts)):
-            self._verified(s, d, asked[i], logits[i], argmax.get(i))
+            self._verified(s, d, asked[i], logits[i], argmax.get(i), free[i])
             s.stats.draft_seconds += t1 - t0
             s.stats.verify_seconds += t2 - t1
         for j, (s, end) in enumerate(chunks, start=len(decoding)):
@@ -373,19 +403,31 @@ class Engine:
             if end == len(s.prompt_ids):
                 first = argmax[j][0] if j in argmax else int(draw(logits_to_probs(logits[j][-1], s.params), s.rng, end))
                 s.tokens.append(first)
+                if s.constraint is not None:
+                    s.constraint.advance([first])
                 self._emit(s, [first])
         for s in live:
             if s.finished:
                 self.release(s)
         return StepInfo(len(owners), sum(len(g.tokens) for g in segments), time.perf_counter() - t0)
 
-    def _draft(self, states: list[RequestState]) -> tuple[list[Draft], list[int]]:
-        """This round's draft of each decoding state and the k each drafter was asked for (0 = none).
+    def _draft(self, states: list[RequestState]) -> tuple[list[Draft], list[int], list[bool]]:
+        """This round's draft of each decoding state, the k each drafter was asked for (0 = none)
+        and whether the draft is the grammar's forced tokens (free: no drafter, no planner).
         Drafters with `propose_many` (the draft model) propose for all requests sharing their
         model in one batched call: one draft pass per step for all of them."""
         device = self.target.device
         drafts: list[Draft] = [empty_draft(device)] * len(states)
-        plans: list[Plan] = self.planner.plan(states) if self.planner is not None and states else [NO_DRAFT] * len(states)
+        free = [False] * len(states)
+        for i, s in enumerate(states):
+            if s.constraint is not None and self.forced_drafts:
+                forced = s.constraint.forced(max(s.max_len - len(s.tokens) - 1, 0))
+                if forced:
+                    drafts[i] = Draft(forced, torch.tensor(forced, dtype=torch.long, device=device))
+                    free[i] = True
+        planned = [s for s, f in zip(states, free) if not f]
+        chosen = iter(self.planner.plan(planned) if self.planner is not None and planned else [])
+        plans: list[Plan] = [NO_DRAFT if f or self.planner is None else next(chosen) for f in free]
         asked = [p.k for p in plans]
         started = time.perf_counter()
         groups: dict[tuple, list[tuple[int, Drafter]]] = {}
@@ -405,9 +447,9 @@ class Engine:
             for i, d in zip(idx, out):
                 drafts[i] = d
         timed_draft = getattr(self.planner, "timed_draft", None)  # optional in the Planner protocol
-        if timed_draft is not None and len(states) == 1 and drafts[0].tokens:
+        if timed_draft is not None and len(states) == 1 and asked[0] > 0 and drafts[0].tokens:
             timed_draft(states[0], len(drafts[0].tokens), time.perf_counter() - started)
-        return drafts, asked
+        return drafts, asked, free
 
     def _prefill_chunks(self, waiting: list[RequestState], used: int) -> list[tuple[RequestState, int]]:
         """(state, end of its chunk) for the prompt chunks of this pass, oldest request first.
@@ -424,8 +466,9 @@ class Engine:
         return chunks
 
     def _verified(self, s: RequestState, draft: Draft, asked: int, logits: torch.Tensor,
-                  target_tokens: list[int] | None) -> None:
-        """Verify one state's draft against its logits (1 + k', V), roll back, record, emit."""
+                  target_tokens: list[int] | None, free: bool = False) -> None:
+        """Verify one state's draft against its logits (1 + k', V), roll back, record, emit.
+        free: the draft is the grammar's forced tokens (no drafter or planner hears of it)."""
         k = len(draft.tokens)
         n = len(s.tokens)
         if target_tokens is None and s.noise is not None:
@@ -439,11 +482,13 @@ class Engine:
         s.cache.trim(n + num_accepted)  # invariant: the cache holds tokens[:-1]
         if asked > 0:  # whoever was asked to draft hears the outcome, even of an empty draft
             s.drafter.on_verified(num_accepted)
-        if s.drafter is not None:  # rounds without a draft count too (the estimates fade)
+        if s.drafter is not None and not free:  # rounds without a draft count too (the estimates fade)
             self.planner.observe(s, k, num_accepted)
-        s.stats.record_round(k, num_accepted)
+        s.stats.record_round(k, num_accepted, forced=free)
         new = draft.tokens[:num_accepted] + [next_token]
         s.tokens.extend(new)
+        if s.constraint is not None:
+            s.constraint.advance(new)
         if s.noise is not None:
             s.noise.forget_before(len(s.tokens))
         self._emit(s, new)

@@ -20,3 +20,7 @@ class ContextLengthError(SpecdecodeError):
 class InvalidParameterError(SpecdecodeError, ValueError):
     """A setting out of range (temperature, top_p, max_new_tokens...). Also a ValueError, as
     these always were, so `except ValueError` in callers keeps working."""
+
+
+class StructuredOutputError(SpecdecodeError):
+    """The grammar engine stopped a constrained request midway (a grammar past its limits)."""

@@ -16,6 +16,7 @@ class SpecStats:
     draft_rounds: int = 0  # passes in which at least one token was drafted
     drafted_tokens: int = 0
     accepted_tokens: int = 0
+    forced_tokens: int = 0  # tokens a grammar forced, drafted for free and accepted (not in drafted_tokens)
     drafted_by_position: list[int] = field(default_factory=list)  # i: rounds with a draft at position i
     accepted_by_position: list[int] = field(default_factory=list)  # i: rounds whose draft i was accepted
     prefill_seconds: float = 0.0
@@ -24,8 +25,12 @@ class SpecStats:
     decode_seconds: float = 0.0  # wall time from the first token to the last
     plan: str = ""  # the planner's account of how the request drafted (Planner.describe)
 
-    def record_round(self, num_drafted: int, num_accepted: int) -> None:
+    def record_round(self, num_drafted: int, num_accepted: int, forced: bool = False) -> None:
+        """One target pass that verified num_drafted drafts (forced: the grammar's free ones)."""
         self.target_passes += 1
+        if forced:
+            self.forced_tokens += num_accepted
+            return
         if num_drafted == 0:
             return
         self.draft_rounds += 1
@@ -87,6 +92,8 @@ class SpecStats:
                 f"acceptance by pos  {by_pos}",
                 f"time drafting      {self.draft_seconds:.2f} s, verifying {self.verify_seconds:.2f} s",
             ]
+        if self.forced_tokens:
+            lines.append(f"forced tokens      {self.forced_tokens}  (the grammar allowed only them: drafted for free)")
         if self.plan:
             lines.append(f"planner            {self.plan}")
         return "\n".join(lines)

@@ -28,6 +28,7 @@ class RequestState:
     drafter: Any  # its own DrafterSet (fork_drafter), or None
     generator: torch.Generator  # unseeded sampling draws from it (rejection sampling)
     noise: PositionNoise | None = None  # seeded sampling: each position's draw is keyed by (seed, position)
+    constraint: Any = None  # structured output: its grammar state at tokens (constraint.Constraint)
     plan_state: Any = None  # the planner's per-request state (Planner.begin sets it)
     stats: SpecStats = field(default_factory=SpecStats)
     tokens: list[int] = field(default_factory=list)  # prompt + every token produced so far

@@ -22,6 +22,12 @@ class Draft:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def cut(self, n: int) -> Draft:
+        """The first n tokens of this draft."""
+        if n >= len(self.tokens):
+            return self
+        return Draft(self.tokens[:n], self.token_tensor[:n], None if self.q is None else self.q[:n])
+
 
 @runtime_checkable
 class Drafter(Protocol):

@@ -3,7 +3,8 @@
 Types are strict: "max_tokens": "10" or 1.5 is an error, not a silent conversion. Fields an
 OpenAI client may send that this server cannot honour (n > 1, logprobs, tools, penalties...)
 are rejected with a 400 that names them, rather than ignored; unknown fields are ignored.
-Extensions beyond OpenAI's API: top_k and ignore_eos (as vLLM).
+Extensions beyond OpenAI's API: top_k and ignore_eos (as vLLM). response_format json_object and
+json_schema constrain the answer (specdecode/constraint.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..config import SamplingParams
+from ..constraint import ANY_JSON_OBJECT, json_schema_grammar
+from ..errors import InvalidParameterError
 from .errors import APIError, bad_request, clip
 
 MAX_STOP_STRINGS = 16
@@ -113,12 +116,33 @@ def _reject_unsupported(req: _GenerationRequest) -> None:
     else:
         checks += [("top_logprobs", bool(req.top_logprobs), "top_logprobs are not supported"),
                    ("tools", bool(req.tools) or bool(req.functions), "tools / function calling are not supported")]
-        fmt = req.response_format
-        if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-            checks.append(("response_format", True, "only response_format {\"type\": \"text\"} is supported"))
     for param, bad, message in checks:
         if bad:
             raise bad_request(message, param=param, code="unsupported_parameter")
+
+
+def response_schema(req: _GenerationRequest) -> dict[str, Any] | None:
+    """The JSON schema a chat request's response_format asks for: None for text, any JSON object
+    for json_object, the given schema for json_schema (checked: an invalid one is a 400)."""
+    fmt = getattr(req, "response_format", None)
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return dict(ANY_JSON_OBJECT)
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise bad_request("response_format.json_schema.schema must be a JSON schema object", "response_format")
+        try:
+            json_schema_grammar(schema)
+        except InvalidParameterError as e:
+            raise bad_request(f"response_format: {e}", "response_format") from None
+        return schema
+    raise bad_request('response_format.type must be "text", "json_object" or "json_schema"', "response_format")
 
 
 def requested_max_tokens(req: _GenerationRequest) -> int | None:
@@ -157,8 +181,12 @@ def sampling_params(req: _GenerationRequest, limits: Limits, default_max_tokens:
         raise bad_request(f"at most {MAX_STOP_STRINGS} stop strings, got {len(stop)}", "stop")
     if any(not s or len(s) > MAX_STOP_CHARS for s in stop):
         raise bad_request(f"stop strings must be non-empty and at most {MAX_STOP_CHARS} characters", "stop")
-    return SamplingParams(temperature=float(temperature), top_k=top_k, top_p=float(top_p), max_new_tokens=max_tokens,
-                          seed=req.seed, stop=stop, ignore_eos=bool(req.ignore_eos))
+    try:
+        return SamplingParams(temperature=float(temperature), top_k=top_k, top_p=float(top_p),
+                              max_new_tokens=max_tokens, seed=req.seed, stop=stop, ignore_eos=bool(req.ignore_eos),
+                              json_schema=response_schema(req))
+    except InvalidParameterError as e:  # a combination the fields' own checks above let through
+        raise bad_request(str(e)) from None
 
 
 def completion_prompt(req: CompletionRequest, limits: Limits) -> str | list[int]:
