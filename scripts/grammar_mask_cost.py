@@ -58,10 +58,11 @@ def measure_outlines(tok, vocab_size, eos, schema, ids):
 
     hf = tok.hf
     t0 = time.perf_counter()
-    by_text: dict[str, list[int]] = {}
-    for token, i in hf.get_vocab().items():
-        if i not in eos and i < vocab_size:
-            by_text.setdefault(token, []).append(i)
+    by_text: dict[bytes, list[int]] = {}  # each token's bytes (a byte-level BPE's characters stand for bytes)
+    special = set(hf.all_special_ids)
+    for i in hf.get_vocab().values():
+        if i not in eos and i not in special and i < vocab_size:
+            by_text.setdefault(tok._token_bytes(i), []).append(i)
     vocabulary = oc.Vocabulary(min(eos), by_text)
     regex = oc.json_schema.build_regex_from_schema(json.dumps(schema))
     index = oc.Index(regex, vocabulary)
@@ -73,7 +74,8 @@ def measure_outlines(tok, vocab_size, eos, schema, ids):
         t0 = time.perf_counter()
         guide.write_mask_into(mask.data_ptr(), mask.numel(), mask.element_size())
         per.append(time.perf_counter() - t0)
-        guide.advance(t)
+        if t not in eos:  # the end of text is allowed at a final state, not consumed
+            guide.advance(t)
     return build, per
 
 

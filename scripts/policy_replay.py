@@ -203,8 +203,8 @@ def simulate(trace: dict, cost_model, method: str, truth=None, k_max: int = 15,
 
 def replay(args: argparse.Namespace) -> None:
     data = _read_traces(args.traces)
-    cm = _cost_model(args.cost_model)
-    truth = _cost_model(args.truth) if args.truth else None
+    cm = _cost_model(args.cost_model, args.cost_method)
+    truth = _cost_model(args.truth, args.cost_method) if args.truth else None
     methods = args.methods.split(",")
     bad = [m for m in methods if m not in ("target", "auto", "auto+ngram") and not (m[:1] == "k" and m[1:].isdigit()
                                                                                  and int(m[1:]) >= 1)]
@@ -270,16 +270,16 @@ def _read_traces(path: str) -> dict:
     return d
 
 
-def _cost_model(path: str):
-    """The cost model of a bench results.json (bench.methods_policy.recorded_cost_model), or of a
-    file holding one cost model (CostModel.to_dict)."""
+def _cost_model(path: str, method: str | None = None):
+    """The cost model of a bench results.json (bench.methods_policy.recorded_cost_model: `method`'s
+    own where the run recorded one per method), or of a file holding one (CostModel.to_dict)."""
     from specdecode.bench.methods_policy import recorded_cost_model
     from specdecode.cost_model import CostModel
 
     from specdecode.errors import SpecdecodeError
 
     d = _read_json(path)
-    recorded = recorded_cost_model(d) if isinstance(d, dict) else None
+    recorded = recorded_cost_model(d, method) if isinstance(d, dict) else None
     if recorded is not None:
         return recorded
     if not (isinstance(d, dict) and isinstance(d.get("target"), dict) and "seconds" in d["target"]):
@@ -309,6 +309,8 @@ def main() -> None:
     p = sub.add_parser("replay", help="replay policies on traces")
     p.add_argument("traces")
     p.add_argument("--cost-model", required=True, help="a bench results.json (its cost model) or a cost model JSON")
+    p.add_argument("--cost-method", default="spec-int4-auto",
+                   help="in a results.json that recorded one cost model per method, whose (default: spec-int4-auto)")
     p.add_argument("--truth", help="time rounds with this cost model instead (a belief that is off)")
     p.add_argument("--methods", default="target,k1,k2,k3,k4,k8,auto,auto+ngram")
     p.add_argument("--k-max", type=int, default=15)

@@ -24,7 +24,7 @@ uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
 import specdecode  # noqa: E402
-from specdecode import Engine, NgramDrafter  # noqa: E402
+from specdecode import Engine, NgramDrafter, SamplingParams  # noqa: E402
 from specdecode.server import ServerConfig, create_app  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -840,3 +840,49 @@ def test_draining_scheduler_refuses_new_requests(server, target):
         _check_error(s.post(C, json=OK_C), 503, code="shutting_down")
         r = httpx.get(s.url + "/health")
         assert r.status_code == 503 and r.json()["status"] == "shutting_down"
+
+
+# -- structured output ------------------------------------------------------------------------------
+
+
+def test_structured_output_through_the_openai_client(server, ref):
+    """client.beta.chat.completions.parse with a pydantic model: the answer parses into the model
+    (the random model says gibberish inside the schema's fixed parts), equals the Python API's
+    constrained greedy answer, and streams to the same text; json_object gives a JSON object."""
+    import json
+
+    from pydantic import BaseModel, Field
+
+    class Pet(BaseModel):
+        kind: str = Field(json_schema_extra={"enum": ["cat", "dog"]})
+        legs: int = Field(ge=0, le=8)
+        friendly: bool
+
+    client = server.client()
+    messages = [{"role": "user", "content": "describe a pet"}]
+    parsed = client.beta.chat.completions.parse(model=MODEL, messages=messages, response_format=Pet,
+                                                temperature=0, max_tokens=200)
+    pet = parsed.choices[0].message.parsed
+    assert isinstance(pet, Pet) and pet.kind in ("cat", "dog") and 0 <= pet.legs <= 8
+    schema = openai.lib._pydantic.to_strict_json_schema(Pet)
+    expected = ref.generate(messages, SamplingParams(max_new_tokens=200, json_schema=schema), chat=True)
+    assert parsed.choices[0].message.content == expected.text
+    fmt = {"type": "json_schema", "json_schema": {"name": "Pet", "schema": schema, "strict": True}}
+    stream = client.chat.completions.create(model=MODEL, messages=messages, response_format=fmt, temperature=0,
+                                            max_tokens=200, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == expected.text
+    r = client.chat.completions.create(model=MODEL, messages=messages, response_format={"type": "json_object"},
+                                       temperature=0, max_tokens=200)
+    if r.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(r.choices[0].message.content), dict)
+    assert r.choices[0].message.content.startswith("{")
+
+
+def test_a_bad_response_format_is_a_400(server):
+    for fmt, what in [({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "no-such"}}}, "JSON schema"),
+                      ({"type": "json_schema", "json_schema": {"name": "x"}}, "schema"),
+                      ({"type": "yaml"}, "response_format.type")]:
+        r = server.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                                      "response_format": fmt})
+        assert r.status_code == 400 and what in r.json()["error"]["message"], r.text
+        assert r.json()["error"]["param"] == "response_format"

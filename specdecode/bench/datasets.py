@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SpecdecodeError
 
 DATA_DIR = Path(__file__).parent / "data"
 SPEC_BENCH_FILE = DATA_DIR / "spec_bench_question.jsonl"
+JSON_EXTRACT_FILE = DATA_DIR / "json_extract.jsonl"  # structured output: extraction and tool-call arguments
 
 # Spec-Bench's first 80 questions are MT-bench, labelled with MT-bench's own eight categories;
 # Spec-Bench reports them together as "multi-turn conversation" (we use the first turn only).
@@ -31,6 +32,7 @@ class BenchPrompt:
     text: str
     subcategory: str | None = None
     chat_text: str | None = None  # what the user message says in chat format, if not `text`
+    json_schema: dict | None = field(default=None, hash=False, compare=False)  # the answer must follow it
 
     def message(self, chat: bool) -> str:
         return self.chat_text if chat and self.chat_text is not None else self.text
@@ -69,9 +71,11 @@ def _dataset_prompts(dataset: str) -> list[BenchPrompt]:
         return spec_bench_prompts()
     if dataset == "humaneval":
         return humaneval_prompts()
+    if dataset == "json-extract":
+        return jsonl_prompts(JSON_EXTRACT_FILE)
     if dataset.endswith(".jsonl") or Path(dataset).is_file():
         return jsonl_prompts(Path(dataset))
-    raise SpecdecodeError(f"unknown dataset {dataset!r}: use spec-bench, humaneval or a path to a .jsonl file")
+    raise SpecdecodeError(f"unknown dataset {dataset!r}: use spec-bench, humaneval, json-extract or a path to a .jsonl file")
 
 
 def _take_mixed(prompts: list[BenchPrompt], limit: int | None) -> list[BenchPrompt]:
@@ -112,7 +116,8 @@ def humaneval_prompts() -> list[BenchPrompt]:
 
 
 def jsonl_prompts(path: Path) -> list[BenchPrompt]:
-    """One JSON object per line: {"prompt": str, "category": str (optional), "id": (optional)}.
+    """One JSON object per line: {"prompt": str, "category": str (optional), "id": (optional),
+    "json_schema": object (optional: the answer must follow it, as SamplingParams.json_schema)}.
 
     Spec-Bench / MT-bench rows ({"turns": [...], "category": ...}) are accepted too (first turn).
     """
@@ -129,7 +134,10 @@ def jsonl_prompts(path: Path) -> list[BenchPrompt]:
         if pid in seen:
             raise SpecdecodeError(f"{path}, line {i + 1}: duplicate id {pid!r}")
         seen.add(pid)
-        out.append(BenchPrompt(f"{path.stem}/{pid}", str(row.get("category") or "custom"), text))
+        schema = row.get("json_schema")
+        if schema is not None and not isinstance(schema, dict):
+            raise SpecdecodeError(f"{path}, line {i + 1}: \"json_schema\" must be a JSON object")
+        out.append(BenchPrompt(f"{path.stem}/{pid}", str(row.get("category") or "custom"), text, json_schema=schema))
     if not out:
         raise SpecdecodeError(f"{path} holds no prompts")
     return out

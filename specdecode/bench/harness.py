@@ -280,13 +280,16 @@ def run_bench(config: BenchConfig, *, target=None, draft=None, log: Callable[[st
         if todo and config.warmup:
             log(f"warming up: {min(config.warmup, len(todo))} prompt(s), every method")
             warm = dataclasses.replace(params, max_new_tokens=min(config.max_new_tokens, WARMUP_MAX_TOKENS))
-            for _, ids, _ in todo[: config.warmup]:
+            for p, ids, _ in todo[: config.warmup]:
                 for m in methods:
-                    runners[m.name].run(ids, warm)
+                    runners[m.name].run(ids, for_prompt(warm, p))
         # The pass costs the cost policy decides by (measured by the warm-up of an `auto` method,
         # else now, before any timed run; cached per machine): the theory beside measurement
         # prices this run with them, not with whatever a later process would measure.
         results["cost_model"] = _cost_model(target, draft).to_dict()
+        # ... and those of each method whose planner prices its rounds (an int4 pair has its own)
+        results["cost_models"] = {name: r.engine.cost_model.to_dict() for name, r in runners.items()
+                                  if getattr(getattr(r, "engine", None), "needs_cost_model", False)}
         # Objects alive now (models, libraries) never become garbage: freezing them keeps each
         # collection between runs short, and no collection runs inside a timed region.
         gc.collect()
@@ -305,6 +308,11 @@ def run_bench(config: BenchConfig, *, target=None, draft=None, log: Callable[[st
     results["finished"] = now_iso()
     write_reports(results, out)  # results.json with the summary, results.md, charts
     return results
+
+
+def for_prompt(params: SamplingParams, prompt: BenchPrompt) -> SamplingParams:
+    """The run's sampling settings with the prompt's own JSON schema, if it has one."""
+    return params if prompt.json_schema is None else dataclasses.replace(params, json_schema=prompt.json_schema)
 
 
 def _cost_model(target, draft):
@@ -328,7 +336,7 @@ def _run_prompts(todo, runners, params, config, results, done, decode, path) -> 
                     gc.collect()
                     gc.disable()
                     try:
-                        runs[m.name].append(runners[m.name].run(ids, params))
+                        runs[m.name].append(runners[m.name].run(ids, for_prompt(params, prompt)))
                     finally:
                         gc.enable()
                     bar.update(1)

@@ -135,6 +135,8 @@ class LlamaCppRunner:
             cached = min(cached, len(prompt_ids) - 1)
         else:
             llm.reset()  # n_tokens = 0: generate() then evaluates the whole prompt, no cached prefix
+        if params.json_schema is not None:  # the same schema, as llama.cpp's grammar (GBNF) of it
+            kw["grammar"] = json_schema_grammar_for_llamacpp(params.json_schema)
         gen = llm.generate(list(prompt_ids), reset=True, **kw)
         try:
             for token in gen:
@@ -161,6 +163,16 @@ class LlamaCppRunner:
         if self.llm is not None:
             self.llm.close()
             self.llm = None
+
+
+def json_schema_grammar_for_llamacpp(schema: dict) -> Any:
+    """llama.cpp's grammar for a JSON schema (its own converter, as its server's response_format uses).
+    Its whitespace rules are llama.cpp's, not ours: compare speed and validity, not text."""
+    import json
+
+    from llama_cpp import LlamaGrammar
+
+    return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
 
 
 def build_llamacpp_runner(target: Any, eos_token_ids: list[int], threads: int | None) -> LlamaCppRunner:

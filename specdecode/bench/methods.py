@@ -72,11 +72,12 @@ class BenchContext:
             self._quantized[role, mode] = quantized_copy(model.lm, mode)
         return self._quantized[role, mode]
 
-    def engine(self, drafter=None, kind: str | None = None, target=None) -> Engine:
+    def engine(self, drafter=None, kind: str | None = None, target=None, **options) -> Engine:
         """An Engine on the target (or `target`) with the run's EOS, draft length and adaptivity."""
         k = self.k(kind) if drafter is not None and kind else None
         return Engine(self.target if target is None else target, drafter, num_draft_tokens=k,
-                      adaptive=self.adaptive and drafter is not None, eos_token_ids=self.eos_token_ids)
+                      adaptive=self.adaptive and drafter is not None, eos_token_ids=self.eos_token_ids,
+                      tokenizer=self.target.tokenizer, **options)
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,8 @@ class HFGenerateRunner:
 
     @torch.inference_mode()
     def run(self, prompt_ids: list[int], params: SamplingParams) -> RunResult:
+        if params.json_schema is not None:
+            raise SpecdecodeError("the hf methods do not constrain output to a JSON schema (json-extract prompts)")
         device = self.model.device
         ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
         gen_config = self.generation_config(params)
@@ -353,27 +356,44 @@ def _target_int4(ctx: BenchContext):
     return ctx.engine(target=ctx.quantized_target("int4"))
 
 
+@register_method("target-int4-unforced", reference="target-int4", default=False,
+                 description="target-int4 without the free drafts of a JSON schema's forced tokens (json-extract)")
+def _target_int4_unforced(ctx: BenchContext):
+    return ctx.engine(target=ctx.quantized_target("int4"), forced_drafts=False)
+
+
 @register_method("spec-int4-model-int4", needs_draft=True, reference="target-int4", default=False,
                  description="int4 target, int4 draft model, k chosen per round by the cost policy")
 def _spec_int4_model_int4(ctx: BenchContext):
     from ..drafters import ModelDrafter
 
     return Engine(ctx.quantized_target("int4"), ModelDrafter(ctx.quantized_draft("int4")),
-                  num_draft_tokens=ctx.num_draft_tokens or "auto", eos_token_ids=ctx.eos_token_ids)
+                  num_draft_tokens=ctx.num_draft_tokens or "auto", eos_token_ids=ctx.eos_token_ids, tokenizer=ctx.target.tokenizer)
 
 
 @register_method("spec-int4-ngram", reference="target-int4", default=False,
                  description="int4 target, prompt lookup (n-gram drafter), k chosen per round by the cost policy")
 def _spec_int4_ngram(ctx: BenchContext):
     return Engine(ctx.quantized_target("int4"), NgramDrafter(), num_draft_tokens=ctx.num_draft_tokens or "auto",
-                  eos_token_ids=ctx.eos_token_ids)
+                  eos_token_ids=ctx.eos_token_ids, tokenizer=ctx.target.tokenizer)
 
 
 @register_method("spec-int4-auto", reference="target-int4", default=False,
                  description="int4 target, --drafter auto (n-gram + suffix + int4 draft model if given), policy-chosen")
 def _spec_int4_auto(ctx: BenchContext):
+    return _int4_auto(ctx, forced_drafts=True)
+
+
+@register_method("spec-int4-auto-unforced", reference="target-int4", default=False,
+                 description="spec-int4-auto without the free drafts of a JSON schema's forced tokens (json-extract)")
+def _spec_int4_auto_unforced(ctx: BenchContext):
+    return _int4_auto(ctx, forced_drafts=False)
+
+
+def _int4_auto(ctx: BenchContext, forced_drafts: bool) -> Engine:
     from ..drafters import ModelDrafter
 
     drafters = [ModelDrafter(ctx.quantized_draft("int4"))] if ctx.draft is not None else []
     return Engine(ctx.quantized_target("int4"), [*drafters, NgramDrafter(), SuffixDrafter()],
-                  num_draft_tokens=ctx.num_draft_tokens or "auto", eos_token_ids=ctx.eos_token_ids)
+                  num_draft_tokens=ctx.num_draft_tokens or "auto", eos_token_ids=ctx.eos_token_ids,
+                  tokenizer=ctx.target.tokenizer, forced_drafts=forced_drafts)

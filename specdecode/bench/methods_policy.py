@@ -175,10 +175,13 @@ def format_theory(t: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def recorded_cost_model(results: dict[str, Any]) -> CostModel | None:
-    """The cost model a run's results.json recorded: its last figures ("cost_model_end" where an
-    engine saw its passes drift and measured again, else "cost_model"); None for older runs."""
-    recorded = results.get("cost_model_end") or results.get("cost_model")
+def recorded_cost_model(results: dict[str, Any], method: str | None = None) -> CostModel | None:
+    """The cost model a run's results.json recorded: `method`'s own where the run recorded one per
+    method ("cost_models": an int4 pair's differ from the bf16 pair's), else the run's last figures
+    ("cost_model_end" where an engine saw its passes drift and measured again, else "cost_model");
+    None for older runs."""
+    recorded = (results.get("cost_models") or {}).get(method) if method else None
+    recorded = recorded or results.get("cost_model_end") or results.get("cost_model")
     return CostModel.from_dict(recorded) if recorded else None
 
 
