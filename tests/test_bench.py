@@ -12,6 +12,7 @@ from specdecode.bench.harness import compare_outputs, make_record, select_method
 from specdecode.bench.hf_from_native import hf_model_from_native
 from specdecode.bench.methods import METHODS, EngineRunner, RunResult, register_method
 from specdecode.bench.stats import OVERALL, first_mismatch, median, method_summary, pooled_rates, speedup, summarize
+from specdecode.config import SamplingParams
 from specdecode.errors import SpecdecodeError
 from specdecode.kernels import PACKED_LINEARS
 
@@ -400,3 +401,28 @@ def test_hf_twin_of_tiny_random_generates_the_target_only_output(models):
     gen = out[0, len(ids):].tolist()
     ref, _ = Engine(target).generate_ids(ids, SamplingParams(max_new_tokens=20))
     assert [t for t in gen if t not in eos] == ref
+
+
+def test_a_dataset_with_schemas_constrains_every_specdecode_method(models, tmp_path):
+    """Each prompt's json_schema reaches the engine: every specdecode method's answer follows it,
+    all agree with the target (the free forced drafts change speed, never output), and the
+    transformers methods, which cannot constrain, fail with a clear message."""
+    target, draft = models
+    schema = {"type": "object", "properties": {"kind": {"enum": ["cat", "dog"]}, "ok": {"type": "boolean"}},
+              "required": ["kind", "ok"], "additionalProperties": False}
+    path = tmp_path / "schemas.jsonl"
+    path.write_text("\n".join(json.dumps({"id": i, "prompt": p, "json_schema": schema})
+                              for i, p in enumerate(["a pet", "hello there"])) + "\n")
+    names = ["target-int4", "target-int4-unforced", "spec-int4-auto", "spec-int4-auto-unforced"]
+    results = run_bench(BenchConfig(target="tiny-random", draft="tiny-random-draft", methods=names, dataset=str(path),
+                                    out=str(tmp_path / "out"), **{**FAST, "max_new_tokens": 40}),
+                        target=target, draft=draft)
+    for p in results["prompts"]:
+        outs = {m: p["results"][m]["text"] for m in names}
+        assert len(set(outs.values())) == 1, outs
+        answer = json.loads(outs["target-int4"])
+        assert answer["kind"] in ("cat", "dog") and isinstance(answer["ok"], bool)
+    from specdecode.bench.methods import HFGenerateRunner
+
+    with pytest.raises(SpecdecodeError, match="JSON schema"):
+        HFGenerateRunner(None, [0]).run([1, 2], SamplingParams(json_schema=schema))
