@@ -80,6 +80,9 @@ class SamplingParams:
     # Structured output: every token follows this JSON schema ({"type": "object"}: any JSON
     # object); speculation stays exact for the constrained target (specdecode/constraint.py).
     json_schema: dict[str, Any] | None = None
+    # The target's log-probability of each emitted token (specdecode/logprobs.py), with this many
+    # most likely alternatives (0..20); None: none.
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -101,6 +104,9 @@ class SamplingParams:
             raise InvalidParameterError("stop strings must be non-empty strings")
         if self.json_schema is not None and not isinstance(self.json_schema, dict):
             raise InvalidParameterError(f"json_schema must be a JSON object (a dict), got {type(self.json_schema).__name__}")
+        if self.logprobs is not None and (not isinstance(self.logprobs, int) or isinstance(self.logprobs, bool)
+                                          or not 0 <= self.logprobs <= 20):
+            raise InvalidParameterError(f"logprobs must be an integer in 0..20 (alternatives per token), got {self.logprobs!r}")
         if self.json_schema is not None and self.ignore_eos:
             raise InvalidParameterError("ignore_eos cannot be combined with json_schema: the answer ends where the schema does")
 

@@ -21,6 +21,7 @@ from .cost_model import CostModel
 from .drafters.base import Draft, Drafter, empty_draft, fork_drafter
 from .drafters.composite import DrafterSet, drafter_members
 from .errors import ContextLengthError, SpecdecodeError
+from .logprobs import TokenLogprob, token_logprobs
 from .metrics import SpecStats
 from .policy import NO_DRAFT, AdaptiveK, CostPlanner, FixedK, PassCostRatios, Plan, Planner
 from .prefix_cache import DEFAULT_PREFIX_CACHE_GB, PrefixCache
@@ -77,6 +78,7 @@ class Chunk:
     token_ids: list[int]
     finish_reason: str | None = None  # "stop" (EOS or stop string) | "length" on the last chunk
     stats: SpecStats | None = None
+    logprobs: list[TokenLogprob] | None = None  # one per token id, when params.logprobs is set
 
 
 @dataclass
@@ -85,6 +87,7 @@ class GenerationResult:
     token_ids: list[int]
     finish_reason: str
     stats: SpecStats = field(default_factory=SpecStats)
+    logprobs: list[TokenLogprob] | None = None  # one per token id, when params.logprobs is set
 
 
 class TextRequest:
@@ -108,15 +111,16 @@ class TextRequest:
         new, finish = s.new_tokens, s.finish_reason
         if self.done or (not new and not finish):
             return None
+        lps = s.new_logprobs if s.params.logprobs is not None else None
         text, hit = self.stopper.feed(self.detok.add(new))
         if hit:
             self.done = True
-            return Chunk(text, new, "stop", s.stats)
+            return Chunk(text, new, "stop", s.stats, lps)
         if finish:
             self.done = True
             text2, hit = self.stopper.feed(self.detok.flush())
-            return Chunk(text + text2 + ("" if hit else self.stopper.flush()), new, "stop" if hit else finish, s.stats)
-        return Chunk(text, new) if text or new else None
+            return Chunk(text + text2 + ("" if hit else self.stopper.flush()), new, "stop" if hit else finish, s.stats, lps)
+        return Chunk(text, new, logprobs=lps) if text or new else None
 
 
 class Engine:
@@ -350,7 +354,7 @@ class Engine:
         round (EOS cut), `finish_reason` is set when it ended, and a finished state is released.
         """
         for s in states:
-            s.new_tokens = []
+            s.new_tokens, s.new_logprobs = [], []
         live = [s for s in states if not s.finished and not s.released]
         if not live:
             return StepInfo(0, 0, 0.0)
@@ -405,7 +409,7 @@ class Engine:
                 s.tokens.append(first)
                 if s.constraint is not None:
                     s.constraint.advance([first])
-                self._emit(s, [first])
+                self._emit(s, [first], logits[j][-1:])
         for s in live:
             if s.finished:
                 self.release(s)
@@ -491,10 +495,11 @@ class Engine:
             s.constraint.advance(new)
         if s.noise is not None:
             s.noise.forget_before(len(s.tokens))
-        self._emit(s, new)
+        self._emit(s, new, logits)
 
-    def _emit(self, s: RequestState, new: list[int]) -> None:
-        """Cut `new` at EOS or the length budget; set new_tokens, finish_reason and the counters."""
+    def _emit(self, s: RequestState, new: list[int], logits: torch.Tensor) -> None:
+        """Cut `new` at EOS or the length budget; set new_tokens (and their log-probabilities
+        from `logits`, row i chose new[i], when asked for), finish_reason and the counters."""
         now = time.perf_counter()
         if s.first_token_at is None:
             s.first_token_at = now
@@ -508,6 +513,8 @@ class Engine:
         s.stats.generated_tokens += len(new) + (1 if finish == "stop" else 0)
         s.stats.decode_seconds = now - s.first_token_at
         s.new_tokens, s.finish_reason = new, finish
+        if s.params.logprobs is not None:
+            s.new_logprobs = token_logprobs(logits, new, s.params.logprobs)
 
     # -- layer 2: token stream with EOS and length --------------------------------------------
 
@@ -563,13 +570,15 @@ class Engine:
 
     def generate(self, prompt, params: SamplingParams | None = None, *, chat: bool | None = None, **kwargs) -> GenerationResult:
         """Generate to completion; returns text, token ids, finish reason and SpecStats."""
-        parts, ids, finish, stats = [], [], "length", SpecStats()
+        parts, ids, finish, stats, lps = [], [], "length", SpecStats(), []
         for chunk in self.stream(prompt, params, chat=chat, **kwargs):
             parts.append(chunk.text)
             ids.extend(chunk.token_ids)
+            lps.extend(chunk.logprobs or [])
             if chunk.finish_reason:
                 finish, stats = chunk.finish_reason, chunk.stats
-        return GenerationResult("".join(parts), ids, finish, stats)
+        wanted = params is not None and params.logprobs is not None or kwargs.get("logprobs") is not None
+        return GenerationResult("".join(parts), ids, finish, stats, lps if wanted else None)
 
     def generate_ids(self, prompt_ids: list[int], params: SamplingParams) -> tuple[list[int], SpecStats]:
         """Token ids in, token ids out (no tokenizer needed); EOS and max_new_tokens apply."""

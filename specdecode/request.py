@@ -34,6 +34,7 @@ class RequestState:
     tokens: list[int] = field(default_factory=list)  # prompt + every token produced so far
     prefilled: int = 0  # prompt tokens already in the target cache (prefill goes by chunks)
     new_tokens: list[int] = field(default_factory=list)  # what the last step produced (EOS cut)
+    new_logprobs: list = field(default_factory=list)  # their TokenLogprobs, when params.logprobs is set
     finish_reason: str | None = None  # "stop" | "length" once finished
     released: bool = False
     first_token_at: float | None = None

@@ -190,6 +190,10 @@ class Tokenizer:
         added = getattr(self.hf, "added_tokens_decoder", {})
         return frozenset(self.hf.all_special_ids) | {i for i, t in added.items() if getattr(t, "special", False)}
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token adds to the decoded text (logprobs' `bytes`; a special token's name)."""
+        return self._token_bytes(token_id)
+
     def _token_bytes(self, token_id: int) -> bytes:
         """The bytes one token adds to the decoded text, as the tokenizer's decoder makes them."""
         token = self.hf.convert_ids_to_tokens(token_id)

@@ -413,7 +413,7 @@ BAD = [
     (C, {**OK_C, "stream": "yes"}, 400, "stream", None),
     (C, {**OK_C, "n": 2}, 400, "n", "unsupported_parameter"),
     (CH, {**OK_CH, "n": 3}, 400, "n", "unsupported_parameter"),
-    (C, {**OK_C, "logprobs": 5}, 400, "logprobs", "unsupported_parameter"),
+    (C, {**OK_C, "logprobs": 6}, 400, "logprobs", None),
     (C, {**OK_C, "echo": True}, 400, "echo", "unsupported_parameter"),
     (CH, {**OK_CH, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools", "unsupported_parameter"),
     (C, {**OK_C, "prompt": ""}, 400, "prompt", None),
@@ -886,3 +886,39 @@ def test_a_bad_response_format_is_a_400(server):
                                                       "response_format": fmt})
         assert r.status_code == 400 and what in r.json()["error"]["message"], r.text
         assert r.json()["error"]["param"] == "response_format"
+
+
+# -- logprobs -----------------------------------------------------------------------------------
+
+
+def test_logprobs_through_the_openai_client(server, target):
+    """Chat (JSON and streamed) and completions logprobs are the target's: those of the Python
+    API's target-only run, though the server speculates (k = 2 with the draft model)."""
+    client = server.client()
+    messages = [{"role": "user", "content": "hello there"}]
+    alone = Engine(target).generate(messages, SamplingParams(max_new_tokens=16, logprobs=2), chat=True)
+    want = [(round(lp.logprob, 6), [t for t, _ in lp.top]) for lp in alone.logprobs]
+    r = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=16,
+                                       logprobs=True, top_logprobs=2)
+    got = r.choices[0].logprobs.content
+    assert [(round(c.logprob, 6), len(c.top_logprobs)) for c in got] == [(w[0], 2) for w in want]
+    assert "".join(c.token for c in got) == r.choices[0].message.content == alone.text
+    assert all(bytes(c.bytes).decode("utf-8", "replace") == c.token for c in got)
+    stream = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=16,
+                                            logprobs=True, top_logprobs=2, stream=True)
+    streamed = [c for ch in stream if ch.choices and ch.choices[0].logprobs for c in ch.choices[0].logprobs.content]
+    assert [round(c.logprob, 6) for c in streamed] == [w[0] for w in want]
+    plain = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=4)
+    assert plain.choices[0].logprobs is None
+    comp = client.completions.create(model=MODEL, prompt="def add(x, y):", temperature=0, max_tokens=12, logprobs=3)
+    lp = comp.choices[0].logprobs
+    ref = Engine(target).generate("def add(x, y):", SamplingParams(max_new_tokens=12, logprobs=3), chat=False)
+    assert [round(v, 6) for v in lp.token_logprobs] == [round(x.logprob, 6) for x in ref.logprobs]
+    # (tokens that print alike, such as two halves of a UTF-8 character, share one key of the dict)
+    assert all(1 <= len(t) <= 3 for t in lp.top_logprobs) and lp.text_offset[0] == 0
+    for body, param in [({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+                        ({"top_logprobs": 2}, "top_logprobs"), ({"logprobs": 3}, "logprobs")]:
+        r = server.post("/v1/chat/completions", json={"model": MODEL, "messages": messages, **body})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    r = server.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "logprobs": 6})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"

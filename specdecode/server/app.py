@@ -169,7 +169,8 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
             if first.kind == "disconnected":
                 return Response(status_code=499)
             rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-            reply = Reply(rid, int(time.time()), config.model_name, chat)
+            token_bytes = engine.tokenizer.token_bytes if params.logprobs is not None else None
+            reply = Reply(rid, int(time.time()), config.model_name, chat, token_bytes)
             if req.stream:
                 watcher.cancel()  # from here StreamingResponse watches for the disconnect itself
                 include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -201,20 +202,34 @@ class JobStreamingResponse(StreamingResponse):
 class Reply:
     """Builds one request's answer from its job's events, as one JSON body or as SSE."""
 
-    def __init__(self, rid: str, created: int, model: str, chat: bool) -> None:
+    def __init__(self, rid: str, created: int, model: str, chat: bool, token_bytes=None) -> None:
         self.rid, self.created, self.model, self.chat = rid, created, model, chat
+        self.token_bytes = token_bytes  # set when the client asked for logprobs
+        self.text_offset = 0  # completions' logprobs: characters streamed so far
 
-    def _body(self, text: str, finish: str, **extra) -> dict:
+    def _logprobs(self, lps: list, text: str) -> dict | None:
+        """The OpenAI logprobs object of `lps`, the tokens behind `text` (None if not asked for)."""
+        if self.token_bytes is None:
+            return None
+        if self.chat:
+            return schemas.chat_logprobs(lps, self.token_bytes)
+        out = schemas.completion_logprobs(lps, self.token_bytes, self.text_offset)
+        self.text_offset += len(text)
+        return out
+
+    def _body(self, text: str, finish: str, lps: list, **extra) -> dict:
         build = schemas.chat_body if self.chat else schemas.completion_body
-        return build(self.rid, self.created, self.model, text, finish, **extra)
+        return build(self.rid, self.created, self.model, text, finish, self._logprobs(lps, text), **extra)
 
-    def _chunk(self, text: str | None, finish: str | None = None, role: bool = False, **extra) -> str:
+    def _chunk(self, text: str | None, finish: str | None = None, role: bool = False, lps: list | None = None,
+               **extra) -> str:
+        logprobs = self._logprobs(lps, text or "") if lps else None
         if self.chat:
             delta = None if text is None else ({"role": "assistant", "content": text} if role else
                                                ({"content": text} if text else {}))
-            body = schemas.chat_chunk(self.rid, self.created, self.model, delta, finish, **extra)
+            body = schemas.chat_chunk(self.rid, self.created, self.model, delta, finish, logprobs, **extra)
         else:
-            body = schemas.completion_body(self.rid, self.created, self.model, text, finish, **extra)
+            body = schemas.completion_body(self.rid, self.created, self.model, text, finish, logprobs, **extra)
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
     @staticmethod
@@ -226,7 +241,7 @@ class Reply:
                 "specdecode": stats.to_dict() if stats is not None else None}
 
     async def json(self, job: Job, event: Event) -> JSONResponse:
-        parts = []
+        parts, lps = [], []
         while True:
             if event.kind == "error":
                 raise _engine_error(event.error, "messages" if self.chat else "prompt")
@@ -234,11 +249,13 @@ class Reply:
                 return Response(status_code=499)
             chunk = event.chunk
             parts.append(chunk.text)
+            lps.extend(chunk.logprobs or [])
             if chunk.finish_reason:
-                return JSONResponse(self._body("".join(parts), chunk.finish_reason, **self._extras(job, chunk)))
+                return JSONResponse(self._body("".join(parts), chunk.finish_reason, lps, **self._extras(job, chunk)))
             event = await job.next()
 
     async def sse(self, job: Job, event: Event, include_usage: bool) -> AsyncIterator[str]:
+        pending: list = []  # logprobs of tokens not yet sent
         try:
             if self.chat:
                 yield self._chunk("", role=True)
@@ -249,11 +266,13 @@ class Reply:
                     yield f"data: {json.dumps(err.body())}\n\n"
                     break
                 chunk = event.chunk
+                pending.extend(chunk.logprobs or [])  # tokens whose text is still held back travel on
                 if chunk.text:
-                    yield self._chunk(chunk.text)
+                    yield self._chunk(chunk.text, lps=pending)
+                    pending = []
                 if chunk.finish_reason:
                     extras = self._extras(job, chunk)
-                    yield self._chunk("", chunk.finish_reason, specdecode=extras["specdecode"])
+                    yield self._chunk("", chunk.finish_reason, lps=pending, specdecode=extras["specdecode"])
                     if include_usage:
                         yield self._chunk(None, **extras)
                     break

@@ -1,7 +1,7 @@
 """OpenAI request schemas (types checked strictly by pydantic), their checks, and response bodies.
 
 Types are strict: "max_tokens": "10" or 1.5 is an error, not a silent conversion. Fields an
-OpenAI client may send that this server cannot honour (n > 1, logprobs, tools, penalties...)
+OpenAI client may send that this server cannot honour (n > 1, tools, penalties...)
 are rejected with a 400 that names them, rather than ignored; unknown fields are ignored.
 Extensions beyond OpenAI's API: top_k and ignore_eos (as vLLM). response_format json_object and
 json_schema constrain the answer (specdecode/constraint.py).
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..config import SamplingParams
 from ..constraint import ANY_JSON_OBJECT, json_schema_grammar
 from ..errors import InvalidParameterError
+from ..logprobs import MAX_TOP_LOGPROBS
 from .errors import APIError, bad_request, clip
 
 MAX_STOP_STRINGS = 16
@@ -105,7 +106,6 @@ def _reject_unsupported(req: _GenerationRequest) -> None:
     checks = [
         ("n", req.n not in (None, 1), f"n must be 1, got {req.n}: n > 1 is not supported, send one request per choice"),
         ("best_of", req.best_of not in (None, 1), f"best_of must be 1, got {req.best_of}"),
-        ("logprobs", bool(req.logprobs), "logprobs are not supported"),
         ("logit_bias", bool(req.logit_bias), "logit_bias is not supported"),
         ("presence_penalty", bool(req.presence_penalty), "presence_penalty is not supported (would change "
                                                          "the target distribution that speculation preserves)"),
@@ -114,8 +114,7 @@ def _reject_unsupported(req: _GenerationRequest) -> None:
     if isinstance(req, CompletionRequest):
         checks += [("echo", bool(req.echo), "echo is not supported"), ("suffix", bool(req.suffix), "suffix is not supported")]
     else:
-        checks += [("top_logprobs", bool(req.top_logprobs), "top_logprobs are not supported"),
-                   ("tools", bool(req.tools) or bool(req.functions), "tools / function calling are not supported")]
+        checks += [("tools", bool(req.tools) or bool(req.functions), "tools / function calling are not supported")]
     for param, bad, message in checks:
         if bad:
             raise bad_request(message, param=param, code="unsupported_parameter")
@@ -143,6 +142,52 @@ def response_schema(req: _GenerationRequest) -> dict[str, Any] | None:
             raise bad_request(f"response_format: {e}", "response_format") from None
         return schema
     raise bad_request('response_format.type must be "text", "json_object" or "json_schema"', "response_format")
+
+
+def requested_logprobs(req: _GenerationRequest) -> int | None:
+    """Alternatives per token the client wants with each token's logprob, None for no logprobs.
+    Chat: `logprobs: true` and `top_logprobs` 0..20; completions: `logprobs` 0..5 (OpenAI's)."""
+    if isinstance(req, ChatCompletionRequest):
+        if req.logprobs not in (None, True, False):
+            raise bad_request("logprobs must be true or false", "logprobs")
+        top = req.top_logprobs
+        if top is not None and (not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= MAX_TOP_LOGPROBS):
+            raise bad_request(f"top_logprobs must be an integer in 0..{MAX_TOP_LOGPROBS}", "top_logprobs")
+        if top and not req.logprobs:
+            raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
+        return (top or 0) if req.logprobs else None
+    n = req.logprobs
+    if n is None:
+        return None
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 5:
+        raise bad_request("logprobs must be an integer in 0..5 for completions", "logprobs")
+    return n
+
+
+def _logprob(v: float) -> float:
+    return v if v > -9999.0 else -9999.0  # JSON has no -inf; OpenAI reports impossible tokens so
+
+
+def chat_logprobs(lps: list, token_bytes) -> dict:
+    """OpenAI's chat `logprobs` object for TokenLogprobs."""
+    def entry(token: int, logprob: float) -> dict:
+        b = token_bytes(token)
+        return {"token": b.decode("utf-8", "replace"), "logprob": _logprob(logprob), "bytes": list(b)}
+
+    return {"content": [{**entry(x.token, x.logprob), "top_logprobs": [entry(t, v) for t, v in x.top]} for x in lps],
+            "refusal": None}
+
+
+def completion_logprobs(lps: list, token_bytes, offset: int = 0) -> dict:
+    """OpenAI's (legacy) completions `logprobs` object; text offsets count from `offset`."""
+    tokens, offsets = [], []
+    for x in lps:
+        offsets.append(offset)
+        tokens.append(token_bytes(x.token).decode("utf-8", "replace"))
+        offset += len(tokens[-1])
+    return {"tokens": tokens, "token_logprobs": [_logprob(x.logprob) for x in lps],
+            "top_logprobs": [{token_bytes(t).decode("utf-8", "replace"): _logprob(v) for t, v in x.top} for x in lps],
+            "text_offset": offsets}
 
 
 def requested_max_tokens(req: _GenerationRequest) -> int | None:
@@ -184,7 +229,7 @@ def sampling_params(req: _GenerationRequest, limits: Limits, default_max_tokens:
     try:
         return SamplingParams(temperature=float(temperature), top_k=top_k, top_p=float(top_p),
                               max_new_tokens=max_tokens, seed=req.seed, stop=stop, ignore_eos=bool(req.ignore_eos),
-                              json_schema=response_schema(req))
+                              json_schema=response_schema(req), logprobs=requested_logprobs(req))
     except InvalidParameterError as e:  # a combination the fields' own checks above let through
         raise bad_request(str(e)) from None
 
@@ -233,20 +278,24 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) ->
             "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
-def completion_body(rid: str, created: int, model: str, text: str | None, finish: str | None, **extra) -> dict:
+def completion_body(rid: str, created: int, model: str, text: str | None, finish: str | None,
+                    logprobs: dict | None = None, **extra) -> dict:
     """A /v1/completions response (text = the whole text) or stream chunk (text = the delta)."""
-    choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+    choice = {"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
     return {"id": rid, "object": "text_completion", "created": created, "model": model,
             "choices": [choice] if text is not None else [], **extra}
 
 
-def chat_body(rid: str, created: int, model: str, text: str, finish: str | None, **extra) -> dict:
-    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
+def chat_body(rid: str, created: int, model: str, text: str, finish: str | None, logprobs: dict | None = None,
+              **extra) -> dict:
+    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+              "finish_reason": finish}
     return {"id": rid, "object": "chat.completion", "created": created, "model": model, "choices": [choice], **extra}
 
 
-def chat_chunk(rid: str, created: int, model: str, delta: dict | None, finish: str | None, **extra) -> dict:
-    choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+def chat_chunk(rid: str, created: int, model: str, delta: dict | None, finish: str | None,
+               logprobs: dict | None = None, **extra) -> dict:
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]
     return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": choices, **extra}
 
