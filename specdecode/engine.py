@@ -282,9 +282,8 @@ class Engine:
         stats.prompt_tokens = len(prompt_ids)
         drafter = fork_drafter(self._drafter_set) if self._drafter_set is not None else None
         constraint = self._constraint(params)
+        # (a grammar's forced tokens, drafted for free, fit the budget's room: kv_bytes stays exact)
         k_max = self.planner.k_max if self.planner is not None else 0
-        if constraint is not None:  # room for the grammar's forced tokens, drafted for free
-            k_max = max(k_max, MAX_DRAFT_TOKENS)
         # Every position fed (drafts included) stays inside the context: RoPE tables and caches
         # end there. The room the planner sees keeps a round's drafts within max_len.
         max_len = min(len(prompt_ids) + budget + k_max + 1, self.target.max_context)
