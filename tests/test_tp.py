@@ -473,3 +473,9 @@ if __name__ == "__main__":
     from specdecode.parallel.tp import close_tensor_parallel
 
     close_tensor_parallel()
+    # Even so, on a loaded machine gloo's threads still aborted a rank in interpreter teardown
+    # after a clean close (-6 again, CI 2026-12-04): the scenario has written its results and
+    # left the group, so skip the teardown. A scenario that failed raised before this line.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
