@@ -23,7 +23,7 @@ from .drafters.composite import DrafterSet, drafter_members
 from .errors import ContextLengthError, SpecdecodeError
 from .logprobs import TokenLogprob, token_logprobs
 from .metrics import SpecStats
-from .policy import NO_DRAFT, AdaptiveK, CostPlanner, FixedK, PassCostRatios, Plan, Planner
+from .policy import NO_DRAFT, AdaptiveK, CostPlanner, FixedK, PassCostRatios, Plan, Planner, draft_room
 from .prefix_cache import DEFAULT_PREFIX_CACHE_GB, PrefixCache
 from .ragged import Segment, forward_segments
 from .request import RequestState
@@ -424,7 +424,7 @@ class Engine:
         free = [False] * len(states)
         for i, s in enumerate(states):
             if s.constraint is not None and self.forced_drafts:
-                forced = s.constraint.forced(max(s.max_len - len(s.tokens) - 1, 0))
+                forced = s.constraint.forced(draft_room(s))
                 if forced:
                     drafts[i] = Draft(forced, torch.tensor(forced, dtype=torch.long, device=device))
                     free[i] = True
@@ -569,15 +569,15 @@ class Engine:
 
     def generate(self, prompt, params: SamplingParams | None = None, *, chat: bool | None = None, **kwargs) -> GenerationResult:
         """Generate to completion; returns text, token ids, finish reason and SpecStats."""
+        params = params or SamplingParams(**kwargs)
         parts, ids, finish, stats, lps = [], [], "length", SpecStats(), []
-        for chunk in self.stream(prompt, params, chat=chat, **kwargs):
+        for chunk in self.stream(prompt, params, chat=chat):
             parts.append(chunk.text)
             ids.extend(chunk.token_ids)
             lps.extend(chunk.logprobs or [])
             if chunk.finish_reason:
                 finish, stats = chunk.finish_reason, chunk.stats
-        wanted = params is not None and params.logprobs is not None or kwargs.get("logprobs") is not None
-        return GenerationResult("".join(parts), ids, finish, stats, lps if wanted else None)
+        return GenerationResult("".join(parts), ids, finish, stats, lps if params.logprobs is not None else None)
 
     def generate_ids(self, prompt_ids: list[int], params: SamplingParams) -> tuple[list[int], SpecStats]:
         """Token ids in, token ids out (no tokenizer needed); EOS and max_new_tokens apply."""

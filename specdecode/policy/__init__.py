@@ -4,9 +4,9 @@
 user can pass as `Engine(policy=...)`; `CostPlanner` is the default (`num_draft_tokens="auto"`).
 """
 
-from .base import NO_DRAFT, Plan, Planner
+from .base import NO_DRAFT, Plan, Planner, draft_room
 from .costs import PassCostRatios
 from .fixed import AdaptiveK, FixedK
 from .planner import CostPlanner
 
-__all__ = ["NO_DRAFT", "AdaptiveK", "CostPlanner", "FixedK", "PassCostRatios", "Plan", "Planner"]
+__all__ = ["NO_DRAFT", "AdaptiveK", "CostPlanner", "FixedK", "PassCostRatios", "Plan", "Planner", "draft_room"]

@@ -30,6 +30,12 @@ class Plan:
 NO_DRAFT = Plan()
 
 
+def draft_room(state: Any) -> int:
+    """Drafts that still fit a request's caches (its last token and the target's own next one take
+    one position): what any draft of this round may hold, a planner's or a grammar's forced one."""
+    return max(state.max_len - len(state.tokens) - 1, 0)
+
+
 @runtime_checkable
 class Planner(Protocol):
     """What the engine asks; FixedK, AdaptiveK and CostPlanner implement it."""

@@ -87,11 +87,11 @@ class PassCostRatios:
     def draft_step(self, name: str, context: int, rows: int = 1) -> float:
         """One pass of drafter `name`'s model over `rows` rows after `context` tokens (0: no model),
         as the engine's own draft rounds have been seen to cost (draft_factors)."""
-        return self.model.draft(name, rows, context) / self.t1 * self.draft_factors.get(name, 1.0)
+        return self.measured_draft_step(name, context, rows) * self.draft_factors.get(name, 1.0)
 
-    def measured_draft_step(self, name: str, context: int) -> float:
+    def measured_draft_step(self, name: str, context: int, rows: int = 1) -> float:
         """draft_step as the cost model measured it, before the engine's rounds corrected it."""
-        return self.model.draft(name, 1, context) / self.t1
+        return self.model.draft(name, rows, context) / self.t1
 
     def catch_up(self, name: str, tokens: int, context: int) -> float:
         """Drafter `name`'s model feeding `tokens` it has not seen after `context` cached ones

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import SpecdecodeError
-from .base import Plan
+from .base import Plan, draft_room
 
 
 class FixedK:
@@ -21,7 +21,7 @@ class FixedK:
         state.plan_state = None
 
     def plan(self, states: Sequence[Any]) -> list[Plan]:
-        return [Plan(0, min(self.k, _room(s))) for s in states]
+        return [Plan(0, min(self.k, draft_room(s))) for s in states]
 
     def observe(self, state: Any, drafted: int, accepted: int) -> None:
         pass
@@ -52,7 +52,7 @@ class AdaptiveK(FixedK):
         state.plan_state = self.k
 
     def plan(self, states: Sequence[Any]) -> list[Plan]:
-        return [Plan(0, min(s.plan_state, _room(s))) for s in states]
+        return [Plan(0, min(s.plan_state, draft_room(s))) for s in states]
 
     def observe(self, state: Any, drafted: int, accepted: int) -> None:
         if drafted == 0:
@@ -65,8 +65,3 @@ class AdaptiveK(FixedK):
 
     def __repr__(self) -> str:
         return f"AdaptiveK({self.k}, {self.k_min}..{self.k_max})"
-
-
-def _room(state: Any) -> int:
-    """Drafts that still fit the request's caches (its last token and the bonus take one)."""
-    return max(state.max_len - len(state.tokens) - 1, 0)

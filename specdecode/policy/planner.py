@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import SpecdecodeError
 from .acceptance import AcceptanceBook, AcceptanceEstimate
-from .base import Plan
+from .base import Plan, draft_room
 from .costs import PassCostRatios
 from .draft_stop import ConfidenceCalibration, DraftStop
 
@@ -224,7 +224,7 @@ class CostPlanner:
         n_ctx = len(s.tokens)
         if rp.start is None:
             rp.start = n_ctx - 1
-        room = max(s.max_len - n_ctx - 1, 0)
+        room = draft_room(s)
         table = self.costs.table(n_ctx, self.k_max)
         limit = min(self.k_max, room, len(table) - 2)
         if limit <= 0:
