@@ -917,7 +917,7 @@ def test_logprobs_through_the_openai_client(server, target):
     # (tokens that print alike, such as two halves of a UTF-8 character, share one key of the dict)
     assert all(1 <= len(t) <= 3 for t in lp.top_logprobs) and lp.text_offset[0] == 0
     for body, param in [({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
-                        ({"top_logprobs": 2}, "top_logprobs"), ({"logprobs": 3}, "logprobs")]:
+                        ({"top_logprobs": 2}, "top_logprobs"), ({"logprobs": 3}, "logprobs"), ({"logprobs": 1}, "logprobs")]:
         r = server.post("/v1/chat/completions", json={"model": MODEL, "messages": messages, **body})
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
     r = server.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "logprobs": 6})

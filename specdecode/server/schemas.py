@@ -148,7 +148,7 @@ def requested_logprobs(req: _GenerationRequest) -> int | None:
     """Alternatives per token the client wants with each token's logprob, None for no logprobs.
     Chat: `logprobs: true` and `top_logprobs` 0..20; completions: `logprobs` 0..5 (OpenAI's)."""
     if isinstance(req, ChatCompletionRequest):
-        if req.logprobs not in (None, True, False):
+        if req.logprobs is not None and not isinstance(req.logprobs, bool):  # (1 == True would pass `in`)
             raise bad_request("logprobs must be true or false", "logprobs")
         top = req.top_logprobs
         if top is not None and (not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= MAX_TOP_LOGPROBS):
@@ -168,11 +168,15 @@ def _logprob(v: float) -> float:
     return v if v > -9999.0 else -9999.0  # JSON has no -inf; OpenAI reports impossible tokens so
 
 
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "replace")  # a token may hold part of a UTF-8 character
+
+
 def chat_logprobs(lps: list, token_bytes) -> dict:
     """OpenAI's chat `logprobs` object for TokenLogprobs."""
     def entry(token: int, logprob: float) -> dict:
         b = token_bytes(token)
-        return {"token": b.decode("utf-8", "replace"), "logprob": _logprob(logprob), "bytes": list(b)}
+        return {"token": _text(b), "logprob": _logprob(logprob), "bytes": list(b)}
 
     return {"content": [{**entry(x.token, x.logprob), "top_logprobs": [entry(t, v) for t, v in x.top]} for x in lps],
             "refusal": None}
@@ -183,10 +187,10 @@ def completion_logprobs(lps: list, token_bytes, offset: int = 0) -> dict:
     tokens, offsets = [], []
     for x in lps:
         offsets.append(offset)
-        tokens.append(token_bytes(x.token).decode("utf-8", "replace"))
+        tokens.append(_text(token_bytes(x.token)))
         offset += len(tokens[-1])
     return {"tokens": tokens, "token_logprobs": [_logprob(x.logprob) for x in lps],
-            "top_logprobs": [{token_bytes(t).decode("utf-8", "replace"): _logprob(v) for t, v in x.top} for x in lps],
+            "top_logprobs": [{_text(token_bytes(t)): _logprob(v) for t, v in x.top} for x in lps],
             "text_offset": offsets}
 
 
