@@ -62,7 +62,7 @@ def measure_outlines(tok, vocab_size, eos, schema, ids):
     special = set(hf.all_special_ids)
     for i in hf.get_vocab().values():
         if i not in eos and i not in special and i < vocab_size:
-            by_text.setdefault(tok._token_bytes(i), []).append(i)
+            by_text.setdefault(tok.token_bytes(i), []).append(i)
     vocabulary = oc.Vocabulary(min(eos), by_text)
     regex = oc.json_schema.build_regex_from_schema(json.dumps(schema))
     index = oc.Index(regex, vocabulary)
