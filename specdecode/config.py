@@ -83,6 +83,15 @@ class SamplingParams:
     # The target's log-probability of each emitted token (specdecode/logprobs.py), with this many
     # most likely alternatives (0..20); None: none.
     logprobs: int | None = None
+    # OpenAI's penalties (-2..2) on tokens already in the output, and logit_bias ({token id:
+    # -100..100} added to its logit); the adjusted target is what speculation preserves
+    # (specdecode/logit_adjust.py).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
+    # A grammar in llguidance's Lark dialect every token must follow (tool calls use it;
+    # json_schema is the common case); not both.
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -107,8 +116,24 @@ class SamplingParams:
         if self.logprobs is not None and (not isinstance(self.logprobs, int) or isinstance(self.logprobs, bool)
                                           or not 0 <= self.logprobs <= 20):
             raise InvalidParameterError(f"logprobs must be an integer in 0..20 (alternatives per token), got {self.logprobs!r}")
-        if self.json_schema is not None and self.ignore_eos:
-            raise InvalidParameterError("ignore_eos cannot be combined with json_schema: the answer ends where the schema does")
+        for name in ("presence_penalty", "frequency_penalty"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not -2.0 <= v <= 2.0:
+                raise InvalidParameterError(f"{name} must be a number in [-2, 2], got {v!r}")
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, dict):
+                raise InvalidParameterError("logit_bias must map token ids to biases")
+            for token, bias in self.logit_bias.items():
+                if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+                    raise InvalidParameterError(f"logit_bias keys must be token ids (integers >= 0), got {token!r}")
+                if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100.0 <= bias <= 100.0:
+                    raise InvalidParameterError(f"logit_bias values must be numbers in [-100, 100], got {bias!r}")
+        if self.grammar is not None and (not isinstance(self.grammar, str) or not self.grammar.strip()):
+            raise InvalidParameterError("grammar must be a non-empty string (llguidance's Lark syntax)")
+        if self.grammar is not None and self.json_schema is not None:
+            raise InvalidParameterError("give json_schema or grammar, not both")
+        if (self.json_schema is not None or self.grammar is not None) and self.ignore_eos:
+            raise InvalidParameterError("ignore_eos cannot be combined with json_schema or a grammar: the answer ends where the grammar does")
 
     @property
     def greedy(self) -> bool:

@@ -72,6 +72,26 @@ def _compiled(schema_json: str) -> str:
     return grammar
 
 
+def lark_grammar(grammar: str) -> str:
+    """A grammar in llguidance's Lark dialect, checked; InvalidParameterError (a 400) if it is not one."""
+    if not isinstance(grammar, str) or not grammar.strip():
+        raise InvalidParameterError("a grammar must be a non-empty string")
+    return _checked_lark(grammar)
+
+
+@lru_cache(maxsize=256)
+def _checked_lark(grammar: str) -> str:
+    llg = _llguidance()
+    try:
+        text = llg.grammar_from("lark", grammar)
+    except (ValueError, TypeError) as e:
+        raise InvalidParameterError(f"invalid grammar: {e}") from None
+    is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(text)
+    if is_error:
+        raise InvalidParameterError(f"invalid grammar: {messages[0] if messages else 'rejected'}")
+    return text
+
+
 class GrammarVocabulary:
     """llguidance's view of one tokenizer over a model's vocabulary (built once, about 1 s for a
     150k vocabulary; shared by every request on that tokenizer)."""

@@ -9,6 +9,7 @@ picks k, and the drafter when there are several (specdecode/policy/, docs/policy
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,11 +17,12 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import SamplingParams
-from .constraint import Constraint, GrammarVocabulary, constrain, json_schema_grammar
+from .constraint import Constraint, GrammarVocabulary, constrain, json_schema_grammar, lark_grammar
 from .cost_model import CostModel
 from .drafters.base import Draft, Drafter, empty_draft, fork_drafter
 from .drafters.composite import DrafterSet, drafter_members
-from .errors import ContextLengthError, SpecdecodeError
+from .errors import ContextLengthError, InvalidParameterError, SpecdecodeError
+from .logit_adjust import adjust_logits, adjusts_logits
 from .logprobs import TokenLogprob, token_logprobs
 from .metrics import SpecStats
 from .policy import NO_DRAFT, AdaptiveK, CostPlanner, FixedK, PassCostRatios, Plan, Planner, draft_room
@@ -28,6 +30,7 @@ from .prefix_cache import DEFAULT_PREFIX_CACHE_GB, PrefixCache
 from .ragged import Segment, forward_segments
 from .request import RequestState
 from .sampling import PositionNoise, draw, draw_rows, logits_to_probs, make_generator
+from .tools import ToolCall, ToolSpec, template_messages
 from .verify import greedy_accept, rejection_sample
 
 # The fixed draft length of --adaptive's start and of `-k` bench methods without a number, by
@@ -79,6 +82,9 @@ class Chunk:
     finish_reason: str | None = None  # "stop" (EOS or stop string) | "length" on the last chunk
     stats: SpecStats | None = None
     logprobs: list[TokenLogprob] | None = None  # one per token id, when params.logprobs is set
+    # With tools: the calls the model made and the rest of its text (None when empty).
+    tool_calls: list[ToolCall] | None = None
+    content: str | None = None
 
 
 @dataclass
@@ -88,6 +94,9 @@ class GenerationResult:
     finish_reason: str
     stats: SpecStats = field(default_factory=SpecStats)
     logprobs: list[TokenLogprob] | None = None  # one per token id, when params.logprobs is set
+    # With tools: the calls the model made and the rest of its text (None when empty).
+    tool_calls: list[ToolCall] | None = None
+    content: str | None = None
 
 
 class TextRequest:
@@ -277,6 +286,9 @@ class Engine:
         params.validate()
         if not prompt_ids:
             raise SpecdecodeError("the prompt is empty")
+        if params.logit_bias and max(params.logit_bias) >= self.target.vocab_size:
+            raise InvalidParameterError(f"logit_bias: token id {max(params.logit_bias)} is not in the vocabulary "
+                                        f"(0..{self.target.vocab_size - 1})")
         budget = context_budget(len(prompt_ids), params.max_new_tokens, self.target.max_context)
         stats = stats if stats is not None else SpecStats()
         stats.prompt_tokens = len(prompt_ids)
@@ -309,11 +321,11 @@ class Engine:
 
     def _constraint(self, params: SamplingParams) -> Constraint | None:
         """The grammar state a request with a json_schema starts from (None without one)."""
-        if params.json_schema is None:
+        if params.json_schema is None and params.grammar is None:
             return None
         if self.tokenizer is None:
-            raise SpecdecodeError("structured output (json_schema) needs the model's tokenizer: pass tokenizer=")
-        grammar = json_schema_grammar(params.json_schema)
+            raise SpecdecodeError("structured output (json_schema, grammar) needs the model's tokenizer: pass tokenizer=")
+        grammar = json_schema_grammar(params.json_schema) if params.grammar is None else lark_grammar(params.grammar)
         vocabulary = GrammarVocabulary.of(self.tokenizer, self.target.vocab_size, sorted(self.eos_token_ids))
         return Constraint(vocabulary, grammar)
 
@@ -379,6 +391,12 @@ class Engine:
             if s.constraint is not None and end == len(s.prompt_ids):
                 allowed[j] = s.constraint.masks([])[0]
         logits = list(forward_segments(self.target, segments))  # (1 + k_i, V) per decoding state, (0 or 1, V) per chunk
+        for i, s in enumerate(decoding):  # penalties and logit_bias: each row with the output before it
+            if adjusts_logits(s.params):
+                logits[i] = adjust_logits(logits[i], s.params, s.tokens[len(s.prompt_ids):], drafts[i].tokens)
+        for j, (s, _) in enumerate(chunks, start=len(decoding)):
+            if adjusts_logits(s.params) and logits[j].shape[0]:
+                logits[j] = adjust_logits(logits[j], s.params, ())
         for i, rows in allowed.items():  # the constrained target's logits, for greedy and sampled rows alike
             logits[i] = constrain(logits[i], rows)
         # Greedy rows: one argmax and one host copy for the whole batch.
@@ -537,27 +555,42 @@ class Engine:
 
     # -- layer 3: text ---------------------------------------------------------------------------
 
-    def encode(self, prompt, chat: bool | None = None) -> list[int]:
+    def encode(self, prompt, chat: bool | None = None, tools: list[dict] | None = None) -> list[int]:
+        """A prompt (text, chat messages or token ids) as token ids; `tools` (OpenAI tool objects)
+        are rendered by the chat template."""
         if self.tokenizer is None:
             raise SpecdecodeError("this engine has no tokenizer: pass tokenizer= or use token ids")
         if not prompt:
             raise SpecdecodeError("the prompt is empty")
         if isinstance(prompt, list) and isinstance(prompt[0], int):
+            if tools:
+                raise SpecdecodeError("tools need a text prompt or chat messages, not token ids")
             return list(prompt)
-        return self.tokenizer.encode_prompt(prompt, chat=chat)
+        if tools and isinstance(prompt, list):
+            prompt = template_messages(prompt)
+        return self.tokenizer.encode_prompt(prompt, chat=chat, tools=tools)
 
-    def open(self, prompt, params: SamplingParams, *, chat: bool | None = None) -> TextRequest:
-        """Start a request for text: encode the prompt, allocate its state (see `start`)."""
-        prompt_ids = self.encode(prompt, chat)
+    def open(self, prompt, params: SamplingParams, *, chat: bool | None = None,
+             tools: ToolSpec | None = None) -> TextRequest:
+        """Start a request for text: encode the prompt, allocate its state (see `start`). With
+        tools, the prompt shows them and params gain their grammar (specdecode/tools.py)."""
+        if tools is not None:
+            grammar = tools.grammar()
+            if grammar is not None:
+                if params.json_schema is not None or params.grammar is not None:
+                    raise InvalidParameterError("a tool call grammar cannot be combined with json_schema or grammar")
+                params = dataclasses.replace(params, grammar=grammar)
+        prompt_ids = self.encode(prompt, chat, tools.template_tools if tools is not None else None)
         return TextRequest(self.start(prompt_ids, params), self.tokenizer)
 
-    def stream(self, prompt, params: SamplingParams | None = None, *, chat: bool | None = None, **kwargs) -> Iterator[Chunk]:
+    def stream(self, prompt, params: SamplingParams | None = None, *, chat: bool | None = None,
+               tools: ToolSpec | None = None, **kwargs) -> Iterator[Chunk]:
         """Yield text chunks as they are decoded; the last chunk carries finish_reason and stats.
 
         prompt: a string (chat template applied for instruct models unless chat=False), a list
         of chat messages, or a list of token ids. kwargs build SamplingParams when params is None.
         """
-        request = self.open(prompt, params or SamplingParams(**kwargs), chat=chat)
+        request = self.open(prompt, params or SamplingParams(**kwargs), chat=chat, tools=tools)
         try:
             while not request.done:
                 self.step([request.state])
@@ -567,17 +600,30 @@ class Engine:
         finally:
             self.release(request.state)
 
-    def generate(self, prompt, params: SamplingParams | None = None, *, chat: bool | None = None, **kwargs) -> GenerationResult:
-        """Generate to completion; returns text, token ids, finish reason and SpecStats."""
+    def generate(self, prompt, params: SamplingParams | None = None, *, chat: bool | None = None,
+                 tools: list[dict] | None = None, tool_choice: str | dict | None = None,
+                 **kwargs) -> GenerationResult:
+        """Generate to completion; returns text, token ids, finish reason and SpecStats.
+
+        tools / tool_choice: OpenAI's (function tools; "none", "auto", "required" or
+        {"type": "function", "function": {"name": ...}}); the calls the model made are in
+        `tool_calls` and the rest of its text in `content` (finish_reason "tool_calls")."""
         params = params or SamplingParams(**kwargs)
+        spec = ToolSpec.of(tools, tool_choice) if tools is not None else None
         parts, ids, finish, stats, lps = [], [], "length", SpecStats(), []
-        for chunk in self.stream(prompt, params, chat=chat):
+        for chunk in self.stream(prompt, params, chat=chat, tools=spec):
             parts.append(chunk.text)
             ids.extend(chunk.token_ids)
             lps.extend(chunk.logprobs or [])
             if chunk.finish_reason:
                 finish, stats = chunk.finish_reason, chunk.stats
-        return GenerationResult("".join(parts), ids, finish, stats, lps if params.logprobs is not None else None)
+        text = "".join(parts)
+        result = GenerationResult(text, ids, finish, stats, lps if params.logprobs is not None else None)
+        if spec is not None:
+            result.content, result.tool_calls = spec.parse(text)
+            if result.tool_calls and finish == "stop":
+                result.finish_reason = "tool_calls"
+        return result
 
     def generate_ids(self, prompt_ids: list[int], params: SamplingParams) -> tuple[list[int], SpecStats]:
         """Token ids in, token ids out (no tokenizer needed); EOS and max_new_tokens apply."""

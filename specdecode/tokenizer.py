@@ -88,7 +88,15 @@ class Tokenizer:
         """Raw text -> ids, with BOS only where the tokenizer adds it by default."""
         return list(self.hf.encode(text))
 
-    def encode_prompt(self, prompt: str | Messages, chat: bool | None = None) -> list[int]:
+    @property
+    def supports_tool_calls(self) -> bool:
+        """Whether the chat template renders tools in the Hermes / Qwen2.5 format (specdecode/tools.py),
+        the one whose calls we parse."""
+        template = getattr(self.hf, "chat_template", None) or ""
+        return isinstance(template, str) and "tools" in template and "<tool_call>" in template
+
+    def encode_prompt(self, prompt: str | Messages, chat: bool | None = None,
+                      tools: list[dict[str, Any]] | None = None) -> list[int]:
         """Prompt -> ids; instruct models get their chat template unless ``chat=False``.
 
         A plain string becomes one user message. The rendered template already holds any
@@ -106,7 +114,10 @@ class Tokenizer:
             raise SpecdecodeError("chat=False needs a plain string prompt, not a list of chat messages")
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         _check_messages(messages)
-        text = self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if tools and not self.supports_tool_calls:
+            raise SpecdecodeError("this model's chat template does not offer tool calls in the <tool_call> format; "
+                                  "leave tools out (or use tool_choice \"none\")")
+        text = self.hf.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True, tokenize=False)
         return list(self.hf.encode(text, add_special_tokens=False))
 
     def decode(self, ids: Sequence[int]) -> str:

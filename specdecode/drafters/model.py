@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..config import SamplingParams
+from ..logit_adjust import adjust_logits, adjusts_logits
 from ..sampling import PositionNoise, draw, logits_to_probs
 from .base import Draft, empty_draft
 
@@ -30,6 +31,7 @@ class ModelDrafter:
         self.prefix_cache = None  # the engine's PrefixCache (use_prefix_cache), shared by the forks
         self._context: list[int] = []  # the context of the last propose (the engine's token list)
         self._context_len = 0
+        self._prompt_len = 0
         self._verified = True  # whether the rows beyond the last context are settled (on_verified)
 
     def use_prefix_cache(self, prefix_cache) -> None:
@@ -61,6 +63,7 @@ class ModelDrafter:
         self.cache = self.model.new_cache(max_len)
         self.device = device
         self._context, self._context_len, self._verified = prompt, 0, True
+        self._prompt_len = len(prompt)  # penalties count the output only (logit_adjust.py)
         if self.prefix_cache is not None:  # the catch-up then feeds only what no request computed
             self.prefix_cache.fill(self.model, prompt, self.cache, len(prompt) - 1)
 
@@ -135,7 +138,11 @@ def propose_batch(drafters: list[ModelDrafter], contexts: list[list[int]], ks: l
         for i, lg in zip(live, logits):
             d = drafters[i]
             stop = stops[i] if stops is not None else None
-            token, q, conf = d._pick(lg[-1], len(contexts[i]) + step, params[i], generators[i],
+            row = lg[-1]  # (V,)
+            if adjusts_logits(params[i]):  # the target's penalties and biases, with the draft's own history
+                output = contexts[i][d._prompt_len:] + [int(t) for t in tokens[i]]
+                row = adjust_logits(row.view(1, -1), params[i], output)[0]
+            token, q, conf = d._pick(row, len(contexts[i]) + step, params[i], generators[i],
                                      need_confidence=stop is not None)
             tokens[i].append(token)
             if q is not None:

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..config import SamplingParams
 from ..engine import Engine
 from ..errors import ContextLengthError, SpecdecodeError
+from ..tools import ToolCallStream, ToolSpec
 from . import schemas
 from .errors import APIError, clip, error_body
 from .guard import GuardMiddleware, allowed_host_names
@@ -138,9 +139,10 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     async def chat_completions(request: Request):
         req = schemas.parse(schemas.ChatCompletionRequest, await request.body())
         schemas.raise_for_model(req.model, config.model_name)
-        params = schemas.sampling_params(req, limits, config.max_tokens_limit)
+        tools = schemas.tool_spec(req)
+        params = schemas.sampling_params(req, limits, config.max_tokens_limit, tools)
         messages = schemas.chat_messages(req)
-        return await generate(request, req, messages, params, chat=True)
+        return await generate(request, req, messages, params, chat=True, tools=tools)
 
     def retry_after() -> int:
         """Seconds until a slot is likely to free: a mean request's duration shared among the
@@ -149,9 +151,11 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         mean = finished.sum / finished.count if finished.count else 1.0
         return max(1, min(60, math.ceil(mean / scheduler.max_batch)))
 
-    async def generate(request: Request, req, prompt, params: SamplingParams, chat: bool):
+    async def generate(request: Request, req, prompt, params: SamplingParams, chat: bool,
+                       tools: ToolSpec | None = None):
         job = Job(prompt, chat, params, asyncio.get_running_loop(),
-                  default_max_tokens=schemas.requested_max_tokens(req) is None)
+                  default_max_tokens=schemas.requested_max_tokens(req) is None,
+                  tools=tools.template_tools if tools is not None else None)
         try:
             scheduler.submit(job)
         except QueueFull:
@@ -170,7 +174,8 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                 return Response(status_code=499)
             rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
             token_bytes = engine.tokenizer.token_bytes if params.logprobs is not None else None
-            reply = Reply(rid, int(time.time()), config.model_name, chat, token_bytes)
+            reply = Reply(rid, int(time.time()), config.model_name, chat, token_bytes,
+                          tools if tools is not None and tools.choice != "none" else None)
             if req.stream:
                 watcher.cancel()  # from here StreamingResponse watches for the disconnect itself
                 include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -202,10 +207,12 @@ class JobStreamingResponse(StreamingResponse):
 class Reply:
     """Builds one request's answer from its job's events, as one JSON body or as SSE."""
 
-    def __init__(self, rid: str, created: int, model: str, chat: bool, token_bytes=None) -> None:
+    def __init__(self, rid: str, created: int, model: str, chat: bool, token_bytes=None,
+                 tools: ToolSpec | None = None) -> None:
         self.rid, self.created, self.model, self.chat = rid, created, model, chat
         self.token_bytes = token_bytes  # set when the client asked for logprobs
         self.text_offset = 0  # completions' logprobs: characters streamed so far
+        self.tools = tools  # chat with tools: the answer's tool calls are parsed out of its text
 
     def _logprobs(self, lps: list, text: str) -> dict | None:
         """The OpenAI logprobs object of `lps`, the tokens behind `text` (None if not asked for)."""
@@ -218,15 +225,22 @@ class Reply:
         return out
 
     def _body(self, text: str, finish: str, lps: list, **extra) -> dict:
-        build = schemas.chat_body if self.chat else schemas.completion_body
-        return build(self.rid, self.created, self.model, text, finish, self._logprobs(lps, text), **extra)
+        logprobs = self._logprobs(lps, text)
+        if not self.chat:
+            return schemas.completion_body(self.rid, self.created, self.model, text, finish, logprobs, **extra)
+        calls = None
+        if self.tools is not None:
+            content, calls = self.tools.parse(text)
+            text, finish = content, ("tool_calls" if calls and finish == "stop" else finish)
+        return schemas.chat_body(self.rid, self.created, self.model, text, finish, logprobs, calls, **extra)
 
     def _chunk(self, text: str | None, finish: str | None = None, role: bool = False, lps: list | None = None,
-               **extra) -> str:
+               delta: dict | None = None, **extra) -> str:
         logprobs = self._logprobs(lps, text or "") if lps else None
         if self.chat:
-            delta = None if text is None else ({"role": "assistant", "content": text} if role else
-                                               ({"content": text} if text else {}))
+            if delta is None:
+                delta = None if text is None else ({"role": "assistant", "content": text} if role else
+                                                   ({"content": text} if text else {}))
             body = schemas.chat_chunk(self.rid, self.created, self.model, delta, finish, logprobs, **extra)
         else:
             body = schemas.completion_body(self.rid, self.created, self.model, text, finish, logprobs, **extra)
@@ -256,6 +270,7 @@ class Reply:
 
     async def sse(self, job: Job, event: Event, include_usage: bool) -> AsyncIterator[str]:
         pending: list = []  # logprobs of tokens not yet sent
+        calls = ToolCallStream(self.tools) if self.tools is not None else None
         try:
             if self.chat:
                 yield self._chunk("", role=True)
@@ -267,12 +282,20 @@ class Reply:
                     break
                 chunk = event.chunk
                 pending.extend(chunk.logprobs or [])  # tokens whose text is still held back travel on
-                if chunk.text:
+                if calls is not None:  # tool calls: text goes out as content and call deltas
+                    deltas = calls.feed(chunk.text) + (calls.finish() if chunk.finish_reason else [])
+                    for delta in deltas:
+                        yield self._chunk(delta.get("content", ""), lps=pending, delta=delta)
+                        pending = []
+                elif chunk.text:
                     yield self._chunk(chunk.text, lps=pending)
                     pending = []
                 if chunk.finish_reason:
                     extras = self._extras(job, chunk)
-                    yield self._chunk("", chunk.finish_reason, lps=pending, specdecode=extras["specdecode"])
+                    finish = chunk.finish_reason
+                    if calls is not None and calls.calls and finish == "stop":
+                        finish = "tool_calls"
+                    yield self._chunk("", finish, lps=pending, specdecode=extras["specdecode"])
                     if include_usage:
                         yield self._chunk(None, **extras)
                     break

@@ -54,8 +54,9 @@ class Job:
     """One generation request: what to generate, and a channel of Events back to the loop."""
 
     def __init__(self, prompt: Any, chat: bool, params: SamplingParams, loop: asyncio.AbstractEventLoop,
-                 default_max_tokens: bool = False) -> None:
+                 default_max_tokens: bool = False, tools: list[dict] | None = None) -> None:
         self.prompt, self.chat, self.params = prompt, chat, params
+        self.tools = tools  # OpenAI tool objects the chat template renders (their grammar is in params)
         # The client gave no max_tokens: params.max_new_tokens is the server's default, which
         # admission may lower to what fits the KV-cache budget (an explicit one is never changed).
         self.default_max_tokens = default_max_tokens
@@ -213,7 +214,7 @@ class Scheduler:
                 job = self._pending.popleft()
             try:
                 if job._ids is None:
-                    job._ids = self.engine.encode(job.prompt, job.chat)
+                    job._ids = self.engine.encode(job.prompt, job.chat, job.tools)
                     job.prompt_tokens = len(job._ids)
                     # The context first: a prompt that fills it is too long for any budget (a 400 the
                     # client can fix by shortening it), not a request for too much memory.

@@ -1,10 +1,11 @@
 """OpenAI request schemas (types checked strictly by pydantic), their checks, and response bodies.
 
 Types are strict: "max_tokens": "10" or 1.5 is an error, not a silent conversion. Fields an
-OpenAI client may send that this server cannot honour (n > 1, tools, penalties...)
-are rejected with a 400 that names them, rather than ignored; unknown fields are ignored.
-Extensions beyond OpenAI's API: top_k and ignore_eos (as vLLM). response_format json_object and
-json_schema constrain the answer (specdecode/constraint.py).
+OpenAI client may send that this server cannot honour (n > 1, best_of, echo, the legacy
+functions) are rejected with a 400 that names them, rather than ignored; unknown fields are
+ignored. Extensions beyond OpenAI's API: top_k and ignore_eos (as vLLM). response_format
+json_object and json_schema constrain the answer (specdecode/constraint.py); tools and
+tool_choice are specdecode/tools.py's.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..config import SamplingParams
 from ..constraint import ANY_JSON_OBJECT, json_schema_grammar
 from ..errors import InvalidParameterError
 from ..logprobs import MAX_TOP_LOGPROBS
+from ..tools import ToolSpec, template_messages
 from .errors import APIError, bad_request, clip
 
 MAX_STOP_STRINGS = 16
@@ -46,12 +48,11 @@ class _GenerationRequest(_Strict):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     ignore_eos: bool | None = None  # extension: generate exactly max_tokens (benchmarks)
-    # Accepted only at their neutral values:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    logit_bias: Any = None
+    logit_bias: dict[str, float] | None = None  # JSON keys are strings: token ids
     logprobs: Any = None
-    best_of: int | None = None
+    best_of: int | None = None  # accepted only at its neutral value
 
 
 class CompletionRequest(_GenerationRequest):
@@ -69,7 +70,8 @@ class ContentPart(BaseModel):
 class ChatMessage(_Strict):
     role: str
     content: str | list[ContentPart] | None = None
-    tool_calls: Any = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's calls (checked by tools.template_messages)
+    tool_call_id: str | None = None  # a tool message: the call it answers
 
 
 class ChatCompletionRequest(_GenerationRequest):
@@ -77,7 +79,9 @@ class ChatCompletionRequest(_GenerationRequest):
     max_completion_tokens: int | None = None
     top_logprobs: Any = None
     tools: Any = None
-    functions: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
+    functions: Any = None  # the legacy form of tools: refused with a pointer to tools
     response_format: Any = None
 
 
@@ -106,15 +110,11 @@ def _reject_unsupported(req: _GenerationRequest) -> None:
     checks = [
         ("n", req.n not in (None, 1), f"n must be 1, got {req.n}: n > 1 is not supported, send one request per choice"),
         ("best_of", req.best_of not in (None, 1), f"best_of must be 1, got {req.best_of}"),
-        ("logit_bias", bool(req.logit_bias), "logit_bias is not supported"),
-        ("presence_penalty", bool(req.presence_penalty), "presence_penalty is not supported (would change "
-                                                         "the target distribution that speculation preserves)"),
-        ("frequency_penalty", bool(req.frequency_penalty), "frequency_penalty is not supported"),
     ]
     if isinstance(req, CompletionRequest):
         checks += [("echo", bool(req.echo), "echo is not supported"), ("suffix", bool(req.suffix), "suffix is not supported")]
     else:
-        checks += [("tools", bool(req.tools) or bool(req.functions), "tools / function calling are not supported")]
+        checks += [("functions", bool(req.functions), "functions (the legacy form) is not supported: send tools")]
     for param, bad, message in checks:
         if bad:
             raise bad_request(message, param=param, code="unsupported_parameter")
@@ -142,6 +142,34 @@ def response_schema(req: _GenerationRequest) -> dict[str, Any] | None:
             raise bad_request(f"response_format: {e}", "response_format") from None
         return schema
     raise bad_request('response_format.type must be "text", "json_object" or "json_schema"', "response_format")
+
+
+def tool_spec(req: _GenerationRequest) -> ToolSpec | None:
+    """A chat request's tools and tool_choice (None without tools); a bad one is a 400."""
+    tools = getattr(req, "tools", None)
+    if tools is None:
+        if getattr(req, "tool_choice", None) not in (None, "none", "auto"):
+            raise bad_request("tool_choice needs tools", "tool_choice")
+        return None
+    try:
+        return ToolSpec.of(tools, req.tool_choice, req.parallel_tool_calls)
+    except InvalidParameterError as e:
+        param = "tool_choice" if str(e).startswith("tool_choice") else "tools"
+        raise bad_request(str(e), param) from None
+
+
+def _logit_bias(req: _GenerationRequest, vocab_size: int) -> dict[int, float] | None:
+    """OpenAI's logit_bias ({"token id": bias}) with integer keys, checked against the vocabulary."""
+    if not req.logit_bias:
+        return None
+    out = {}
+    for key, bias in req.logit_bias.items():
+        if not key.isdigit() or int(key) >= vocab_size:
+            raise bad_request(f"logit_bias keys must be token ids in 0..{vocab_size - 1}, got {clip(key)!r}", "logit_bias")
+        if not (math.isfinite(bias) and -100 <= bias <= 100):
+            raise bad_request(f"logit_bias values must be in [-100, 100], got {bias}", "logit_bias")
+        out[int(key)] = float(bias)
+    return out
 
 
 def requested_logprobs(req: _GenerationRequest) -> int | None:
@@ -202,8 +230,10 @@ def requested_max_tokens(req: _GenerationRequest) -> int | None:
     return req.max_tokens
 
 
-def sampling_params(req: _GenerationRequest, limits: Limits, default_max_tokens: int) -> SamplingParams:
-    """The request's sampling fields, range-checked, as SamplingParams."""
+def sampling_params(req: _GenerationRequest, limits: Limits, default_max_tokens: int,
+                    tools: ToolSpec | None = None) -> SamplingParams:
+    """The request's sampling fields, range-checked, as SamplingParams (with the grammar of its
+    tools where they constrain the answer)."""
     _reject_unsupported(req)
     max_tokens = requested_max_tokens(req)
     param = "max_tokens"
@@ -230,10 +260,23 @@ def sampling_params(req: _GenerationRequest, limits: Limits, default_max_tokens:
         raise bad_request(f"at most {MAX_STOP_STRINGS} stop strings, got {len(stop)}", "stop")
     if any(not s or len(s) > MAX_STOP_CHARS for s in stop):
         raise bad_request(f"stop strings must be non-empty and at most {MAX_STOP_CHARS} characters", "stop")
+    penalties = {}
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(req, name)
+        if value is not None and not (math.isfinite(value) and -2.0 <= value <= 2.0):
+            raise bad_request(f"{name} must be between -2 and 2, got {value}", name)
+        penalties[name] = float(value or 0.0)
+    grammar = None
+    if tools is not None and tools.grammar() is not None:
+        if response_schema(req) is not None:
+            raise bad_request("response_format json_object / json_schema cannot be combined with tool_choice "
+                              '"required", a named function or strict tools', "response_format")
+        grammar = tools.grammar()
     try:
         return SamplingParams(temperature=float(temperature), top_k=top_k, top_p=float(top_p),
                               max_new_tokens=max_tokens, seed=req.seed, stop=stop, ignore_eos=bool(req.ignore_eos),
-                              json_schema=response_schema(req), logprobs=requested_logprobs(req))
+                              json_schema=response_schema(req), logprobs=requested_logprobs(req), grammar=grammar,
+                              logit_bias=_logit_bias(req, limits.vocab_size), **penalties)
     except InvalidParameterError as e:  # a combination the fields' own checks above let through
         raise bad_request(str(e)) from None
 
@@ -252,16 +295,17 @@ def completion_prompt(req: CompletionRequest, limits: Limits) -> str | list[int]
     return prompt
 
 
-def chat_messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
-    """Messages as the chat template wants them: {role, content} with text content."""
+def chat_messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """Messages as the chat template wants them: {role, content} with text content, an assistant's
+    tool calls with their arguments as objects, a tool message's tool_call_id."""
     if not req.messages:
         raise bad_request("messages must not be empty", "messages")
     out = []
     for i, m in enumerate(req.messages):
         if m.role not in CHAT_ROLES:
             raise bad_request(f"messages[{i}].role must be one of {sorted(CHAT_ROLES)}, got {clip(m.role)!r}", "messages")
-        if m.tool_calls:
-            raise bad_request("tool calls are not supported", "messages", "unsupported_parameter")
+        if m.tool_calls and m.role != "assistant":
+            raise bad_request(f"messages[{i}]: only assistant messages carry tool_calls", "messages")
         content = m.content
         if isinstance(content, list):
             if any(p.type != "text" or p.text is None for p in content):
@@ -271,8 +315,16 @@ def chat_messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
             if m.role != "assistant":
                 raise bad_request(f"messages[{i}].content is required", "messages")
             content = ""
-        out.append({"role": "system" if m.role == "developer" else m.role, "content": content})
-    return out
+        message: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": content}
+        if m.tool_calls:
+            message["tool_calls"] = m.tool_calls
+        if m.role == "tool" and m.tool_call_id is not None:
+            message["tool_call_id"] = m.tool_call_id
+        out.append(message)
+    try:
+        return template_messages(out)
+    except InvalidParameterError as e:
+        raise bad_request(str(e), "messages") from None
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
@@ -290,10 +342,12 @@ def completion_body(rid: str, created: int, model: str, text: str | None, finish
             "choices": [choice] if text is not None else [], **extra}
 
 
-def chat_body(rid: str, created: int, model: str, text: str, finish: str | None, logprobs: dict | None = None,
-              **extra) -> dict:
-    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
-              "finish_reason": finish}
+def chat_body(rid: str, created: int, model: str, text: str | None, finish: str | None, logprobs: dict | None = None,
+              tool_calls: list | None = None, **extra) -> dict:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["tool_calls"] = [c.to_openai() for c in tool_calls]
+    choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish}
     return {"id": rid, "object": "chat.completion", "created": created, "model": model, "choices": [choice], **extra}
 
 
