@@ -525,7 +525,9 @@ class Engine:
             if tok in s.eos:
                 new, finish = new[:i], "stop"
                 break
-        if finish is None and s.stats.generated_tokens + len(new) >= s.budget:
+        # The budget may run out before an EOS further on in the round: as the target-only run,
+        # which would have stopped there.
+        if s.stats.generated_tokens + len(new) >= s.budget:
             new, finish = new[: s.budget - s.stats.generated_tokens], "length"
         s.stats.generated_tokens += len(new) + (1 if finish == "stop" else 0)
         s.stats.decode_seconds = now - s.first_token_at
@@ -602,14 +604,15 @@ class Engine:
 
     def generate(self, prompt, params: SamplingParams | None = None, *, chat: bool | None = None,
                  tools: list[dict] | None = None, tool_choice: str | dict | None = None,
-                 **kwargs) -> GenerationResult:
+                 parallel_tool_calls: bool = True, **kwargs) -> GenerationResult:
         """Generate to completion; returns text, token ids, finish reason and SpecStats.
 
         tools / tool_choice: OpenAI's (function tools; "none", "auto", "required" or
-        {"type": "function", "function": {"name": ...}}); the calls the model made are in
+        {"type": "function", "function": {"name": ...}}; parallel_tool_calls=False: at most one
+        call); the calls the model made are in
         `tool_calls` and the rest of its text in `content` (finish_reason "tool_calls")."""
         params = params or SamplingParams(**kwargs)
-        spec = ToolSpec.of(tools, tool_choice) if tools is not None else None
+        spec = ToolSpec.of(tools, tool_choice, parallel_tool_calls) if tools is not None else None
         parts, ids, finish, stats, lps = [], [], "length", SpecStats(), []
         for chunk in self.stream(prompt, params, chat=chat, tools=spec):
             parts.append(chunk.text)

@@ -285,5 +285,5 @@ def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 except json.JSONDecodeError:
                     raise InvalidParameterError(f"messages[{i}].tool_calls[{j}].function.arguments is not JSON") from None
             converted.append({"id": c.get("id"), "type": "function", "function": {"name": fn["name"], "arguments": args}})
-        out.append({**m, "tool_calls": converted})
+        out.append({**m, "content": m.get("content") or "", "tool_calls": converted})  # (a call's content may be null)
     return out
