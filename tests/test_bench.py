@@ -130,7 +130,7 @@ def test_registered_method_runs_and_mismatch_is_flagged(models, tmp_path, prompt
     target, _ = models
 
     class Corrupting(EngineRunner):
-        def run(self, prompt_ids, params):
+        def run(self, prompt_ids, params, tools=None):
             res = super().run(prompt_ids, params)
             res.output_ids[3] = (res.output_ids[3] + 1) % 300
             return res
@@ -168,7 +168,7 @@ def test_resume_skips_done_prompts(models, tmp_path, prompts_file, extra_method)
     calls = []
 
     class Counting(EngineRunner):
-        def run(self, prompt_ids, params):
+        def run(self, prompt_ids, params, tools=None):
             calls.append(tuple(prompt_ids))
             return super().run(prompt_ids, params)
 
@@ -197,7 +197,7 @@ def test_interrupt_keeps_finished_prompts_and_resume_completes(models, tmp_path,
     state = {"n": 0, "fail_at": 2}
 
     class Interrupting(EngineRunner):
-        def run(self, prompt_ids, params):
+        def run(self, prompt_ids, params, tools=None):
             state["n"] += 1
             if state["n"] == state["fail_at"]:
                 raise KeyboardInterrupt
@@ -426,3 +426,32 @@ def test_a_dataset_with_schemas_constrains_every_specdecode_method(models, tmp_p
 
     with pytest.raises(SpecdecodeError, match="JSON schema"):
         HFGenerateRunner(None, [0]).run([1, 2], SamplingParams(json_schema=schema))
+
+
+def test_the_tool_calls_dataset_gives_each_prompt_its_tool_grammar():
+    """tool-calls: every prompt has tools whose grammar the engine gets (one required call), and
+    llama.cpp's grammar of the same call builds where llama-cpp-python is installed."""
+    from specdecode.bench.harness import for_prompt
+
+    prompts = load_prompts("tool-calls")
+    assert len(prompts) == 12 and {p.category for p in prompts} == {"tool_call"}
+    for p in prompts:
+        spec = p.tool_spec
+        assert spec is not None and not spec.parallel and spec.choice != "auto"
+        params = for_prompt(SamplingParams(), p)
+        assert params.grammar == spec.grammar() and "<tool_call>" in params.grammar
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return  # the llamacpp method's own tests say when it is missing
+    from specdecode.bench.llamacpp import tool_call_grammar_for_llamacpp
+
+    for p in prompts:
+        assert tool_call_grammar_for_llamacpp(p.tool_spec) is not None
+
+
+def test_a_bad_tools_row_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"prompt": "x", "tools": [{"type": "function", "function": {"name": "a b"}}]}) + "\n")
+    with pytest.raises(SpecdecodeError, match="line 1"):
+        load_prompts(str(path))

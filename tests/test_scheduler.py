@@ -69,7 +69,7 @@ class ScriptedEngine:
         self.fail_open, self.fail_step, self.kv = fail_open, fail_step, kv
         self.target = SimpleNamespace(max_context=max_context)
 
-    def encode(self, prompt, chat=None):
+    def encode(self, prompt, chat=None, tools=None):
         return [ord(c) for c in prompt] if isinstance(prompt, str) else list(prompt)
 
     def kv_bytes(self, prompt_tokens, max_new_tokens):
@@ -368,7 +368,7 @@ class HeldEncodeEngine(ScriptedEngine):
         super().__init__()
         self.held, self.encoding, self.release_encode = held, threading.Event(), threading.Event()
 
-    def encode(self, prompt, chat=None):
+    def encode(self, prompt, chat=None, tools=None):
         if prompt in self.held:
             self.encoding.set()
             assert self.release_encode.wait(TIMEOUT)

@@ -9,12 +9,15 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ..errors import SpecdecodeError
+from ..errors import InvalidParameterError, SpecdecodeError
+from ..tools import ToolSpec
 
 DATA_DIR = Path(__file__).parent / "data"
 SPEC_BENCH_FILE = DATA_DIR / "spec_bench_question.jsonl"
 JSON_EXTRACT_FILE = DATA_DIR / "json_extract.jsonl"  # structured output: extraction and tool-call arguments
+TOOL_CALLS_FILE = DATA_DIR / "tool_calls.jsonl"  # tool calls: tools + tool_choice, the Hermes/Qwen format
 
 # Spec-Bench's first 80 questions are MT-bench, labelled with MT-bench's own eight categories;
 # Spec-Bench reports them together as "multi-turn conversation" (we use the first turn only).
@@ -33,9 +36,18 @@ class BenchPrompt:
     subcategory: str | None = None
     chat_text: str | None = None  # what the user message says in chat format, if not `text`
     json_schema: dict | None = field(default=None, hash=False, compare=False)  # the answer must follow it
+    # OpenAI tools and tool_choice: the prompt shows them, the answer is one call (specdecode/tools.py)
+    tools: list | None = field(default=None, hash=False, compare=False)
+    tool_choice: Any = field(default=None, hash=False, compare=False)
 
     def message(self, chat: bool) -> str:
         return self.chat_text if chat and self.chat_text is not None else self.text
+
+    @property
+    def tool_spec(self) -> ToolSpec | None:
+        """Its tools as the engine takes them: one call per answer (parallel calls off), so every
+        method, llama.cpp's grammar included, is held to the same shape."""
+        return None if self.tools is None else ToolSpec.of(self.tools, self.tool_choice, parallel_tool_calls=False)
 
 
 def load_prompts(dataset: str, categories: list[str] | None = None, limit: int | None = None) -> list[BenchPrompt]:
@@ -71,11 +83,13 @@ def _dataset_prompts(dataset: str) -> list[BenchPrompt]:
         return spec_bench_prompts()
     if dataset == "humaneval":
         return humaneval_prompts()
+    if dataset == "tool-calls":
+        return jsonl_prompts(TOOL_CALLS_FILE)
     if dataset == "json-extract":
         return jsonl_prompts(JSON_EXTRACT_FILE)
     if dataset.endswith(".jsonl") or Path(dataset).is_file():
         return jsonl_prompts(Path(dataset))
-    raise SpecdecodeError(f"unknown dataset {dataset!r}: use spec-bench, humaneval, json-extract or a path to a .jsonl file")
+    raise SpecdecodeError(f"unknown dataset {dataset!r}: use spec-bench, humaneval, json-extract, tool-calls or a path to a .jsonl file")
 
 
 def _take_mixed(prompts: list[BenchPrompt], limit: int | None) -> list[BenchPrompt]:
@@ -117,7 +131,8 @@ def humaneval_prompts() -> list[BenchPrompt]:
 
 def jsonl_prompts(path: Path) -> list[BenchPrompt]:
     """One JSON object per line: {"prompt": str, "category": str (optional), "id": (optional),
-    "json_schema": object (optional: the answer must follow it, as SamplingParams.json_schema)}.
+    "json_schema": object (optional: the answer must follow it, as SamplingParams.json_schema),
+    "tools": [OpenAI tools] and "tool_choice" (optional: the answer is a call, specdecode/tools.py)}.
 
     Spec-Bench / MT-bench rows ({"turns": [...], "category": ...}) are accepted too (first turn).
     """
@@ -137,7 +152,15 @@ def jsonl_prompts(path: Path) -> list[BenchPrompt]:
         schema = row.get("json_schema")
         if schema is not None and not isinstance(schema, dict):
             raise SpecdecodeError(f"{path}, line {i + 1}: \"json_schema\" must be a JSON object")
-        out.append(BenchPrompt(f"{path.stem}/{pid}", str(row.get("category") or "custom"), text, json_schema=schema))
+        tools = row.get("tools")
+        prompt = BenchPrompt(f"{path.stem}/{pid}", str(row.get("category") or "custom"), text, json_schema=schema,
+                             tools=tools, tool_choice=row.get("tool_choice"))
+        if tools is not None:
+            try:
+                prompt.tool_spec  # noqa: B018 - checked now, not midway through a run
+            except InvalidParameterError as e:
+                raise SpecdecodeError(f"{path}, line {i + 1}: {e}") from None
+        out.append(prompt)
     if not out:
         raise SpecdecodeError(f"{path} holds no prompts")
     return out

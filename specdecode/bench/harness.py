@@ -267,7 +267,10 @@ def run_bench(config: BenchConfig, *, target=None, draft=None, log: Callable[[st
         missing = [m for m in methods if m.name not in done.get(p.id, {}).get("results", {})]
         if not missing:
             continue
-        ids = tokenizer.encode_prompt(p.message(chat), chat=chat)
+        tools = p.tool_spec
+        if tools is not None and not chat:
+            raise SpecdecodeError(f"{p.id}: tool-call prompts need chat format (an instruct model)")
+        ids = tokenizer.encode_prompt(p.message(chat), chat=chat, tools=tools.template_tools if tools else None)
         if not fits_context(len(ids), config.max_new_tokens, target.lm.max_context):
             results["skipped_prompts"].append({"id": p.id, "why": f"{len(ids)} prompt tokens + max_new_tokens exceed the context"})
             continue
@@ -282,7 +285,7 @@ def run_bench(config: BenchConfig, *, target=None, draft=None, log: Callable[[st
             warm = dataclasses.replace(params, max_new_tokens=min(config.max_new_tokens, WARMUP_MAX_TOKENS))
             for p, ids, _ in todo[: config.warmup]:
                 for m in methods:
-                    runners[m.name].run(ids, for_prompt(warm, p))
+                    runners[m.name].run(ids, for_prompt(warm, p), p.tool_spec)
         # The pass costs the cost policy decides by (measured by the warm-up of an `auto` method,
         # else now, before any timed run; cached per machine): the theory beside measurement
         # prices this run with them, not with whatever a later process would measure.
@@ -311,8 +314,13 @@ def run_bench(config: BenchConfig, *, target=None, draft=None, log: Callable[[st
 
 
 def for_prompt(params: SamplingParams, prompt: BenchPrompt) -> SamplingParams:
-    """The run's sampling settings with the prompt's own JSON schema, if it has one."""
-    return params if prompt.json_schema is None else dataclasses.replace(params, json_schema=prompt.json_schema)
+    """The run's sampling settings with the prompt's own JSON schema or tool-call grammar, if it has one."""
+    if prompt.json_schema is not None:
+        return dataclasses.replace(params, json_schema=prompt.json_schema)
+    tools = prompt.tool_spec
+    if tools is not None and tools.grammar() is not None:
+        return dataclasses.replace(params, grammar=tools.grammar())
+    return params
 
 
 def _cost_model(target, draft):
@@ -336,7 +344,7 @@ def _run_prompts(todo, runners, params, config, results, done, decode, path) -> 
                     gc.collect()
                     gc.disable()
                     try:
-                        runs[m.name].append(runners[m.name].run(ids, for_prompt(params, prompt)))
+                        runs[m.name].append(runners[m.name].run(ids, for_prompt(params, prompt), prompt.tool_spec))
                     finally:
                         gc.enable()
                     bar.update(1)

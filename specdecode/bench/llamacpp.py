@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SamplingParams
+from ..tools import ToolSpec
 from ..errors import ModelLoadError, SpecdecodeError
 from .runs import RunResult
 
@@ -118,7 +119,7 @@ class LlamaCppRunner:
         return dict(temp=params.temperature, top_k=params.top_k, top_p=params.top_p, min_p=0.0, typical_p=1.0,
                     repeat_penalty=1.0)
 
-    def run(self, prompt_ids: list[int], params: SamplingParams) -> RunResult:
+    def run(self, prompt_ids: list[int], params: SamplingParams, tools: ToolSpec | None = None) -> RunResult:
         if params.stop:
             raise SpecdecodeError("the llamacpp bench method does not implement stop strings")
         self._ensure_context(len(prompt_ids) + params.max_new_tokens + 1)
@@ -137,6 +138,10 @@ class LlamaCppRunner:
             llm.reset()  # n_tokens = 0: generate() then evaluates the whole prompt, no cached prefix
         if params.json_schema is not None:  # the same schema, as llama.cpp's grammar (GBNF) of it
             kw["grammar"] = json_schema_grammar_for_llamacpp(params.json_schema)
+        elif params.grammar is not None:
+            if tools is None:
+                raise SpecdecodeError("the llamacpp bench method takes JSON schemas and tool calls, not a Lark grammar")
+            kw["grammar"] = tool_call_grammar_for_llamacpp(tools)
         gen = llm.generate(list(prompt_ids), reset=True, **kw)
         try:
             for token in gen:
@@ -173,6 +178,24 @@ def json_schema_grammar_for_llamacpp(schema: dict) -> Any:
     from llama_cpp import LlamaGrammar
 
     return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+
+
+def tool_call_grammar_for_llamacpp(tools: ToolSpec) -> Any:
+    """llama.cpp's grammar (GBNF) for the answer our tool grammar allows when a call is required:
+    one `<tool_call>` block whose JSON is {"name": one of the callable functions, "arguments": its
+    parameters}, made by llama.cpp's own JSON-schema converter (its whitespace rules, not ours)."""
+    import json
+
+    from llama_cpp import LlamaGrammar
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    if tools.choice == "auto" or tools.parallel:
+        raise SpecdecodeError("the llamacpp bench method builds grammars for one required call only")
+    call = {"anyOf": [{"type": "object", "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+                       "required": ["name", "arguments"], "additionalProperties": False} for t in tools.callable]}
+    gbnf = json_schema_to_gbnf(json.dumps(call), prop_order=["name", "arguments"]).replace("root ::=", "call ::=", 1)
+    text = 'root ::= "<tool_call>\\n" call "\\n</tool_call>" "\\n"?\n' + gbnf
+    return LlamaGrammar.from_string(text, verbose=False)
 
 
 def build_llamacpp_runner(target: Any, eos_token_ids: list[int], threads: int | None) -> LlamaCppRunner:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..config import SamplingParams
+from ..tools import ToolSpec
 from ..drafters import NgramDrafter, SuffixDrafter
 from ..engine import Engine, default_num_draft_tokens
 from ..errors import SpecdecodeError
@@ -124,8 +125,8 @@ class EngineRunner:
         # keeps both, as llama.cpp keeps its prompt cache there.
         self.keep_prefix_cache = False
 
-    def run(self, prompt_ids: list[int], params: SamplingParams) -> RunResult:
-        stats, ids, finish = SpecStats(), [], "length"
+    def run(self, prompt_ids: list[int], params: SamplingParams, tools: ToolSpec | None = None) -> RunResult:
+        stats, ids, finish = SpecStats(), [], "length"  # (a tool grammar is in params.grammar)
         device = self.engine.target.device
         if not self.keep_prefix_cache:
             self.engine.forget_history()
@@ -206,9 +207,10 @@ class HFGenerateRunner:
         return GenerationConfig(**kw)
 
     @torch.inference_mode()
-    def run(self, prompt_ids: list[int], params: SamplingParams) -> RunResult:
-        if params.json_schema is not None:
-            raise SpecdecodeError("the hf methods do not constrain output to a JSON schema (json-extract prompts)")
+    def run(self, prompt_ids: list[int], params: SamplingParams, tools: ToolSpec | None = None) -> RunResult:
+        if params.json_schema is not None or params.grammar is not None:
+            raise SpecdecodeError("the hf methods do not constrain output to a JSON schema or grammar "
+                                  "(json-extract, tool-calls prompts)")
         device = self.model.device
         ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
         gen_config = self.generation_config(params)

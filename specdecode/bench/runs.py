@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..config import SamplingParams
+from ..tools import ToolSpec
 
 
 @dataclass
@@ -31,4 +32,6 @@ class RunResult:
 
 
 class Runner(Protocol):
-    def run(self, prompt_ids: list[int], params: SamplingParams) -> RunResult: ...
+    def run(self, prompt_ids: list[int], params: SamplingParams, tools: ToolSpec | None = None) -> RunResult:
+        """One generation; `tools`: the prompt's tools, whose grammar is params.grammar (for
+        runners that must build their own grammar of them, llama.cpp's)."""
