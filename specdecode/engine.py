@@ -82,9 +82,6 @@ class Chunk:
     finish_reason: str | None = None  # "stop" (EOS or stop string) | "length" on the last chunk
     stats: SpecStats | None = None
     logprobs: list[TokenLogprob] | None = None  # one per token id, when params.logprobs is set
-    # With tools: the calls the model made and the rest of its text (None when empty).
-    tool_calls: list[ToolCall] | None = None
-    content: str | None = None
 
 
 @dataclass
@@ -568,7 +565,7 @@ class Engine:
             if tools:
                 raise SpecdecodeError("tools need a text prompt or chat messages, not token ids")
             return list(prompt)
-        if tools and isinstance(prompt, list):
+        if isinstance(prompt, list):  # an assistant's tool calls as templates want them
             prompt = template_messages(prompt)
         return self.tokenizer.encode_prompt(prompt, chat=chat, tools=tools)
 
@@ -609,8 +606,8 @@ class Engine:
 
         tools / tool_choice: OpenAI's (function tools; "none", "auto", "required" or
         {"type": "function", "function": {"name": ...}}; parallel_tool_calls=False: at most one
-        call); the calls the model made are in
-        `tool_calls` and the rest of its text in `content` (finish_reason "tool_calls")."""
+        call); the calls the model made are in `tool_calls` and the rest of its text in
+        `content` (finish_reason "tool_calls"); `text` stays the whole answer."""
         params = params or SamplingParams(**kwargs)
         spec = ToolSpec.of(tools, tool_choice, parallel_tool_calls) if tools is not None else None
         parts, ids, finish, stats, lps = [], [], "length", SpecStats(), []

@@ -455,3 +455,14 @@ def test_a_bad_tools_row_is_a_clear_error(tmp_path):
     path.write_text(json.dumps({"prompt": "x", "tools": [{"type": "function", "function": {"name": "a b"}}]}) + "\n")
     with pytest.raises(SpecdecodeError, match="line 1"):
         load_prompts(str(path))
+
+
+def test_a_given_draft_is_loaded_for_the_auto_methods_that_use_it(tmp_path, models):
+    """spec-int4-auto drafts with the draft model when --draft names one, though it runs without:
+    the draft must be loaded for it even when no method in the run requires one."""
+    target, _ = models
+    assert METHODS["spec-int4-auto"].uses_draft and not METHODS["spec-int4-auto"].needs_draft
+    results = run_bench(BenchConfig(target="tiny-random", draft="tiny-random-draft", methods=["spec-int4-auto"],
+                                    out=str(tmp_path / "out"), limit=1, **{**FAST, "max_new_tokens": 8}),
+                        target=target)
+    assert results["models"]["draft"] is not None

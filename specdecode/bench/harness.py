@@ -221,7 +221,7 @@ def run_bench(config: BenchConfig, *, target=None, draft=None, log: Callable[[st
         target = specdecode.load(config.target, dtype=config.dtype, device=config.device, threads=config.threads)
     elif config.threads:
         torch.set_num_threads(config.threads)
-    if draft is None and config.draft and any(m.needs_draft for m in methods):
+    if draft is None and config.draft and any(m.uses_draft for m in methods):
         log(f"loading draft {config.draft} ...")
         draft = specdecode.load(config.draft, dtype=config.dtype, device=config.device, threads=config.threads)
     tokenizer = target.tokenizer

@@ -89,17 +89,18 @@ class Method:
     needs_draft: bool = False
     reference: str = "target"  # the method whose greedy output this one must reproduce exactly
     default: bool = True  # part of `--methods all`
+    uses_draft: bool = False  # drafts with the draft model when --draft gives one (needs_draft: must)
 
 
 METHODS: dict[str, Method] = {}
 
 
 def register_method(name: str, *, description: str = "", needs_draft: bool = False,
-                    reference: str = "target", default: bool = True):
+                    reference: str = "target", default: bool = True, uses_draft: bool = False):
     """Decorator: add a method (a BenchContext -> Runner | Engine factory) to the registry."""
 
     def deco(build: Callable[[BenchContext], Any]):
-        METHODS[name] = Method(name, build, description, needs_draft, reference, default)
+        METHODS[name] = Method(name, build, description, needs_draft, reference, default, uses_draft or needs_draft)
         return build
 
     return deco
@@ -380,13 +381,13 @@ def _spec_int4_ngram(ctx: BenchContext):
                   eos_token_ids=ctx.eos_token_ids, tokenizer=ctx.target.tokenizer)
 
 
-@register_method("spec-int4-auto", reference="target-int4", default=False,
+@register_method("spec-int4-auto", reference="target-int4", default=False, uses_draft=True,
                  description="int4 target, --drafter auto (n-gram + suffix + int4 draft model if given), policy-chosen")
 def _spec_int4_auto(ctx: BenchContext):
     return _int4_auto(ctx, forced_drafts=True)
 
 
-@register_method("spec-int4-auto-unforced", reference="target-int4", default=False,
+@register_method("spec-int4-auto-unforced", reference="target-int4", default=False, uses_draft=True,
                  description="spec-int4-auto without the free drafts of a JSON schema's forced tokens (json-extract)")
 def _spec_int4_auto_unforced(ctx: BenchContext):
     return _int4_auto(ctx, forced_drafts=False)

@@ -45,7 +45,7 @@ def _spec_model_auto(ctx: BenchContext) -> Engine:
     return Engine(ctx.target, ModelDrafter(ctx.draft.lm), num_draft_tokens="auto", eos_token_ids=ctx.eos_token_ids)
 
 
-@register_method("spec-auto", default=False,
+@register_method("spec-auto", default=False, uses_draft=True,
                  description="specdecode --drafter auto: n-gram + the draft model (if given), drafter and k per round")
 def _spec_auto(ctx: BenchContext) -> Engine:
     drafters = [ModelDrafter(ctx.draft.lm)] if ctx.draft is not None else []
