@@ -156,6 +156,19 @@ class Constraint:
             self._check()
         return torch.stack(rows), used
 
+    def push(self, token: int) -> bool:
+        """Move the state past `token` for a look-ahead (undo with `pop`); False, and no move, where
+        the grammar is complete or forbids it."""
+        if self.matcher.is_stopped() or not self.matcher.consume_token(token):
+            self._check()
+            return False
+        return True
+
+    def pop(self, n: int) -> None:
+        """Undo the last n `push`es."""
+        if n and not self.matcher.rollback(n):
+            self._check()
+
     def forced(self, limit: int) -> list[int]:
         """Up to `limit` tokens the grammar forces next (the only continuation it allows)."""
         if limit <= 0 or self.matcher.is_stopped():

@@ -372,6 +372,7 @@ class Engine:
         # Structured output: the tokens each row's grammar state allows; a draft is cut at its
         # first forbidden token (the constrained target would never accept it).
         allowed: dict[int, torch.Tensor] = {}  # index among this pass's owners -> (rows, V) bool
+        proposed = [len(d.tokens) for d in drafts]  # what the planner hears: a cut draft was rejected there
         for i, s in enumerate(decoding):
             if s.constraint is not None:
                 allowed[i], usable = s.constraint.masks(drafts[i].tokens)
@@ -412,7 +413,7 @@ class Engine:
             m = len(segments[0].tokens)
             self.planner.timed(m, segments[0].cache.length - m, t2 - t1)
         for i, (s, d) in enumerate(zip(decoding, drafts)):
-            self._verified(s, d, asked[i], logits[i], argmax.get(i), free[i])
+            self._verified(s, d, asked[i], logits[i], argmax.get(i), free[i], proposed[i])
             s.stats.draft_seconds += t1 - t0
             s.stats.verify_seconds += t2 - t1
         for j, (s, end) in enumerate(chunks, start=len(decoding)):
@@ -460,8 +461,11 @@ class Engine:
                 groups.setdefault((many, member.batch_key), []).append((i, member))
         for (many, _), group in groups.items():
             idx = [i for i, _ in group]
+            grammars = [states[i].constraint for i in idx]
+            extra = {"constraints": grammars, "forced_drafts": self.forced_drafts} if any(grammars) else {}
             out = many([m for _, m in group], [states[i].tokens for i in idx], [asked[i] for i in idx],
-                       [states[i].params for i in idx], [states[i].rng for i in idx], [plans[i].stop for i in idx])
+                       [states[i].params for i in idx], [states[i].rng for i in idx], [plans[i].stop for i in idx],
+                       **extra)
             for i, d in zip(idx, out):
                 drafts[i] = d
         timed_draft = getattr(self.planner, "timed_draft", None)  # optional in the Planner protocol
@@ -484,9 +488,11 @@ class Engine:
         return chunks
 
     def _verified(self, s: RequestState, draft: Draft, asked: int, logits: torch.Tensor,
-                  target_tokens: list[int] | None, free: bool = False) -> None:
+                  target_tokens: list[int] | None, free: bool = False, proposed: int | None = None) -> None:
         """Verify one state's draft against its logits (1 + k', V), roll back, record, emit.
-        free: the draft is the grammar's forced tokens (no drafter or planner hears of it)."""
+        free: the draft is the grammar's forced tokens (no drafter or planner hears of it).
+        proposed: the drafter's draft length before a grammar cut it at a forbidden token (the
+        constrained target rejects that token: the planner's acceptance estimate hears so)."""
         k = len(draft.tokens)
         n = len(s.tokens)
         if target_tokens is None and s.noise is not None:
@@ -500,9 +506,14 @@ class Engine:
         s.cache.trim(n + num_accepted)  # invariant: the cache holds tokens[:-1]
         if asked > 0:  # whoever was asked to draft hears the outcome, even of an empty draft
             s.drafter.on_verified(num_accepted)
+        # Tokens a grammar forced inside the draft were free and always accepted: the planner and
+        # the acceptance counters hear of the drafter's own tokens only.
+        proposed = max(k, proposed or 0)
+        joined = draft.forced_before(num_accepted)
         if s.drafter is not None and not free:  # rounds without a draft count too (the estimates fade)
-            self.planner.observe(s, k, num_accepted)
-        s.stats.record_round(k, num_accepted, forced=free)
+            self.planner.observe(s, proposed - draft.forced_before(proposed), num_accepted - joined)
+        s.stats.record_round(k - draft.forced_before(k), num_accepted - joined, forced=free)
+        s.stats.forced_tokens += joined
         new = draft.tokens[:num_accepted] + [next_token]
         s.tokens.extend(new)
         if s.constraint is not None:

@@ -259,6 +259,40 @@ def test_draft_prefill_of_a_long_prompt_pays_only_for_a_long_answer():
     assert first_draft(40) is None  # bought at 17 tokens, the rest could not pay 1 s back
 
 
+def test_a_catch_up_over_the_requests_own_tokens_is_charged_to_its_round():
+    """A draft model behind by tokens the request produced without it (a grammar's forced rounds,
+    another drafter's) catches up again every time that happens: the round pays all of it, not
+    the share a one-time prompt catch-up is spread over (which priced a 6-token catch-up after
+    every forced round of a JSON answer at about nothing)."""
+    class Behind(FakeModelDrafter):
+        behind = 6
+
+        def catch_up_tokens(self, context):
+            return self.behind
+
+    # target 30 ms a pass, flat; the draft 9 ms a step and 3 ms per extra token fed
+    costs = CostModel.from_function(lambda m: 0.030, {"model": lambda m: 0.006 + 0.003 * m})
+    prompt = list(range(50))
+
+    def best_cost(behind: int, produced: int) -> float:
+        p = planner(costs)
+        d = Behind()
+        d.behind = behind
+        s = state([d], context=prompt, budget=1000)
+        p.begin(s)
+        s.tokens, s.stats.generated_tokens = prompt + [7] * produced, produced
+        s.plan_state.start = len(prompt)
+        table = p.costs.table(len(s.tokens), p.k_max)
+        options, _ = p._options(s, table, 4, 0.0)
+        return next(c.cost for c in options if c.k == 4)
+
+    plain = best_cost(1, 20)
+    recurring = best_cost(6, 20)  # behind by 6 of the 20 tokens it produced: charged in full
+    catch_up = (0.006 + 0.003 * 6 - 0.009) / 0.030  # 0.5 T(1)
+    assert recurring - plain == pytest.approx(catch_up, rel=0.05)
+    assert best_cost(60, 20) - plain < 0.05  # the prompt's catch-up (60 > 20 produced): a small share only
+
+
 def test_describe_says_why_a_request_did_not_draft():
     p = planner(LINEAR)
     s = state([FakeModelDrafter()])

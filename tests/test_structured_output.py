@@ -90,6 +90,34 @@ def test_a_batch_of_constrained_and_free_requests_matches_each_alone(models):
     assert [s.generated for s in states] == alone
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
+def test_the_draft_model_drafts_under_the_mask_with_the_forced_tokens_free(models, temperature):
+    """propose_batch with a grammar state: every drafted token is allowed where it stands, the
+    forced ones join the draft without a draft step (q one-hot there when sampling), and the
+    grammar state is left where it was."""
+    from specdecode.drafters.model import propose_batch
+
+    target, draft = models
+    engine = Engine(target)
+    ids = engine.encode("Describe a pet as JSON.", chat=True)
+    c = Constraint(GrammarVocabulary.of(engine.tokenizer, target.lm.vocab_size, sorted(engine.eos_token_ids)),
+                   json_schema_grammar(PERSON))
+    d = ModelDrafter(draft.lm)
+    d.begin(ids, len(ids) + 64, torch.device("cpu"))
+    params = SamplingParams(temperature=temperature)
+    before = c.allowed()
+    out = propose_batch([d], [ids], [12], [params], [torch.Generator().manual_seed(0)], constraints=[c])[0]
+    assert torch.equal(c.allowed(), before)  # rolled back
+    masks, usable = c.masks(out.tokens)
+    assert usable == len(out.tokens) == 12  # nothing the grammar forbids
+    assert out.forced_at  # after the model's first token, '"name": "' and the like are forced
+    for p in out.forced_at:
+        assert masks[p].sum() == 1 and masks[p][out.tokens[p]]
+        if out.q is not None:
+            assert out.q[p][out.tokens[p]] == 1.0 and out.q[p].sum() == 1.0
+    assert len(out.forced_at) < len(out.tokens)  # and the model drafted the rest
+
+
 def test_json_object_mode_gives_a_json_object(models):
     target, _ = models
     r = Engine(target, NgramDrafter()).generate("hello", SamplingParams(max_new_tokens=80, json_schema={"type": "object"}))

@@ -18,6 +18,7 @@ class Draft:
     tokens: list[int]  # host copy (k,)
     token_tensor: torch.Tensor  # (k,) int64 on the target's device
     q: torch.Tensor | None = None  # (k, V) draft probabilities; None = point mass at each token
+    forced_at: tuple[int, ...] = ()  # positions a grammar forced (joined for free, not drafted)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -26,7 +27,12 @@ class Draft:
         """The first n tokens of this draft."""
         if n >= len(self.tokens):
             return self
-        return Draft(self.tokens[:n], self.token_tensor[:n], None if self.q is None else self.q[:n])
+        return Draft(self.tokens[:n], self.token_tensor[:n], None if self.q is None else self.q[:n],
+                     tuple(p for p in self.forced_at if p < n))
+
+    def forced_before(self, n: int) -> int:
+        """How many of the first n tokens a grammar forced."""
+        return sum(1 for p in self.forced_at if p < n)
 
 
 @runtime_checkable
@@ -38,8 +44,9 @@ class Drafter(Protocol):
     called every round that anyone drafts, with k = 0 when another drafter was chosen.
     Optional, for the planner: `evidence(context, k) -> (bucket, tokens available)`,
     `catch_up_tokens(context) -> int` and `reports_confidence` (see specdecode/policy); for batched
-    proposals, `batch_key` and `propose_many(drafters, contexts, ks, params, rngs, stops)` (the
-    draft model: one draft pass per step for every request sharing its model).
+    proposals, `batch_key` and `propose_many(drafters, contexts, ks, params, rngs, stops,
+    constraints=, forced_drafts=)` (the draft model: one draft pass per step for every request
+    sharing its model; under a grammar it drafts with the grammar's mask and its forced tokens).
     """
 
     name: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -45,9 +46,10 @@ class ModelDrafter:
         return id(self.model)
 
     @staticmethod
-    def propose_many(drafters, contexts, ks, params, rngs, stops=None) -> list[Draft]:
+    def propose_many(drafters, contexts, ks, params, rngs, stops=None, constraints=None,
+                     forced_drafts: bool = True) -> list[Draft]:
         """propose for several requests at once (see propose_batch)."""
-        return propose_batch(drafters, contexts, ks, params, rngs, stops)
+        return propose_batch(drafters, contexts, ks, params, rngs, stops, constraints, forced_drafts)
 
     @property
     def vocab_size(self) -> int:
@@ -107,7 +109,8 @@ def confidence(logits: torch.Tensor, q: torch.Tensor | None) -> float:
 
 def propose_batch(drafters: list[ModelDrafter], contexts: list[list[int]], ks: list[int],
                   params: list[SamplingParams], generators: list,
-                  stops: Sequence[Callable[[float], bool] | None] | None = None) -> list[Draft]:
+                  stops: Sequence[Callable[[float], bool] | None] | None = None,
+                  constraints: Sequence[Any] | None = None, forced_drafts: bool = True) -> list[Draft]:
     """Draft for several requests at once: every draft step is one pass of the shared draft model
     over all requests still drafting (each request's drafter keeps its own cache).
 
@@ -115,6 +118,13 @@ def propose_batch(drafters: list[ModelDrafter], contexts: list[list[int]], ks: l
     its previous draft token. Each request's tokens, q and random draws are the ones its own
     `propose` would give: the pass is row-invariant and each request draws from its own generator
     (or position noise, when seeded).
+
+    constraints: each request's grammar state (constraint.Constraint) or None. The draft model
+    then drafts under the grammar's mask (q is the masked distribution: never a token the
+    constrained target would reject for certain), and where the grammar forces tokens after a
+    drafted one they join the draft for free (q one-hot: the constrained target gives them
+    probability 1), no draft step spent on them; the next step feeds them with the drafted token.
+    The grammar state is walked along and rolled back before returning.
     """
     from ..ragged import Segment, forward_segments
 
@@ -131,34 +141,56 @@ def propose_batch(drafters: list[ModelDrafter], contexts: list[list[int]], ks: l
         if k > 0:
             live.append(i)
     segments = [Segment(drafters[i].cache, contexts[i][drafters[i].cache.length :], 1) for i in live]
-    step = 0
-    while live:
-        logits = forward_segments(model, segments)  # each (1, V)
-        still, segments = [], []
-        for i, lg in zip(live, logits):
-            d = drafters[i]
-            stop = stops[i] if stops is not None else None
-            row = lg[-1]  # (V,)
-            if adjusts_logits(params[i]):  # the target's penalties and biases, with the draft's own history
-                output = contexts[i][d._prompt_len:] + [int(t) for t in tokens[i]]
-                row = adjust_logits(row.view(1, -1), params[i], output)[0]
-            token, q, conf = d._pick(row, len(contexts[i]) + step, params[i], generators[i],
-                                     need_confidence=stop is not None)
-            tokens[i].append(token)
-            if q is not None:
-                qs[i].append(q)
-            if stop is not None and not stop(conf):
-                continue
-            if step + 1 < ks[i]:
-                still.append(i)
-                segments.append(Segment(d.cache, token.view(1), 1))
-        live, step = still, step + 1
+    pushed = [0] * len(drafters)  # tokens each request's grammar state was walked past
+    forced_at: list[list[int]] = [[] for _ in drafters]  # draft positions the grammar forced
+    try:
+        while live:
+            logits = forward_segments(model, segments)  # each (1, V)
+            still, segments = [], []
+            for i, lg in zip(live, logits):
+                d = drafters[i]
+                stop = stops[i] if stops is not None else None
+                grammar = constraints[i] if constraints is not None else None
+                row = lg[-1]  # (V,)
+                if adjusts_logits(params[i]):  # the target's penalties and biases, with the draft's own history
+                    output = contexts[i][d._prompt_len:] + [int(t) for t in tokens[i]]
+                    row = adjust_logits(row.view(1, -1), params[i], output)[0]
+                if grammar is not None:
+                    row = row.masked_fill(~grammar.allowed().to(row.device), float("-inf"))
+                token, q, conf = d._pick(row, len(contexts[i]) + len(tokens[i]), params[i], generators[i],
+                                         need_confidence=stop is not None)
+                tokens[i].append(token)
+                if q is not None:
+                    qs[i].append(q)
+                fed = [token]
+                if grammar is not None:
+                    if not grammar.push(int(token)):
+                        continue  # the grammar is complete: only its end follows, the target's to draw
+                    pushed[i] += 1
+                    for f in grammar.forced(ks[i] - len(tokens[i]) if forced_drafts else 0):
+                        grammar.push(f)
+                        pushed[i] += 1
+                        fed.append(torch.tensor(f, dtype=token.dtype, device=token.device))
+                        forced_at[i].append(len(tokens[i]))
+                        tokens[i].append(fed[-1])
+                        if q is not None:
+                            qs[i].append(torch.zeros_like(q).index_fill_(0, fed[-1].view(1), 1.0))
+                if stop is not None and not stop(conf):
+                    continue
+                if len(tokens[i]) < ks[i]:
+                    still.append(i)
+                    segments.append(Segment(d.cache, torch.stack(fed), 1))
+            live = still
+    finally:
+        for i, n in enumerate(pushed):
+            if n:
+                constraints[i].pop(n)
     drafts = []
-    for d, p, toks, q in zip(drafters, params, tokens, qs):
+    for d, p, toks, q, forced in zip(drafters, params, tokens, qs, forced_at):
         if not toks:
             drafts.append(empty_draft(d.device))
             continue
         token_tensor = torch.stack(toks).to(d.device)  # (k',)
         q_tensor = torch.stack(q).to(d.device) if q and not p.greedy else None
-        drafts.append(Draft(token_tensor.tolist(), token_tensor, q_tensor))
+        drafts.append(Draft(token_tensor.tolist(), token_tensor, q_tensor, tuple(forced)))
     return drafts

@@ -201,21 +201,29 @@ class CostPlanner:
             behind_f = getattr(d, "catch_up_tokens", None)
             behind = max(behind_f(context), 1) if behind_f is not None else 1
             catch_up = self.costs.catch_up(d.name, behind, n - behind) if step > 0.0 and behind > 1 else 0.0
-            if catch_up > CATCH_UP_RENT * spent:
+            # The prompt's catch-up is paid once and serves the rest of the request; one over tokens
+            # this request produced without the model (other drafters' rounds, a grammar's forced
+            # tokens) recurs whenever they run again, so the round that needs it pays all of it.
+            once = behind > spent
+            if once and catch_up > CATCH_UP_RENT * spent:
                 reason = reason or (f"{d.name}'s catch-up pass not yet worth it",
                                     f"{behind} tokens, {catch_up:.1f} T(1)")
                 continue
+
+            def share(tokens: float) -> float:
+                return min(1.0, tokens / remaining) if once else 1.0
+
             est = self._estimate(rp, which, key, d.name)
             # why no draft, should none of this drafter's rounds win (or should it be skipped)
             reason = reason or (f"{d.name}: the target alone was expected faster",
                                 f"a draft step costs {step:.2f} T(1), T(2) = {table[2]:.2f} T(1), "
                                 f"acceptance {est.pooled():.2f}")
             expected = est.expected_tokens(k_top)
-            if expected[k_top] / (table[2] + step + catch_up * min(1.0, 1.0 / remaining)) <= bar:
+            if expected[k_top] / (table[2] + step + catch_up * share(1.0)) <= bar:
                 continue
             ks = [k_top] if self.k_fixed is not None else range(1, k_top + 1)
-            out += [Choice(which, k, key, expected[k], k * step + catch_up * min(1.0, expected[k] / remaining)
-                           + table[k + 1], step, behind) for k in ks]
+            out += [Choice(which, k, key, expected[k], k * step + catch_up * share(expected[k]) + table[k + 1],
+                           step, behind) for k in ks]
         return out, reason or ("the target alone was expected faster", "")
 
     def _choose(self, s: Any, batch: tuple[int, float] | None, drafting: dict[str, tuple[int, int]]) -> Choice:
