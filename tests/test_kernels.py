@@ -214,3 +214,36 @@ def test_chain_attention_matches_reference_and_is_row_invariant(isa, kv_dtype):
         alone = ext.attend_chain(q[:, :, t : t + 1].contiguous(), k[:, :, : L - T + t + 1], v[:, :, : L - T + t + 1], scale, isa)
         assert torch.equal(alone[:, :, 0], out[:, :, t])
     assert torch.equal(out, ext.attend_chain(q, k, v, scale, 0))  # every path: the same bits
+
+
+TREE = [-1, 0, 0, 1, 1, 2, -1, 6, 3, 8]  # two roots, branches at nodes 0, 1 and a 4-deep path
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16], ids=["kv-fp32", "kv-bf16"])
+def test_tree_attention_gives_each_node_the_bits_of_a_chain_along_its_path(isa, kv_dtype):
+    """Each node of a tree pass attends the context and its root-to-node path: its output equals,
+    bit for bit, the last row of a chain pass over exactly that path (and hence a decode step)."""
+    g = torch.Generator().manual_seed(5)
+    B, H, Hkv, hd, context = 1, 12, 2, 128, 37  # 37 + up to 4 path keys: the 16-key chunks split unevenly
+    T = len(TREE)
+    keys = torch.randn(B, Hkv, context + T, hd, generator=g).to(kv_dtype)
+    values = torch.randn(B, Hkv, context + T, hd, generator=g).to(kv_dtype)
+    q = torch.randn(B, H, T, hd, generator=g)
+    ext, scale = build.extension(), hd**-0.5
+    parents = torch.tensor(TREE, dtype=torch.long)
+    out = ext.attend_tree(q, keys, values, scale, parents, isa)
+    for t in range(T):
+        path = [t]
+        while TREE[path[-1]] >= 0:
+            path.append(TREE[path[-1]])
+        path = path[::-1]
+        slots = torch.cat([torch.arange(context), context + torch.tensor(path)])
+        k, v = keys[:, :, slots], values[:, :, slots]
+        chain = ext.attend_chain(q[:, :, path].contiguous(), k, v, scale, isa)
+        assert torch.equal(chain[:, :, -1], out[:, :, t]), t
+    assert torch.equal(out, ext.attend_tree(q, keys, values, scale, parents, 0))  # every path: the same bits
+    chain = ext.attend_chain(q, keys, values, scale, isa)  # a tree that is a chain is the chain
+    assert torch.equal(ext.attend_tree(q, keys, values, scale, torch.arange(-1, T - 1), isa), chain)
+    with pytest.raises(RuntimeError, match="parents"):
+        ext.attend_tree(q, keys, values, scale, torch.tensor([0] * T), isa)  # a node its own parent

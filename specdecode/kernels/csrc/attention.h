@@ -32,6 +32,10 @@ struct ChainAttention {
   int64_t kv_sb, kv_sh, kv_sl;  // strides of k and v in elements: batch, head, position
   float scale;
   float* out;  // (B, H, T, hd) contiguous
+  // Tree mode (null: a chain): query t is a node whose parent is query parents[t] (-1: the
+  // context's last token), and it attends the context keys [0, L - T) then its ancestors and
+  // itself in root-to-node order, exactly the keys, in the same order, of a chain along its path.
+  const int64_t* parents = nullptr;
 };
 
 constexpr int kMaxGroup = 16;  // query heads per kv head the kernel takes (Llama-family: 1..8)
@@ -128,6 +132,21 @@ inline void load_rows<uint16_t>(const uint16_t* src, int64_t stride, int64_t nj,
   for (int64_t j = 0; j < nj; ++j) bf16_to_f32_row(src + j * stride, hd, dst + j * hd);
 }
 
+// Rows j0 .. j0 + nj of a query's key sequence, the j-th from slot slot(j): one contiguous copy
+// where the slots are consecutive (a chain, a tree's context), else row by row. Either way each
+// row is the same conversion, so the bits do not depend on where a row sits.
+template <typename KV, typename Slot>
+inline void load_keys(const KV* base, int64_t stride, int64_t j0, int64_t nj, int64_t hd, float* dst, Slot slot) {
+  if (slot(j0 + nj - 1) - slot(j0) == nj - 1) {
+    bool consecutive = true;
+    for (int64_t j = 1; j < nj && consecutive; ++j) consecutive = slot(j0 + j) == slot(j0) + j;
+    if (consecutive) return load_rows(base + slot(j0) * stride, stride, nj, hd, dst);
+  }
+  for (int64_t j = 0; j < nj; ++j) load_rows(base + slot(j0 + j) * stride, stride, 1, hd, dst + j * hd);
+}
+
+constexpr int64_t kMaxTreeDepth = 64;  // nodes on a tree path (drafts are far shorter)
+
 constexpr int64_t kKeyChunk = 16;  // key/value rows converted to fp32 at a time (8 KB at head_dim 128: they stay in L1)
 
 // scale * (q . k_i) for 4 keys at once (independent chains keep the adders busy): per key, partial
@@ -203,7 +222,16 @@ inline void accumulate_pv(float* o, const float* p, const float* vrows, int64_t 
 template <typename KV>
 inline void attend_group(const ChainAttention& a, int64_t task, std::vector<float>& scores, std::vector<float>& rows) {
   const int64_t t = task % a.T, kvh = (task / a.T) % a.Hkv, b = task / (a.T * a.Hkv);
-  const int64_t G = a.H / a.Hkv, n = a.L - a.T + t + 1, hd = a.hd;
+  const int64_t G = a.H / a.Hkv, hd = a.hd, context = a.L - a.T;
+  // The key slots this query attends, in order: a chain's [0, context + t], a tree node's
+  // context then its root-to-node path (slots context + node).
+  int64_t path[kMaxTreeDepth];
+  int64_t depth = 0;
+  if (a.parents != nullptr) {
+    for (int64_t u = t; u >= 0 && depth < kMaxTreeDepth; u = a.parents[u]) path[depth++] = context + u;
+  }
+  const int64_t n = a.parents != nullptr ? context + depth : context + t + 1;
+  auto slot = [&](int64_t j) { return j < context || a.parents == nullptr ? j : path[depth - 1 - (j - context)]; };
   const float* q[kMaxGroup];
   float* o[kMaxGroup];
   for (int64_t g = 0; g < G; ++g) {
@@ -219,7 +247,7 @@ inline void attend_group(const ChainAttention& a, int64_t task, std::vector<floa
   for (int64_t g = 0; g < G; ++g) mx[g] = -INFINITY;
   for (int64_t j0 = 0; j0 < n; j0 += kKeyChunk) {
     const int64_t nj = n - j0 < kKeyChunk ? n - j0 : kKeyChunk;
-    load_rows(kb + j0 * a.kv_sl, a.kv_sl, nj, hd, rows.data());
+    load_keys(kb, a.kv_sl, j0, nj, hd, rows.data(), slot);
     for (int64_t g = 0; g < G; ++g) {
       float* sg = scores.data() + g * n + j0;
       float m = mx[g];
@@ -239,7 +267,7 @@ inline void attend_group(const ChainAttention& a, int64_t task, std::vector<floa
   }
   for (int64_t j0 = 0; j0 < n; j0 += kKeyChunk) {
     const int64_t nj = n - j0 < kKeyChunk ? n - j0 : kKeyChunk;
-    load_rows(vb + j0 * a.kv_sl, a.kv_sl, nj, hd, rows.data());
+    load_keys(vb, a.kv_sl, j0, nj, hd, rows.data(), slot);
     for (int64_t g = 0; g < G; ++g) accumulate_pv(o[g], scores.data() + g * n + j0, rows.data(), nj, hd);
   }
   for (int64_t g = 0; g < G; ++g)

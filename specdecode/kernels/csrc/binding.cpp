@@ -143,7 +143,36 @@ std::vector<torch::Tensor> linear(torch::Tensor x, std::vector<LayerSpec> layers
 
 // q (B, H, T, hd) float32; k, v (B, Hkv, L, hd) float32 or bf16 (strided views of the cache)
 // -> (B, H, T, hd) float32, query t attending keys [0, L - T + t].
+torch::Tensor attend(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale, int64_t isa,
+                     const int64_t* parents);
+
 torch::Tensor attend_chain(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale, int64_t isa) {
+  return attend(q, k, v, scale, isa, nullptr);
+}
+
+// The T queries form a tree (parents (T,) int64: each node's parent among them, -1 for the
+// context's last token, parents before children): each node attends the context and its path.
+torch::Tensor attend_tree(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale, torch::Tensor parents,
+                          int64_t isa) {
+  TORCH_CHECK(parents.dim() == 1 && parents.scalar_type() == torch::kInt64 && parents.is_contiguous() &&
+                  parents.device().is_cpu() && parents.size(0) == q.size(2),
+              "parents must be a contiguous CPU int64 tensor with one entry per query");
+  const int64_t* p = parents.data_ptr<int64_t>();
+  for (int64_t t = 0; t < parents.size(0); ++t) {
+    TORCH_CHECK(p[t] >= -1 && p[t] < t, "parents[", t, "] must be in [-1, ", t, ")");
+  }
+  int64_t longest = 0;
+  for (int64_t t = 0; t < parents.size(0); ++t) {
+    int64_t d = 0;
+    for (int64_t u = t; u >= 0; u = p[u]) ++d;
+    longest = d > longest ? d : longest;
+  }
+  TORCH_CHECK(longest <= kMaxTreeDepth, "a tree path may hold at most ", kMaxTreeDepth, " nodes");
+  return attend(q, k, v, scale, isa, p);
+}
+
+torch::Tensor attend(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale, int64_t isa,
+                     const int64_t* parents) {
   check_isa(isa);
   TORCH_CHECK(q.dim() == 4 && q.scalar_type() == torch::kFloat32 && q.is_contiguous(), "q must be contiguous float32 (B, H, T, hd)");
   TORCH_CHECK(k.dim() == 4 && k.sizes() == v.sizes() && k.strides() == v.strides() && k.scalar_type() == v.scalar_type(),
@@ -155,7 +184,8 @@ torch::Tensor attend_chain(torch::Tensor q, torch::Tensor k, torch::Tensor v, do
   TORCH_CHECK(H / Hkv <= kMaxGroup, "at most ", kMaxGroup, " query heads per kv head");
   auto out = torch::empty_like(q);
   ChainAttention a{q.data_ptr<float>(), k.data_ptr(), v.data_ptr(), k.scalar_type() == torch::kBFloat16,
-                   B, H, Hkv, T, L, hd, k.stride(0), k.stride(1), k.stride(2), float(scale), out.data_ptr<float>()};
+                   B, H, Hkv, T, L, hd, k.stride(0), k.stride(1), k.stride(2), float(scale), out.data_ptr<float>(),
+                   parents};
   at::parallel_for(0, B * Hkv * T, 1, [&](int64_t r0, int64_t r1) {
     auto f = isa == kAvx512 ? attend_rows_avx512 : isa == kAvx2 ? attend_rows_avx2 : attend_rows_scalar;
     f(a, r0, r1);
@@ -171,4 +201,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_act", &skinny::quantize_act, "per-row, per-32 block int8 activation quantization (block-major)");
   m.def("linear", &skinny::linear, "y_l = x @ W_l.T (+ b_l) for layers (format, packed, scales, bias, N) sharing x");
   m.def("attend_chain", &skinny::attend_chain, "row-invariant attention of a chain of queries over a KV prefix");
+  m.def("attend_tree", &skinny::attend_tree, "row-invariant attention of a tree of queries over a KV prefix");
 }
