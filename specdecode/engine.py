@@ -377,12 +377,18 @@ class Engine:
             if s.constraint is not None:
                 allowed[i], usable = s.constraint.masks(drafts[i].tokens)
                 drafts[i] = drafts[i].cut(usable)
+        trees = hasattr(self.target, "forward_ragged")  # token trees need the native model's ragged pass
+        for i, s in enumerate(decoding):
+            if drafts[i].parents is not None and not (trees and not adjusts_logits(s.params)):
+                drafts[i] = drafts[i].main_branch()  # (penalties count a chain's history)
         t1 = time.perf_counter()
         device = self.target.device
         segments: list[Segment] = []
         for s, d in zip(decoding, drafts):
             last = torch.tensor([s.tokens[-1]], dtype=torch.long, device=device)
-            segments.append(Segment(s.cache, torch.cat([last, d.token_tensor]) if d.tokens else last))  # (k'+1,)
+            tokens = torch.cat([last, d.token_tensor]) if d.tokens else last  # (k'+1,)
+            tree = None if d.parents is None else [-1] + [p + 1 for p in d.parents]
+            segments.append(Segment(s.cache, tokens, None, tree))
         chunks = self._prefill_chunks([s for s in live if s.prefilling], sum(len(g.tokens) for g in segments))
         for j, (s, end) in enumerate(chunks, start=len(decoding)):
             segments.append(Segment(s.cache, s.prompt_ids[s.prefilled : end], 1 if end == len(s.prompt_ids) else 0))
@@ -495,6 +501,8 @@ class Engine:
         constrained target rejects that token: the planner's acceptance estimate hears so)."""
         k = len(draft.tokens)
         n = len(s.tokens)
+        if draft.parents is not None:
+            return self._verified_tree(s, draft, asked, logits, target_tokens)
         if target_tokens is None and s.noise is not None:
             # seeded: the target's own draw at each position, from the position's noise
             target_tokens = draw_rows(logits_to_probs(logits, s.params), s.noise, n)
@@ -521,6 +529,49 @@ class Engine:
         if s.noise is not None:
             s.noise.forget_before(len(s.tokens))
         self._emit(s, new, logits)
+
+    def _verified_tree(self, s: RequestState, draft: Draft, asked: int, logits: torch.Tensor,
+                       argmax: list[int] | None) -> None:
+        """Verify a token tree (logits (1 + T, V): row 0 the last token's, row j + 1 node j's): walk
+        from the root, at each node drawing the target's own token at that row (greedy: the argmax;
+        seeded: the draw of its position's noise; else a sample from the generator) and moving to
+        the child that equals it, until none does: the tokens emitted are exactly the target's
+        draws along one path, whatever the tree (the drafter has no probabilities; SpecInfer's
+        multi-draft rejection sampling is what a sampling drafter's tree would need). The accepted
+        nodes' cache rows are compacted behind the context (KVCache.keep)."""
+        n = len(s.tokens)
+        children: dict[int, dict[int, int]] = {}
+        for j, (p, t) in enumerate(zip(draft.parents, draft.tokens)):
+            children.setdefault(p, {}).setdefault(t, j)
+        path: list[int] = []
+        node = -1
+        while True:
+            row = node + 1
+            if argmax is not None:
+                token = argmax[row]
+            else:
+                probs = logits_to_probs(logits[row], s.params)  # (V,)
+                token = int(draw(probs, s.rng, n + len(path)))
+            child = children.get(node, {}).get(token)
+            if child is None:
+                break
+            path.append(child)
+            node = child
+        s.cache.keep(n, torch.tensor(path, dtype=torch.long))  # the cache holds tokens[:-1] again
+        depth = max(len(draft.main_branch().tokens), len(path) + (1 if len(path) < len(draft.tokens) else 0))
+        if asked > 0:
+            s.drafter.on_verified(len(path))
+        if s.drafter is not None:
+            self.planner.observe(s, depth, len(path))
+        s.stats.record_round(len(draft.tokens), len(path))
+        new = [draft.tokens[j] for j in path] + [token]
+        s.tokens.extend(new)
+        if s.constraint is not None:
+            s.constraint.advance(new)
+        if s.noise is not None:
+            s.noise.forget_before(len(s.tokens))
+        rows = torch.tensor([0] + [j + 1 for j in path], dtype=torch.long, device=logits.device)
+        self._emit(s, new, logits[rows])
 
     def _emit(self, s: RequestState, new: list[int], logits: torch.Tensor) -> None:
         """Cut `new` at EOS or the length budget; set new_tokens (and their log-probabilities

@@ -13,13 +13,29 @@ from torch import nn
 
 from .cache import KVCache
 from .config import ModelArgs
-from .kernels.attention import chain_attention, chain_attention_applies
+from .kernels.attention import chain_attention, chain_attention_applies, tree_attention
 from .kernels.linear import project
 from .ragged import RaggedBatch, Segment
 
 # Where the row-invariant attention kernel does not apply (CUDA, no compiler), chains up to this
 # many tokens (drafts + 1) are attended row by row; longer inputs (prefill) use one masked call.
 ROWWISE_ATTENTION_MAX_T = 32
+
+
+def tree_depths(parents: list[int]) -> list[int]:
+    """Depth of each token of a tree (parents first; -1: a root at depth 0)."""
+    depths: list[int] = []
+    for p in parents:
+        depths.append(0 if p < 0 else depths[p] + 1)
+    return depths
+
+
+def tree_path(parents, node: int) -> list[int]:
+    """The tokens from the root to `node`, in order."""
+    path = [node]
+    while int(parents[path[-1]]) >= 0:
+        path.append(int(parents[path[-1]]))
+    return path[::-1]
 
 
 def causal_mask(cache: KVCache, T: int) -> torch.Tensor | None:
@@ -97,18 +113,31 @@ class Attention(nn.Module):
         if isinstance(cache, RaggedBatch):
             # B == 1 and T == N rows of several requests: each segment writes its own cache and
             # attends alone, with exactly the calls a pass of that segment by itself makes.
-            out = torch.cat([self._attend(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], c, causal_mask(c, b - a))
-                             for c, a, b in cache.segments], dim=2)  # (1, H, N, hd)
+            out = torch.cat([self._attend(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], c,
+                                          None if tree is not None else causal_mask(c, b - a), tree)
+                             for c, a, b, tree in cache.segments], dim=2)  # (1, H, N, hd)
         else:
             out = self._attend(q, k, v, cache, mask)  # (B, H, T, hd)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
-                mask: torch.Tensor | None) -> torch.Tensor:
-        """q (B, H, T, hd), this pass's k/v (B, Hkv, T, hd) -> (B, H, T, hd); writes k/v to `cache`."""
+                mask: torch.Tensor | None, tree: torch.Tensor | None = None) -> torch.Tensor:
+        """q (B, H, T, hd), this pass's k/v (B, Hkv, T, hd) -> (B, H, T, hd); writes k/v to `cache`.
+        tree: (T,) int64 parents: the T tokens are a token tree (ragged.Segment.parents)."""
         T = q.shape[2]
         k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, L, hd), L = cached + T
         gqa = self.n_kv_heads != self.n_heads
+        if tree is not None:
+            if chain_attention_applies(k, self.head_dim):
+                return tree_attention(q, k, v, self.head_dim**-0.5, tree).to(q.dtype)  # (B, H, T, hd)
+            # Elsewhere: each node alone over the context and its path, the shapes of a decode step.
+            L0, rows = k.shape[2] - T, []
+            for i in range(T):
+                path = tree_path(tree, i)
+                keys = torch.cat([torch.arange(L0, device=k.device), L0 + torch.tensor(path, device=k.device)])
+                rows.append(F.scaled_dot_product_attention(q[:, :, i : i + 1], k[:, :, keys], v[:, :, keys],
+                                                           enable_gqa=gqa))
+            return torch.cat(rows, dim=2)  # (B, H, T, hd)
         if mask is None and chain_attention_applies(k, self.head_dim):
             # Every causal pass on CPU (prefill chunks, decode steps, verification chains): each
             # query attends alone in a fixed order (specdecode.kernels), so a k+1-token pass rounds
@@ -233,13 +262,16 @@ class Transformer(nn.Module):
         bounds, rows, start = [], [], 0
         for seg in segments:
             T = len(seg.tokens)
-            bounds.append((seg.cache, start, start + T))
+            tree = None if seg.parents is None else torch.tensor(seg.parents, dtype=torch.long)
+            bounds.append((seg.cache, start, start + T, tree))
             n = T if seg.num_logits is None else min(seg.num_logits, T)
             rows.extend(range(start + T - n, start + T))
             start += T
         tokens = torch.cat([torch.as_tensor(seg.tokens, dtype=torch.long, device=device).view(-1)
                             for seg in segments])  # (N,)
         positions = torch.cat([torch.arange(seg.cache.length, seg.cache.length + len(seg.tokens), device=device)
+                               if seg.parents is None else
+                               seg.cache.length + torch.tensor(tree_depths(seg.parents), device=device)
                                for seg in segments])  # (N,)
         x = self.model.embed_tokens(tokens[None])  # (1, N, D)
         cos, sin = self.rope(positions[None], x.dtype)

@@ -20,13 +20,17 @@ class Segment:
     cache: Any  # this request's cache (KVCache for the native model); tokens go in at cache.length
     tokens: list[int] | torch.Tensor  # (T,) T >= 1
     num_logits: int | None = None  # logits of the last n tokens; None = all T
+    # A token tree instead of a chain: each token's parent among the segment's tokens (-1: the
+    # cache's last token), parents first. A token sits at position cache.length + its depth and
+    # attends the cache and its root-to-token path (native model only).
+    parents: list[int] | None = None
 
 
 class RaggedBatch:
-    """What the native model's attention layers see instead of one cache: each segment's cache
-    and its rows [start, end) of the pass."""
+    """What the native model's attention layers see instead of one cache: each segment's cache,
+    its rows [start, end) of the pass and its tree (an int64 tensor of parents, or None: a chain)."""
 
-    def __init__(self, segments: list[tuple[Any, int, int]]) -> None:
+    def __init__(self, segments: list[tuple[Any, int, int, Any]]) -> None:  # (cache, start, end, parents or None)
         self.segments = segments
 
 
@@ -37,6 +41,8 @@ def forward_segments(model, segments: list[Segment]) -> list[torch.Tensor]:
         return []
     if hasattr(model, "forward_ragged"):
         return model.forward_ragged(segments)
+    if any(seg.parents is not None for seg in segments):
+        raise ValueError("token trees need the native model (forward_ragged)")
     out = []
     for seg in segments:
         T = len(seg.tokens)

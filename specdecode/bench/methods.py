@@ -381,6 +381,14 @@ def _spec_int4_ngram(ctx: BenchContext):
                   eos_token_ids=ctx.eos_token_ids, tokenizer=ctx.target.tokenizer)
 
 
+@register_method("spec-int4-ngram-tree", reference="target-int4", default=False,
+                 description="spec-int4-ngram drafting token trees of 3 earlier occurrences' continuations")
+def _spec_int4_ngram_tree(ctx: BenchContext):
+    return Engine(ctx.quantized_target("int4"), NgramDrafter(branches=3),
+                  num_draft_tokens=ctx.num_draft_tokens or "auto", eos_token_ids=ctx.eos_token_ids,
+                  tokenizer=ctx.target.tokenizer)
+
+
 @register_method("spec-int4-auto", reference="target-int4", default=False, uses_draft=True,
                  description="int4 target, --drafter auto (n-gram + suffix + int4 draft model if given), policy-chosen")
 def _spec_int4_auto(ctx: BenchContext):

@@ -19,12 +19,32 @@ class Draft:
     token_tensor: torch.Tensor  # (k,) int64 on the target's device
     q: torch.Tensor | None = None  # (k, V) draft probabilities; None = point mass at each token
     forced_at: tuple[int, ...] = ()  # positions a grammar forced (joined for free, not drafted)
+    # A token tree instead of a chain: each token's parent among the draft's (-1: a child of the
+    # context's last token), parents first; None: a chain.
+    parents: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def main_branch(self) -> Draft:
+        """A tree's first root-to-leaf path (first children all the way) as a chain; a chain itself."""
+        if self.parents is None:
+            return self
+        path, node = [], -1
+        while True:
+            child = next((i for i, p in enumerate(self.parents) if p == node), None)
+            if child is None:
+                break
+            path.append(child)
+            node = child
+        index = torch.tensor(path, dtype=torch.long, device=self.token_tensor.device)
+        return Draft([self.tokens[i] for i in path], self.token_tensor[index],
+                     None if self.q is None else self.q[index])
+
     def cut(self, n: int) -> Draft:
-        """The first n tokens of this draft."""
+        """The first n tokens of this draft (a chain's; a tree is first made its main branch)."""
+        if self.parents is not None:
+            return self.main_branch().cut(n)
         if n >= len(self.tokens):
             return self
         return Draft(self.tokens[:n], self.token_tensor[:n], None if self.q is None else self.q[:n],

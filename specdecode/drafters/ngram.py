@@ -21,17 +21,24 @@ class NgramDrafter:
 
     name = "ngram"
 
-    def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1, branches: int = 1) -> None:
         if not 1 <= min_ngram <= max_ngram:
             raise ValueError("need 1 <= min_ngram <= max_ngram")
+        if branches < 1:
+            raise ValueError("need branches >= 1")
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        # branches > 1: a token tree of the continuations of several earlier occurrences (the
+        # latest first), within the same k tokens; the engine verifies it in one pass.
+        self.branches = branches
         self._index: dict[tuple[int, ...], int] = {}
+        self._earlier: dict[tuple[int, ...], list[int]] = {}  # with branches > 1: older occurrences
         self._indexed_until = 0
         self._memo: tuple[tuple, int, int, list[int]] | None = None  # ((len, suffix), k, n, tokens)
 
     def begin(self, prompt: list[int], max_len: int, device: torch.device) -> None:
         self.device = device
         self._index = {}
+        self._earlier = {}
         self._indexed_until = 0
         self._memo = None
 
@@ -39,7 +46,12 @@ class NgramDrafter:
         # Index continuations that start at positions e <= len-1 (so context[e] exists).
         for e in range(max(self._indexed_until, 1), len(context)):
             for n in range(self.min_ngram, min(self.max_ngram, e) + 1):
-                self._index[tuple(context[e - n : e])] = e
+                key = tuple(context[e - n : e])
+                if self.branches > 1 and key in self._index:
+                    older = self._earlier.setdefault(key, [])
+                    older.append(self._index[key])
+                    del older[: -(self.branches - 1)]
+                self._index[key] = e
         self._indexed_until = max(self._indexed_until, len(context))
 
     def match(self, context: list[int], k: int) -> tuple[int, list[int]]:
@@ -71,15 +83,51 @@ class NgramDrafter:
     ) -> Draft:
         if k <= 0:
             return empty_draft(self.device)
-        _, tokens = self.match(context, k)
+        n, tokens = self.match(context, k)
         if not tokens:
             return empty_draft(self.device)
+        if self.branches > 1:
+            return self._tree(context, n, tokens, k)
         return Draft(tokens, torch.tensor(tokens, dtype=torch.long, device=self.device), None)
+
+    def _tree(self, context: list[int], n: int, first: list[int], k: int) -> Draft:
+        """The continuations of up to `branches` occurrences of the suffix n-gram (the latest
+        first, then older ones, then shorter n-grams'), merged into a trie of at most k nodes: each
+        alternative keeps max(1, k // (2 (branches - 1))) tokens, the latest one the rest."""
+        L = len(context)
+        candidates = [first]
+        for m in range(n, self.min_ngram - 1, -1):
+            key = tuple(context[L - m :])
+            starts = ([] if m == n else [self._index[key]] if key in self._index else []) + \
+                self._earlier.get(key, [])[::-1]
+            for start in starts:
+                cont = context[start : start + k]
+                if cont and cont not in candidates:
+                    candidates.append(cont)
+            if len(candidates) >= self.branches:
+                break
+        tokens: list[int] = []
+        parents: list[int] = []
+        children: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
+        alt = max(1, k // (2 * (self.branches - 1)))
+        for i, cont in enumerate(candidates[: self.branches]):
+            node = -1
+            for t in cont[: alt if i else max(1, k - (len(candidates[: self.branches]) - 1) * alt)]:
+                if (node, t) not in children:
+                    if len(tokens) >= k:
+                        break
+                    children[node, t] = len(tokens)
+                    tokens.append(t)
+                    parents.append(node)
+                node = children[node, t]
+        tree = None if parents == list(range(-1, len(tokens) - 1)) else tuple(parents)
+        return Draft(tokens, torch.tensor(tokens, dtype=torch.long, device=self.device), None, parents=tree)
 
     def on_verified(self, num_accepted: int) -> None:
         pass  # the index only ever holds verified context
 
     def end(self) -> None:
         self._index = {}
+        self._earlier = {}
         self._indexed_until = 0
         self._memo = None

@@ -1,0 +1,172 @@
+"""Token trees: one verify pass over several candidate continuations, the target's output exactly.
+
+A tree's nodes attend the context and their own path (the tree mode of the attention kernel,
+tests/test_kernels.py); verification walks from the root to the child equal to the target's own
+token at each node (its argmax, its seeded draw, or a fresh sample), and the accepted path's KV
+rows are compacted behind the context. An oracle drafter that knows the target's text but hides
+it in a later branch checks that the walk finds it; greedy and seeded runs equal target-only;
+sampled runs follow the exact distribution (chi-square); the n-gram drafter builds tries.
+"""
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as st
+
+import specdecode
+from specdecode import SamplingParams
+from specdecode.drafters import NgramDrafter
+from specdecode.drafters.base import Draft
+from specdecode.engine import Engine
+from specdecode.sampling import logits_to_probs
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PROMPT = "def add(x, y):"
+
+
+@pytest.fixture(scope="module")
+def target():
+    return specdecode.load("tiny-random", dtype="float32")
+
+
+class OracleTree:
+    """Proposes a tree whose first branch is wrong and whose second branch is the known future
+    (depth `depth`), and a third short wrong branch: the walk must take the second."""
+
+    name = "oracle"
+
+    def __init__(self, future: list[int], prompt_len: int, depth: int = 3, vocab: int = 300) -> None:
+        self.future, self.prompt_len, self.depth, self.vocab = future, prompt_len, depth, vocab
+
+    def begin(self, prompt, max_len, device):
+        self.device = device
+
+    def propose(self, context, k, params, rng):
+        done = len(context) - self.prompt_len
+        right = self.future[done : done + min(self.depth, k - 2)]
+        if not right:
+            return Draft([], torch.empty(0, dtype=torch.long), None)
+        wrong = (right[0] + 1) % self.vocab
+        tokens = [wrong, (wrong + 7) % self.vocab] + right  # wrong root and its child, then the right path
+        parents = [-1, 0, -1] + list(range(2, 2 + len(right) - 1))
+        return Draft(tokens, torch.tensor(tokens), None, parents=tuple(parents))
+
+    def on_verified(self, n):
+        pass
+
+    def end(self):
+        pass
+
+
+@pytest.mark.parametrize("seed", [None, 4], ids=["greedy", "seeded"])
+def test_the_walk_finds_the_right_branch_and_gives_the_target_output(target, seed):
+    params = SamplingParams(max_new_tokens=40, temperature=0.0 if seed is None else 0.9, seed=seed, ignore_eos=True)
+    ref = Engine(target)
+    prompt = ref.encode(PROMPT, chat=False)
+    want, _ = ref.generate_ids(prompt, params)
+    engine = Engine(target, OracleTree(want, len(prompt)), num_draft_tokens=6)
+    got, stats = engine.generate_ids(prompt, params)
+    assert got == want
+    assert stats.tokens_per_pass > 2.5  # three of the right path accepted almost every round
+    assert stats.target_passes < len(want) / 2.5
+
+
+def test_an_ngram_tree_is_a_trie_of_several_continuations():
+    d = NgramDrafter(branches=3)
+    d.begin([], 64, torch.device("cpu"))
+    context = [1, 2, 3, 9, 1, 2, 4, 8, 1, 2, 5, 6, 1, 2]
+    draft = d.propose(context, 6, SamplingParams(), None)
+    # after "1 2": 5 6 1 2 (the latest), then 4 and 3 (the older ones, 1 token each), 6 nodes at most
+    assert draft.tokens == [5, 6, 1, 2, 4, 3] and draft.parents == (-1, 0, 1, 2, -1, -1)
+    assert draft.main_branch().tokens == [5, 6, 1, 2]
+    wide = d.propose(context, 12, SamplingParams(), None)  # k = 12: alternatives of 3 tokens
+    assert wide.tokens == [5, 6, 1, 2, 4, 8, 1, 3, 9, 1] and wide.parents == (-1, 0, 1, 2, -1, 4, 5, -1, 7, 8)
+    chain = NgramDrafter()
+    chain.begin([], 64, torch.device("cpu"))
+    assert chain.propose(context, 3, SamplingParams(), None).tokens == [5, 6, 1]  # the chain: unchanged
+
+
+def test_ngram_trees_give_the_target_output_in_a_batch(target):
+    ref = Engine(target)
+    engine = Engine(target, NgramDrafter(branches=3), num_draft_tokens=6)
+    prompts = [ref.encode(p, chat=False) for p in ["for i in range(10):\n    print(i)\nfor i in range(10):\n    print(",
+                                                   "hello hello there, the weather hello there, the"]]
+    params = [SamplingParams(max_new_tokens=30, ignore_eos=True),
+              SamplingParams(max_new_tokens=30, temperature=0.7, seed=1, ignore_eos=True)]
+    want = [ref.generate_ids(p, q)[0] for p, q in zip(prompts, params)]
+    assert [engine.generate_ids(p, q)[0] for p, q in zip(prompts, params)] == want
+    states = [engine.start(p, q) for p, q in zip(prompts, params)]
+    while not all(s.finished for s in states):
+        engine.step(states)
+    assert [s.generated for s in states] == want
+
+
+class FixedTree:
+    """The same tree every round: the target's three likeliest first tokens, each with the three
+    likeliest tokens after it (computed from the target itself by the test)."""
+
+    name = "fixed"
+
+    def __init__(self, tree: list[tuple[int, list[int]]]) -> None:
+        self.tree = tree
+
+    def begin(self, prompt, max_len, device):
+        self.start = len(prompt)
+
+    def propose(self, context, k, params, rng):
+        if len(context) != self.start:
+            return Draft([], torch.empty(0, dtype=torch.long), None)
+        tokens, parents = [], []
+        for root, kids in self.tree:
+            tokens.append(root)
+            parents.append(-1)
+            at = len(tokens) - 1
+            for c in kids:
+                tokens.append(c)
+                parents.append(at)
+        return Draft(tokens, torch.tensor(tokens), None, parents=tuple(parents))
+
+    def on_verified(self, n):
+        pass
+
+    def end(self):
+        pass
+
+
+@pytest.mark.parametrize("seeded", [True, False], ids=["shared-noise", "sampled"])
+def test_sampling_through_a_tree_follows_the_target_distribution(target, seeded):
+    lm = target.lm
+    params = dict(temperature=1.0, top_k=4, max_new_tokens=2, ignore_eos=True)
+    ref = Engine(target)
+    prompt = ref.encode(PROMPT, chat=False)
+
+    def dist(out):
+        seq = prompt + out
+        logits = lm(torch.tensor([seq]), torch.arange(len(seq))[None], lm.new_cache(len(seq) + 1))[0, -1:]
+        return logits_to_probs(logits, SamplingParams(**params))[0]
+
+    p1 = dist([])
+    exact = {}
+    for t1 in p1.nonzero().flatten().tolist():
+        p2 = dist([t1])
+        for t2 in p2.nonzero().flatten().tolist():
+            exact[t1, t2] = float(p1[t1] * p2[t2])
+    roots = p1.topk(3).indices.tolist()
+    tree = [(r, dist([r]).topk(3).indices.tolist()) for r in roots]
+    engine = Engine(target, FixedTree(tree), num_draft_tokens=12)
+    N = 2000
+    counts = dict.fromkeys(exact, 0)
+    for i in range(N):
+        out, stats = engine.generate_ids(prompt, SamplingParams(**params, seed=3000 + i if seeded else None))
+        counts[tuple(out)] += 1
+    assert stats.target_passes <= 2
+    keys = sorted(exact)
+    expected = np.array([exact[k] for k in keys]) * N
+    observed = np.array([counts[k] for k in keys], dtype=float)
+    big = expected >= 5
+    exp_cells = np.append(expected[big], expected[~big].sum())
+    obs_cells = np.append(observed[big], observed[~big].sum())
+    keep = exp_cells > 0
+    _, pvalue = st.chisquare(obs_cells[keep], exp_cells[keep] * obs_cells[keep].sum() / exp_cells[keep].sum())
+    assert pvalue > 1e-4, f"p={pvalue:.2e}"
