@@ -379,8 +379,9 @@ class Engine:
                 drafts[i] = drafts[i].cut(usable)
         trees = hasattr(self.target, "forward_ragged")  # token trees need the native model's ragged pass
         for i, s in enumerate(decoding):
-            if drafts[i].parents is not None and not (trees and not adjusts_logits(s.params)):
-                drafts[i] = drafts[i].main_branch()  # (penalties count a chain's history)
+            d = drafts[i]
+            if d.parents is not None and not (trees and not adjusts_logits(s.params) and len(d) <= draft_room(s)):
+                drafts[i] = d.main_branch()  # (penalties count a chain's history; a tree may outgrow the caches)
         t1 = time.perf_counter()
         device = self.target.device
         segments: list[Segment] = []
@@ -461,7 +462,9 @@ class Engine:
                 continue
             member = s.drafter.select(plan.which, s.tokens, s.params, s.rng)
             many = getattr(member, "propose_many", None)
-            if many is None:
+            if many is None and getattr(member, "branches", 1) > 1:  # a tree drafter: its main branch and extra nodes
+                drafts[i] = member.propose(s.tokens, plan.k, s.params, s.rng, tree_nodes=plan.tree_nodes)
+            elif many is None:
                 drafts[i] = member.propose(s.tokens, plan.k, s.params, s.rng)
             else:
                 groups.setdefault((many, member.batch_key), []).append((i, member))

@@ -293,6 +293,27 @@ def test_a_catch_up_over_the_requests_own_tokens_is_charged_to_its_round():
     assert best_cost(60, 20) - plain < 0.05  # the prompt's catch-up (60 > 20 produced): a small share only
 
 
+def test_a_tree_drafter_gets_the_rows_a_pass_gives_for_free():
+    """Alternative nodes of a token tree cost rows: the planner grants a tree drafter the rows past
+    its k whose pass costs at most `margin` more than T(k + 1) (none for a chain drafter, none in
+    a shared pass)."""
+    class FakeTreeNgram(FakeNgram):
+        branches = 3
+
+    knee = CostModel.from_function(lambda m: T1 * (1.0 if m <= 6 else 1.0 + 0.2 * (m - 6)))  # flat to 6 rows
+    p = planner(knee)
+    s = state([FakeTreeNgram(n=3, available=3)])
+    p.begin(s)
+    plan = p.plan([s])[0]
+    assert plan.k == 3 and plan.tree_nodes == 2  # 4 rows for the chain, 2 more up to the knee
+    chain = state([FakeNgram(n=3, available=3)])
+    p.begin(chain)
+    assert p.plan([chain])[0].tree_nodes == 0
+    other = state([FakeTreeNgram(n=3, available=3)])
+    p.begin(other)
+    assert all(q.tree_nodes == 0 for q in p.plan([s, other]))
+
+
 def test_describe_says_why_a_request_did_not_draft():
     p = planner(LINEAR)
     s = state([FakeModelDrafter()])

@@ -77,11 +77,14 @@ def test_an_ngram_tree_is_a_trie_of_several_continuations():
     d.begin([], 64, torch.device("cpu"))
     context = [1, 2, 3, 9, 1, 2, 4, 8, 1, 2, 5, 6, 1, 2]
     draft = d.propose(context, 6, SamplingParams(), None)
-    # after "1 2": 5 6 1 2 (the latest), then 4 and 3 (the older ones, 1 token each), 6 nodes at most
+    # after "1 2": 5 6 1 2 (the latest, up to k), then 4 and 3 (the older ones, k // 4 = 1 token each)
     assert draft.tokens == [5, 6, 1, 2, 4, 3] and draft.parents == (-1, 0, 1, 2, -1, -1)
     assert draft.main_branch().tokens == [5, 6, 1, 2]
     wide = d.propose(context, 12, SamplingParams(), None)  # k = 12: alternatives of 3 tokens
     assert wide.tokens == [5, 6, 1, 2, 4, 8, 1, 3, 9, 1] and wide.parents == (-1, 0, 1, 2, -1, 4, 5, -1, 7, 8)
+    long = [1, 2, 3, 9, 9, 9, 1, 2, 4, 8, 8, 8, 8, 8, 1, 2]
+    d.begin([], 64, torch.device("cpu"))  # (the index follows one growing context)
+    assert d.propose(long, 4, SamplingParams(), None).tokens == [4, 8, 8, 8, 3]  # the chain's 4, then 1 more
     chain = NgramDrafter()
     chain.begin([], 64, torch.device("cpu"))
     assert chain.propose(context, 3, SamplingParams(), None).tokens == [5, 6, 1]  # the chain: unchanged

@@ -79,21 +79,27 @@ class NgramDrafter:
         return f"ngram:{min(n, 3)}", len(tokens)
 
     def propose(
-        self, context: list[int], k: int, params: SamplingParams, generator: torch.Generator | None
+        self, context: list[int], k: int, params: SamplingParams, generator: torch.Generator | None,
+        tree_nodes: int | None = None,
     ) -> Draft:
+        """k tokens of the latest match; with branches > 1, a tree that adds alternatives of older
+        matches (tree_nodes of them: the planner's free rows; None: max(1, k // 2))."""
         if k <= 0:
             return empty_draft(self.device)
         n, tokens = self.match(context, k)
         if not tokens:
             return empty_draft(self.device)
-        if self.branches > 1:
-            return self._tree(context, n, tokens, k)
+        extra = max(1, k // 2) if tree_nodes is None else tree_nodes
+        if self.branches > 1 and extra > 0:
+            return self._tree(context, n, tokens, k, extra)
         return Draft(tokens, torch.tensor(tokens, dtype=torch.long, device=self.device), None)
 
-    def _tree(self, context: list[int], n: int, first: list[int], k: int) -> Draft:
+    def _tree(self, context: list[int], n: int, first: list[int], k: int, extra: int) -> Draft:
         """The continuations of up to `branches` occurrences of the suffix n-gram (the latest
-        first, then older ones, then shorter n-grams'), merged into a trie of at most k nodes: each
-        alternative keeps max(1, k // (2 (branches - 1))) tokens, the latest one the rest."""
+        first, then older ones, then shorter n-grams'), merged into a trie: the latest keeps its
+        k tokens (the chain's), the alternatives add at most `extra` nodes, each up to
+        max(1, extra // (branches - 1)) (the engine falls back to the chain where the tree would
+        not fit the caches)."""
         L = len(context)
         candidates = [first]
         for m in range(n, self.min_ngram - 1, -1):
@@ -109,12 +115,12 @@ class NgramDrafter:
         tokens: list[int] = []
         parents: list[int] = []
         children: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
-        alt = max(1, k // (2 * (self.branches - 1)))
+        alt = max(1, extra // (self.branches - 1))
         for i, cont in enumerate(candidates[: self.branches]):
             node = -1
-            for t in cont[: alt if i else max(1, k - (len(candidates[: self.branches]) - 1) * alt)]:
+            for t in cont[: alt if i else k]:
                 if (node, t) not in children:
-                    if len(tokens) >= k:
+                    if i and len(tokens) >= len(first) + extra:
                         break
                     children[node, t] = len(tokens)
                     tokens.append(t)

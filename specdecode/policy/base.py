@@ -25,6 +25,9 @@ class Plan:
     # Asked after each drafted token with the draft's confidence: draft another? None = exactly k.
     stop: Callable[[float], bool] | None = None
     expected_tokens: float = 1.0  # tokens the round is expected to yield (the target's own counts one)
+    # A drafter of token trees may add this many alternative nodes beyond the k of its main branch
+    # (the cost planner: rows the pass gets about for free; None: the drafter's default; docs/trees.md).
+    tree_nodes: int | None = None
 
 
 NO_DRAFT = Plan()

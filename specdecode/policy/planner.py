@@ -112,8 +112,21 @@ class CostPlanner:
             k = c.k
             if rp.stop is not None:
                 k = rp.stop.bound
-            plans.append(Plan(c.which, k, rp.stop, c.expected_tokens))
+            plans.append(Plan(c.which, k, rp.stop, c.expected_tokens, self._tree_nodes(s, c, len(states))))
         return plans
+
+    def _tree_nodes(self, s: Any, c: Choice, batch: int) -> int:
+        """Alternative nodes a tree drafter may add to a lone request's k-token draft: the rows a
+        pass gets for at most `margin` more than T(k + 1), so a tree never costs a round more than
+        the planner's own tolerance (which alternatives are right is not predicted yet)."""
+        if c.k <= 0 or batch > 1 or getattr(s.drafter.drafters[c.which], "branches", 1) <= 1:
+            return 0
+        table = self.costs.table(len(s.tokens), self.k_max)
+        room = min(draft_room(s), len(table) - 2) - c.k
+        extra = 0
+        while extra < room and table[c.k + 2 + extra] <= table[c.k + 1] * (1.0 + self.margin):
+            extra += 1
+        return extra
 
     def observe(self, state: Any, drafted: int, accepted: int) -> None:
         rp: RequestPlan = state.plan_state
