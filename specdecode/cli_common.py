@@ -33,6 +33,10 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str | None = DE
     p.add_argument("--num-draft-tokens", "-k", type=_draft_length, default="auto",
                    help="tokens drafted per round: 'auto' (default: chosen each round from pass costs measured on "
                         "this machine and the acceptance so far, 0 when speculation would not pay) or a fixed N >= 1")
+    p.add_argument("--ngram-branches", type=int, default=1, metavar="N",
+                   help="the n-gram drafter drafts token trees of N earlier occurrences' continuations "
+                        "(default 1: a chain; trees are verified exactly, docs/trees.md; they have not yet "
+                        "measured faster than the chain)")
     p.add_argument("--adaptive", action="store_true",
                    help=f"with one drafter: start at k = {start_k} (or -k N) and grow / shrink it with acceptance "
                         "(--drafter auto then means the draft model if given, else n-gram)")
@@ -118,10 +122,13 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
         draft = _load(args.draft, args, "draft", progress, draft_quantize, group, replicated=True)
         drafter = ModelDrafter(draft.lm)
         check_same_vocab(target.lm, draft.lm, target.tokenizer, draft.tokenizer)
+    branches = getattr(args, "ngram_branches", 1)
+    if branches < 1:
+        raise SpecdecodeError(f"--ngram-branches must be >= 1, got {branches}")
     if drafter_kind == "auto":
-        drafter = [d for d in (drafter, NgramDrafter(), SuffixDrafter()) if d is not None]
+        drafter = [d for d in (drafter, NgramDrafter(branches=branches), SuffixDrafter()) if d is not None]
     elif drafter_kind == "ngram":
-        drafter = NgramDrafter()
+        drafter = NgramDrafter(branches=branches)
     elif drafter_kind == "suffix":
         drafter = SuffixDrafter()
     elif drafter_kind == "self":

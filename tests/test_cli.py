@@ -32,6 +32,12 @@ def test_compare_reports_speedup_and_identical_output(capsys):
     assert "speed-up" in err and "output identical to the target-only output" in err
 
 
+def test_ngram_trees_from_the_command_line_give_the_target_output(capsys):
+    rc, _, err = run_cli(capsys, "generate", "for i in range(10):\n    print(i)\nfor i in range(10):\n", *TINY,
+                         "--drafter", "ngram", "--ngram-branches", "3", "--raw", "-n", "16", "-k", "4", "--compare")
+    assert rc == 0 and "output identical to the target-only output" in err
+
+
 def test_compare_with_sampling_says_outputs_differ_by_design(capsys):
     rc, _, err = run_cli(capsys, "generate", "hello", *TINY, "--drafter", "ngram", "--raw", "-n", "8",
                          "-t", "0.8", "--seed", "1", "--compare")
@@ -49,6 +55,7 @@ def test_compare_with_sampling_says_outputs_differ_by_design(capsys):
     (["generate", "hi", *TINY, "--drafter", "model"], "--draft"),
     (["generate", "hi", *TINY, "-k", "0", "--drafter", "ngram"], "num_draft_tokens"),
     (["generate", "hi", "--model", "/nonexistent/model.gguf"], "cannot load the target"),
+    (["generate", "hi", *TINY, "--ngram-branches", "0"], "--ngram-branches"),
 ])
 def test_user_mistakes_are_one_line_errors(capsys, argv, message):
     rc, _, err = run_cli(capsys, *argv)
