@@ -173,3 +173,17 @@ def test_sampling_through_a_tree_follows_the_target_distribution(target, seeded)
     keep = exp_cells > 0
     _, pvalue = st.chisquare(obs_cells[keep], exp_cells[keep] * obs_cells[keep].sum() / exp_cells[keep].sum())
     assert pvalue > 1e-4, f"p={pvalue:.2e}"
+
+
+def test_trees_without_the_attention_kernel_give_the_same_output(target, monkeypatch):
+    """Where the kernel does not apply (CUDA, no compiler), each node attends alone with a decode
+    step's shapes: still the target-only output."""
+    import specdecode.model as model
+
+    monkeypatch.setattr(model, "chain_attention_applies", lambda k, head_dim: False)
+    params = SamplingParams(max_new_tokens=24, ignore_eos=True)
+    ref = Engine(target)
+    prompt = ref.encode(PROMPT, chat=False)
+    want, _ = ref.generate_ids(prompt, params)
+    got, stats = Engine(target, OracleTree(want, len(prompt)), num_draft_tokens=6).generate_ids(prompt, params)
+    assert got == want and stats.tokens_per_pass > 2.5
