@@ -61,14 +61,21 @@ def json_schema_grammar(schema: dict[str, Any]) -> str:
 
 @lru_cache(maxsize=256)  # a server sees the same few schemas again and again
 def _compiled(schema_json: str) -> str:
+    return _validated(lambda llg: llg.LLMatcher.grammar_from_json_schema(schema_json, defaults=JSON_OPTIONS),
+                      "JSON schema")
+
+
+def _validated(build, what: str) -> str:
+    """The llguidance grammar `build(llguidance)` makes, checked by llguidance itself; a failure
+    either way is an InvalidParameterError ("invalid <what>: ...", a 400)."""
     llg = _llguidance()
     try:
-        grammar = llg.LLMatcher.grammar_from_json_schema(schema_json, defaults=JSON_OPTIONS)
+        grammar = build(llg)
     except (ValueError, TypeError) as e:
-        raise InvalidParameterError(f"invalid JSON schema: {e}") from None
+        raise InvalidParameterError(f"invalid {what}: {e}") from None
     is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar)
     if is_error:
-        raise InvalidParameterError(f"invalid JSON schema: {messages[0] if messages else 'rejected'}")
+        raise InvalidParameterError(f"invalid {what}: {messages[0] if messages else 'rejected'}")
     return grammar
 
 
@@ -81,15 +88,7 @@ def lark_grammar(grammar: str) -> str:
 
 @lru_cache(maxsize=256)
 def _checked_lark(grammar: str) -> str:
-    llg = _llguidance()
-    try:
-        text = llg.grammar_from("lark", grammar)
-    except (ValueError, TypeError) as e:
-        raise InvalidParameterError(f"invalid grammar: {e}") from None
-    is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(text)
-    if is_error:
-        raise InvalidParameterError(f"invalid grammar: {messages[0] if messages else 'rejected'}")
-    return text
+    return _validated(lambda llg: llg.grammar_from("lark", grammar), "grammar")
 
 
 class GrammarVocabulary:

@@ -162,3 +162,20 @@ def layer_mode(layer) -> str | None:
 def float_weight(layer) -> torch.Tensor:
     """The (N, K) float32 weight of a float linear layer, packed or not."""
     return layer.weight.detach().float() if type(layer).__name__ == "Linear" else layer.dequantized_weight()
+
+
+def pooled_chisquare_pvalue(exact: dict, counts: dict) -> float:
+    """The chi-square p-value of observed `counts` against the `exact` probabilities of the same
+    outcomes; cells expected fewer than 5 times are pooled into one (dropped if it is empty)."""
+    import numpy as np
+    from scipy import stats as st
+
+    n = sum(counts.values())
+    keys = sorted(exact)
+    expected = np.array([exact[k] for k in keys]) * n
+    observed = np.array([counts[k] for k in keys], dtype=float)
+    big = expected >= 5
+    exp_cells = np.append(expected[big], expected[~big].sum())
+    obs_cells = np.append(observed[big], observed[~big].sum())
+    keep = exp_cells > 0
+    return st.chisquare(obs_cells[keep], exp_cells[keep] * obs_cells[keep].sum() / exp_cells[keep].sum()).pvalue

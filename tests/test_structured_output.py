@@ -9,12 +9,11 @@ enumerated through the grammar); forced tokens are drafted for free.
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from scipy import stats as st
 
 import specdecode
+from conftest import pooled_chisquare_pvalue
 from specdecode import SamplingParams
 from specdecode.constraint import Constraint, GrammarVocabulary, json_schema_grammar
 from specdecode.drafters import ModelDrafter, NgramDrafter, SuffixDrafter
@@ -182,12 +181,5 @@ def test_sampling_with_a_grammar_follows_the_constrained_distribution(models, se
         out, _ = engine.generate_ids(prompt, SamplingParams(**{**params.__dict__, "seed": 1000 + i if seeded else None}))
         assert tuple(out) in counts, f"an output the grammar forbids: {out}"
         counts[tuple(out)] += 1
-    keys = sorted(exact)
-    expected = np.array([exact[k] for k in keys]) * N
-    observed = np.array([counts[k] for k in keys], dtype=float)
-    big = expected >= 5
-    exp_cells = np.append(expected[big], expected[~big].sum())
-    obs_cells = np.append(observed[big], observed[~big].sum())
-    keep = exp_cells > 0
-    _, pvalue = st.chisquare(obs_cells[keep], exp_cells[keep] * obs_cells[keep].sum() / exp_cells[keep].sum())
+    pvalue = pooled_chisquare_pvalue(exact, counts)
     assert pvalue > 1e-4, f"p={pvalue:.2e}"

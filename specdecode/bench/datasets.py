@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ class BenchPrompt:
     def message(self, chat: bool) -> str:
         return self.chat_text if chat and self.chat_text is not None else self.text
 
-    @property
+    @cached_property  # (read before every run: parsed once)
     def tool_spec(self) -> ToolSpec | None:
         """Its tools as the engine takes them: one call per answer (parallel calls off), so every
         method, llama.cpp's grammar included, is held to the same shape."""

@@ -317,10 +317,8 @@ def for_prompt(params: SamplingParams, prompt: BenchPrompt) -> SamplingParams:
     """The run's sampling settings with the prompt's own JSON schema or tool-call grammar, if it has one."""
     if prompt.json_schema is not None:
         return dataclasses.replace(params, json_schema=prompt.json_schema)
-    tools = prompt.tool_spec
-    if tools is not None and tools.grammar() is not None:
-        return dataclasses.replace(params, grammar=tools.grammar())
-    return params
+    grammar = prompt.tool_spec.grammar() if prompt.tool_spec is not None else None
+    return params if grammar is None else dataclasses.replace(params, grammar=grammar)
 
 
 def _cost_model(target, draft):

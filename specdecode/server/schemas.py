@@ -266,12 +266,10 @@ def sampling_params(req: _GenerationRequest, limits: Limits, default_max_tokens:
         if value is not None and not (math.isfinite(value) and -2.0 <= value <= 2.0):
             raise bad_request(f"{name} must be between -2 and 2, got {value}", name)
         penalties[name] = float(value or 0.0)
-    grammar = None
-    if tools is not None and tools.grammar() is not None:
-        if response_schema(req) is not None:
-            raise bad_request("response_format json_object / json_schema cannot be combined with tool_choice "
-                              '"required", a named function or strict tools', "response_format")
-        grammar = tools.grammar()
+    grammar = tools.grammar() if tools is not None else None
+    if grammar is not None and response_schema(req) is not None:
+        raise bad_request("response_format json_object / json_schema cannot be combined with tool_choice "
+                          '"required", a named function or strict tools', "response_format")
     try:
         return SamplingParams(temperature=float(temperature), top_k=top_k, top_p=float(top_p),
                               max_new_tokens=max_tokens, seed=req.seed, stop=stop, ignore_eos=bool(req.ignore_eos),
