@@ -561,7 +561,7 @@ class Engine:
             path.append(child)
             node = child
         s.cache.keep(n, torch.tensor(path, dtype=torch.long))  # the cache holds tokens[:-1] again
-        depth = max(len(draft.main_branch().tokens), len(path) + (1 if len(path) < len(draft.tokens) else 0))
+        depth = max(len(draft.main_path()), len(path) + (1 if len(path) < len(draft.tokens) else 0))
         if asked > 0:
             s.drafter.on_verified(len(path))
         if s.drafter is not None:

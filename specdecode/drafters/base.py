@@ -26,17 +26,23 @@ class Draft:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def main_branch(self) -> Draft:
-        """A tree's first root-to-leaf path (first children all the way) as a chain; a chain itself."""
+    def main_path(self) -> list[int]:
+        """The nodes of a tree's first root-to-leaf path (first children all the way); a chain's all."""
         if self.parents is None:
-            return self
+            return list(range(len(self.tokens)))
         path, node = [], -1
         while True:
             child = next((i for i, p in enumerate(self.parents) if p == node), None)
             if child is None:
-                break
+                return path
             path.append(child)
             node = child
+
+    def main_branch(self) -> Draft:
+        """A tree's main path (main_path) as a chain; a chain itself."""
+        if self.parents is None:
+            return self
+        path = self.main_path()
         index = torch.tensor(path, dtype=torch.long, device=self.token_tensor.device)
         return Draft([self.tokens[i] for i in path], self.token_tensor[index],
                      None if self.q is None else self.q[index])
