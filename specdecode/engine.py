@@ -20,7 +20,7 @@ from .config import SamplingParams
 from .constraint import Constraint, GrammarVocabulary, constrain, json_schema_grammar, lark_grammar
 from .cost_model import CostModel
 from .drafters.base import Draft, Drafter, empty_draft, fork_drafter
-from .drafters.composite import DrafterSet, drafter_members
+from .drafters.composite import DrafterSet, drafter_members, feature_takers, give_features
 from .errors import ContextLengthError, InvalidParameterError, SpecdecodeError
 from .logit_adjust import adjust_logits, adjusts_logits
 from .logprobs import TokenLogprob, token_logprobs
@@ -389,10 +389,11 @@ class Engine:
             last = torch.tensor([s.tokens[-1]], dtype=torch.long, device=device)
             tokens = torch.cat([last, d.token_tensor]) if d.tokens else last  # (k'+1,)
             tree = None if d.parents is None else [-1] + [p + 1 for p in d.parents]
-            segments.append(Segment(s.cache, tokens, None, tree))
+            segments.append(Segment(s.cache, tokens, None, tree, want_features=bool(feature_takers(s.drafter))))
         chunks = self._prefill_chunks([s for s in live if s.prefilling], sum(len(g.tokens) for g in segments))
         for j, (s, end) in enumerate(chunks, start=len(decoding)):
-            segments.append(Segment(s.cache, s.prompt_ids[s.prefilled : end], 1 if end == len(s.prompt_ids) else 0))
+            segments.append(Segment(s.cache, s.prompt_ids[s.prefilled : end], 1 if end == len(s.prompt_ids) else 0,
+                                    want_features=bool(feature_takers(s.drafter))))
             if s.constraint is not None and end == len(s.prompt_ids):
                 allowed[j] = s.constraint.masks([])[0]
         logits = list(forward_segments(self.target, segments))  # (1 + k_i, V) per decoding state, (0 or 1, V) per chunk
@@ -420,10 +421,11 @@ class Engine:
             m = len(segments[0].tokens)
             self.planner.timed(m, segments[0].cache.length - m, t2 - t1)
         for i, (s, d) in enumerate(zip(decoding, drafts)):
-            self._verified(s, d, asked[i], logits[i], argmax.get(i), free[i], proposed[i])
+            self._verified(s, d, asked[i], logits[i], argmax.get(i), free[i], proposed[i], segments[i].features)
             s.stats.draft_seconds += t1 - t0
             s.stats.verify_seconds += t2 - t1
         for j, (s, end) in enumerate(chunks, start=len(decoding)):
+            give_features(s.drafter, s.prefilled, segments[j].features)
             s.prefilled = end
             s.stats.prefill_seconds += t2 - t1
             if end == len(s.prompt_ids):
@@ -497,15 +499,17 @@ class Engine:
         return chunks
 
     def _verified(self, s: RequestState, draft: Draft, asked: int, logits: torch.Tensor,
-                  target_tokens: list[int] | None, free: bool = False, proposed: int | None = None) -> None:
+                  target_tokens: list[int] | None, free: bool = False, proposed: int | None = None,
+                  features: torch.Tensor | None = None) -> None:
         """Verify one state's draft against its logits (1 + k', V), roll back, record, emit.
         free: the draft is the grammar's forced tokens (no drafter or planner hears of it).
         proposed: the drafter's draft length before a grammar cut it at a forbidden token (the
-        constrained target rejects that token: the planner's acceptance estimate hears so)."""
+        constrained target rejects that token: the planner's acceptance estimate hears so).
+        features: the pass's target features (1 + k', D) when a head drafter asked for them."""
         k = len(draft.tokens)
         n = len(s.tokens)
         if draft.parents is not None:
-            return self._verified_tree(s, draft, asked, logits, target_tokens)
+            return self._verified_tree(s, draft, asked, logits, target_tokens, features)
         if target_tokens is None and s.noise is not None:
             # seeded: the target's own draw at each position, from the position's noise
             target_tokens = draw_rows(logits_to_probs(logits, s.params), s.noise, n)
@@ -515,6 +519,7 @@ class Engine:
             p = logits_to_probs(logits, s.params)  # (k'+1, V)
             num_accepted, next_token = rejection_sample(draft.token_tensor, draft.q, p, s.generator)
         s.cache.trim(n + num_accepted)  # invariant: the cache holds tokens[:-1]
+        give_features(s.drafter, n - 1, None if features is None else features[: num_accepted + 1])
         if asked > 0:  # whoever was asked to draft hears the outcome, even of an empty draft
             s.drafter.on_verified(num_accepted)
         # Tokens a grammar forced inside the draft were free and always accepted: the planner and
@@ -534,7 +539,7 @@ class Engine:
         self._emit(s, new, logits)
 
     def _verified_tree(self, s: RequestState, draft: Draft, asked: int, logits: torch.Tensor,
-                       argmax: list[int] | None) -> None:
+                       argmax: list[int] | None, features: torch.Tensor | None = None) -> None:
         """Verify a token tree (logits (1 + T, V): row 0 the last token's, row j + 1 node j's): walk
         from the root, at each node drawing the target's own token at that row (greedy: the argmax;
         seeded: the draw of its position's noise; else a sample from the generator) and moving to
@@ -561,6 +566,8 @@ class Engine:
             path.append(child)
             node = child
         s.cache.keep(n, torch.tensor(path, dtype=torch.long))  # the cache holds tokens[:-1] again
+        if features is not None:  # the path's rows: a node's features are a chain's (its path's bits)
+            give_features(s.drafter, n - 1, features[torch.tensor([0] + [j + 1 for j in path])])
         depth = max(len(draft.main_path()), len(path) + (1 if len(path) < len(draft.tokens) else 0))
         if asked > 0:
             s.drafter.on_verified(len(path))

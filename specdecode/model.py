@@ -280,7 +280,14 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, batch, None)
         for seg in segments:
             seg.cache.advance(len(seg.tokens))
-        logits = self.lm_head(self.model.norm(x[:, rows])).float()[0] if rows else None  # (R, V)
+        if any(seg.want_features for seg in segments):  # a head drafter's input: every row, normed
+            normed = self.model.norm(x)[0]  # (N, D)
+            logits = self.lm_head(normed[rows]).float() if rows else None  # (R, V)
+            for seg, (_, a, b, _) in zip(segments, bounds):
+                if seg.want_features:
+                    seg.features = normed[a:b]
+        else:
+            logits = self.lm_head(self.model.norm(x[:, rows])).float()[0] if rows else None  # (R, V)
         out, r = [], 0
         for seg in segments:
             n = len(seg.tokens) if seg.num_logits is None else min(seg.num_logits, len(seg.tokens))

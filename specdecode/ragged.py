@@ -24,6 +24,10 @@ class Segment:
     # cache's last token), parents first. A token sits at position cache.length + its depth and
     # attends the cache and its root-to-token path (native model only).
     parents: list[int] | None = None
+    # The target's features for a head drafter (drafters/head.py): True asks the native model to
+    # fill `features` with the final-normed hidden states of all T tokens, (T, D), from this pass.
+    want_features: bool = False
+    features: torch.Tensor | None = None
 
 
 class RaggedBatch:

@@ -24,6 +24,18 @@ def drafter_members(drafter) -> list:
     return list(drafter.drafters) if isinstance(drafter, DrafterSet) else [drafter]
 
 
+def feature_takers(drafter) -> list:
+    """The members of `drafter` that draft from the target's features (a head drafter)."""
+    return [d for d in drafter_members(drafter) if getattr(d, "takes_features", False)]
+
+
+def give_features(drafter, start: int, rows) -> None:
+    """Hand the target's features (n, D) of positions start.. to every member that takes them."""
+    if rows is not None:
+        for d in feature_takers(drafter):
+            d.add_features(start, rows)
+
+
 class DrafterSet:
     """Drafters sharing one request; `propose(..., which=i)` drafts with drafter i.
 

@@ -1,0 +1,154 @@
+"""HeadDrafter: a trained draft head on the target's own features (specdecode/heads).
+
+The target's verify pass already computes, for every row, the final-normed hidden state its
+lm_head reads; the engine hands those of the settled tokens to this drafter (`add_features`), so
+drafting costs no extra target work: one small decoder layer and a draft-vocabulary lm_head per
+token (docs/heads.md).
+
+Per request: `features[t]` holds the target's f_t for positions [base, known); the head's own KV
+cache holds its rows for the pairs (f_t, x_{t+1}), t in [base, base + cache.length), all computed
+from true features. A draft first feeds the pairs the cache lacks (the tokens settled since the
+last draft: the catch-up), then its own predictions: row t's output is the head's guess of
+f_{t+1}, whose draft-vocabulary argmax (or sample) is the draft of token t + 2, and the guess is
+fed back with that token. After verification the rows built on guesses are dropped (trim): the
+next draft recomputes them from the target's true features, as EAGLE does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import SamplingParams
+from ..sampling import PositionNoise, draw, logits_to_probs
+from .base import Draft, empty_draft
+
+
+class HeadDrafter:
+    """Drafts with a HeadModel (heads.model.bind). Greedy: the head's argmax over its draft
+    vocabulary; sampled: q is the head's tempered distribution over its vocabulary (zero elsewhere),
+    so rejection sampling stays exact; seeded: a race against the target's position noise."""
+
+    name = "head"
+    takes_features = True  # the engine passes the target's features of every settled token
+
+    def __init__(self, model) -> None:  # model: heads.model.HeadModel
+        self.model = model
+        self.cache = None
+        self.features: torch.Tensor | None = None
+        self.base = 0  # first position with a feature (a prefix-cached prompt starts later)
+        self.known = 0  # features known for positions [base, known)
+        self._settled = 0  # pairs at positions < this are settled (on_verified trims the rest)
+
+    @property
+    def batch_key(self) -> int:
+        return id(self.model)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.vocab_size
+
+    def begin(self, prompt: list[int], max_len: int, device: torch.device) -> None:
+        self.cache = self.model.new_cache(max_len)
+        self.features = torch.empty(max_len, self.model.head.config.hidden_size, dtype=self.model.dtype,
+                                    device=self.model.device)
+        self.base = self.known = self._settled = 0
+        self.device = device
+
+    def add_features(self, start: int, rows: torch.Tensor) -> None:
+        """The target's features (n, D) for positions start .. start + n - 1, from its last pass."""
+        n = rows.shape[0]
+        if n == 0:
+            return
+        if self.known == 0 and self.base == 0 and start > 0:
+            self.base = self.known = start  # the first rows of this request (the rest came from a cache)
+        if start != self.known:  # not contiguous (cannot happen in the engine's order): start over here
+            self.base = self.known = start
+            self.cache.trim(0)
+        self.features[start : start + n] = rows.to(self.features.dtype)
+        self.known = start + n
+
+    def catch_up_tokens(self, context: list[int]) -> int:
+        """Pairs the head's cache lacks of `context` (the planner prices that first pass)."""
+        return max(min(self.known, len(context) - 1) - self.base - self.cache.length, 0) if self.cache else 0
+
+    def propose(self, context: list[int], k: int, params: SamplingParams,
+                generator: torch.Generator | PositionNoise | None) -> Draft:
+        return propose_batch([self], [context], [k], [params], [generator])[0]
+
+    @staticmethod
+    def propose_many(drafters, contexts, ks, params, rngs, stops=None, constraints=None,
+                     forced_drafts: bool = True) -> list[Draft]:
+        """propose for several requests in one head pass per step (stops and grammars are not
+        consulted: a grammar cuts the draft at its first forbidden token afterwards)."""
+        return propose_batch(drafters, contexts, ks, params, rngs)
+
+    def on_verified(self, num_accepted: int) -> None:
+        # Rows fed with predicted features are not the true pairs: keep the catch-up rows only.
+        self.cache.trim(min(self.cache.length, self._settled - self.base))
+
+    def end(self) -> None:
+        self.cache = self.features = None
+
+
+def propose_batch(drafters: list[HeadDrafter], contexts: list[list[int]], ks: list[int],
+                  params: list[SamplingParams], generators: list) -> list[Draft]:
+    """Draft for several requests at once: each step is one pass of the shared head over every
+    request still drafting (a ragged batch: each request attends its own cache)."""
+    from ..ragged import RaggedBatch
+
+    if not drafters:
+        return []
+    model = drafters[0].model
+    device = model.device
+    live, rows = [], []  # rows: (drafter index, tokens (n,), features (n, D), positions (n,))
+    for i, (d, ctx, k) in enumerate(zip(drafters, contexts, ks)):
+        end = len(ctx) - 1  # pairs (f_t, x_{t+1}) exist for t < end
+        d._settled = min(end, d.known)
+        if k <= 0 or d.known < end or d.known <= d.base:
+            continue  # nothing asked, or the target's features of the last token are missing
+        t0 = d.base + d.cache.length
+        if t0 >= end:  # nothing new to feed: there is no row to draft from (cannot happen after a pass)
+            continue
+        live.append(i)
+        rows.append((torch.tensor(ctx[t0 + 1 : end + 1], dtype=torch.long, device=device), d.features[t0:end],
+                     torch.arange(t0, end, device=device)))
+    drafted: list[list[int]] = [[] for _ in drafters]
+    qs: list[list[torch.Tensor]] = [[] for _ in drafters]
+    d2t = model.head.d2t
+    V = model.vocab_size
+    while live:
+        bounds, start = [], 0
+        for i, (toks, _, _) in zip(live, rows):
+            bounds.append((drafters[i].cache, start, start + toks.shape[0], None))
+            start += toks.shape[0]
+        cache = drafters[live[0]].cache if len(live) == 1 else RaggedBatch(bounds)
+        hidden, logits = model.step(torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows]),
+                                    torch.cat([r[2] for r in rows]), cache)  # (N, D), (N, V_d)
+        still, next_rows = [], []
+        for (i, (toks, _, pos)), (_, a, b, _) in zip(zip(live, rows), bounds):
+            d = drafters[i]
+            d.cache.advance(b - a)
+            row, p = logits[b - 1], params[i]
+            position = len(contexts[i]) + len(drafted[i])  # the text position this draft fills
+            if p.greedy:
+                token = int(d2t[int(row.argmax())])
+            else:
+                full = torch.full((V,), float("-inf"), device=row.device).index_copy_(0, d2t, row)  # (V,)
+                q = logits_to_probs(full, p)
+                token = int(draw(q, generators[i], position))
+                if not isinstance(generators[i], PositionNoise):
+                    qs[i].append(q)
+            drafted[i].append(token)
+            if len(drafted[i]) < ks[i]:
+                still.append(i)
+                next_rows.append((torch.tensor([token], dtype=torch.long, device=device), hidden[b - 1 : b],
+                                  pos[-1:] + 1))
+        live, rows = still, next_rows
+    out = []
+    for d, p, toks, q in zip(drafters, params, drafted, qs):
+        if not toks:
+            out.append(empty_draft(d.device))
+            continue
+        out.append(Draft(toks, torch.tensor(toks, dtype=torch.long, device=d.device),
+                         torch.stack(q) if q and not p.greedy else None))
+    return out
