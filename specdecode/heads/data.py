@@ -1,0 +1,193 @@
+"""What a draft head is trained on: the target's own answers, with its features at every position.
+
+The features come out of the passes the engine runs anyway (a FeatureRecorder is a drafter that
+never drafts and keeps what the engine hands it), so collecting them costs the target's
+generation and nothing more. Prompts: a JSONL file of the user's ({"prompt": ...} or
+{"messages": [...]}, one per line), text files (their text is the sequence: prefill only), or by
+default prompts built from what is on this machine offline: the docstrings of Python's standard
+library, turned into requests to explain, write, translate, summarize and answer. Never the
+benchmark prompts (`benchmark_overlap` checks).
+"""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+import random
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from ..config import SamplingParams
+from ..errors import SpecdecodeError
+
+_TASKS = (
+    "Explain what the Python module `{mod}` is for, with a short example.",
+    "Write a Python function that uses `{mod}` to do the following: {line}",
+    "Translate into French: {line}",
+    "Translate into German: {line}",
+    "Traduce al inglés y explica: {line}",
+    "Summarize in two sentences: {para}",
+    "Answer briefly: what does this mean, and when would I need it? \"{line}\"",
+    "Rewrite this more simply for a beginner: {para}",
+    "Give three bullet points about: {line}",
+    "Is this statement correct? Explain your reasoning step by step. {line}",
+)
+
+
+def _docstrings() -> Iterator[tuple[str, str]]:
+    """(module name, docstring) of the standard library's pure-Python modules, read as text (no
+    import: nothing is executed)."""
+    stdlib = Path(sys.modules["os"].__file__).parent
+    for info in sorted(pkgutil.iter_modules([str(stdlib)]), key=lambda m: m.name):
+        if info.name.startswith("_") or info.ispkg:
+            continue
+        path = stdlib / f"{info.name}.py"
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        m = re.match(r'\s*(?:#.*\n\s*)*(?:r|u)?("""|\'\'\')(.*?)\1', text, re.S)
+        if m and len(m.group(2).strip()) > 40:
+            yield info.name, m.group(2).strip()
+
+
+def default_prompts(limit: int, seed: int = 0) -> list[str]:
+    """Up to `limit` prompts built from the standard library's docstrings (see the module doc)."""
+    rng = random.Random(seed)
+    prompts = []
+    for mod, doc in _docstrings():
+        lines = [ln.strip() for ln in doc.splitlines() if len(ln.strip()) > 30]
+        paras = [p.strip().replace("\n", " ") for p in doc.split("\n\n") if len(p.strip()) > 80]
+        if not lines:
+            continue
+        for task in rng.sample(_TASKS, 3):
+            prompts.append(task.format(mod=mod, line=rng.choice(lines), para=rng.choice(paras or lines)[:600]))
+    rng.shuffle(prompts)
+    return prompts[:limit]
+
+
+def read_prompts(path: Path) -> list[str | list[dict]]:
+    """A JSONL file of {"prompt": str} or {"messages": [...]} (or plain strings), one per line."""
+    out: list[str | list[dict]] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise SpecdecodeError(f"cannot read {path}: {e.strerror}") from e
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SpecdecodeError(f"{path}:{n}: not JSON ({e.msg})") from e
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, dict) and isinstance(item.get("prompt"), str):
+            out.append(item["prompt"])
+        elif isinstance(item, dict) and isinstance(item.get("messages"), list):
+            out.append(item["messages"])
+        else:
+            raise SpecdecodeError(f'{path}:{n}: expected {{"prompt": "..."}} or {{"messages": [...]}}')
+    return out
+
+
+def benchmark_overlap(prompts: list) -> int:
+    """How many of `prompts` are (or contain) a prompt of the benchmark datasets we ship."""
+    from ..bench.datasets import all_benchmark_texts
+
+    texts = [t for t in all_benchmark_texts() if len(t) > 20]
+    flat = [p if isinstance(p, str) else " ".join(m.get("content", "") for m in p if isinstance(m, dict))
+            for p in prompts]
+    return sum(1 for p in flat if any(t in p or p in t for t in texts))
+
+
+class FeatureRecorder:
+    """A drafter that never drafts: it keeps the target features the engine hands it and, when
+    its request ends, appends (tokens (n,), features (n, D)) to `sink`."""
+
+    name = "record"
+    takes_features = True
+
+    def __init__(self, sink: list) -> None:
+        self.sink = sink
+        self._rows: list[torch.Tensor] = []
+        self._context: list[int] = []
+        self._known = 0
+
+    def begin(self, prompt: list[int], max_len: int, device: torch.device) -> None:
+        self._rows, self._context, self._known, self.device = [], prompt, 0, device
+
+    def add_features(self, start: int, rows: torch.Tensor) -> None:
+        if start != self._known:
+            raise RuntimeError(f"features out of order: {start} after {self._known}")
+        self._rows.append(rows.to(torch.bfloat16).cpu())
+        self._known += rows.shape[0]
+
+    def propose(self, context, k, params, generator):  # noqa: ANN001, ANN201 - the Drafter protocol
+        from ..drafters.base import empty_draft
+
+        self._context = context  # the engine's own token list: it holds everything at the end
+        return empty_draft(self.device)
+
+    def on_verified(self, num_accepted: int) -> None:
+        pass  # nothing drafted, nothing to roll back
+
+    def end(self) -> None:
+        if self._known >= 2:
+            self.sink.append((torch.tensor(self._context[: self._known], dtype=torch.int32),
+                              torch.cat(self._rows)))
+        self._rows = []
+
+
+def _is_ids(prompt) -> bool:
+    return isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], int)
+
+
+def collect(model, prompts: list, *, max_new_tokens: int = 256, batch: int = 8, params: SamplingParams | None = None,
+            progress: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The target's answers to `prompts` (chat-templated when the tokenizer has a template) with
+    its features: a list of (tokens (n,), features (n, D) bf16), `batch` requests decoding at once."""
+    from tqdm.auto import tqdm
+
+    from ..engine import Engine
+
+    sink: list = []
+    engine = Engine(model, FeatureRecorder(sink), num_draft_tokens=1, prefix_cache=None)
+    params = params or SamplingParams(max_new_tokens=max_new_tokens)
+    waiting = [list(p) if _is_ids(p) else engine.encode(p) for p in prompts]
+    live: list = []
+    bar = tqdm(total=len(waiting), desc="target answers", unit="prompt", disable=None if progress else True)
+    try:
+        while waiting or live:
+            while waiting and len(live) < batch:
+                live.append(engine.start(waiting.pop(0), params))
+            engine.step(live)
+            done = [s for s in live if s.finished]
+            live = [s for s in live if not s.finished]
+            bar.update(len(done))
+    finally:
+        for s in live:
+            engine.release(s)
+        bar.close()
+    return sink
+
+
+def collect_text(model, texts: list[str], *, chunk: int = 1024, progress: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The target's features over plain text (a prefill of each piece of up to `chunk` tokens)."""
+    from tqdm.auto import tqdm
+
+    from ..engine import Engine
+
+    sink: list = []
+    engine = Engine(model, FeatureRecorder(sink), num_draft_tokens=1, prefix_cache=None)
+    pieces = []
+    for text in texts:
+        ids = engine.encode(text, chat=False)
+        pieces += [ids[a : a + chunk] for a in range(0, len(ids), chunk) if len(ids[a : a + chunk]) > 8]
+    for ids in tqdm(pieces, desc="text features", unit="piece", disable=None if progress else True):
+        engine.generate_ids(ids, SamplingParams(max_new_tokens=1))
+    return sink
