@@ -142,10 +142,12 @@ def make_parser() -> argparse.ArgumentParser:
 
     # Imported here, not at the top: `specdecode generate` need not load the bench registry.
     from .bench.cli import add_parser as add_bench_parser
+    from .heads.cli import add_parser as add_heads_parser
     from .server.cli import add_parser as add_serve_parser
 
     add_bench_parser(sub)
     add_serve_parser(sub)
+    add_heads_parser(sub)
     return parser
 
 

@@ -24,12 +24,17 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str | None = DE
     start_k = ", ".join(f"{k} for {kind}" for kind, k in DEFAULT_NUM_DRAFT_TOKENS.items())
     p.add_argument("--model", "-m", default=default_model, help=f"target model: short name, .gguf path, HF dir or hub id (default: {default_model})")
     p.add_argument("--draft", help="draft model (same tokenizer as the target): short name, .gguf, HF dir or hub id")
-    p.add_argument("--drafter", choices=["auto", "model", "ngram", "suffix", "self", "none"], default="auto",
+    p.add_argument("--drafter", choices=["auto", "model", "ngram", "suffix", "self", "head", "none"], default="auto",
                    help="how to draft: 'model' (needs --draft), 'ngram' (prompt lookup, no second model), "
                         "'suffix' (continuations of earlier requests' outputs), "
                         "'self' (the target drafts from a quantized copy of itself, see --draft-quantize), "
-                        "'none' (target only); 'auto' (default) = the n-gram and suffix drafters, plus the draft model if "
-                        "--draft is given, the policy choosing one per round")
+                        "'head' (a draft head on the target's own hidden states, trained with `specdecode heads "
+                        "train`, or --head PATH), 'none' (target only); 'auto' (default) = the n-gram and suffix "
+                        "drafters, plus the draft model if --draft is given and the head if one was trained for the "
+                        "target, the policy choosing one per round")
+    p.add_argument("--head", metavar="PATH",
+                   help="the draft head for --drafter head / auto: our head directory or an EAGLE-1 checkpoint "
+                        "(default: the one `specdecode heads train` made for the target, if any)")
     p.add_argument("--num-draft-tokens", "-k", type=_draft_length, default="auto",
                    help="tokens drafted per round: 'auto' (default: chosen each round from pass costs measured on "
                         "this machine and the acceptance so far, 0 when speculation would not pay) or a fixed N >= 1")
@@ -112,6 +117,9 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
         raise SpecdecodeError("--drafter model needs --draft NAME (a smaller model with the same tokenizer)")
     if args.draft and drafter_kind not in ("model", "auto"):
         raise SpecdecodeError(f"--draft was given but --drafter is {drafter_kind!r}; drop one of them")
+    head_path = getattr(args, "head", None)
+    if head_path and drafter_kind not in ("head", "auto"):
+        raise SpecdecodeError(f"--head was given but --drafter is {drafter_kind!r}; drop one of them")
     group = tensor_parallel_group(args)
     if group is not None:
         progress = progress and group.leader  # the other ranks work silently
@@ -125,8 +133,17 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
     branches = getattr(args, "ngram_branches", 1)
     if branches < 1:
         raise SpecdecodeError(f"--ngram-branches must be >= 1, got {branches}")
+    head = None
+    if drafter_kind == "head" or (drafter_kind == "auto" and (head_path or _has_head(target))):
+        from .heads.pipeline import head_drafter_for
+
+        head = head_drafter_for(target, head_path)
+        if progress:
+            print(f"draft head: {head.describe()}", file=sys.stderr, flush=True)
     if drafter_kind == "auto":
-        drafter = [d for d in (drafter, NgramDrafter(branches=branches), SuffixDrafter()) if d is not None]
+        drafter = [d for d in (drafter, head, NgramDrafter(branches=branches), SuffixDrafter()) if d is not None]
+    elif drafter_kind == "head":
+        drafter = head
     elif drafter_kind == "ngram":
         drafter = NgramDrafter(branches=branches)
     elif drafter_kind == "suffix":
@@ -152,6 +169,13 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
             print(f"cost model {how}: T(2)/T(1) = {cm.T(2) / cm.T(1):.2f}, T(8)/T(1) = {cm.T(8) / cm.T(1):.2f}",
                   file=sys.stderr, flush=True)
     return engine
+
+
+def _has_head(target) -> bool:
+    """Whether a head was trained for this target (native models only: a head reads their features)."""
+    from .heads.pipeline import has_head
+
+    return hasattr(target.lm, "model") and has_head(target)
 
 
 def tensor_parallel_group(args: argparse.Namespace):

@@ -707,6 +707,9 @@ class Engine:
 
 def kv_bytes_per_position(model) -> int:
     """Bytes of K and V one position takes in a native model's cache (0 if not a native model)."""
+    own = getattr(model, "kv_bytes_per_position", None)  # a draft head: its one layer and feature row
+    if callable(own):
+        return own()
     args = getattr(model, "args", None)
     if args is None or not hasattr(model, "model"):
         return 0

@@ -49,6 +49,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:  # noqa: ANN001 - argpars
                    help="weights dtype (auto = bfloat16)")
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (auto = cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
+    p.add_argument("--head", metavar="PATH",
+                   help="the draft head of the *-head methods and of *-auto (default: the head `specdecode heads "
+                        "train` made for the target, if any; auto methods run without a head when there is none)")
     p.add_argument("--out", default="bench_out", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished prompts")
     p.add_argument("--overwrite", action="store_true", help="replace an existing results.json in --out")
@@ -73,7 +76,7 @@ def config_from_args(args: argparse.Namespace):
         categories=_csv(args.categories), limit=args.limit, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, seed=args.seed, repeats=args.repeats, warmup=args.warmup,
         num_draft_tokens=args.num_draft_tokens, adaptive=args.adaptive, prompt_format=args.prompt_format,
-        dtype=args.dtype, device=args.device, threads=args.threads, out=args.out, resume=args.resume,
+        dtype=args.dtype, device=args.device, threads=args.threads, head=args.head, out=args.out, resume=args.resume,
         overwrite=args.overwrite, progress=not args.quiet,
     )
 

@@ -61,6 +61,7 @@ class BenchConfig:
     dtype: str = "auto"
     device: str = "auto"
     threads: int | None = None
+    head: str | None = None  # the draft head of the head methods (default: the one trained for the target)
     out: str = "bench_out"
     resume: bool = False
     overwrite: bool = False
@@ -226,7 +227,7 @@ def run_bench(config: BenchConfig, *, target=None, draft=None, log: Callable[[st
         draft = specdecode.load(config.draft, dtype=config.dtype, device=config.device, threads=config.threads)
     tokenizer = target.tokenizer
     eos = list(tokenizer.eos_token_ids)
-    ctx = BenchContext(target, draft, eos, config.num_draft_tokens, config.adaptive)
+    ctx = BenchContext(target, draft, eos, config.num_draft_tokens, config.adaptive, config.head)
     runners = {m.name: build_runner(m, ctx) for m in methods}
     if conversations:
         for name in skipped:

@@ -39,7 +39,9 @@ class BenchContext:
     eos_token_ids: list[int]
     num_draft_tokens: int | None = None  # None = each drafter's default
     adaptive: bool = False
+    head_path: str | None = None  # --head (None: the head trained for the target, if any)
     _hf: dict[str, Any] = field(default_factory=dict, repr=False)
+    _head: list = field(default_factory=list, repr=False)
     _quantized: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
 
     def k(self, drafter_kind: str) -> int:
@@ -72,6 +74,21 @@ class BenchContext:
         if (role, mode) not in self._quantized:
             self._quantized[role, mode] = quantized_copy(model.lm, mode)
         return self._quantized[role, mode]
+
+    def head_drafter(self, target=None, required: bool = True):
+        """A HeadDrafter on the target (or its twin `target`, sharing the embedding), from --head or
+        the head trained for the target; None where there is none and it is not `required`."""
+        from ..heads.model import bind
+        from ..heads.pipeline import find_head, has_head
+        from ..heads.store import load_head
+
+        if not self._head:
+            if not required and self.head_path is None and not has_head(self.target):
+                return None
+            self._head.append(load_head(find_head(self.target, self.head_path))[0])
+        from ..drafters.head import HeadDrafter
+
+        return HeadDrafter(bind(self._head[0], self.target.lm if target is None else target))
 
     def engine(self, drafter=None, kind: str | None = None, target=None, **options) -> Engine:
         """An Engine on the target (or `target`) with the run's EOS, draft length and adaptivity."""
@@ -277,6 +294,13 @@ def _spec_ngram(ctx: BenchContext):
 # -- cheaper passes (quantized drafts, self-speculation) -----------------------------------------
 
 
+@register_method("spec-head", default=False,
+                 description="specdecode with the draft head trained for the target (`specdecode heads train`)")
+def _spec_head(ctx: BenchContext):
+    return Engine(ctx.target, ctx.head_drafter(), num_draft_tokens=ctx.num_draft_tokens or "auto",
+                  eos_token_ids=ctx.eos_token_ids, tokenizer=ctx.target.tokenizer)
+
+
 @register_method("spec-self", description="specdecode self-speculation: the target drafts from an int4 copy of itself")
 def _spec_self(ctx: BenchContext):
     from ..drafters import SelfDrafter
@@ -389,8 +413,17 @@ def _spec_int4_ngram_tree(ctx: BenchContext):
                   tokenizer=ctx.target.tokenizer)
 
 
+@register_method("spec-int4-head", reference="target-int4", default=False,
+                 description="int4 target, the draft head trained for it (`specdecode heads train`), k chosen per round")
+def _spec_int4_head(ctx: BenchContext):
+    target = ctx.quantized_target("int4")
+    return Engine(target, ctx.head_drafter(target), num_draft_tokens=ctx.num_draft_tokens or "auto",
+                  eos_token_ids=ctx.eos_token_ids, tokenizer=ctx.target.tokenizer)
+
+
 @register_method("spec-int4-auto", reference="target-int4", default=False, uses_draft=True,
-                 description="int4 target, --drafter auto (n-gram + suffix + int4 draft model if given), policy-chosen")
+                 description="int4 target, --drafter auto (n-gram + suffix + int4 draft model if given + the draft "
+                             "head if one was trained), policy-chosen")
 def _spec_int4_auto(ctx: BenchContext):
     return _int4_auto(ctx, forced_drafts=True)
 
@@ -404,7 +437,10 @@ def _spec_int4_auto_unforced(ctx: BenchContext):
 def _int4_auto(ctx: BenchContext, forced_drafts: bool) -> Engine:
     from ..drafters import ModelDrafter
 
+    target = ctx.quantized_target("int4")
     drafters = [ModelDrafter(ctx.quantized_draft("int4"))] if ctx.draft is not None else []
-    return Engine(ctx.quantized_target("int4"), [*drafters, NgramDrafter(), SuffixDrafter()],
+    head = ctx.head_drafter(target, required=False)
+    drafters += [head] if head is not None else []
+    return Engine(target, [*drafters, NgramDrafter(), SuffixDrafter()],
                   num_draft_tokens=ctx.num_draft_tokens or "auto", eos_token_ids=ctx.eos_token_ids,
                   tokenizer=ctx.target.tokenizer, forced_drafts=forced_drafts)

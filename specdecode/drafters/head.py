@@ -67,6 +67,16 @@ class HeadDrafter:
         self.features[start : start + n] = rows.to(self.features.dtype)
         self.known = start + n
 
+    def describe(self) -> str:
+        c = self.model.head.config
+        mode = getattr(self.model.head.fc, "mode", "float")
+        return f"{c.draft_vocab_size}-token vocabulary, MLP {c.intermediate_size}, {mode} weights"
+
+    def evidence(self, context: list[int], k: int) -> tuple[str, int | None]:
+        """(acceptance bucket, tokens it can draft now): none until the target's features of the
+        last settled token are in (a request's first round, before any target pass)."""
+        return self.name, (None if self.known >= len(context) - 1 and self.known > self.base else 0)
+
     def catch_up_tokens(self, context: list[int]) -> int:
         """Pairs the head's cache lacks of `context` (the planner prices that first pass)."""
         return max(min(self.known, len(context) - 1) - self.base - self.cache.length, 0) if self.cache else 0

@@ -11,10 +11,10 @@ benchmark prompts (`benchmark_overlap` checks).
 
 from __future__ import annotations
 
+import ast
 import json
 import pkgutil
 import random
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,23 +50,40 @@ def _docstrings() -> Iterator[tuple[str, str]]:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             continue
-        m = re.match(r'\s*(?:#.*\n\s*)*(?:r|u)?("""|\'\'\')(.*?)\1', text, re.S)
-        if m and len(m.group(2).strip()) > 40:
-            yield info.name, m.group(2).strip()
+        try:
+            doc = ast.get_docstring(ast.parse(text), clean=True)
+        except (SyntaxError, ValueError):  # a test fixture of bad syntax, a null byte: not a source of prompts
+            continue
+        if doc and len(doc) > 40:
+            yield info.name, doc
 
 
 def default_prompts(limit: int, seed: int = 0) -> list[str]:
-    """Up to `limit` prompts built from the standard library's docstrings (see the module doc)."""
-    rng = random.Random(seed)
-    prompts = []
+    """Up to `limit` prompts built from the standard library's docstrings (see the module doc):
+    three tasks per module in a first round, then rounds of other tasks (each round shuffled on
+    its own, so a longer list starts with the shorter one: corpus parts already collected stay
+    valid)."""
+    docs = []
     for mod, doc in _docstrings():
         lines = [ln.strip() for ln in doc.splitlines() if len(ln.strip()) > 30]
         paras = [p.strip().replace("\n", " ") for p in doc.split("\n\n") if len(p.strip()) > 80]
-        if not lines:
-            continue
-        for task in rng.sample(_TASKS, 3):
-            prompts.append(task.format(mod=mod, line=rng.choice(lines), para=rng.choice(paras or lines)[:600]))
-    rng.shuffle(prompts)
+        if lines:
+            docs.append((mod, lines, paras or lines))
+    prompts: list[str] = []
+    rng = random.Random(seed)
+    used: dict[str, set[int]] = {mod: set() for mod, _, _ in docs}
+    for round_ in range(len(_TASKS) // 3):
+        batch = []
+        for mod, lines, paras in docs:
+            free = [i for i in range(len(_TASKS)) if i not in used[mod]]
+            for i in rng.sample(free, 3):
+                used[mod].add(i)
+                batch.append(_TASKS[i].format(mod=mod, line=rng.choice(lines), para=rng.choice(paras)[:600]))
+        rng.shuffle(batch)
+        prompts += batch
+        if len(prompts) >= limit:
+            break
+        rng = random.Random(seed * 1_000_003 + round_ + 1)  # the next round's own stream
     return prompts[:limit]
 
 

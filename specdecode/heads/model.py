@@ -13,6 +13,7 @@ Parameter names follow EAGLE-1's checkpoints (`fc`, `layers.0.*`), so its heads 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -130,6 +131,11 @@ class HeadModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self._embed[0].weight.dtype
 
+    def kv_bytes_per_position(self) -> int:
+        """Its cache's K and V of one position, and the target feature HeadDrafter keeps per position."""
+        c, element = self.head.config, self._embed[0].weight.element_size()
+        return (2 * c.num_key_value_heads * c.head_dim + c.hidden_size) * element
+
     def new_cache(self, max_len: int) -> KVCache:
         c = self.head.config
         return KVCache(1, c.num_key_value_heads, c.head_dim, max_len, 1, self.dtype, self.device)
@@ -161,6 +167,13 @@ class HeadModel(nn.Module):
         return logits[-(num_logits or logits.shape[0]):][None]
 
 
+def lm_head_weight(target) -> torch.Tensor:
+    """The target's lm_head as a float (V, D) matrix, whatever its packing or quantization."""
+    lm_head = getattr(target, "lm", target).lm_head
+    w = lm_head.weight if isinstance(lm_head, torch.nn.Linear) else lm_head.dequantized_weight()
+    return w.detach().float()
+
+
 def bind(head: DraftHead, target, quantize: str | None = "int8") -> HeadModel:
     """A HeadModel on `target` (a native Transformer), in the target's dtype, its linear layers
     quantized ("int8" default: a head step then reads about a quarter of its float bytes; "int4";
@@ -175,6 +188,11 @@ def bind(head: DraftHead, target, quantize: str | None = "int8") -> HeadModel:
     if c.hidden_size != target.args.hidden_size or c.target_vocab_size != target.args.vocab_size:
         raise ValueError(f"this head was made for hidden size {c.hidden_size} and {c.target_vocab_size} tokens; "
                          f"the target has {target.args.hidden_size} and {target.args.vocab_size}")
+    shares = getattr(head, "shares_target_lm_head", False)
+    head = copy.deepcopy(head)  # the caller's head stays as it was (one file may serve several targets)
+    if shares:  # an EAGLE-1 file without lm_head: the target's rows
+        with torch.no_grad():
+            head.lm_head.weight.copy_(lm_head_weight(target)[head.d2t.long()])
     head = head.to(device=embed.weight.device, dtype=embed.weight.dtype).eval()
     head.d2t = head.d2t.long()
     for p in head.parameters():

@@ -29,13 +29,14 @@ from .model import DraftHead, HeadConfig
 
 @dataclass
 class TrainConfig:
-    epochs: int = 2
-    lr: float = 5e-4
+    epochs: int = 3
+    lr: float = 1e-3
     weight_decay: float = 0.0
     unroll: int = 2  # draft steps trained per position (1: teacher forcing only, EAGLE-1)
     feature_weight: float = 0.2  # smooth-L1 feature loss next to the distillation cross-entropy
     seq_len: int = 512  # longer sequences are cut into windows of this many pairs
-    batch_tokens: int = 2048  # pairs per optimizer step (sequences packed up to this many)
+    batch_tokens: int = 512  # pairs per optimizer step (sequences packed up to this many): a corpus of ~100k
+    # pairs then takes ~200 steps an epoch (2048 gave too few steps to learn from a corpus this size)
     seed: int = 0
 
 
@@ -51,13 +52,6 @@ def pick_draft_vocab(sequences: Sequence[torch.Tensor], target_vocab: int, size:
     size = min(size, target_vocab)
     top = torch.argsort(-counts, stable=True)[:size]  # stable: ties keep the lower id first
     return top.sort().values
-
-
-def lm_head_weight(target) -> torch.Tensor:
-    """The target's lm_head as a float (V, D) matrix, whatever its packing or quantization."""
-    lm_head = getattr(target, "lm", target).lm_head
-    w = lm_head.weight if isinstance(lm_head, torch.nn.Linear) else lm_head.dequantized_weight()
-    return w.detach().float()
 
 
 def new_head(config: HeadConfig, target_lm_head: torch.Tensor, d2t: torch.Tensor, seed: int = 0) -> DraftHead:
@@ -165,7 +159,6 @@ def train_head(head: DraftHead, embed: torch.nn.Embedding, rope, sequences: Sequ
     interrupted run resumes at the next epoch)."""
     from tqdm.auto import tqdm
 
-    gen = torch.Generator().manual_seed(config.seed)
     data = windows(sequences, config.seq_len)
     params = [p for p in head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -176,6 +169,8 @@ def train_head(head: DraftHead, embed: torch.nn.Embedding, rope, sequences: Sequ
     summaries = []
     head.train()
     for epoch in range(start_epoch, config.epochs):
+        # each epoch's order from (seed, epoch) alone: a resumed run sees the order an unbroken one saw
+        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         order = torch.randperm(len(data), generator=gen).tolist()
         batches, cur, used = [], [], 0
         for i in order:  # pack windows of similar cost into batches of about batch_tokens pairs
@@ -206,6 +201,10 @@ def train_head(head: DraftHead, embed: torch.nn.Embedding, rope, sequences: Sequ
         summary = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
                    "top1_by_step": [a / max(seen, 1) for a in (agree_sum or [])]}
         summaries.append(summary)
+        if progress:  # a line per epoch also where the bar is off (not a terminal: a log file)
+            top1 = ", ".join(f"{a:.2f}" for a in summary["top1_by_step"])
+            print(f"epoch {epoch + 1}/{config.epochs}: loss {summary['loss']:.3f}, top-1 agreement by draft step "
+                  f"{top1}", flush=True)
         if on_epoch is not None:
             on_epoch(epoch + 1, head, opt.state_dict())
     head.eval()
