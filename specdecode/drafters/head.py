@@ -21,6 +21,7 @@ import torch
 from ..config import SamplingParams
 from ..sampling import PositionNoise, draw, logits_to_probs
 from .base import Draft, empty_draft
+from .model import confidence
 
 
 class HeadDrafter:
@@ -30,6 +31,8 @@ class HeadDrafter:
 
     name = "head"
     takes_features = True  # the engine passes the target's features of every settled token
+    reports_confidence = True  # propose_many asks the planner's stop rule after every token (EAGLE-2's
+    # point: the head's own confidence says how far a draft is worth going)
 
     def __init__(self, model) -> None:  # model: heads.model.HeadModel
         self.model = model
@@ -88,9 +91,10 @@ class HeadDrafter:
     @staticmethod
     def propose_many(drafters, contexts, ks, params, rngs, stops=None, constraints=None,
                      forced_drafts: bool = True) -> list[Draft]:
-        """propose for several requests in one head pass per step (stops and grammars are not
-        consulted: a grammar cuts the draft at its first forbidden token afterwards)."""
-        return propose_batch(drafters, contexts, ks, params, rngs)
+        """propose for several requests in one head pass per step; after each token a request's stop
+        rule (if any) hears the head's confidence (grammars are not consulted: a grammar cuts the
+        draft at its first forbidden token afterwards)."""
+        return propose_batch(drafters, contexts, ks, params, rngs, stops)
 
     def on_verified(self, num_accepted: int) -> None:
         # Rows fed with predicted features are not the true pairs: keep the catch-up rows only.
@@ -101,7 +105,7 @@ class HeadDrafter:
 
 
 def propose_batch(drafters: list[HeadDrafter], contexts: list[list[int]], ks: list[int],
-                  params: list[SamplingParams], generators: list) -> list[Draft]:
+                  params: list[SamplingParams], generators: list, stops=None) -> list[Draft]:
     """Draft for several requests at once: each step is one pass of the shared head over every
     request still drafting (a ragged batch: each request attends its own cache)."""
     from ..ragged import RaggedBatch
@@ -140,6 +144,8 @@ def propose_batch(drafters: list[HeadDrafter], contexts: list[list[int]], ks: li
             d.cache.advance(b - a)
             row, p = logits[b - 1], params[i]
             position = len(contexts[i]) + len(drafted[i])  # the text position this draft fills
+            stop = stops[i] if stops is not None else None
+            q = None
             if p.greedy:
                 token = int(d2t[int(row.argmax())])
             else:
@@ -149,6 +155,8 @@ def propose_batch(drafters: list[HeadDrafter], contexts: list[list[int]], ks: li
                 if not isinstance(generators[i], PositionNoise):
                     qs[i].append(q)
             drafted[i].append(token)
+            if stop is not None and not stop(confidence(row, q)):
+                continue
             if len(drafted[i]) < ks[i]:
                 still.append(i)
                 next_rows.append((torch.tensor([token], dtype=torch.long, device=device), hidden[b - 1 : b],

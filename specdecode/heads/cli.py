@@ -8,6 +8,7 @@ import sys
 
 from ..cli_common import DEFAULT_TARGET
 from ..errors import SpecdecodeError
+from .pipeline import CorpusSpec, HeadShape, find_head, train_for_target
 from .train import TrainConfig
 
 
@@ -28,8 +29,10 @@ def add_parser(sub) -> None:
                         "(default: prompts built from Python's standard library docstrings, never benchmark prompts)")
     t.add_argument("--text", metavar="FILE", action="append", default=[],
                    help="plain text files to add (the target reads them: its features over the text; repeatable)")
-    t.add_argument("--num-prompts", type=int, default=256, help="how many default prompts (default 256)")
-    t.add_argument("--max-new-tokens", "-n", type=int, default=256, help="longest answer per prompt (default 256)")
+    t.add_argument("--num-prompts", type=int, default=CorpusSpec.num_prompts,
+                   help=f"how many default prompts (default {CorpusSpec.num_prompts}; at most about 1,100 are built)")
+    t.add_argument("--max-new-tokens", "-n", type=int, default=CorpusSpec.max_new_tokens,
+                   help=f"longest answer per prompt (default {CorpusSpec.max_new_tokens})")
     t.add_argument("--batch", type=int, default=8, help="prompts answered at once (default 8)")
     t.add_argument("--epochs", type=int, default=TrainConfig.epochs, help=f"default {TrainConfig.epochs}")
     t.add_argument("--unroll", type=int, default=TrainConfig.unroll,
@@ -70,8 +73,6 @@ def _load_target(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .pipeline import CorpusSpec, HeadShape, train_for_target
-
     for name in ("num_prompts", "max_new_tokens", "batch", "epochs", "unroll", "draft_vocab"):
         if getattr(args, name) < 1:
             raise SpecdecodeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -89,14 +90,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"head saved in {directory}\n  corpus: {info['corpus']['tokens']} tokens in {info['corpus']['sequences']} "
           f"answers (collected in {info['corpus']['collect_seconds']} s this run)\n  training: "
           f"{info['train_seconds']} s this run, {info['threads']} threads; last epoch top-1 agreement with the target "
-          f"by draft step: {agree}\n  draft vocabulary covers {info['draft_vocab_coverage']:.1%} of the corpus's tokens")
+          f"by draft step, on the training corpus: {agree}\n  draft vocabulary covers {info['draft_vocab_coverage']:.1%} of the corpus's tokens")
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     from pathlib import Path
-
-    from .pipeline import find_head
 
     directory = Path(args.head) if args.head else find_head(_load_target(args))
     meta_file = directory / "head.json"

@@ -32,8 +32,8 @@ class CorpusSpec:
 
     prompts_file: str | None = None
     text_files: list[str] = field(default_factory=list)
-    num_prompts: int = 256
-    max_new_tokens: int = 256
+    num_prompts: int = 738  # the measured head's corpus (docs/heads.md): ~117k tokens of Qwen2.5-Coder-1.5B
+    max_new_tokens: int = 192
     batch: int = 8
     seed: int = 0
 

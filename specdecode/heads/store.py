@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from ..errors import SpecdecodeError
 from ..loading.store import atomic_write, atomic_write_text, cache_dir, save_safetensors
@@ -142,7 +143,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _read_tensors(path: Path, load_file) -> dict[str, torch.Tensor]:
     try:
         return dict(load_file(str(path)))
-    except (OSError, RuntimeError, ValueError) as e:  # safetensors raises SafetensorError (a RuntimeError)
+    except (OSError, SafetensorError, ValueError) as e:
         raise HeadFileError(f"cannot read {path}: {e}") from e
 
 
@@ -165,7 +166,7 @@ def load_corpus(path: Path) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], di
         with safe_open(str(path), framework="pt") as f:
             info = json.loads((f.metadata() or {}).get("info", "{}"))
             tokens, feats, offsets = f.get_tensor("tokens"), f.get_tensor("features"), f.get_tensor("offsets")
-    except (OSError, RuntimeError, ValueError, json.JSONDecodeError) as e:
+    except (OSError, SafetensorError, ValueError) as e:  # JSONDecodeError is a ValueError
         raise HeadFileError(f"cannot read the corpus {path}: {e}") from e
     o = offsets.tolist()
     return [(tokens[a:b], feats[a:b]) for a, b in zip(o[:-1], o[1:])], info

@@ -29,7 +29,7 @@ from .model import DraftHead, HeadConfig
 
 @dataclass
 class TrainConfig:
-    epochs: int = 3
+    epochs: int = 4
     lr: float = 1e-3
     weight_decay: float = 0.0
     unroll: int = 2  # draft steps trained per position (1: teacher forcing only, EAGLE-1)
