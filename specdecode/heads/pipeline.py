@@ -127,7 +127,9 @@ def train_for_target(model, spec: CorpusSpec, shape: HeadShape, config: TrainCon
     d2t = pick_draft_vocab([t for t, _ in sequences], lm.args.vocab_size, shape.draft_vocab_size, always=eos)
     head_config = HeadConfig.for_target(lm.args, int(d2t.shape[0]), shape.intermediate_size or 2 * lm.args.hidden_size)
     head = new_head(head_config, lm_head_weight(lm), d2t, seed=config.seed)
-    run = {"config": head_config.to_dict(), "train": asdict(config), "corpus": corpus_dir.name}
+    # what a checkpoint must match to be resumed: the head's shape, the training and the very corpus
+    run = {"config": head_config.to_dict(), "train": asdict(config), "corpus": corpus_dir.name,
+           "corpus_tokens": corpus_info["tokens"], "sequences": corpus_info["sequences"]}
     start_epoch, opt_state = 0, None
     checkpoint = load_checkpoint(directory)
     if checkpoint is not None:
@@ -153,11 +155,8 @@ def train_for_target(model, spec: CorpusSpec, shape: HeadShape, config: TrainCon
 
 def _coverage(sequences, d2t: torch.Tensor) -> float:
     """The share of the corpus's tokens that are in the draft vocabulary."""
-    inside = torch.zeros(int(d2t.max()) + 1 if d2t.numel() else 1, dtype=torch.bool)
-    inside[d2t] = True
     toks = torch.cat([t.long() for t, _ in sequences])
-    hit = (toks < inside.shape[0]) & inside[toks.clamp(max=inside.shape[0] - 1)]
-    return round(float(hit.float().mean()), 4)
+    return round(float(torch.isin(toks, d2t).float().mean()), 4)
 
 
 def find_head(model, path: str | Path | None = None) -> Path:
