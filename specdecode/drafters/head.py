@@ -114,7 +114,7 @@ def propose_batch(drafters: list[HeadDrafter], contexts: list[list[int]], ks: li
         return []
     model = drafters[0].model
     device = model.device
-    live, rows = [], []  # rows: (drafter index, tokens (n,), features (n, D), positions (n,))
+    live, rows = [], []  # rows of each live request: (tokens (n,), features (n, D), positions (n,))
     for i, (d, ctx, k) in enumerate(zip(drafters, contexts, ks)):
         end = len(ctx) - 1  # pairs (f_t, x_{t+1}) exist for t < end
         d._settled = min(end, d.known)
