@@ -78,17 +78,16 @@ class BenchContext:
     def head_drafter(self, target=None, required: bool = True):
         """A HeadDrafter on the target (or its twin `target`, sharing the embedding), from --head or
         the head trained for the target; None where there is none and it is not `required`."""
-        from ..heads.model import bind
-        from ..heads.pipeline import find_head, has_head
+        from ..heads.pipeline import drafter_on, find_head, has_head
         from ..heads.store import load_head
 
-        if not self._head:
+        if not self._head:  # (the head as read, where it was read from): one read for every method
             if not required and self.head_path is None and not has_head(self.target):
                 return None
-            self._head.append(load_head(find_head(self.target, self.head_path))[0])
-        from ..drafters.head import HeadDrafter
-
-        return HeadDrafter(bind(self._head[0], self.target.lm if target is None else target))
+            where = find_head(self.target, self.head_path)
+            self._head.append((load_head(where)[0], where))
+        head, where = self._head[0]
+        return drafter_on(head, self.target.lm if target is None else target, where)
 
     def engine(self, drafter=None, kind: str | None = None, target=None, **options) -> Engine:
         """An Engine on the target (or `target`) with the run's EOS, draft length and adaptivity."""

@@ -9,6 +9,7 @@ import sys
 from ..cli_common import DEFAULT_TARGET
 from ..errors import SpecdecodeError
 from .pipeline import CorpusSpec, HeadShape, find_head, train_for_target
+from .store import load_head
 from .train import TrainConfig
 
 
@@ -98,10 +99,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     directory = Path(args.head) if args.head else find_head(_load_target(args))
-    meta_file = directory / "head.json"
-    if not meta_file.is_file():
-        raise SpecdecodeError(f"{directory} holds no head.json")
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    _, meta = load_head(directory)  # checked as --drafter head would read it
     print(f"{directory}")
     print(json.dumps({k: meta.get(k) for k in ("config", "target", "target_quantize", "corpus", "train_seconds",
                                                "draft_vocab_coverage", "epochs")}, indent=1))

@@ -164,7 +164,7 @@ def find_head(model, path: str | Path | None = None) -> Path:
     if path is not None:
         return Path(path)
     directory = head_dir(model)
-    if not (directory / "head.json").is_file():
+    if not has_head(model):
         source = getattr(model, "source", "") or "MODEL"
         raise SpecdecodeError(f"no draft head trained for {source} yet (looked in {directory}); train one with "
                               f"`specdecode heads train --model {source}` or give --head PATH")
@@ -173,13 +173,18 @@ def find_head(model, path: str | Path | None = None) -> Path:
 
 def head_drafter_for(model, path: str | Path | None = None, quantize: str | None = "int8"):
     """A HeadDrafter on `model` (a loaded specdecode Model) from its trained head or `path`."""
+    where = find_head(model, path)
+    return drafter_on(load_head(where)[0], model.lm, where, quantize)
+
+
+def drafter_on(head, lm, where: Path, quantize: str | None = "int8"):
+    """A HeadDrafter of the loaded `head` (read from `where`) on the native target `lm`."""
     from ..drafters.head import HeadDrafter
 
-    head, _ = load_head(find_head(model, path))
     try:
-        return HeadDrafter(bind(head, model.lm, quantize))
+        return HeadDrafter(bind(head, lm, quantize))
     except (TypeError, ValueError) as e:
-        raise SpecdecodeError(f"cannot draft with the head at {find_head(model, path)}: {e}") from None
+        raise SpecdecodeError(f"cannot draft with the head at {where}: {e}") from None
 
 
 def has_head(model) -> bool:

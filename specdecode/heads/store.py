@@ -3,9 +3,9 @@
 A directory holds
 - `head.safetensors` + `head.json`: the trained head (EAGLE-1 tensor names, see heads/model.py)
   and its config, training summary, corpus description and timings;
-- `corpus.safetensors`: the target's answers and features it was trained on (tokens int32,
-  features bf16, offsets), kept so that training again (more epochs, another head shape) does not
-  regenerate them;
+- `corpus-<answer length, weights>/part-<prompts>.safetensors`: the target's answers and features
+  it was trained on (tokens int32, features bf16, offsets), one file per 32 prompts named by them,
+  kept so that training again (more epochs, another head shape, more prompts) regenerates none;
 - `checkpoint.safetensors` + `checkpoint.json` while training: the head and the optimizer after
   the last finished epoch, so an interrupted run resumes there (deleted when training ends).
 
