@@ -7,8 +7,11 @@ path; `SPECDECODE_KERNELS=off` turns them off (plain PyTorch layers).
 """
 
 from .build import ISA_NAMES, active_isa, best_isa, extension
+from . import gguf_pack
 from .linear import (
+    GGUF_LINEARS,
     PACKED_LINEARS,
+    PackedGGUFLinear,
     PackedFloatLinear,
     PackedInt4Linear,
     PackedInt8Linear,
@@ -20,7 +23,7 @@ from .linear import (
 from .probe import RowInvariance, probe_row_invariance
 
 __all__ = [
-    "RowInvariance", "probe_row_invariance",
+    "RowInvariance", "probe_row_invariance", "GGUF_LINEARS", "PackedGGUFLinear", "gguf_pack",
     "ISA_NAMES", "active_isa", "best_isa", "extension", "PACKED_LINEARS", "PackedFloatLinear",
     "PackedInt4Linear", "PackedInt8Linear", "can_pack", "kernels_available", "pack_float_linears", "project",
 ]

@@ -16,7 +16,7 @@ import functools
 import torch
 from torch import nn
 
-from . import build, pack
+from . import build, gguf_pack, pack
 
 
 @functools.cache
@@ -28,7 +28,8 @@ def kernels_available() -> bool:
     return build.extension() is not None
 
 
-FORMAT_CODES = {"f32": 0, "bf16": 1, "int8": 2, "int4": 3}  # csrc/binding.cpp's Format
+# csrc/binding.cpp's Format; the GGUF block formats' codes are in gguf_pack.FORMATS.
+FORMAT_CODES = {"f32": 0, "bf16": 1, "int8": 2, "int4": 3}
 
 
 class PackedLinear(nn.Module):
@@ -49,6 +50,12 @@ class PackedLinear(nn.Module):
     @property
     def format_code(self) -> int:
         raise NotImplementedError
+
+    @property
+    def activation_kind(self) -> str:
+        """What the kernel feeds the layer: "int8" activations (every integer format, which can
+        then share one call and one quantization of the input) or the float dtype's name."""
+        return "int8"
 
     def spec(self) -> tuple:
         """What the C++ `linear` call takes: (format, packed weight, int8 scales, bias, N)."""
@@ -120,6 +127,10 @@ class PackedFloatLinear(PackedLinear):
     def format_code(self) -> int:
         return FORMAT_CODES["bf16" if self.act_dtype == torch.bfloat16 else "f32"]
 
+    @property
+    def activation_kind(self) -> str:
+        return str(self.act_dtype)
+
     @staticmethod
     def buffer_layout(out_features: int, in_features: int, dtype: torch.dtype) -> dict:
         T = -(-out_features // pack.TILE)
@@ -181,15 +192,59 @@ class PackedInt4Linear(PackedLinear):
         return pack.dequantize_int4_blocks(*pack.unpack_int4(self.packed, self.out_features)).float()
 
 
-PACKED_LINEARS = (PackedFloatLinear, PackedInt8Linear, PackedInt4Linear)
+class PackedGGUFLinear(PackedLinear):
+    """A GGUF tensor's own blocks (Q4_K, Q6_K, Q5_0, Q4_0, Q8_0) x int8 activations per block of 32:
+    the file's quantized values and scales, bit for bit, repacked into tiles (gguf_pack.py).
+
+    One subclass per block format (GGUF_LINEARS), so that the quantized-model cache can name a
+    layer's layout by its `mode` alone.
+    """
+
+    gguf: gguf_pack.GGUFFormat
+
+    def __init__(self, raw: torch.Tensor, out_features: int, in_features: int, bias: torch.Tensor | None,
+                 dtype: torch.dtype) -> None:
+        """raw: the tensor's bytes as stored in the file ((N, row bytes) or flat uint8, rows in order)."""
+        if in_features % self.gguf.block_k:
+            raise ValueError(f"{self.gguf.name} needs in_features a multiple of {self.gguf.block_k}, got {in_features}")
+        expected = out_features * in_features // self.gguf.block_k * self.gguf.file_bytes
+        if raw.dtype != torch.uint8 or raw.numel() != expected:
+            raise ValueError(f"{self.gguf.name} ({out_features}, {in_features}) weight: expected {expected} bytes, "
+                             f"got {raw.numel()} {raw.dtype}")
+        super().__init__(in_features, out_features, bias, dtype)
+        self.register_buffer("packed", gguf_pack.pack_blocks(raw, self.gguf.ggml_type, out_features, in_features))
+
+    @property
+    def format_code(self) -> int:
+        return self.gguf.code
+
+    @classmethod
+    def buffer_layout(cls, out_features: int, in_features: int, dtype: torch.dtype) -> dict:
+        if in_features % cls.gguf.block_k:
+            raise ValueError(f"{cls.gguf.name} needs in_features a multiple of {cls.gguf.block_k}")
+        return {"packed": (cls.gguf.packed_shape(out_features, in_features), torch.uint8)}
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return gguf_pack.dequantize_packed(self.packed, self.gguf.ggml_type, self.out_features, self.in_features)
+
+
+# GGML type id -> its layer class, e.g. GGUF_LINEARS[12] is PackedQ4_KLinear with mode "gguf-q4_k".
+GGUF_LINEARS: dict[int, type[PackedGGUFLinear]] = {
+    t: type(f"Packed{f.name}Linear", (PackedGGUFLinear,), {"gguf": f, "mode": f"gguf-{f.name.lower()}",
+                                                          "__module__": __name__})
+    for t, f in gguf_pack.FORMATS.items()
+}
+
+PACKED_LINEARS = (PackedFloatLinear, PackedInt8Linear, PackedInt4Linear, PackedGGUFLinear)
 
 
 def project(x: torch.Tensor, *layers: nn.Module) -> list[torch.Tensor]:
-    """[layer(x) for layer in layers], in one kernel call when they are packed layers of one
-    format (q/k/v, gate/up): the input is converted or quantized once and one parallel region
-    streams all their weights. Any other mix is called layer by layer."""
+    """[layer(x) for layer in layers], in one kernel call when they are packed layers fed the same
+    activations (q/k/v, gate/up; integer formats may differ, as Q4_K and Q6_K do in a GGUF file):
+    the input is converted or quantized once and one parallel region streams all their weights.
+    Any other mix is called layer by layer."""
     first = layers[0]
-    if not all(isinstance(m, PackedLinear) and m.format_code == first.format_code for m in layers):
+    if not all(isinstance(m, PackedLinear) and m.activation_kind == first.activation_kind for m in layers):
         return [m(x) for m in layers]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, first.in_features)  # (M, K)

@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "attention.h"
+#include "gguf.h"
 #include "skinny.h"
 
 namespace skinny {
@@ -24,7 +25,8 @@ int64_t best_isa() {
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni") &&
       __builtin_cpu_supports("avx512bf16"))
     return kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2;
+  // F16C: the GGUF formats' fp16 scales (every AVX2 CPU has it; checked all the same).
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) return kAvx2;
   return kScalar;
 }
 
@@ -56,15 +58,33 @@ std::vector<torch::Tensor> quantize_act(torch::Tensor x, int64_t isa) {
   return quantize_act_isa(x, isa);
 }
 
-enum Format : int64_t { kF32 = 0, kBf16 = 1, kInt8 = 2, kInt4 = 3 };
+// kernels/linear.py's FORMAT_CODES. The integer formats (int8, int4 and the GGUF blocks) share
+// one activation quantization, so layers of different integer formats can share a call.
+enum Format : int64_t { kF32 = 0, kBf16 = 1, kInt8 = 2, kInt4 = 3, kQ4K = 4, kQ6K = 5, kQ5_0 = 6, kQ4_0 = 7, kQ8_0 = 8 };
+
+bool integer_format(int64_t fmt) { return fmt >= kInt8 && fmt <= kQ8_0; }
+bool k_quant(int64_t fmt) { return fmt == kQ4K || fmt == kQ6K; }
+
+// Bytes of one tile (16 columns) of a GGUF format for K inputs.
+int64_t gguf_tile_bytes(int64_t fmt, int64_t K) {
+  switch (fmt) {
+    case kQ4K: return K / kSuperK * kQ4KBytes;
+    case kQ6K: return K / kSuperK * kQ6KBytes;
+    case kQ5_0: return K / kBlock * kQ5_0Bytes;
+    case kQ4_0: return K / kBlock * kQ4_0Bytes;
+    case kQ8_0: return K / kBlock * kQ8_0Bytes;
+    default: return -1;
+  }
+}
 
 // One linear layer as the kernels see it: (format, packed weight, int8 scales or None, bias or None, N).
 using LayerSpec = std::tuple<int64_t, torch::Tensor, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>, int64_t>;
 
-void check_layer(const LayerSpec& l, int64_t fmt, int64_t K) {
+void check_layer(const LayerSpec& l, int64_t first_fmt, int64_t K) {
   const auto& w = std::get<1>(l);
-  const int64_t tiles = w.size(0), nb = K / kBlock;
-  TORCH_CHECK(std::get<0>(l) == fmt, "layers of one call must share a format");
+  const int64_t tiles = w.size(0), nb = K / kBlock, fmt = std::get<0>(l);
+  TORCH_CHECK(fmt == first_fmt || (integer_format(fmt) && integer_format(first_fmt)),
+              "layers of one call must share a format (or all be integer formats)");
   TORCH_CHECK(w.is_contiguous() && std::get<4>(l) <= tiles * kTile, "bad packed weight");
   switch (fmt) {
     case kF32: TORCH_CHECK(w.scalar_type() == torch::kFloat32 && w.numel() == tiles * K * kTile, "bad packed f32 weight"); break;
@@ -75,6 +95,10 @@ void check_layer(const LayerSpec& l, int64_t fmt, int64_t K) {
                   std::get<2>(l)->numel() == tiles * kTile, "bad int8 scales");
       break;
     case kInt4: TORCH_CHECK(w.scalar_type() == torch::kUInt8 && w.numel() == tiles * nb * kInt4BlockBytes, "bad packed int4 weight"); break;
+    case kQ4K: case kQ6K: case kQ5_0: case kQ4_0: case kQ8_0:
+      TORCH_CHECK(!k_quant(fmt) || K % kSuperK == 0, "K-quant weights need K a multiple of 256");
+      TORCH_CHECK(w.scalar_type() == torch::kUInt8 && w.numel() == tiles * gguf_tile_bytes(fmt, K), "bad packed GGUF weight");
+      break;
     default: TORCH_CHECK(false, "unknown format ", fmt);
   }
 }
@@ -86,7 +110,11 @@ std::vector<torch::Tensor> linear(torch::Tensor x, std::vector<LayerSpec> layers
   TORCH_CHECK(x.dim() == 2 && !layers.empty(), "x must be (m, K) and at least one layer given");
   const int64_t m = x.size(0), K = x.size(1), nb = K / kBlock, fmt = std::get<0>(layers[0]);
   TORCH_CHECK(fmt == kF32 || fmt == kBf16 ? K % 2 == 0 : K % kBlock == 0, "K does not fit the format");
-  for (const auto& l : layers) check_layer(l, fmt, K);
+  bool half_sums = false;  // Q6_K reads sum(xq) per half block
+  for (const auto& l : layers) {
+    check_layer(l, fmt, K);
+    half_sums = half_sums || std::get<0>(l) == kQ6K;
+  }
   torch::Tensor xa, xf;  // the activations in the kernel's type
   std::vector<torch::Tensor> q;
   if (fmt == kF32) xa = x.to(torch::kFloat32).contiguous();
@@ -94,7 +122,11 @@ std::vector<torch::Tensor> linear(torch::Tensor x, std::vector<LayerSpec> layers
     xa = x.to(torch::kBFloat16).contiguous();
     if (isa != kAvx512) xf = xa.to(torch::kFloat32);  // the FMA paths read fp32 activations (exact)
   }
-  if (fmt == kInt8 || fmt == kInt4) q = quantize_act_isa(x.to(torch::kFloat32).contiguous(), isa);
+  torch::Tensor xs16;
+  if (integer_format(fmt)) {
+    q = quantize_act_isa(x.to(torch::kFloat32).contiguous(), isa);
+    if (half_sums) xs16 = q[0].view({nb, m, 2, kBlock / 2}).sum(-1, false, torch::kInt32).contiguous();  // exact
+  }
   std::vector<torch::Tensor> ys;
   std::vector<int64_t> first_tile{0};
   for (const auto& l : layers) {
@@ -115,8 +147,22 @@ std::vector<torch::Tensor> linear(torch::Tensor x, std::vector<LayerSpec> layers
       f(reinterpret_cast<const uint16_t*>(xa.data_ptr()) + r0 * K, xf.defined() ? xf.data_ptr<float>() + r0 * K : nullptr,
         rows, K, static_cast<const uint16_t*>(w), t0, t1, y, N, N);
     } else {
-      const QuantAct a = QuantAct{q[0].data_ptr<int8_t>(), q[1].data_ptr<float>(), q[2].data_ptr<float>(), m}.rows_from(r0);
-      if (fmt == kInt8) {
+      const QuantAct a = QuantAct{q[0].data_ptr<int8_t>(), q[1].data_ptr<float>(), q[2].data_ptr<float>(), m,
+                                  xs16.defined() ? xs16.data_ptr<int32_t>() : nullptr}.rows_from(r0);
+      const int64_t lf = std::get<0>(l);
+      using GgufKernel = void (*)(const QuantAct&, int64_t, int64_t, const uint8_t*, int64_t, int64_t, float*, int64_t, int64_t);
+      GgufKernel g = nullptr;
+      switch (lf) {
+        case kQ4K: g = isa == kAvx512 ? q4k_avx512 : isa == kAvx2 ? q4k_avx2 : q4k_scalar; break;
+        case kQ6K: g = isa == kAvx512 ? q6k_avx512 : isa == kAvx2 ? q6k_avx2 : q6k_scalar; break;
+        case kQ5_0: g = isa == kAvx512 ? q5_0_avx512 : isa == kAvx2 ? q5_0_avx2 : q5_0_scalar; break;
+        case kQ4_0: g = isa == kAvx512 ? q4_0_avx512 : isa == kAvx2 ? q4_0_avx2 : q4_0_scalar; break;
+        case kQ8_0: g = isa == kAvx512 ? q8_0_avx512 : isa == kAvx2 ? q8_0_avx2 : q8_0_scalar; break;
+        default: break;
+      }
+      if (g != nullptr) {
+        g(a, rows, K, static_cast<const uint8_t*>(w), t0, t1, y, N, N);
+      } else if (lf == kInt8) {
         auto f = isa == kAvx512 ? int8_avx512 : isa == kAvx2 ? int8_avx2 : int8_scalar;
         f(a, rows, K, static_cast<const int8_t*>(w), std::get<2>(l)->data_ptr<float>(), t0, t1, y, N, N);
       } else {

@@ -33,10 +33,14 @@ struct QuantAct {
   const float* sx;   // [K/32][ld]
   const float* sxs;  // [K/32][ld]
   int64_t ld;        // rows per block (the m of the whole call)
+  const int32_t* xs16 = nullptr;  // [K/32][ld][2]: sum(xq) of each half of 16 (only where Q6_K needs it)
   const int8_t* x(int64_t b, int64_t i) const { return xq + (b * ld + i) * 32; }
   float scale(int64_t b, int64_t i) const { return sx[b * ld + i]; }
   float scaled_sum(int64_t b, int64_t i) const { return sxs[b * ld + i]; }
-  QuantAct rows_from(int64_t i0) const { return QuantAct{xq + i0 * 32, sx + i0, sxs + i0, ld}; }
+  int32_t half_sum(int64_t b, int64_t i, int h) const { return xs16[(b * ld + i) * 2 + h]; }
+  QuantAct rows_from(int64_t i0) const {
+    return QuantAct{xq + i0 * 32, sx + i0, sxs + i0, ld, xs16 ? xs16 + i0 * 2 : nullptr};
+  }
 };
 
 // Every kernel computes tiles [t0, t1) for all m rows into y[m][ldy] (columns < n_valid only).

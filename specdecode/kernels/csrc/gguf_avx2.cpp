@@ -1,0 +1,242 @@
+// AVX2 + FMA + F16C path of the GGUF block formats (8 lanes: a 16-column tile is two 8-column
+// halves). Integer products use vpmaddubsw, which cannot saturate here (unsigned values <= 63
+// times |xq| <= 127, two per lane: <= 16002), then vpmaddwd; the float steps are the scalar
+// path's, so results are bit-identical to it.
+#pragma GCC target("avx2,fma,f16c")
+#include <immintrin.h>
+
+#include "gguf.h"
+
+namespace skinny {
+namespace {
+
+inline int32_t load_i32(const void* p) {
+  int32_t v;
+  __builtin_memcpy(&v, p, 4);
+  return v;
+}
+
+inline __m256 load_f16x8(const uint8_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+inline __m256i load_u8x8_epi32(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
+inline __m256i load_i8x8_epi32(const uint8_t* p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
+
+// The 8 registers (gguf.h) of a nibble block's low 4 bits, columns 8h..8h+7.
+inline void nibbles(const uint8_t* blk, int h, __m256i* R) {
+  const __m256i low = _mm256_set1_epi8(15);
+  for (int j = 0; j < 4; ++j) {
+    const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + j * 64 + h * 32));
+    R[j] = _mm256_and_si256(v, low);
+    R[4 + j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+  }
+}
+
+// Per-column sums of one row over a block's low half (k 0..15) and high half (k 16..31).
+inline void half_sums(const __m256i* R, const int8_t* xb, __m256i* s0, __m256i* s1) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i p0 = _mm256_setzero_si256(), p1 = _mm256_setzero_si256();
+  for (int j = 0; j < 4; ++j) {
+    p0 = _mm256_add_epi32(p0, _mm256_madd_epi16(_mm256_maddubs_epi16(R[j], _mm256_set1_epi32(load_i32(xb + 4 * j))), ones));
+    p1 = _mm256_add_epi32(p1, _mm256_madd_epi16(_mm256_maddubs_epi16(R[4 + j], _mm256_set1_epi32(load_i32(xb + 16 + 4 * j))), ones));
+  }
+  *s0 = p0;
+  *s1 = p1;
+}
+
+// The whole block's sum (values <= 31: the two halves' int16 products add without overflow).
+inline __m256i block_sum(const __m256i* R, const int8_t* xb) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i s = _mm256_setzero_si256();
+  for (int j = 0; j < 4; ++j) {
+    const __m256i p0 = _mm256_maddubs_epi16(R[j], _mm256_set1_epi32(load_i32(xb + 4 * j)));
+    const __m256i p1 = _mm256_maddubs_epi16(R[4 + j], _mm256_set1_epi32(load_i32(xb + 16 + 4 * j)));
+    s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_add_epi16(p0, p1), ones));
+  }
+  return s;
+}
+
+inline void store_half(const __m256* acc, int mb, int h, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
+  alignas(32) float out[8];
+  for (int i = 0; i < mb; ++i) {
+    _mm256_store_ps(out, acc[i]);
+    const int64_t c0 = col0 + 8 * h, n = n_valid - c0 < 8 ? n_valid - c0 : 8;
+    for (int64_t c = 0; c < n; ++c) y[i * ldy + c0 + c] = out[c];
+  }
+}
+
+inline __m256 negate(__m256 v) { return _mm256_xor_ps(v, _mm256_set1_ps(-0.f)); }
+
+struct Q4K {
+  static constexpr int kK = kSuperK, kBytes = kQ4KBytes;
+  static void decode(const uint8_t* sb, int j, int h, __m256i* R) { nibbles(sb + j * 256, h, R); }
+  static void scale_offset(const uint8_t* sb, int j, int h, __m256* s, __m256* o) {
+    *s = _mm256_mul_ps(load_f16x8(sb + 2304 + 16 * h), _mm256_cvtepi32_ps(load_u8x8_epi32(sb + 2048 + j * 16 + 8 * h)));
+    *o = negate(_mm256_mul_ps(load_f16x8(sb + 2336 + 16 * h), _mm256_cvtepi32_ps(load_u8x8_epi32(sb + 2176 + j * 16 + 8 * h))));
+  }
+};
+
+struct Q5_0 {
+  static constexpr int kK = kBlock, kBytes = kQ5_0Bytes;
+  static void decode(const uint8_t* blk, int, int h, __m256i* R) {
+    nibbles(blk, h, R);
+    const __m256i hb = _mm256_loadu_si256((const __m256i*)(blk + 256 + h * 32)), bit4 = _mm256_set1_epi8(0x10);
+    R[0] = _mm256_or_si256(R[0], _mm256_and_si256(_mm256_slli_epi16(hb, 4), bit4));
+    R[1] = _mm256_or_si256(R[1], _mm256_and_si256(_mm256_slli_epi16(hb, 3), bit4));
+    R[2] = _mm256_or_si256(R[2], _mm256_and_si256(_mm256_slli_epi16(hb, 2), bit4));
+    R[3] = _mm256_or_si256(R[3], _mm256_and_si256(_mm256_slli_epi16(hb, 1), bit4));
+    R[4] = _mm256_or_si256(R[4], _mm256_and_si256(hb, bit4));
+    R[5] = _mm256_or_si256(R[5], _mm256_and_si256(_mm256_srli_epi16(hb, 1), bit4));
+    R[6] = _mm256_or_si256(R[6], _mm256_and_si256(_mm256_srli_epi16(hb, 2), bit4));
+    R[7] = _mm256_or_si256(R[7], _mm256_and_si256(_mm256_srli_epi16(hb, 3), bit4));
+  }
+  static void scale_offset(const uint8_t* blk, int, int h, __m256* s, __m256* o) {
+    *s = load_f16x8(blk + 320 + 16 * h);
+    *o = _mm256_mul_ps(*s, _mm256_set1_ps(-16.f));
+  }
+};
+
+struct Q4_0 {
+  static constexpr int kK = kBlock, kBytes = kQ4_0Bytes;
+  static void decode(const uint8_t* blk, int, int h, __m256i* R) { nibbles(blk, h, R); }
+  static void scale_offset(const uint8_t* blk, int, int h, __m256* s, __m256* o) {
+    *s = load_f16x8(blk + 256 + 16 * h);
+    *o = _mm256_mul_ps(*s, _mm256_set1_ps(-8.f));
+  }
+};
+
+template <class Block, int MB>
+void affine_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0,
+                 int64_t n_valid) {
+  constexpr int kSub = Block::kK / kBlock;
+  for (int h = 0; h < 2; ++h) {
+    __m256 acc[MB];
+    for (int i = 0; i < MB; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < K / Block::kK; ++g) {
+      const uint8_t* sb = wt + g * Block::kBytes;
+      for (int j = 0; j < kSub; ++j) {
+        const int64_t b = g * kSub + j;
+        __m256i R[8];
+        __m256 s, o;
+        Block::decode(sb, j, h, R);
+        Block::scale_offset(sb, j, h, &s, &o);
+        for (int i = 0; i < MB; ++i) {
+          const __m256 scale = _mm256_mul_ps(s, _mm256_set1_ps(a.scale(b, i)));
+          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_sum(R, a.x(b, i))), scale, acc[i]);
+          acc[i] = _mm256_fmadd_ps(o, _mm256_set1_ps(a.scaled_sum(b, i)), acc[i]);
+        }
+      }
+    }
+    store_half(acc, MB, h, y, ldy, col0, n_valid);
+  }
+}
+
+template <int MB>
+void q6k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
+  const __m256i hi2 = _mm256_set1_epi8(0x30);
+  for (int h = 0; h < 2; ++h) {
+    __m256 acc[MB];
+    for (int i = 0; i < MB; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < K / kSuperK; ++g) {
+      const uint8_t* sb = wt + g * kQ6KBytes;
+      const __m256 d = load_f16x8(sb + 3328 + 16 * h);
+      for (int j = 0; j < 8; ++j) {
+        const int64_t b = g * 8 + j;
+        const uint8_t* blk = sb + j * 384;
+        __m256i R[8];
+        nibbles(blk, h, R);
+        for (int half = 0; half < 2; ++half) {
+          const __m256i hb = _mm256_loadu_si256((const __m256i*)(blk + 256 + half * 64 + h * 32));
+          __m256i* r = R + 4 * half;
+          r[0] = _mm256_or_si256(r[0], _mm256_and_si256(_mm256_slli_epi16(hb, 4), hi2));
+          r[1] = _mm256_or_si256(r[1], _mm256_and_si256(_mm256_slli_epi16(hb, 2), hi2));
+          r[2] = _mm256_or_si256(r[2], _mm256_and_si256(hb, hi2));
+          r[3] = _mm256_or_si256(r[3], _mm256_and_si256(_mm256_srli_epi16(hb, 2), hi2));
+        }
+        const __m256i sca = load_i8x8_epi32(sb + 3072 + 2 * j * 16 + 8 * h);
+        const __m256i scb = load_i8x8_epi32(sb + 3072 + (2 * j + 1) * 16 + 8 * h);
+        for (int i = 0; i < MB; ++i) {
+          __m256i s0, s1;
+          half_sums(R, a.x(b, i), &s0, &s1);
+          const __m256i ia = _mm256_sub_epi32(s0, _mm256_set1_epi32(32 * a.half_sum(b, i, 0)));
+          const __m256i ib = _mm256_sub_epi32(s1, _mm256_set1_epi32(32 * a.half_sum(b, i, 1)));
+          const __m256i I = _mm256_add_epi32(_mm256_mullo_epi32(sca, ia), _mm256_mullo_epi32(scb, ib));
+          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), _mm256_mul_ps(d, _mm256_set1_ps(a.scale(b, i))), acc[i]);
+        }
+      }
+    }
+    store_half(acc, MB, h, y, ldy, col0, n_valid);
+  }
+}
+
+template <int MB>
+void q8_0_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int h = 0; h < 2; ++h) {
+    __m256 acc[MB];
+    for (int i = 0; i < MB; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < K / kBlock; ++b) {
+      const uint8_t* blk = wt + b * kQ8_0Bytes;
+      const __m256 d = load_f16x8(blk + 512 + 16 * h);
+      __m256i s[MB];
+      for (int i = 0; i < MB; ++i) s[i] = _mm256_setzero_si256();
+      for (int j = 0; j < 8; ++j) {
+        const __m256i wv = _mm256_loadu_si256((const __m256i*)(blk + j * 64 + h * 32));
+        const __m256i wabs = _mm256_abs_epi8(wv);  // -128 -> 128 read as unsigned: right
+        for (int i = 0; i < MB; ++i) {
+          // |w| (unsigned) times x * sign(w): the product of x and w for every int8 w (a file may
+          // hold -128), within vpmaddubsw's range since |xq| <= 127.
+          const __m256i xv = _mm256_set1_epi32(load_i32(a.x(b, i) + 4 * j));
+          const __m256i p = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xv, wv));
+          s[i] = _mm256_add_epi32(s[i], _mm256_madd_epi16(p, ones));
+        }
+      }
+      for (int i = 0; i < MB; ++i)
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i]), _mm256_mul_ps(d, _mm256_set1_ps(a.scale(b, i))), acc[i]);
+    }
+    store_half(acc, MB, h, y, ldy, col0, n_valid);
+  }
+}
+
+}  // namespace
+
+#define GGUF_TILES(ROWS, BYTES_PER_TILE)             \
+  for (int64_t t = t0; t < t1; ++t) {             \
+    const uint8_t* wt = w + t * (BYTES_PER_TILE); \
+    SKINNY_ROW_BLOCKS_4(ROWS)                     \
+  }
+
+void q4k_avx2(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
+              int64_t ldy, int64_t n_valid) {
+#define CALL(MB) affine_rows<Q4K, MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
+  GGUF_TILES(CALL, K / kSuperK * kQ4KBytes)
+#undef CALL
+}
+
+void q5_0_avx2(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
+               int64_t ldy, int64_t n_valid) {
+#define CALL(MB) affine_rows<Q5_0, MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
+  GGUF_TILES(CALL, K / kBlock * kQ5_0Bytes)
+#undef CALL
+}
+
+void q4_0_avx2(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
+               int64_t ldy, int64_t n_valid) {
+#define CALL(MB) affine_rows<Q4_0, MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
+  GGUF_TILES(CALL, K / kBlock * kQ4_0Bytes)
+#undef CALL
+}
+
+void q6k_avx2(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
+              int64_t ldy, int64_t n_valid) {
+#define CALL(MB) q6k_rows<MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
+  GGUF_TILES(CALL, K / kSuperK * kQ6KBytes)
+#undef CALL
+}
+
+void q8_0_avx2(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
+               int64_t ldy, int64_t n_valid) {
+#define CALL(MB) q8_0_rows<MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
+  GGUF_TILES(CALL, K / kBlock * kQ8_0Bytes)
+#undef CALL
+}
+
+}  // namespace skinny

@@ -1,0 +1,222 @@
+// AVX-512 path of the GGUF block formats (needs avx512f/bw/vl + avx512_vnni; checked at run time).
+// Lanes are the 16 columns of a tile: a block's 8 registers of unsigned values (gguf.h) are
+// decoded once and applied to up to 8 rows with vpdpbusd, whose sums are exact.
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16,fma")
+#include <immintrin.h>
+
+#include "gguf.h"
+
+namespace skinny {
+namespace {
+
+inline int32_t load_i32(const void* p) {
+  int32_t v;
+  __builtin_memcpy(&v, p, 4);
+  return v;
+}
+
+inline __m512 load_f16x16(const uint8_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
+inline __m512 load_u8x16(const uint8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p)));
+}
+
+// The 8 registers of a nibble block's low 4 bits (gguf.h).
+inline void nibbles(const uint8_t* blk, __m512i* R) {
+  const __m512i low = _mm512_set1_epi8(15);
+  for (int j = 0; j < 4; ++j) {
+    const __m512i v = _mm512_loadu_si512(blk + j * 64);
+    R[j] = _mm512_and_si512(v, low);
+    R[4 + j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+  }
+}
+
+inline void store_rows(const __m512* acc, int mb, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
+  alignas(64) float out[kTile];
+  for (int i = 0; i < mb; ++i) {
+    _mm512_store_ps(out, acc[i]);
+    store_tile_row(out, y + i * ldy, col0, n_valid);
+  }
+}
+
+// S (per column) of row i over one block: the low half's and the high half's sums.
+inline void block_sums(const __m512i* R, const int8_t* xb, __m512i* s0, __m512i* s1) {
+  *s0 = _mm512_setzero_si512();
+  *s1 = _mm512_setzero_si512();
+  for (int j = 0; j < 4; ++j) {
+    *s0 = _mm512_dpbusd_epi32(*s0, R[j], _mm512_set1_epi32(load_i32(xb + 4 * j)));
+    *s1 = _mm512_dpbusd_epi32(*s1, R[4 + j], _mm512_set1_epi32(load_i32(xb + 16 + 4 * j)));
+  }
+}
+
+struct Q4K {
+  static constexpr int kK = kSuperK, kBytes = kQ4KBytes;
+  static void decode(const uint8_t* sb, int j, __m512i* R) { nibbles(sb + j * 256, R); }
+  static void scale_offset(const uint8_t* sb, int j, __m512* s, __m512* o) {
+    *s = _mm512_mul_ps(load_f16x16(sb + 2304), load_u8x16(sb + 2048 + j * 16));
+    const __m512 dm = _mm512_mul_ps(load_f16x16(sb + 2336), load_u8x16(sb + 2176 + j * 16));
+    *o = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(dm), _mm512_set1_epi32(int(0x80000000u))));
+  }
+};
+
+struct Q5_0 {
+  static constexpr int kK = kBlock, kBytes = kQ5_0Bytes;
+  static void decode(const uint8_t* blk, int, __m512i* R) {
+    nibbles(blk, R);
+    const __m512i h = _mm512_loadu_si512(blk + 256), bit4 = _mm512_set1_epi8(0x10);
+    R[0] = _mm512_or_si512(R[0], _mm512_and_si512(_mm512_slli_epi16(h, 4), bit4));
+    R[1] = _mm512_or_si512(R[1], _mm512_and_si512(_mm512_slli_epi16(h, 3), bit4));
+    R[2] = _mm512_or_si512(R[2], _mm512_and_si512(_mm512_slli_epi16(h, 2), bit4));
+    R[3] = _mm512_or_si512(R[3], _mm512_and_si512(_mm512_slli_epi16(h, 1), bit4));
+    R[4] = _mm512_or_si512(R[4], _mm512_and_si512(h, bit4));
+    R[5] = _mm512_or_si512(R[5], _mm512_and_si512(_mm512_srli_epi16(h, 1), bit4));
+    R[6] = _mm512_or_si512(R[6], _mm512_and_si512(_mm512_srli_epi16(h, 2), bit4));
+    R[7] = _mm512_or_si512(R[7], _mm512_and_si512(_mm512_srli_epi16(h, 3), bit4));
+  }
+  static void scale_offset(const uint8_t* blk, int, __m512* s, __m512* o) {
+    *s = load_f16x16(blk + 320);
+    *o = _mm512_mul_ps(*s, _mm512_set1_ps(-16.f));
+  }
+};
+
+struct Q4_0 {
+  static constexpr int kK = kBlock, kBytes = kQ4_0Bytes;
+  static void decode(const uint8_t* blk, int, __m512i* R) { nibbles(blk, R); }
+  static void scale_offset(const uint8_t* blk, int, __m512* s, __m512* o) {
+    *s = load_f16x16(blk + 256);
+    *o = _mm512_mul_ps(*s, _mm512_set1_ps(-8.f));
+  }
+};
+
+template <class Block, int MB>
+void affine_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0,
+                 int64_t n_valid) {
+  constexpr int kSub = Block::kK / kBlock;
+  __m512 acc[MB];
+  for (int i = 0; i < MB; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < K / Block::kK; ++g) {
+    const uint8_t* sb = wt + g * Block::kBytes;
+    for (int j = 0; j < kSub; ++j) {
+      const int64_t b = g * kSub + j;
+      __m512i R[8];
+      __m512 s, o;
+      Block::decode(sb, j, R);
+      Block::scale_offset(sb, j, &s, &o);
+      for (int i = 0; i < MB; ++i) {
+        __m512i s0, s1;
+        block_sums(R, a.x(b, i), &s0, &s1);
+        const __m512 scale = _mm512_mul_ps(s, _mm512_set1_ps(a.scale(b, i)));
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), scale, acc[i]);
+        acc[i] = _mm512_fmadd_ps(o, _mm512_set1_ps(a.scaled_sum(b, i)), acc[i]);
+      }
+    }
+  }
+  store_rows(acc, MB, y, ldy, col0, n_valid);
+}
+
+template <int MB>
+void q6k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
+  const __m512i hi2 = _mm512_set1_epi8(0x30);
+  __m512 acc[MB];
+  for (int i = 0; i < MB; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < K / kSuperK; ++g) {
+    const uint8_t* sb = wt + g * kQ6KBytes;
+    const __m512 d = load_f16x16(sb + 3328);
+    for (int j = 0; j < 8; ++j) {
+      const int64_t b = g * 8 + j;
+      const uint8_t* blk = sb + j * 384;
+      __m512i R[8];
+      nibbles(blk, R);
+      for (int half = 0; half < 2; ++half) {
+        const __m512i h = _mm512_loadu_si512(blk + 256 + half * 64);
+        __m512i* r = R + 4 * half;
+        r[0] = _mm512_or_si512(r[0], _mm512_and_si512(_mm512_slli_epi16(h, 4), hi2));
+        r[1] = _mm512_or_si512(r[1], _mm512_and_si512(_mm512_slli_epi16(h, 2), hi2));
+        r[2] = _mm512_or_si512(r[2], _mm512_and_si512(h, hi2));
+        r[3] = _mm512_or_si512(r[3], _mm512_and_si512(_mm512_srli_epi16(h, 2), hi2));
+      }
+      const __m512i sca = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(sb + 3072 + 2 * j * 16)));
+      const __m512i scb = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(sb + 3072 + (2 * j + 1) * 16)));
+      for (int i = 0; i < MB; ++i) {
+        __m512i s0, s1;
+        block_sums(R, a.x(b, i), &s0, &s1);
+        const __m512i ia = _mm512_sub_epi32(s0, _mm512_set1_epi32(32 * a.half_sum(b, i, 0)));
+        const __m512i ib = _mm512_sub_epi32(s1, _mm512_set1_epi32(32 * a.half_sum(b, i, 1)));
+        const __m512i I = _mm512_add_epi32(_mm512_mullo_epi32(sca, ia), _mm512_mullo_epi32(scb, ib));
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(d, _mm512_set1_ps(a.scale(b, i))), acc[i]);
+      }
+    }
+  }
+  store_rows(acc, MB, y, ldy, col0, n_valid);
+}
+
+template <int MB>
+void q8_0_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
+  const __m512i bias = _mm512_set1_epi8(char(0x80));
+  __m512 acc[MB];
+  for (int i = 0; i < MB; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < K / kBlock; ++b) {
+    const uint8_t* blk = wt + b * kQ8_0Bytes;
+    __m512i wv[8];
+    for (int j = 0; j < 8; ++j) wv[j] = _mm512_loadu_si512(blk + j * 64);
+    // vpdpbusd multiplies unsigned by signed bytes: feed xq + 128 and subtract 128 * sum(w).
+    __m512i corr = _mm512_setzero_si512();
+    for (int j = 0; j < 8; ++j) corr = _mm512_dpbusd_epi32(corr, bias, wv[j]);
+    const __m512 d = load_f16x16(blk + 512);
+    for (int i = 0; i < MB; ++i) {
+      const int8_t* xb = a.x(b, i);
+      __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+      for (int j = 0; j < 8; j += 2) {
+        s0 = _mm512_dpbusd_epi32(s0, _mm512_xor_si512(_mm512_set1_epi32(load_i32(xb + 4 * j)), bias), wv[j]);
+        s1 = _mm512_dpbusd_epi32(s1, _mm512_xor_si512(_mm512_set1_epi32(load_i32(xb + 4 * j + 4)), bias), wv[j + 1]);
+      }
+      const __m512i s = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), corr);
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(d, _mm512_set1_ps(a.scale(b, i))), acc[i]);
+    }
+  }
+  store_rows(acc, MB, y, ldy, col0, n_valid);
+}
+
+}  // namespace
+
+#define GGUF_TILES(ROWS, BYTES_PER_TILE)             \
+  for (int64_t t = t0; t < t1; ++t) {             \
+    const uint8_t* wt = w + t * (BYTES_PER_TILE); \
+    SKINNY_ROW_BLOCKS_8(ROWS)                     \
+  }
+
+void q4k_avx512(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
+                int64_t ldy, int64_t n_valid) {
+#define CALL(MB) affine_rows<Q4K, MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
+  GGUF_TILES(CALL, K / kSuperK * kQ4KBytes)
+#undef CALL
+}
+
+void q5_0_avx512(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
+                 int64_t ldy, int64_t n_valid) {
+#define CALL(MB) affine_rows<Q5_0, MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
+  GGUF_TILES(CALL, K / kBlock * kQ5_0Bytes)
+#undef CALL
+}
+
+void q4_0_avx512(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
+                 int64_t ldy, int64_t n_valid) {
+#define CALL(MB) affine_rows<Q4_0, MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
+  GGUF_TILES(CALL, K / kBlock * kQ4_0Bytes)
+#undef CALL
+}
+
+void q6k_avx512(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
+                int64_t ldy, int64_t n_valid) {
+#define CALL(MB) q6k_rows<MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
+  GGUF_TILES(CALL, K / kSuperK * kQ6KBytes)
+#undef CALL
+}
+
+void q8_0_avx512(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
+                 int64_t ldy, int64_t n_valid) {
+#define CALL(MB) q8_0_rows<MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
+  GGUF_TILES(CALL, K / kBlock * kQ8_0Bytes)
+#undef CALL
+}
+
+}  // namespace skinny

@@ -1,0 +1,156 @@
+// Portable path of the GGUF block formats: the reference order of operations (gguf.h) that the
+// SIMD paths follow bit for bit.
+#include <cmath>
+
+#include "gguf.h"
+
+namespace skinny {
+namespace {
+
+// Value k (0..31) of column c in a nibble block: its low 4 bits.
+inline int32_t nibble(const uint8_t* blk, int c, int k) {
+  const uint8_t v = blk[(k & 15) / 4 * 64 + c * 4 + (k & 3)];
+  return k < 16 ? v & 15 : v >> 4;
+}
+
+// Register index (gguf.h) and byte of value k of column c.
+inline int reg_of(int k) { return (k < 16 ? 0 : 4) + (k & 15) / 4; }
+inline int byte_of(int c, int k) { return c * 4 + (k & 3); }
+
+inline float f16_at(const uint8_t* p, int c) {
+  uint16_t h;
+  std::memcpy(&h, p + 2 * c, 2);
+  return f16_to_f32(h);
+}
+
+// Shared loop of the formats with one scale and offset per 32-block: Block::sums gives S per
+// column, Block::scale_offset the (scale, offset) of gguf.h.
+template <class Block>
+void affine_tiles(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
+                  int64_t ldy, int64_t n_valid) {
+  const int64_t nsb = K / Block::kK, per_tile = nsb * Block::kBytes;
+  for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t i = 0; i < m; ++i) {
+      float acc[kTile] = {0};
+      for (int64_t g = 0; g < nsb; ++g) {
+        const uint8_t* sb = w + t * per_tile + g * Block::kBytes;
+        for (int j = 0; j < Block::kK / kBlock; ++j) {
+          const int64_t b = g * (Block::kK / kBlock) + j;
+          const int8_t* xb = a.x(b, i);
+          const float sx = a.scale(b, i), sxs = a.scaled_sum(b, i);
+          for (int c = 0; c < kTile; ++c) {
+            int32_t s = 0;
+            for (int k = 0; k < kBlock; ++k) s += Block::value(sb, j, c, k) * int32_t(xb[k]);
+            float scale, offset;
+            Block::scale_offset(sb, j, c, &scale, &offset);
+            acc[c] = std::fma(float(s), scale * sx, acc[c]);
+            acc[c] = std::fma(offset, sxs, acc[c]);
+          }
+        }
+      }
+      store_tile_row(acc, y + i * ldy, t * kTile, n_valid);
+    }
+  }
+}
+
+struct Q4K {
+  static constexpr int kK = kSuperK, kBytes = kQ4KBytes;
+  static int32_t value(const uint8_t* sb, int j, int c, int k) { return nibble(sb + j * 256, c, k); }
+  static void scale_offset(const uint8_t* sb, int j, int c, float* s, float* o) {
+    *s = f16_at(sb + 2304, c) * float(sb[2048 + j * 16 + c]);
+    *o = -(f16_at(sb + 2336, c) * float(sb[2176 + j * 16 + c]));
+  }
+};
+
+struct Q5_0 {
+  static constexpr int kK = kBlock, kBytes = kQ5_0Bytes;
+  static int32_t value(const uint8_t* blk, int, int c, int k) {
+    return nibble(blk, c, k) | (((blk[256 + byte_of(c, k)] >> reg_of(k)) & 1) << 4);
+  }
+  static void scale_offset(const uint8_t* blk, int, int c, float* s, float* o) {
+    *s = f16_at(blk + 320, c);
+    *o = *s * -16.f;
+  }
+};
+
+struct Q4_0 {
+  static constexpr int kK = kBlock, kBytes = kQ4_0Bytes;
+  static int32_t value(const uint8_t* blk, int, int c, int k) { return nibble(blk, c, k); }
+  static void scale_offset(const uint8_t* blk, int, int c, float* s, float* o) {
+    *s = f16_at(blk + 256, c);
+    *o = *s * -8.f;
+  }
+};
+
+}  // namespace
+
+void q4k_scalar(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
+                int64_t ldy, int64_t n_valid) {
+  affine_tiles<Q4K>(a, m, K, w, t0, t1, y, ldy, n_valid);
+}
+
+void q5_0_scalar(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
+                 int64_t ldy, int64_t n_valid) {
+  affine_tiles<Q5_0>(a, m, K, w, t0, t1, y, ldy, n_valid);
+}
+
+void q4_0_scalar(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
+                 int64_t ldy, int64_t n_valid) {
+  affine_tiles<Q4_0>(a, m, K, w, t0, t1, y, ldy, n_valid);
+}
+
+void q6k_scalar(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
+                int64_t ldy, int64_t n_valid) {
+  const int64_t nsb = K / kSuperK, per_tile = nsb * kQ6KBytes;
+  for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t i = 0; i < m; ++i) {
+      float acc[kTile] = {0};
+      for (int64_t g = 0; g < nsb; ++g) {
+        const uint8_t* sb = w + t * per_tile + g * kQ6KBytes;
+        for (int j = 0; j < 8; ++j) {
+          const int64_t b = g * 8 + j;
+          const uint8_t* blk = sb + j * 384;
+          const int8_t* xb = a.x(b, i);
+          const int32_t xa = a.half_sum(b, i, 0), xbsum = a.half_sum(b, i, 1);
+          const float sx = a.scale(b, i);
+          for (int c = 0; c < kTile; ++c) {
+            int32_t s[2] = {0, 0};
+            for (int k = 0; k < kBlock; ++k) {
+              const int reg = reg_of(k);
+              const int32_t hi = (blk[256 + (reg / 4) * 64 + byte_of(c, k)] >> (2 * (reg % 4))) & 3;
+              s[k / 16] += (nibble(blk, c, k) | (hi << 4)) * int32_t(xb[k]);
+            }
+            const int32_t sca = int8_t(sb[3072 + (2 * j) * 16 + c]), scb = int8_t(sb[3072 + (2 * j + 1) * 16 + c]);
+            const int32_t I = sca * (s[0] - 32 * xa) + scb * (s[1] - 32 * xbsum);
+            acc[c] = std::fma(float(I), f16_at(sb + 3328, c) * sx, acc[c]);
+          }
+        }
+      }
+      store_tile_row(acc, y + i * ldy, t * kTile, n_valid);
+    }
+  }
+}
+
+void q8_0_scalar(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
+                 int64_t ldy, int64_t n_valid) {
+  const int64_t nb = K / kBlock;
+  for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t i = 0; i < m; ++i) {
+      float acc[kTile] = {0};
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = w + (t * nb + b) * kQ8_0Bytes;
+        const int8_t* xb = a.x(b, i);
+        const float sx = a.scale(b, i);
+        for (int c = 0; c < kTile; ++c) {
+          int32_t s = 0;
+          for (int j = 0; j < 8; ++j)
+            for (int r = 0; r < 4; ++r) s += int32_t(int8_t(blk[j * 64 + c * 4 + r])) * int32_t(xb[4 * j + r]);
+          acc[c] = std::fma(float(s), f16_at(blk + 512, c) * sx, acc[c]);
+        }
+      }
+      store_tile_row(acc, y + i * ldy, t * kTile, n_valid);
+    }
+  }
+}
+
+}  // namespace skinny
