@@ -70,7 +70,8 @@ def prefill_ms_per_token(lm) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", nargs="?", default="qwen2.5-coder-1.5b", help="registry short name or .gguf path")
-    ap.add_argument("--formats", default="bf16,int8,int4", help="comma-separated: bf16, int8, int4")
+    ap.add_argument("--formats", default="gguf,int4,int8,bf16",
+                    help="comma-separated: gguf (the file's own blocks), int4, int8, bf16")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--max-m", type=int, default=16)

@@ -47,11 +47,12 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str | None = DE
                         "(--drafter auto then means the draft model if given, else n-gram)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "float16"],
                    help="weights dtype (default: bfloat16, the fastest on CPU and GPU)")
-    p.add_argument("--quantize", choices=["none", "int8", "int4"], default="none",
+    p.add_argument("--quantize", choices=["none", "int8", "int4", "gguf"], default="none",
                    help="quantization of the target's linear layers (fewer bytes read per token; on CPU int8/int4 "
-                        "weights with int8 activations per block of 32, docs/kernels.md; changes the target's "
+                        "weights with int8 activations per block of 32, docs/kernels.md; gguf: a GGUF file's own "
+                        "blocks as shipped (Q4_K, Q6_K, Q8_0, Q5_0, Q4_0), CPU only; changes the target's "
                         "output slightly, speculation stays exact to it)")
-    p.add_argument("--draft-quantize", choices=["none", "int8", "int4"], default=None,
+    p.add_argument("--draft-quantize", choices=["none", "int8", "int4", "gguf"], default=None,
                    help="quantization of the draft model (--draft), or of the target's copy with --drafter self "
                         "(default: none for --draft, int4 for self)")
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -150,6 +151,9 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
         drafter = SuffixDrafter()
     elif drafter_kind == "self":
         mode = "int4" if draft_quantize in (None, "none") else draft_quantize
+        if mode == "gguf":
+            raise SpecdecodeError("--drafter self drafts from an int8 or int4 copy of the target; "
+                                  "--draft-quantize gguf applies to a --draft GGUF model")
         drafter = SelfDrafter(target.lm, mode)
         if progress:
             print(f"self-drafter: {mode} copy of the target", file=sys.stderr, flush=True)

@@ -34,7 +34,7 @@ class Model:
     dtype: torch.dtype
     load_seconds: float = 0.0
     from_cache: bool = False  # the weights came from $SPECDECODE_CACHE (converted or quantized)
-    quantize: str | None = None  # "int8" | "int4": quantized linear layers (specdecode.quant)
+    quantize: str | None = None  # "int8" | "int4" (specdecode.quant) | "gguf": the file's own blocks
     row_invariance: "RowInvariance | None" = None  # probed at load: is a verify pass bit-identical to steps?
     quantized_from_cache: bool = False  # the quantized layers were read back, not quantized again
 
@@ -65,6 +65,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 def apply_load_options(threads: int | None, quantize: str | None) -> str | None:
     """Check and apply `load`'s threads and quantize options; return quantize normalised
     (None for no quantization). Shared by `load` and the tensor-parallel `load_sharded`."""
+    from .loading.gguf_native import MODE as GGUF_NATIVE
     from .quant import MODES
 
     if threads is not None:
@@ -72,8 +73,8 @@ def apply_load_options(threads: int | None, quantize: str | None) -> str | None:
             raise SpecdecodeError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     quantize = None if quantize in (None, "none") else quantize
-    if quantize is not None and quantize not in MODES:
-        raise SpecdecodeError(f"unknown quantization {quantize!r}; choose from none, {', '.join(MODES)}")
+    if quantize is not None and quantize not in (*MODES, GGUF_NATIVE):
+        raise SpecdecodeError(f"unknown quantization {quantize!r}; choose from none, {', '.join(MODES)}, {GGUF_NATIVE}")
     return quantize
 
 
@@ -89,7 +90,8 @@ def load(
 
     quantize: None / "none" (weights in `dtype`), "int8" or "int4": quantization of the linear
     layers after loading (specdecode.quant.quantize_model; on CPU with the kernels, activations
-    are quantized per block of 32 too, see docs/kernels.md).
+    are quantized per block of 32 too, see docs/kernels.md); "gguf": a GGUF file's linear layers
+    run its own blocks as shipped (specdecode.loading.gguf_native; CPU kernels only).
     The result's `row_invariance` says whether a verify pass rounds exactly like single steps here.
     On CPU with the kernels, a quantized model is cached in $SPECDECODE_CACHE/quantized, so only
     the first load of a (model, dtype, quantize) quantizes (specdecode.loading.quant_cache).
@@ -103,14 +105,25 @@ def load(
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     t0 = time.perf_counter()
+    if quantize == "gguf" and source in TINY_NAMES:
+        raise SpecdecodeError(f"--quantize gguf runs a GGUF file's own blocks; {source} is not a GGUF file")
     if source in TINY_NAMES:
         lm, hf_tok, eos = load_tiny(source, dt, dev)
         if quantize:
             quantize_model(lm, quantize)
         return Model(lm, Tokenizer(hf_tok, eos), source, dt, time.perf_counter() - t0, False, quantize,
                      probe_row_invariance(lm))
-    from .loading import load_checkpoint, quant_cache
+    from .loading import load_checkpoint, quant_cache, resolve_source
+    from .loading.gguf_native import make_native
 
+    gguf_path = None
+    if quantize == "gguf":
+        kind, gguf_path = resolve_source(source)
+        if kind != "gguf":
+            raise SpecdecodeError(f"--quantize gguf runs a GGUF file's own blocks; {source} is a Hugging Face "
+                                  "checkpoint: use --quantize int4 or int8")
+        if dev.type != "cpu":
+            raise SpecdecodeError("--quantize gguf runs on the CPU kernels: use --device cpu")
     cache_quantized = quantize is not None and dev.type == "cpu" and kernels_available()
     ckpt = load_checkpoint(source, dt, weights=not cache_quantized)
     lm, qkey = None, None
@@ -120,7 +133,9 @@ def load(
     quantized_from_cache = lm is not None
     if lm is None:
         lm = build_transformer(ckpt.args, ckpt.weights(), dtype=dt, device=dev)
-        if quantize:
+        if quantize == "gguf":
+            make_native(lm, gguf_path, ckpt.args)
+        elif quantize:
             quantize_model(lm, quantize, QUANT_GROUP_SIZE, QUANT_HEAD, progress=True)
         if qkey is not None:
             quant_cache.save(qkey, lm)

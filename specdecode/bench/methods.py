@@ -69,10 +69,14 @@ class BenchContext:
         return self._quantized_twin("draft", self.draft, mode)
 
     def _quantized_twin(self, role: str, model, mode: str):
+        """mode "int8" / "int4": our quantization; "gguf": the model's GGUF file's own blocks."""
         from ..quant import quantized_copy
 
         if (role, mode) not in self._quantized:
-            self._quantized[role, mode] = quantized_copy(model.lm, mode)
+            if mode == "gguf":
+                self._quantized[role, mode] = _gguf_twin(model)
+            else:
+                self._quantized[role, mode] = quantized_copy(model.lm, mode)
         return self._quantized[role, mode]
 
     def head_drafter(self, target=None, required: bool = True):
@@ -397,6 +401,41 @@ def _spec_int4_model_int4(ctx: BenchContext):
                   num_draft_tokens=ctx.num_draft_tokens or "auto", eos_token_ids=ctx.eos_token_ids, tokenizer=ctx.target.tokenizer)
 
 
+# -- the GGUF file's own blocks on the CPU kernels (--quantize gguf): the model llama.cpp runs -------
+
+
+def _gguf_twin(model):
+    from ..loading import resolve_source
+    from ..loading.gguf_native import native_copy
+
+    kind, path = resolve_source(model.source)
+    if kind != "gguf":
+        raise SpecdecodeError(f"the gguf methods run a GGUF file's own blocks; {model.source} is not a GGUF file")
+    return native_copy(model.lm, path, model.lm.args)[0]
+
+
+@register_method("target-gguf", default=False,
+                 description="specdecode target-only loop on the GGUF file's own blocks (--quantize gguf)")
+def _target_gguf(ctx: BenchContext):
+    return ctx.engine(target=ctx.quantized_target("gguf"))
+
+
+@register_method("spec-gguf-model-gguf", needs_draft=True, reference="target-gguf", default=False,
+                 description="the target's and the draft's GGUF blocks as shipped, k chosen per round by the cost policy")
+def _spec_gguf_model_gguf(ctx: BenchContext):
+    from ..drafters import ModelDrafter
+
+    return Engine(ctx.quantized_target("gguf"), ModelDrafter(ctx.quantized_draft("gguf")),
+                  num_draft_tokens=ctx.num_draft_tokens or "auto", eos_token_ids=ctx.eos_token_ids, tokenizer=ctx.target.tokenizer)
+
+
+@register_method("spec-gguf-auto", reference="target-gguf", default=False, uses_draft=True,
+                 description="GGUF target as shipped, --drafter auto (n-gram + suffix + the GGUF draft model if given "
+                             "+ the draft head if one is trained)")
+def _spec_gguf_auto(ctx: BenchContext):
+    return _auto(ctx, "gguf", forced_drafts=True)
+
+
 @register_method("spec-int4-ngram", reference="target-int4", default=False,
                  description="int4 target, prompt lookup (n-gram drafter), k chosen per round by the cost policy")
 def _spec_int4_ngram(ctx: BenchContext):
@@ -424,20 +463,21 @@ def _spec_int4_head(ctx: BenchContext):
                  description="int4 target, --drafter auto (n-gram + suffix + int4 draft model if given + the draft "
                              "head if one was trained), policy-chosen")
 def _spec_int4_auto(ctx: BenchContext):
-    return _int4_auto(ctx, forced_drafts=True)
+    return _auto(ctx, "int4", forced_drafts=True)
 
 
 @register_method("spec-int4-auto-unforced", reference="target-int4", default=False, uses_draft=True,
                  description="spec-int4-auto without the free drafts of a JSON schema's forced tokens (json-extract)")
 def _spec_int4_auto_unforced(ctx: BenchContext):
-    return _int4_auto(ctx, forced_drafts=False)
+    return _auto(ctx, "int4", forced_drafts=False)
 
 
-def _int4_auto(ctx: BenchContext, forced_drafts: bool) -> Engine:
+def _auto(ctx: BenchContext, mode: str, forced_drafts: bool) -> Engine:
+    """--drafter auto on the `mode` twins of the target and the draft model."""
     from ..drafters import ModelDrafter
 
-    target = ctx.quantized_target("int4")
-    drafters = [ModelDrafter(ctx.quantized_draft("int4"))] if ctx.draft is not None else []
+    target = ctx.quantized_target(mode)
+    drafters = [ModelDrafter(ctx.quantized_draft(mode))] if ctx.draft is not None else []
     head = ctx.head_drafter(target, required=False)
     drafters += [head] if head is not None else []
     return Engine(target, [*drafters, NgramDrafter(), SuffixDrafter()],

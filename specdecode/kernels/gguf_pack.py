@@ -136,7 +136,7 @@ def pack_blocks(raw: torch.Tensor, ggml_type: int, out_features: int, in_feature
         nsb = nb
         per_sb = [nib.reshape(T, nsb, 8 * 256),
                   _columns(v["sc"], T).reshape(T, nsb, 128), _columns(v["m"], T).reshape(T, nsb, 128),
-                  _f16_columns(v["d"], T), _f16_columns(v["dmin"], T)]
+                  _f16_columns(v["d"], T), _f16_columns(_negated_f16(v["dmin"]), T)]
         return torch.cat(per_sb, dim=-1).reshape(T, -1).contiguous()
     # Q6_K
     reg = _register_bytes(q >> 4, T)  # (T, G, 8, 64) high 2 bits per register
@@ -146,6 +146,13 @@ def pack_blocks(raw: torch.Tensor, ggml_type: int, out_features: int, in_feature
     per_sb = [torch.cat((nib, highs), dim=-1).reshape(T, nsb, 8 * 384),
               _columns(v["sc"], T).reshape(T, nsb, 256), _f16_columns(v["d"], T)]
     return torch.cat(per_sb, dim=-1).reshape(T, -1).contiguous()
+
+
+def _negated_f16(b: torch.Tensor) -> torch.Tensor:
+    """(..., 2) little-endian fp16 bytes with the sign bit flipped: -x, exactly."""
+    out = b.clone()
+    out[..., 1] ^= 0x80
+    return out
 
 
 def _f16_columns(d: torch.Tensor, T: int) -> torch.Tensor:
@@ -189,7 +196,7 @@ def dequantize_packed(packed: torch.Tensor, ggml_type: int, out_features: int, i
         lo = _unnibble(blocks[..., :2048].reshape(T, G, 256), T, G).float()  # (T*16, G, 32)
         sc = per_column(blocks[..., 2048:2176], 8).float()
         mn = per_column(blocks[..., 2176:2304], 8).float()
-        d, dmin = f16(blocks[..., 2304:2336]), f16(blocks[..., 2336:2368])
+        d, dmin = f16(blocks[..., 2304:2336]), -f16(blocks[..., 2336:2368])  # stored negated
         d1 = (d[..., None] * sc).reshape(T * TILE, G, 1)
         m1 = (dmin[..., None] * mn).reshape(T * TILE, G, 1)
         return (d1 * lo - m1).reshape(T * TILE, K)[:N].contiguous()

@@ -39,20 +39,23 @@ class DamagedEntryError(ValueError):
 
 
 def _packed_kinds() -> dict[str, type]:
-    from specdecode.kernels import PackedFloatLinear, PackedInt4Linear, PackedInt8Linear
+    from specdecode.kernels import GGUF_LINEARS, PackedFloatLinear, PackedInt4Linear, PackedInt8Linear
 
-    return {"float": PackedFloatLinear, "int8": PackedInt8Linear, "int4": PackedInt4Linear}
+    kinds = {"float": PackedFloatLinear, "int8": PackedInt8Linear, "int4": PackedInt4Linear}
+    return {**kinds, **{cls.mode: cls for cls in GGUF_LINEARS.values()}}
 
 
 @functools.cache
 def code_version() -> str:
     """Hash of the code whose output is cached (quantization, packing, layer layouts) + torch's version."""
+    import specdecode.kernels.gguf_pack as gguf_pack
     import specdecode.kernels.linear as linear
     import specdecode.kernels.pack as pack
+    import specdecode.loading.gguf_native as gguf_native
     import specdecode.quant as quant
 
     h = hashlib.sha256(torch.__version__.encode())
-    for mod in (pack, linear, quant):
+    for mod in (pack, gguf_pack, linear, quant, gguf_native):
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()[:16]
 

@@ -23,6 +23,7 @@ def load_sharded(source: str, group: TPGroup, *, dtype: str | torch.dtype | None
                  threads: int | None = None, quantize: str | None = None, packed: bool = True):
     """This rank's shard of the target `source` as a specdecode Model (its lm is the sharded
     Transformer, whose forward runs the group's collectives: call it on every rank alike)."""
+    from ..errors import SpecdecodeError
     from ..kernels import probe_row_invariance
     from ..loader import Model, apply_load_options, resolve_dtype
     from ..loading.tiny import TINY_NAMES, tiny_args, tiny_state_dict, tiny_tokenizer
@@ -30,6 +31,8 @@ def load_sharded(source: str, group: TPGroup, *, dtype: str | torch.dtype | None
     from ..tokenizer import Tokenizer
 
     quantize = apply_load_options(threads, quantize)
+    if quantize == "gguf":
+        raise SpecdecodeError("--quantize gguf does not shard yet (--tp N): use --quantize int4 or int8 with --tp")
     dev = group.device
     dt = resolve_dtype(dtype, dev)
     t0 = time.perf_counter()

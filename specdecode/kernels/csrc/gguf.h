@@ -6,7 +6,7 @@
 // float steps below are the same operations in the same order on every path).
 //
 // Per 32-block b of a column and row i (sx, sxs: the activation's scale and scale * sum(xq)):
-//   Q4_K: w = d*sc_j*q - dmin*m_j, q 0..15   acc = fma(float(S), (d*sc_j)*sx, acc); acc = fma(-(dmin*m_j), sxs, acc)
+//   Q4_K: w = d*sc_j*q - dmin*m_j, q 0..15   acc = fma(float(S), (d*sc_j)*sx, acc); acc = fma((-dmin)*m_j, sxs, acc)
 //   Q5_0: w = d*(q - 16), q 0..31            acc = fma(float(S), d*sx, acc);        acc = fma(d*-16, sxs, acc)
 //   Q4_0: w = d*(q - 8),  q 0..15            acc = fma(float(S), d*sx, acc);        acc = fma(d*-8, sxs, acc)
 //   Q8_0: w = d*q, q -128..127 (signed)      acc = fma(float(S), d*sx, acc)
@@ -20,7 +20,8 @@
 //   k = 4j + r of column c in its low nibble and k = 16 + 4j + r in its high nibble (as int4);
 //   "register" R_i, i = 0..7, is the 64 bytes of (i < 4: low nibbles of row j = i; else high
 //   nibbles of row j = i - 4), so R_0..R_3 are half A (k 0..15), R_4..R_7 half B.
-//   Q4_K super-block (2368 bytes): 8 nibble blocks | sc u8 [8][16] | m u8 [8][16] | d f16 [16] | dmin f16 [16]
+//   Q4_K super-block (2368 bytes): 8 nibble blocks | sc u8 [8][16] | m u8 [8][16] | d f16 [16] | -dmin f16 [16]
+//         (dmin's sign bit flipped at packing: the offset is then one product, the same bits)
 //   Q6_K super-block (3360 bytes): 8 x (nibble block of the low 4 bits | 128 bytes of high 2 bits:
 //         byte a*64 + p, bits 2f..2f+1 = high bits of R_{4a+f} at byte p) | sc i8 [16][16] | d f16 [16]
 //   Q5_0 block (352 bytes): nibble block | 64 bytes: byte p bit i = bit 4 of R_i at byte p | d f16 [16]

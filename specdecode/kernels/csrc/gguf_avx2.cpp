@@ -63,15 +63,23 @@ inline void store_half(const __m256* acc, int mb, int h, float* y, int64_t ldy, 
   }
 }
 
-inline __m256 negate(__m256 v) { return _mm256_xor_ps(v, _mm256_set1_ps(-0.f)); }
-
+// Each format: Super (what a super-block shares: its fp16 factors, read once), decode (a block's
+// 8 registers) and scale_offset (its per-column scale and offset, gguf.h).
 struct Q4K {
   static constexpr int kK = kSuperK, kBytes = kQ4KBytes;
+  struct Super {
+    __m256 d, ndmin;  // ndmin: the file's dmin with its sign flipped at packing (exact)
+    Super(const uint8_t* sb, int h) : d(load_f16x8(sb + 2304 + 16 * h)), ndmin(load_f16x8(sb + 2336 + 16 * h)) {}
+  };
   static void decode(const uint8_t* sb, int j, int h, __m256i* R) { nibbles(sb + j * 256, h, R); }
-  static void scale_offset(const uint8_t* sb, int j, int h, __m256* s, __m256* o) {
-    *s = _mm256_mul_ps(load_f16x8(sb + 2304 + 16 * h), _mm256_cvtepi32_ps(load_u8x8_epi32(sb + 2048 + j * 16 + 8 * h)));
-    *o = negate(_mm256_mul_ps(load_f16x8(sb + 2336 + 16 * h), _mm256_cvtepi32_ps(load_u8x8_epi32(sb + 2176 + j * 16 + 8 * h))));
+  static void scale_offset(const Super& c, const uint8_t* sb, int j, int h, __m256* s, __m256* o) {
+    *s = _mm256_mul_ps(c.d, _mm256_cvtepi32_ps(load_u8x8_epi32(sb + 2048 + j * 16 + 8 * h)));
+    *o = _mm256_mul_ps(c.ndmin, _mm256_cvtepi32_ps(load_u8x8_epi32(sb + 2176 + j * 16 + 8 * h)));
   }
+};
+
+struct NoSuper {
+  NoSuper(const uint8_t*, int) {}
 };
 
 struct Q5_0 {
@@ -88,7 +96,8 @@ struct Q5_0 {
     R[6] = _mm256_or_si256(R[6], _mm256_and_si256(_mm256_srli_epi16(hb, 2), bit4));
     R[7] = _mm256_or_si256(R[7], _mm256_and_si256(_mm256_srli_epi16(hb, 3), bit4));
   }
-  static void scale_offset(const uint8_t* blk, int, int h, __m256* s, __m256* o) {
+  using Super = NoSuper;
+  static void scale_offset(const Super&, const uint8_t* blk, int, int h, __m256* s, __m256* o) {
     *s = load_f16x8(blk + 320 + 16 * h);
     *o = _mm256_mul_ps(*s, _mm256_set1_ps(-16.f));
   }
@@ -97,7 +106,8 @@ struct Q5_0 {
 struct Q4_0 {
   static constexpr int kK = kBlock, kBytes = kQ4_0Bytes;
   static void decode(const uint8_t* blk, int, int h, __m256i* R) { nibbles(blk, h, R); }
-  static void scale_offset(const uint8_t* blk, int, int h, __m256* s, __m256* o) {
+  using Super = NoSuper;
+  static void scale_offset(const Super&, const uint8_t* blk, int, int h, __m256* s, __m256* o) {
     *s = load_f16x8(blk + 256 + 16 * h);
     *o = _mm256_mul_ps(*s, _mm256_set1_ps(-8.f));
   }
@@ -112,12 +122,14 @@ void affine_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int6
     for (int i = 0; i < MB; ++i) acc[i] = _mm256_setzero_ps();
     for (int64_t g = 0; g < K / Block::kK; ++g) {
       const uint8_t* sb = wt + g * Block::kBytes;
+      const typename Block::Super c(sb, h);
       for (int j = 0; j < kSub; ++j) {
         const int64_t b = g * kSub + j;
+        if (h == 0) prefetch_ahead(sb + j * (Block::kBytes / kSub), Block::kBytes / kSub);  // h = 1 re-reads from cache
         __m256i R[8];
         __m256 s, o;
         Block::decode(sb, j, h, R);
-        Block::scale_offset(sb, j, h, &s, &o);
+        Block::scale_offset(c, sb, j, h, &s, &o);
         for (int i = 0; i < MB; ++i) {
           const __m256 scale = _mm256_mul_ps(s, _mm256_set1_ps(a.scale(b, i)));
           acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_sum(R, a.x(b, i))), scale, acc[i]);
@@ -141,6 +153,7 @@ void q6k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t
       for (int j = 0; j < 8; ++j) {
         const int64_t b = g * 8 + j;
         const uint8_t* blk = sb + j * 384;
+        if (h == 0) prefetch_ahead(sb + j * (kQ6KBytes / 8), kQ6KBytes / 8);
         __m256i R[8];
         nibbles(blk, h, R);
         for (int half = 0; half < 2; ++half) {
@@ -175,6 +188,7 @@ void q8_0_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_
     for (int i = 0; i < MB; ++i) acc[i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < K / kBlock; ++b) {
       const uint8_t* blk = wt + b * kQ8_0Bytes;
+      if (h == 0) prefetch_ahead(blk, kQ8_0Bytes);
       const __m256 d = load_f16x8(blk + 512 + 16 * h);
       __m256i s[MB];
       for (int i = 0; i < MB; ++i) s[i] = _mm256_setzero_si256();

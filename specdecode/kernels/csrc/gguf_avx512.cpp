@@ -30,12 +30,25 @@ inline void nibbles(const uint8_t* blk, __m512i* R) {
   }
 }
 
+// R | (X & mask) in one instruction.
+inline __m512i or_masked(__m512i R, __m512i X, __m512i mask) { return _mm512_ternarylogic_epi32(R, X, mask, 0xF8); }
+
 inline void store_rows(const __m512* acc, int mb, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
   alignas(64) float out[kTile];
   for (int i = 0; i < mb; ++i) {
     _mm512_store_ps(out, acc[i]);
     store_tile_row(out, y + i * ldy, col0, n_valid);
   }
+}
+
+// S (per column) of row i over one block, in one accumulator (sums are exact in any order).
+inline __m512i block_sum(const __m512i* R, const int8_t* xb) {
+  __m512i s = _mm512_setzero_si512();
+  for (int j = 0; j < 4; ++j) {
+    s = _mm512_dpbusd_epi32(s, R[j], _mm512_set1_epi32(load_i32(xb + 4 * j)));
+    s = _mm512_dpbusd_epi32(s, R[4 + j], _mm512_set1_epi32(load_i32(xb + 16 + 4 * j)));
+  }
+  return s;
 }
 
 // S (per column) of row i over one block: the low half's and the high half's sums.
@@ -48,14 +61,23 @@ inline void block_sums(const __m512i* R, const int8_t* xb, __m512i* s0, __m512i*
   }
 }
 
+// Each format: Super (what a super-block shares: its fp16 factors, read once), decode (a block's
+// 8 registers) and scale_offset (its per-column scale and offset, gguf.h).
 struct Q4K {
   static constexpr int kK = kSuperK, kBytes = kQ4KBytes;
+  struct Super {
+    __m512 d, ndmin;  // ndmin: the file's dmin with its sign flipped at packing (exact)
+    explicit Super(const uint8_t* sb) : d(load_f16x16(sb + 2304)), ndmin(load_f16x16(sb + 2336)) {}
+  };
   static void decode(const uint8_t* sb, int j, __m512i* R) { nibbles(sb + j * 256, R); }
-  static void scale_offset(const uint8_t* sb, int j, __m512* s, __m512* o) {
-    *s = _mm512_mul_ps(load_f16x16(sb + 2304), load_u8x16(sb + 2048 + j * 16));
-    const __m512 dm = _mm512_mul_ps(load_f16x16(sb + 2336), load_u8x16(sb + 2176 + j * 16));
-    *o = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(dm), _mm512_set1_epi32(int(0x80000000u))));
+  static void scale_offset(const Super& c, const uint8_t* sb, int j, __m512* s, __m512* o) {
+    *s = _mm512_mul_ps(c.d, load_u8x16(sb + 2048 + j * 16));
+    *o = _mm512_mul_ps(c.ndmin, load_u8x16(sb + 2176 + j * 16));
   }
+};
+
+struct NoSuper {
+  explicit NoSuper(const uint8_t*) {}
 };
 
 struct Q5_0 {
@@ -63,16 +85,17 @@ struct Q5_0 {
   static void decode(const uint8_t* blk, int, __m512i* R) {
     nibbles(blk, R);
     const __m512i h = _mm512_loadu_si512(blk + 256), bit4 = _mm512_set1_epi8(0x10);
-    R[0] = _mm512_or_si512(R[0], _mm512_and_si512(_mm512_slli_epi16(h, 4), bit4));
-    R[1] = _mm512_or_si512(R[1], _mm512_and_si512(_mm512_slli_epi16(h, 3), bit4));
-    R[2] = _mm512_or_si512(R[2], _mm512_and_si512(_mm512_slli_epi16(h, 2), bit4));
-    R[3] = _mm512_or_si512(R[3], _mm512_and_si512(_mm512_slli_epi16(h, 1), bit4));
-    R[4] = _mm512_or_si512(R[4], _mm512_and_si512(h, bit4));
-    R[5] = _mm512_or_si512(R[5], _mm512_and_si512(_mm512_srli_epi16(h, 1), bit4));
-    R[6] = _mm512_or_si512(R[6], _mm512_and_si512(_mm512_srli_epi16(h, 2), bit4));
-    R[7] = _mm512_or_si512(R[7], _mm512_and_si512(_mm512_srli_epi16(h, 3), bit4));
+    R[0] = or_masked(R[0], _mm512_slli_epi16(h, 4), bit4);
+    R[1] = or_masked(R[1], _mm512_slli_epi16(h, 3), bit4);
+    R[2] = or_masked(R[2], _mm512_slli_epi16(h, 2), bit4);
+    R[3] = or_masked(R[3], _mm512_slli_epi16(h, 1), bit4);
+    R[4] = or_masked(R[4], h, bit4);
+    R[5] = or_masked(R[5], _mm512_srli_epi16(h, 1), bit4);
+    R[6] = or_masked(R[6], _mm512_srli_epi16(h, 2), bit4);
+    R[7] = or_masked(R[7], _mm512_srli_epi16(h, 3), bit4);
   }
-  static void scale_offset(const uint8_t* blk, int, __m512* s, __m512* o) {
+  using Super = NoSuper;
+  static void scale_offset(const Super&, const uint8_t* blk, int, __m512* s, __m512* o) {
     *s = load_f16x16(blk + 320);
     *o = _mm512_mul_ps(*s, _mm512_set1_ps(-16.f));
   }
@@ -81,7 +104,8 @@ struct Q5_0 {
 struct Q4_0 {
   static constexpr int kK = kBlock, kBytes = kQ4_0Bytes;
   static void decode(const uint8_t* blk, int, __m512i* R) { nibbles(blk, R); }
-  static void scale_offset(const uint8_t* blk, int, __m512* s, __m512* o) {
+  using Super = NoSuper;
+  static void scale_offset(const Super&, const uint8_t* blk, int, __m512* s, __m512* o) {
     *s = load_f16x16(blk + 256);
     *o = _mm512_mul_ps(*s, _mm512_set1_ps(-8.f));
   }
@@ -95,17 +119,17 @@ void affine_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int6
   for (int i = 0; i < MB; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t g = 0; g < K / Block::kK; ++g) {
     const uint8_t* sb = wt + g * Block::kBytes;
+    const typename Block::Super c(sb);
     for (int j = 0; j < kSub; ++j) {
       const int64_t b = g * kSub + j;
+      prefetch_ahead(sb + j * (Block::kBytes / kSub), Block::kBytes / kSub);
       __m512i R[8];
       __m512 s, o;
       Block::decode(sb, j, R);
-      Block::scale_offset(sb, j, &s, &o);
+      Block::scale_offset(c, sb, j, &s, &o);
       for (int i = 0; i < MB; ++i) {
-        __m512i s0, s1;
-        block_sums(R, a.x(b, i), &s0, &s1);
         const __m512 scale = _mm512_mul_ps(s, _mm512_set1_ps(a.scale(b, i)));
-        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), scale, acc[i]);
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(block_sum(R, a.x(b, i))), scale, acc[i]);
         acc[i] = _mm512_fmadd_ps(o, _mm512_set1_ps(a.scaled_sum(b, i)), acc[i]);
       }
     }
@@ -124,15 +148,16 @@ void q6k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t
     for (int j = 0; j < 8; ++j) {
       const int64_t b = g * 8 + j;
       const uint8_t* blk = sb + j * 384;
+      prefetch_ahead(sb + j * (kQ6KBytes / 8), kQ6KBytes / 8);
       __m512i R[8];
       nibbles(blk, R);
       for (int half = 0; half < 2; ++half) {
         const __m512i h = _mm512_loadu_si512(blk + 256 + half * 64);
         __m512i* r = R + 4 * half;
-        r[0] = _mm512_or_si512(r[0], _mm512_and_si512(_mm512_slli_epi16(h, 4), hi2));
-        r[1] = _mm512_or_si512(r[1], _mm512_and_si512(_mm512_slli_epi16(h, 2), hi2));
-        r[2] = _mm512_or_si512(r[2], _mm512_and_si512(h, hi2));
-        r[3] = _mm512_or_si512(r[3], _mm512_and_si512(_mm512_srli_epi16(h, 2), hi2));
+        r[0] = or_masked(r[0], _mm512_slli_epi16(h, 4), hi2);
+        r[1] = or_masked(r[1], _mm512_slli_epi16(h, 2), hi2);
+        r[2] = or_masked(r[2], h, hi2);
+        r[3] = or_masked(r[3], _mm512_srli_epi16(h, 2), hi2);
       }
       const __m512i sca = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(sb + 3072 + 2 * j * 16)));
       const __m512i scb = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(sb + 3072 + (2 * j + 1) * 16)));
@@ -156,6 +181,7 @@ void q8_0_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_
   for (int i = 0; i < MB; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t b = 0; b < K / kBlock; ++b) {
     const uint8_t* blk = wt + b * kQ8_0Bytes;
+    prefetch_ahead(blk, kQ8_0Bytes);
     __m512i wv[8];
     for (int j = 0; j < 8; ++j) wv[j] = _mm512_loadu_si512(blk + j * 64);
     // vpdpbusd multiplies unsigned by signed bytes: feed xq + 128 and subtract 128 * sum(w).

@@ -58,7 +58,7 @@ struct Q4K {
   static int32_t value(const uint8_t* sb, int j, int c, int k) { return nibble(sb + j * 256, c, k); }
   static void scale_offset(const uint8_t* sb, int j, int c, float* s, float* o) {
     *s = f16_at(sb + 2304, c) * float(sb[2048 + j * 16 + c]);
-    *o = -(f16_at(sb + 2336, c) * float(sb[2176 + j * 16 + c]));
+    *o = f16_at(sb + 2336, c) * float(sb[2176 + j * 16 + c]);  // -dmin: sign flipped at packing
   }
 };
 

@@ -100,6 +100,17 @@ inline void store_tile_row(const float* acc16, float* yrow, int64_t col0, int64_
     }                                                                \
   }
 
+// Software prefetch of the weight stream 16 KB ahead, into L2 (call once per `bytes` of weights
+// read). Decoding a 4-bit block keeps the out-of-order window busy with arithmetic, so the
+// hardware alone keeps too few lines in flight. Measured on a 2-core Xeon (read bandwidth 28
+// GB/s), an 8960x1536 Q4_K product at m = 1: 16 GB/s without, 19 with 8 KB into L1, 25.6 with
+// 16 KB into L2; int4 20 -> 27 GB/s; at m = 8 Q4_K went from 10 to 18.5 GB/s. Prefetching past
+// the end of the weights is harmless: a prefetch never faults.
+constexpr int kPrefetchBytes = 16384;
+inline void prefetch_ahead(const void* p, int bytes) {
+  for (int o = 0; o < bytes; o += 64) __builtin_prefetch(static_cast<const char*>(p) + kPrefetchBytes + o, 0, 2);
+}
+
 inline float bf16_to_f32(uint16_t v) {
   union { uint32_t u; float f; } b;
   b.u = static_cast<uint32_t>(v) << 16;

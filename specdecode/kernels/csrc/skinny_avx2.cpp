@@ -78,6 +78,7 @@ void int8_rows(const QuantAct& a, int64_t K, const int8_t* wt, const float* scal
     for (int i = 0; i < MB; ++i) acc[i][h] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
       const int8_t* blk = wt + b * kInt8BlockBytes + h * 32;
+      if (h == 0) prefetch_ahead(blk, kInt8BlockBytes);  // h = 1 re-reads from cache
       __m256i s[MB];
       for (int i = 0; i < MB; ++i) s[i] = _mm256_setzero_si256();
       for (int j = 0; j < 8; ++j) {
@@ -107,6 +108,7 @@ void int4_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_
     for (int i = 0; i < MB; ++i) acc[i][h] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
       const uint8_t* blk = wt + b * kInt4BlockBytes;
+      if (h == 0) prefetch_ahead(blk, kInt4BlockBytes);  // h = 1 re-reads from cache
       __m256i s[MB];
       for (int i = 0; i < MB; ++i) s[i] = _mm256_setzero_si256();
       for (int j = 0; j < 4; ++j) {

@@ -61,6 +61,7 @@ void int8_rows(const QuantAct& a, int64_t K, const int8_t* wt, const float* scal
   for (int i = 0; i < MB; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const int8_t* blk = wt + b * kInt8BlockBytes;
+    prefetch_ahead(blk, kInt8BlockBytes);
     __m512i wv[8];
     for (int j = 0; j < 8; ++j) wv[j] = _mm512_loadu_si512(blk + j * 64);
     // vpdpbusd multiplies unsigned by signed bytes: feed xq + 128 and subtract 128 * sum(w).
@@ -93,6 +94,7 @@ void int4_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_
   for (int i = 0; i < MB; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = wt + b * kInt4BlockBytes;
+    prefetch_ahead(blk, kInt4BlockBytes);
     __m512i lo[4], hi[4];
     for (int j = 0; j < 4; ++j) {
       const __m512i v = _mm512_loadu_si512(blk + j * 64);
