@@ -158,8 +158,11 @@ _HF_TO_GGUF = {
 }
 
 
-def _write_model_gguf(path, model, arch: str, qtype: Q = Q.F32, extra_meta: dict | None = None) -> None:
-    """What llama.cpp's converter writes for a HF model: metadata, renamed + permuted tensors."""
+def _write_model_gguf(path, model, arch: str, qtype: Q | dict[str, Q] = Q.F32, extra_meta: dict | None = None) -> None:
+    """What llama.cpp's converter writes for a HF model: metadata, renamed + permuted tensors.
+
+    qtype: the block format of every matrix, or per tensor kind ("attn_q", "ffn_down", "output",
+    "token_embd"...; kinds not named stay F32), as llama.cpp's mixed quantizations store them."""
     cfg = model.config
     meta = {
         "add_block_count": cfg.num_hidden_layers, "add_context_length": cfg.max_position_embeddings,
@@ -187,8 +190,10 @@ def _write_model_gguf(path, model, arch: str, qtype: Q = Q.F32, extra_meta: dict
             w = _llama_cpp_permute(w, cfg.num_attention_heads, cfg.num_attention_heads)
         elif arch != "qwen2" and ".attn_k." in gname:
             w = _llama_cpp_permute(w, cfg.num_attention_heads, cfg.num_key_value_heads)
-        if w.ndim == 2 and qtype != Q.F32:
-            tensors[gname] = (gq.quantize(w, qtype), qtype)
+        kind = gname.split(".")[-2]
+        q = qtype.get(kind, Q.F32) if isinstance(qtype, dict) else qtype
+        if w.ndim == 2 and q != Q.F32:
+            tensors[gname] = (gq.quantize(w, q), q)
         else:
             tensors[gname] = (np.ascontiguousarray(w), None)
     _write(path, tensors, arch, meta)
