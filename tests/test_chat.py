@@ -190,6 +190,11 @@ class Terminal:
         pid, fd = pty.fork()
         if pid == 0:  # the child: become the command, or report why not
             try:
+                # A terminal's Ctrl-C must reach the chat as it would from a shell, whatever the test
+                # process inherited: an ignored or blocked SIGINT survives fork and exec (and the
+                # chat would then never see it), a Python handler does not.
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
                 os.execve(argv[0], argv, env)
             finally:
                 os._exit(127)
