@@ -48,20 +48,21 @@ def llama_cpp_version() -> str | None:
         return None
 
 
-def resolve_gguf(source: str | Path) -> Path:
+def resolve_gguf(source: str | Path, needed_by: str = "llama.cpp") -> Path:
     """The GGUF file behind a model source: a registry short name or a .gguf path.
 
     A loaded Model keeps only the source string it was loaded from; this resolves it the way
     specdecode.load did (an installed short name resolves offline, without hashing again).
+    `needed_by` names what needs the file in the error for a source that is not one.
     """
     from ..loading import resolve_source
     from ..loading.tiny import TINY_NAMES
 
     if str(source) in TINY_NAMES:
-        raise SpecdecodeError(f"llama.cpp needs a GGUF model; {source!r} is a random test model built in memory")
+        raise SpecdecodeError(f"{needed_by} needs a GGUF model; {source!r} is a random test model built in memory")
     kind, path = resolve_source(str(source))
     if kind != "gguf":
-        raise SpecdecodeError(f"llama.cpp needs a GGUF model; {source} is a Hugging Face checkpoint ({path})")
+        raise SpecdecodeError(f"{needed_by} needs a GGUF model; {source} is a Hugging Face checkpoint ({path})")
     return path
 
 

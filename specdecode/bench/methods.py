@@ -405,12 +405,10 @@ def _spec_int4_model_int4(ctx: BenchContext):
 
 
 def _gguf_twin(model):
-    from ..loading import resolve_source
     from ..loading.gguf_native import native_copy
+    from .llamacpp import resolve_gguf
 
-    kind, path = resolve_source(model.source)
-    if kind != "gguf":
-        raise SpecdecodeError(f"the gguf methods run a GGUF file's own blocks; {model.source} is not a GGUF file")
+    path = resolve_gguf(model.source, needed_by="--quantize gguf")
     return native_copy(model.lm, path, model.lm.args)[0]
 
 

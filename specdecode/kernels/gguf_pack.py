@@ -122,7 +122,7 @@ def pack_blocks(raw: torch.Tensor, ggml_type: int, out_features: int, in_feature
     q = v["q"].reshape(N, G, BLOCK)
     if fmt.name == "Q8_0":
         body = _register_bytes(q, T).reshape(T, G, 512)
-        parts = [body, _columns(v["d"], T).reshape(T, G, 2, TILE).transpose(2, 3).reshape(T, G, 32)]
+        parts = [body, _f16_columns(v["d"], T)]
         return torch.cat(parts, dim=-1).reshape(T, -1).contiguous()
     nib = _nibble_blocks(q & 15, T)  # (T, G, 256)
     if fmt.name in ("Q4_0", "Q5_0"):

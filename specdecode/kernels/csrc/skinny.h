@@ -111,6 +111,13 @@ inline void prefetch_ahead(const void* p, int bytes) {
   for (int o = 0; o < bytes; o += 64) __builtin_prefetch(static_cast<const char*>(p) + kPrefetchBytes + o, 0, 2);
 }
 
+// Four activation bytes as one int32 (for a 4-byte broadcast), without an unaligned-pointer cast.
+inline int32_t load_i32(const void* p) {
+  int32_t v;
+  __builtin_memcpy(&v, p, 4);
+  return v;
+}
+
 inline float bf16_to_f32(uint16_t v) {
   union { uint32_t u; float f; } b;
   b.u = static_cast<uint32_t>(v) << 16;

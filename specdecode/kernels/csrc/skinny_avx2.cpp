@@ -11,12 +11,6 @@
 namespace skinny {
 namespace {
 
-inline int32_t load_i32(const void* p) {
-  int32_t v;
-  __builtin_memcpy(&v, p, 4);
-  return v;
-}
-
 inline __m256 load_bf16x8(const uint8_t* p) {  // 8 bf16 -> 8 fp32, exact
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 }

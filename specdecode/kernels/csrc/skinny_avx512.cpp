@@ -15,12 +15,6 @@ inline __m512 load_bf16x16(const uint8_t* p) {  // 16 bf16 -> 16 fp32, exact
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
 }
 
-inline int32_t load_i32(const void* p) {
-  int32_t v;
-  __builtin_memcpy(&v, p, 4);
-  return v;
-}
-
 template <int MB>
 void f32_rows(const float* x, int64_t K, const float* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
   __m512 acc[MB];
