@@ -13,6 +13,7 @@ from torch import nn
 
 from .cache import KVCache
 from .config import ModelArgs
+from .kernels import layer_ops
 from .kernels.attention import chain_attention, chain_attention_applies, tree_attention
 from .kernels.linear import project
 from .ragged import RaggedBatch, Segment
@@ -56,6 +57,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if layer_ops.applies(x, self.weight):  # one C++ call instead of eight ops
+            return layer_ops.rms_norm(x, self.weight, self.eps)
         # Normalise in float32 like the reference implementation, then return to the input dtype.
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -105,11 +108,16 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = project(x, self.q_proj, self.k_proj, self.v_proj)  # one kernel call for all three
+        fused_rope = layer_ops.applies(q, k, cos) and q.is_contiguous() and k.is_contiguous()
+        if fused_rope:  # in place on (B, T, heads * hd), the same bits as the lines below
+            layer_ops.rope_(q, cos, sin, self.n_heads)
+            layer_ops.rope_(k, cos, sin, self.n_kv_heads)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        if not fused_rope:
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
         if isinstance(cache, RaggedBatch):
             # B == 1 and T == N rows of several requests: each segment writes its own cache and
             # attends alone, with exactly the calls a pass of that segment by itself makes.
@@ -179,8 +187,14 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
     def forward(self, x, cos, sin, cache, mask):  # noqa: ANN001, ANN201 - internal
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        delta = self.self_attn(self.input_layernorm(x), cos, sin, cache, mask)
+        norm = self.post_attention_layernorm
+        if layer_ops.applies(x, delta, norm.weight):  # the residual add and the norm in one call
+            x, h = layer_ops.add_rms_norm(x, delta, norm.weight, norm.eps)
+        else:
+            x = x + delta
+            h = norm(x)
+        return x + self.mlp(h)
 
 
 class Backbone(nn.Module):

@@ -8,6 +8,7 @@
 
 #include "attention.h"
 #include "gguf.h"
+#include "layer_ops.h"
 #include "skinny.h"
 
 namespace skinny {
@@ -248,4 +249,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &skinny::linear, "y_l = x @ W_l.T (+ b_l) for layers (format, packed, scales, bias, N) sharing x");
   m.def("attend_chain", &skinny::attend_chain, "row-invariant attention of a chain of queries over a KV prefix");
   m.def("attend_tree", &skinny::attend_tree, "row-invariant attention of a tree of queries over a KV prefix");
+  m.def("rms_norm", &skinny::rms_norm, "RMSNorm of each row, in the input's dtype");
+  m.def("add_rms_norm", &skinny::add_rms_norm, "[x + delta, RMSNorm(x + delta)]");
+  m.def("rope_", &skinny::rope_, "rotate-half rotary embedding in place on (rows, heads, hd)");
 }
