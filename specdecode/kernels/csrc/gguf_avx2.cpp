@@ -107,101 +107,88 @@ struct Q4_0 {
   }
 };
 
+// Blocks and halves in for_block_halves' order (skinny.h): one pass over the weights for one row,
+// a pass per half for several.
 template <class Block, int MB>
 void affine_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0,
                  int64_t n_valid) {
   constexpr int kSub = Block::kK / kBlock;
-  for (int h = 0; h < 2; ++h) {
-    __m256 acc[MB];
-    for (int i = 0; i < MB; ++i) acc[i] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < K / Block::kK; ++g) {
-      const uint8_t* sb = wt + g * Block::kBytes;
-      const typename Block::Super c(sb, h);
-      for (int j = 0; j < kSub; ++j) {
-        const int64_t b = g * kSub + j;
-        if (h == 0) prefetch_ahead(sb + j * (Block::kBytes / kSub), Block::kBytes / kSub);  // h = 1 re-reads from cache
-        __m256i R[8];
-        __m256 s, o;
-        Block::decode(sb, j, h, R);
-        Block::scale_offset(c, sb, j, h, &s, &o);
-        for (int i = 0; i < MB; ++i) {
-          const __m256 scale = _mm256_mul_ps(s, _mm256_set1_ps(a.scale(b, i)));
-          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_sum(R, a.x(b, i))), scale, acc[i]);
-          acc[i] = _mm256_fmadd_ps(o, _mm256_set1_ps(a.scaled_sum(b, i)), acc[i]);
-        }
+  for_block_halves<MB, __m256>(K / Block::kK, [&](int64_t g, int h, __m256* acc) SKINNY_INLINE {
+    const uint8_t* sb = wt + g * Block::kBytes;
+    if (h == 0) prefetch_ahead(sb, Block::kBytes);  // h = 1 reads from cache
+    const typename Block::Super c(sb, h);
+    for (int j = 0; j < kSub; ++j) {
+      const int64_t b = g * kSub + j;
+      __m256i R[8];
+      __m256 s, o;
+      Block::decode(sb, j, h, R);
+      Block::scale_offset(c, sb, j, h, &s, &o);
+      for (int i = 0; i < MB; ++i) {
+        const __m256 scale = _mm256_mul_ps(s, _mm256_set1_ps(a.scale(b, i)));
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_sum(R, a.x(b, i))), scale, acc[i]);
+        acc[i] = _mm256_fmadd_ps(o, _mm256_set1_ps(a.scaled_sum(b, i)), acc[i]);
       }
     }
-    store_half(acc, MB, h, y, ldy, col0, n_valid);
-  }
+  }, [&](int h, __m256* acc) SKINNY_INLINE { store_half(acc, MB, h, y, ldy, col0, n_valid); });
 }
 
 template <int MB>
 void q6k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
   const __m256i hi2 = _mm256_set1_epi8(0x30);
-  for (int h = 0; h < 2; ++h) {
-    __m256 acc[MB];
-    for (int i = 0; i < MB; ++i) acc[i] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < K / kSuperK; ++g) {
-      const uint8_t* sb = wt + g * kQ6KBytes;
-      const __m256 d = load_f16x8(sb + 3328 + 16 * h);
-      for (int j = 0; j < 8; ++j) {
-        const int64_t b = g * 8 + j;
-        const uint8_t* blk = sb + j * 384;
-        if (h == 0) prefetch_ahead(sb + j * (kQ6KBytes / 8), kQ6KBytes / 8);
-        __m256i R[8];
-        nibbles(blk, h, R);
-        for (int half = 0; half < 2; ++half) {
-          const __m256i hb = _mm256_loadu_si256((const __m256i*)(blk + 256 + half * 64 + h * 32));
-          __m256i* r = R + 4 * half;
-          r[0] = _mm256_or_si256(r[0], _mm256_and_si256(_mm256_slli_epi16(hb, 4), hi2));
-          r[1] = _mm256_or_si256(r[1], _mm256_and_si256(_mm256_slli_epi16(hb, 2), hi2));
-          r[2] = _mm256_or_si256(r[2], _mm256_and_si256(hb, hi2));
-          r[3] = _mm256_or_si256(r[3], _mm256_and_si256(_mm256_srli_epi16(hb, 2), hi2));
-        }
-        const __m256i sca = load_i8x8_epi32(sb + 3072 + 2 * j * 16 + 8 * h);
-        const __m256i scb = load_i8x8_epi32(sb + 3072 + (2 * j + 1) * 16 + 8 * h);
-        for (int i = 0; i < MB; ++i) {
-          __m256i s0, s1;
-          half_sums(R, a.x(b, i), &s0, &s1);
-          const __m256i ia = _mm256_sub_epi32(s0, _mm256_set1_epi32(32 * a.half_sum(b, i, 0)));
-          const __m256i ib = _mm256_sub_epi32(s1, _mm256_set1_epi32(32 * a.half_sum(b, i, 1)));
-          const __m256i I = _mm256_add_epi32(_mm256_mullo_epi32(sca, ia), _mm256_mullo_epi32(scb, ib));
-          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), _mm256_mul_ps(d, _mm256_set1_ps(a.scale(b, i))), acc[i]);
-        }
+  for_block_halves<MB, __m256>(K / kSuperK, [&](int64_t g, int h, __m256* acc) SKINNY_INLINE {
+    const uint8_t* sb = wt + g * kQ6KBytes;
+    if (h == 0) prefetch_ahead(sb, kQ6KBytes);  // h = 1 reads from cache
+    const __m256 d = load_f16x8(sb + 3328 + 16 * h);
+    for (int j = 0; j < 8; ++j) {
+      const int64_t b = g * 8 + j;
+      const uint8_t* blk = sb + j * 384;
+      __m256i R[8];
+      nibbles(blk, h, R);
+      for (int half = 0; half < 2; ++half) {
+        const __m256i hb = _mm256_loadu_si256((const __m256i*)(blk + 256 + half * 64 + h * 32));
+        __m256i* r = R + 4 * half;
+        r[0] = _mm256_or_si256(r[0], _mm256_and_si256(_mm256_slli_epi16(hb, 4), hi2));
+        r[1] = _mm256_or_si256(r[1], _mm256_and_si256(_mm256_slli_epi16(hb, 2), hi2));
+        r[2] = _mm256_or_si256(r[2], _mm256_and_si256(hb, hi2));
+        r[3] = _mm256_or_si256(r[3], _mm256_and_si256(_mm256_srli_epi16(hb, 2), hi2));
+      }
+      const __m256i sca = load_i8x8_epi32(sb + 3072 + 2 * j * 16 + 8 * h);
+      const __m256i scb = load_i8x8_epi32(sb + 3072 + (2 * j + 1) * 16 + 8 * h);
+      for (int i = 0; i < MB; ++i) {
+        __m256i s0, s1;
+        half_sums(R, a.x(b, i), &s0, &s1);
+        const __m256i ia = _mm256_sub_epi32(s0, _mm256_set1_epi32(32 * a.half_sum(b, i, 0)));
+        const __m256i ib = _mm256_sub_epi32(s1, _mm256_set1_epi32(32 * a.half_sum(b, i, 1)));
+        const __m256i I = _mm256_add_epi32(_mm256_mullo_epi32(sca, ia), _mm256_mullo_epi32(scb, ib));
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), _mm256_mul_ps(d, _mm256_set1_ps(a.scale(b, i))), acc[i]);
       }
     }
-    store_half(acc, MB, h, y, ldy, col0, n_valid);
-  }
+  }, [&](int h, __m256* acc) SKINNY_INLINE { store_half(acc, MB, h, y, ldy, col0, n_valid); });
 }
 
 template <int MB>
 void q8_0_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
   const __m256i ones = _mm256_set1_epi16(1);
-  for (int h = 0; h < 2; ++h) {
-    __m256 acc[MB];
-    for (int i = 0; i < MB; ++i) acc[i] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < K / kBlock; ++b) {
-      const uint8_t* blk = wt + b * kQ8_0Bytes;
-      if (h == 0) prefetch_ahead(blk, kQ8_0Bytes);
-      const __m256 d = load_f16x8(blk + 512 + 16 * h);
-      __m256i s[MB];
-      for (int i = 0; i < MB; ++i) s[i] = _mm256_setzero_si256();
-      for (int j = 0; j < 8; ++j) {
-        const __m256i wv = _mm256_loadu_si256((const __m256i*)(blk + j * 64 + h * 32));
-        const __m256i wabs = _mm256_abs_epi8(wv);  // -128 -> 128 read as unsigned: right
-        for (int i = 0; i < MB; ++i) {
-          // |w| (unsigned) times x * sign(w): the product of x and w for every int8 w (a file may
-          // hold -128), within vpmaddubsw's range since |xq| <= 127.
-          const __m256i xv = _mm256_set1_epi32(load_i32(a.x(b, i) + 4 * j));
-          const __m256i p = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xv, wv));
-          s[i] = _mm256_add_epi32(s[i], _mm256_madd_epi16(p, ones));
-        }
+  for_block_halves<MB, __m256>(K / kBlock, [&](int64_t b, int h, __m256* acc) SKINNY_INLINE {
+    const uint8_t* blk = wt + b * kQ8_0Bytes;
+    if (h == 0) prefetch_ahead(blk, kQ8_0Bytes);  // h = 1 reads from cache
+    const __m256 d = load_f16x8(blk + 512 + 16 * h);
+    __m256i s[MB];
+    for (int i = 0; i < MB; ++i) s[i] = _mm256_setzero_si256();
+    for (int j = 0; j < 8; ++j) {
+      const __m256i wv = _mm256_loadu_si256((const __m256i*)(blk + j * 64 + h * 32));
+      const __m256i wabs = _mm256_abs_epi8(wv);  // -128 -> 128 read as unsigned: right
+      for (int i = 0; i < MB; ++i) {
+        // |w| (unsigned) times x * sign(w): the product of x and w for every int8 w (a file may
+        // hold -128), within vpmaddubsw's range since |xq| <= 127.
+        const __m256i xv = _mm256_set1_epi32(load_i32(a.x(b, i) + 4 * j));
+        const __m256i p = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xv, wv));
+        s[i] = _mm256_add_epi32(s[i], _mm256_madd_epi16(p, ones));
       }
-      for (int i = 0; i < MB; ++i)
-        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i]), _mm256_mul_ps(d, _mm256_set1_ps(a.scale(b, i))), acc[i]);
     }
-    store_half(acc, MB, h, y, ldy, col0, n_valid);
-  }
+    for (int i = 0; i < MB; ++i)
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i]), _mm256_mul_ps(d, _mm256_set1_ps(a.scale(b, i))), acc[i]);
+  }, [&](int h, __m256* acc) SKINNY_INLINE { store_half(acc, MB, h, y, ldy, col0, n_valid); });
 }
 
 }  // namespace

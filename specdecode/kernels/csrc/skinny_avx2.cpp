@@ -15,6 +15,16 @@ inline __m256 load_bf16x8(const uint8_t* p) {  // 8 bf16 -> 8 fp32, exact
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 }
 
+// Half h (columns 8h..8h+7) of mb rows.
+inline void store_half(const __m256* acc, int mb, int h, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
+  alignas(32) float out[8];
+  for (int i = 0; i < mb; ++i) {
+    _mm256_store_ps(out, acc[i]);
+    const int64_t c0 = col0 + 8 * h, n = n_valid - c0 < 8 ? n_valid - c0 : 8;
+    for (int64_t c = 0; c < n; ++c) y[i * ldy + c0 + c] = out[c];
+  }
+}
+
 inline void store_rows(const __m256 (*acc)[2], int mb, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
   alignas(32) float out[kTile];
   for (int i = 0; i < mb; ++i) {
@@ -65,65 +75,59 @@ void bf16_rows(const float* xf, int64_t K, const uint16_t* wt, float* y, int64_t
 template <int MB>
 void int8_rows(const QuantAct& a, int64_t K, const int8_t* wt, const float* scales, float* y, int64_t ldy,
                int64_t col0, int64_t n_valid) {
-  const int64_t nb = K / kBlock;
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc[MB][2];
-  for (int h = 0; h < 2; ++h) {
-    for (int i = 0; i < MB; ++i) acc[i][h] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      const int8_t* blk = wt + b * kInt8BlockBytes + h * 32;
-      if (h == 0) prefetch_ahead(blk, kInt8BlockBytes);  // h = 1 re-reads from cache
-      __m256i s[MB];
-      for (int i = 0; i < MB; ++i) s[i] = _mm256_setzero_si256();
-      for (int j = 0; j < 8; ++j) {
-        const __m256i wv = _mm256_loadu_si256((const __m256i*)(blk + j * 64));
-        for (int i = 0; i < MB; ++i) {
-          // |x| (unsigned) times w * sign(x): the product of x and w, within vpmaddubsw's range.
-          const __m256i xv = _mm256_set1_epi32(load_i32(a.x(b, i) + 4 * j));
-          const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(xv), _mm256_sign_epi8(wv, xv));
-          s[i] = _mm256_add_epi32(s[i], _mm256_madd_epi16(p, ones));
-        }
+  auto step = [&](int64_t b, int h, __m256* acc) SKINNY_INLINE {
+    const int8_t* blk = wt + b * kInt8BlockBytes + h * 32;
+    if (h == 0) prefetch_ahead(blk, kInt8BlockBytes);  // h = 1 reads from cache
+    __m256i s[MB];
+    for (int i = 0; i < MB; ++i) s[i] = _mm256_setzero_si256();
+    for (int j = 0; j < 8; ++j) {
+      const __m256i wv = _mm256_loadu_si256((const __m256i*)(blk + j * 64));
+      for (int i = 0; i < MB; ++i) {
+        // |x| (unsigned) times w * sign(x): the product of x and w, within vpmaddubsw's range.
+        const __m256i xv = _mm256_set1_epi32(load_i32(a.x(b, i) + 4 * j));
+        const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(xv), _mm256_sign_epi8(wv, xv));
+        s[i] = _mm256_add_epi32(s[i], _mm256_madd_epi16(p, ones));
       }
-      for (int i = 0; i < MB; ++i)
-        acc[i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i]), _mm256_set1_ps(a.scale(b, i)), acc[i][h]);
     }
+    for (int i = 0; i < MB; ++i)
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i]), _mm256_set1_ps(a.scale(b, i)), acc[i]);
+  };
+  auto store = [&](int h, __m256* acc) SKINNY_INLINE {
     const __m256 sc = _mm256_loadu_ps(scales + col0 + 8 * h);
-    for (int i = 0; i < MB; ++i) acc[i][h] = _mm256_mul_ps(acc[i][h], sc);
-  }
-  store_rows(acc, MB, y, ldy, col0, n_valid);
+    for (int i = 0; i < MB; ++i) acc[i] = _mm256_mul_ps(acc[i], sc);
+    store_half(acc, MB, h, y, ldy, col0, n_valid);
+  };
+  for_block_halves<MB, __m256>(K / kBlock, step, store);
 }
 
 template <int MB>
 void int4_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
-  const int64_t nb = K / kBlock;
   const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-  __m256 acc[MB][2];
-  for (int h = 0; h < 2; ++h) {
-    for (int i = 0; i < MB; ++i) acc[i][h] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* blk = wt + b * kInt4BlockBytes;
-      if (h == 0) prefetch_ahead(blk, kInt4BlockBytes);  // h = 1 re-reads from cache
-      __m256i s[MB];
-      for (int i = 0; i < MB; ++i) s[i] = _mm256_setzero_si256();
-      for (int j = 0; j < 4; ++j) {
-        const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + j * 64 + h * 32));
-        const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-        for (int i = 0; i < MB; ++i) {
-          const int8_t* xb = a.x(b, i);
-          const __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(load_i32(xb + 4 * j)));
-          const __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(load_i32(xb + 16 + 4 * j)));
-          s[i] = _mm256_add_epi32(s[i], _mm256_madd_epi16(_mm256_add_epi16(p0, p1), ones));
-        }
-      }
-      const __m256 sv = load_bf16x8(blk + 256 + 16 * h), dv = load_bf16x8(blk + 288 + 16 * h);
+  auto step = [&](int64_t b, int h, __m256* acc) SKINNY_INLINE {
+    const uint8_t* blk = wt + b * kInt4BlockBytes;
+    if (h == 0) prefetch_ahead(blk, kInt4BlockBytes);  // h = 1 reads from cache
+    __m256i s[MB];
+    for (int i = 0; i < MB; ++i) s[i] = _mm256_setzero_si256();
+    for (int j = 0; j < 4; ++j) {
+      const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + j * 64 + h * 32));
+      const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
       for (int i = 0; i < MB; ++i) {
-        const __m256 scale = _mm256_mul_ps(sv, _mm256_set1_ps(a.scale(b, i)));
-        acc[i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i]), scale, acc[i][h]);
-        acc[i][h] = _mm256_fmadd_ps(dv, _mm256_set1_ps(a.scaled_sum(b, i)), acc[i][h]);
+        const int8_t* xb = a.x(b, i);
+        const __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(load_i32(xb + 4 * j)));
+        const __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(load_i32(xb + 16 + 4 * j)));
+        s[i] = _mm256_add_epi32(s[i], _mm256_madd_epi16(_mm256_add_epi16(p0, p1), ones));
       }
     }
-  }
-  store_rows(acc, MB, y, ldy, col0, n_valid);
+    const __m256 sv = load_bf16x8(blk + 256 + 16 * h), dv = load_bf16x8(blk + 288 + 16 * h);
+    for (int i = 0; i < MB; ++i) {
+      const __m256 scale = _mm256_mul_ps(sv, _mm256_set1_ps(a.scale(b, i)));
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i]), scale, acc[i]);
+      acc[i] = _mm256_fmadd_ps(dv, _mm256_set1_ps(a.scaled_sum(b, i)), acc[i]);
+    }
+  };
+  auto store = [&](int h, __m256* acc) SKINNY_INLINE { store_half(acc, MB, h, y, ldy, col0, n_valid); };
+  for_block_halves<MB, __m256>(K / kBlock, step, store);
 }
 
 }  // namespace
