@@ -42,6 +42,9 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str | None = DE
                    help="the n-gram drafter drafts token trees of N earlier occurrences' continuations "
                         "(default 1: a chain; trees are verified exactly, docs/trees.md; they have not yet "
                         "measured faster than the chain)")
+    p.add_argument("--draft-branches", type=int, default=1, choices=[1, 2], metavar="N",
+                   help="2: the draft model drafts token trees, its chain plus its second choices where the "
+                        "planner finds verify rows for free (greedy requests; docs/trees.md); default 1, a chain")
     p.add_argument("--adaptive", action="store_true",
                    help=f"with one drafter: start at k = {start_k} (or -k N) and grow / shrink it with acceptance "
                         "(--drafter auto then means the draft model if given, else n-gram)")
@@ -121,6 +124,10 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
     head_path = getattr(args, "head", None)
     if head_path and drafter_kind not in ("head", "auto"):
         raise SpecdecodeError(f"--head was given but --drafter is {drafter_kind!r}; drop one of them")
+    if getattr(args, "draft_branches", 1) > 1 and drafter_kind not in ("model", "auto"):
+        raise SpecdecodeError(f"--draft-branches applies to the draft model, but --drafter is {drafter_kind!r}")
+    if getattr(args, "draft_branches", 1) > 1 and not args.draft:
+        raise SpecdecodeError("--draft-branches needs a draft model (--draft)")
     group = tensor_parallel_group(args)
     if group is not None:
         progress = progress and group.leader  # the other ranks work silently
@@ -129,7 +136,7 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
     drafter = None
     if drafter_kind in ("model", "auto") and args.draft:
         draft = _load(args.draft, args, "draft", progress, draft_quantize, group, replicated=True)
-        drafter = ModelDrafter(draft.lm)
+        drafter = ModelDrafter(draft.lm, branches=getattr(args, "draft_branches", 1))
         check_same_vocab(target.lm, draft.lm, target.tokenizer, draft.tokenizer)
     branches = getattr(args, "ngram_branches", 1)
     if branches < 1:

@@ -474,6 +474,8 @@ class Engine:
             idx = [i for i, _ in group]
             grammars = [states[i].constraint for i in idx]
             extra = {"constraints": grammars, "forced_drafts": self.forced_drafts} if any(grammars) else {}
+            if any(getattr(m, "branches", 1) > 1 for _, m in group):  # a tree drafter's extra nodes (ModelDrafter)
+                extra["tree_nodes"] = [plans[i].tree_nodes for i in idx]
             out = many([m for _, m in group], [states[i].tokens for i in idx], [asked[i] for i in idx],
                        [states[i].params for i in idx], [states[i].rng for i in idx], [plans[i].stop for i in idx],
                        **extra)
@@ -569,8 +571,9 @@ class Engine:
         if features is not None:  # the path's rows: a node's features are a chain's (its path's bits)
             give_features(s.drafter, n - 1, features[torch.tensor([0] + [j + 1 for j in path])])
         depth = max(len(draft.main_path()), len(path) + (1 if len(path) < len(draft.tokens) else 0))
-        if asked > 0:
-            s.drafter.on_verified(len(path))
+        if asked > 0:  # the accepted nodes along the main branch: what a chain drafter's cache holds
+            main = draft.main_path()
+            s.drafter.on_verified(next((i for i, (a, b) in enumerate(zip(path, main)) if a != b), min(len(path), len(main))))
         if s.drafter is not None:
             self.planner.observe(s, depth, len(path))
         s.stats.record_round(len(draft.tokens), len(path))

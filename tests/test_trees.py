@@ -14,8 +14,9 @@ import torch
 import specdecode
 from conftest import pooled_chisquare_pvalue
 from specdecode import SamplingParams
-from specdecode.drafters import NgramDrafter
+from specdecode.drafters import ModelDrafter, NgramDrafter
 from specdecode.drafters.base import Draft
+from specdecode.drafters.model import with_second_choices
 from specdecode.engine import Engine
 from specdecode.sampling import logits_to_probs
 
@@ -179,3 +180,72 @@ def test_trees_without_the_attention_kernel_give_the_same_output(target, monkeyp
     want, _ = ref.generate_ids(prompt, params)
     got, stats = Engine(target, OracleTree(want, len(prompt)), num_draft_tokens=6).generate_ids(prompt, params)
     assert got == want and stats.tokens_per_pass > 2.5
+
+
+@pytest.fixture(scope="module")
+def draft_model():
+    return specdecode.load("tiny-random-draft", dtype="float32")
+
+
+def test_second_choices_are_leaves_beside_the_chain():
+    chain = Draft([10, 11, 12, 13], torch.tensor([10, 11, 12, 13]), None)
+    # (score, depth, token): the two likeliest go in, listed by depth, each a sibling of the chain's token
+    tree = with_second_choices(chain, [(0.1, 0, 20), (0.3, 2, 22), (0.05, 1, 21), (0.2, 3, 23)], 2)
+    assert tree.tokens == [10, 11, 12, 13, 22, 23] and tree.parents == (-1, 0, 1, 2, 1, 2)
+    assert tree.main_branch().tokens == chain.tokens
+    assert with_second_choices(chain, [(0.1, 0, 20)], 3).parents == (-1, 0, 1, 2, -1)
+
+
+class CheckedModelDrafter(ModelDrafter):
+    """A tree-drafting ModelDrafter whose every chain is checked against a fresh drafter's from the
+    same context: the draft cache stays right when the target takes a second choice."""
+
+    def __init__(self, model):
+        super().__init__(model, branches=2)
+        self.counts = {"rounds": 0, "trees": 0, "checked": 0}  # shared with the per-request copies the engine makes
+
+    def check(self, context, draft):
+        self.counts["rounds"] += 1
+        if draft.parents is None:
+            return
+        fresh = ModelDrafter(self.model)
+        fresh.begin(context, len(context) + 64, torch.device("cpu"))
+        want = fresh.propose(context, len(draft.main_path()), SamplingParams(), None).tokens
+        assert draft.main_branch().tokens == want
+        self.counts["checked"] += 1
+        self.counts["trees"] += draft.parents is not None
+
+
+def test_draft_model_trees_give_the_target_output(target, draft_model, monkeypatch):
+    import specdecode.drafters.model as model_module
+
+    ref = Engine(target)
+    prompts = [ref.encode(p, chat=False) for p in (PROMPT, "The quick brown fox", "import numpy as np\n")]
+    params = SamplingParams(max_new_tokens=40, ignore_eos=True)
+    want = [ref.generate_ids(p, params)[0] for p in prompts]
+    drafter = CheckedModelDrafter(draft_model.lm)
+    original = model_module.propose_batch
+
+    def checked(drafters, contexts, *args, **kwargs):
+        out = original(drafters, contexts, *args, **kwargs)
+        for d, ctx, draft in zip(drafters, contexts, out):
+            if isinstance(d, CheckedModelDrafter) and draft.tokens:
+                d.check(ctx, draft)
+        return out
+
+    monkeypatch.setattr(model_module, "propose_batch", checked)
+    engine = Engine(target, drafter, num_draft_tokens=4)
+    for p, w in zip(prompts, want):
+        assert engine.generate_ids(p, params)[0] == w
+    # every greedy round drafted a tree (k // 2 second choices), its chain the one a fresh drafter gives
+    assert drafter.counts["trees"] == drafter.counts["checked"] == drafter.counts["rounds"] > 5
+    seeded = SamplingParams(max_new_tokens=30, temperature=0.8, seed=3, ignore_eos=True)
+    assert engine.generate_ids(prompts[0], seeded)[0] == ref.generate_ids(prompts[0], seeded)[0]
+    assert drafter.counts["rounds"] > drafter.counts["trees"]  # sampled rounds draft chains
+
+
+def test_draft_model_trees_on_the_command_line_need_a_draft_model(capsys):
+    from specdecode.cli import main
+
+    assert main(["generate", "hi", "--model", "tiny-random", "--draft-branches", "2", "-n", "4"]) != 0
+    assert "--draft-branches" in capsys.readouterr().err

@@ -401,6 +401,16 @@ def _spec_int4_model_int4(ctx: BenchContext):
                   num_draft_tokens=ctx.num_draft_tokens or "auto", eos_token_ids=ctx.eos_token_ids, tokenizer=ctx.target.tokenizer)
 
 
+@register_method("spec-int4-model-int4-tree", needs_draft=True, reference="target-int4", default=False,
+                 description="spec-int4-model-int4 drafting token trees: the chain plus the draft's second choices "
+                             "where the planner grants free rows (greedy)")
+def _spec_int4_model_int4_tree(ctx: BenchContext):
+    from ..drafters import ModelDrafter
+
+    return Engine(ctx.quantized_target("int4"), ModelDrafter(ctx.quantized_draft("int4"), branches=2),
+                  num_draft_tokens=ctx.num_draft_tokens or "auto", eos_token_ids=ctx.eos_token_ids, tokenizer=ctx.target.tokenizer)
+
+
 # -- the GGUF file's own blocks on the CPU kernels (--quantize gguf): the model llama.cpp runs -------
 
 

@@ -16,6 +16,13 @@ from .base import Draft, empty_draft
 class ModelDrafter:
     """Drafts k tokens with its own KV cache; returns its probabilities q when sampling.
 
+    branches=2 (greedy requests only): a token tree, the k-token chain plus, where the planner
+    grants extra rows (Plan.tree_nodes), the draft's second choice at the depths where the chain
+    is likeliest to break: the draft's probability of reaching that depth times the second
+    choice's probability (with_second_choices). A second choice costs no draft step (it
+    comes from the logits the chain's step already computed) and is a leaf: when the target
+    takes it, the round gains the target's next token after it.
+
     Invariant: the draft cache holds context[:-1]; `propose` first feeds whatever context
     tokens the cache lacks (one normally, two after a fully accepted round), so the draft
     "catches up" without a separate pass. A seeded request's draft races q against the same
@@ -26,8 +33,11 @@ class ModelDrafter:
     name = "model"
     reports_confidence = True  # propose_many asks a stop rule after every token (policy/draft_stop.py)
 
-    def __init__(self, model) -> None:  # model: a LanguageModel
+    def __init__(self, model, branches: int = 1) -> None:  # model: a LanguageModel
+        if branches not in (1, 2):
+            raise ValueError(f"a draft model drafts a chain (branches=1) or a chain with second choices (2), got {branches}")
         self.model = model
+        self.branches = branches
         self.cache = None
         self.prefix_cache = None  # the engine's PrefixCache (use_prefix_cache), shared by the forks
         self._context: list[int] = []  # the context of the last propose (the engine's token list)
@@ -47,9 +57,9 @@ class ModelDrafter:
 
     @staticmethod
     def propose_many(drafters, contexts, ks, params, rngs, stops=None, constraints=None,
-                     forced_drafts: bool = True) -> list[Draft]:
+                     forced_drafts: bool = True, tree_nodes=None) -> list[Draft]:
         """propose for several requests at once (see propose_batch)."""
-        return propose_batch(drafters, contexts, ks, params, rngs, stops, constraints, forced_drafts)
+        return propose_batch(drafters, contexts, ks, params, rngs, stops, constraints, forced_drafts, tree_nodes)
 
     @property
     def vocab_size(self) -> int:
@@ -88,7 +98,8 @@ class ModelDrafter:
 
     def on_verified(self, num_accepted: int) -> None:
         # Keep the context before this round plus the accepted drafts; the cache may hold fewer
-        # (the last draft is never fed), which the next propose catches up on.
+        # (the last draft is never fed), which the next propose catches up on. After a tree,
+        # num_accepted counts the chain's nodes only: a second choice was never fed.
         self.cache.trim(min(self.cache.length, self._context_len + num_accepted))
         self._verified = True
 
@@ -110,7 +121,8 @@ def confidence(logits: torch.Tensor, q: torch.Tensor | None) -> float:
 def propose_batch(drafters: list[ModelDrafter], contexts: list[list[int]], ks: list[int],
                   params: list[SamplingParams], generators: list,
                   stops: Sequence[Callable[[float], bool] | None] | None = None,
-                  constraints: Sequence[Any] | None = None, forced_drafts: bool = True) -> list[Draft]:
+                  constraints: Sequence[Any] | None = None, forced_drafts: bool = True,
+                  tree_nodes: Sequence[int | None] | None = None) -> list[Draft]:
     """Draft for several requests at once: every draft step is one pass of the shared draft model
     over all requests still drafting (each request's drafter keeps its own cache).
 
@@ -125,6 +137,10 @@ def propose_batch(drafters: list[ModelDrafter], contexts: list[list[int]], ks: l
     drafted one they join the draft for free (q one-hot: the constrained target gives them
     probability 1), no draft step spent on them; the next step feeds them with the drafted token.
     The grammar state is walked along and rolled back before returning.
+
+    tree_nodes: second choices each request may add (ModelDrafter's branches=2; greedy requests
+    without a grammar or logit adjustments only, else ignored; None: max(1, k // 2), as a fixed k
+    gets): the draft is then a token tree.
     """
     from ..ragged import Segment, forward_segments
 
@@ -143,6 +159,12 @@ def propose_batch(drafters: list[ModelDrafter], contexts: list[list[int]], ks: l
     segments = [Segment(drafters[i].cache, contexts[i][drafters[i].cache.length :], 1) for i in live]
     pushed = [0] * len(drafters)  # tokens each request's grammar state was walked past
     forced_at: list[list[int]] = [[] for _ in drafters]  # draft positions the grammar forced
+    # Second-choice candidates of tree requests: (score, depth, token) per request.
+    budget = [(max(1, k // 2) if n is None else n) if d.branches > 1 and p.greedy and not adjusts_logits(p)
+              and (constraints is None or constraints[i] is None) else 0
+              for i, (d, p, k, n) in enumerate(zip(drafters, params, ks, tree_nodes or [None] * len(drafters)))]
+    seconds: list[list[tuple[float, int, int]]] = [[] for _ in drafters]
+    reach = [1.0] * len(drafters)  # the draft's own probability that its chain survives so far
     try:
         while live:
             logits = forward_segments(model, segments)  # each (1, V)
@@ -159,6 +181,11 @@ def propose_batch(drafters: list[ModelDrafter], contexts: list[list[int]], ks: l
                     row = row.masked_fill(~grammar.allowed().to(row.device), float("-inf"))
                 token, q, conf = d._pick(row, len(contexts[i]) + len(tokens[i]), params[i], generators[i],
                                          need_confidence=stop is not None)
+                if budget[i] > 0:
+                    top = torch.softmax(row.float(), -1).topk(2)  # the chain's token and the second choice
+                    p1, p2 = float(top.values[0]), float(top.values[1])
+                    seconds[i].append((reach[i] * p2, len(tokens[i]), int(top.indices[1])))
+                    reach[i] *= p1
                 tokens[i].append(token)
                 if q is not None:
                     qs[i].append(q)
@@ -186,11 +213,27 @@ def propose_batch(drafters: list[ModelDrafter], contexts: list[list[int]], ks: l
             if n:
                 constraints[i].pop(n)
     drafts = []
-    for d, p, toks, q, forced in zip(drafters, params, tokens, qs, forced_at):
+    for d, p, toks, q, forced, second, n in zip(drafters, params, tokens, qs, forced_at, seconds, budget):
         if not toks:
             drafts.append(empty_draft(d.device))
             continue
         token_tensor = torch.stack(toks).to(d.device)  # (k',)
         q_tensor = torch.stack(q).to(d.device) if q and not p.greedy else None
-        drafts.append(Draft(token_tensor.tolist(), token_tensor, q_tensor, tuple(forced)))
+        draft = Draft(token_tensor.tolist(), token_tensor, q_tensor, tuple(forced))
+        drafts.append(with_second_choices(draft, second, n) if n > 0 and second else draft)
     return drafts
+
+
+def with_second_choices(chain: Draft, candidates: list[tuple[float, int, int]], budget: int) -> Draft:
+    """The chain plus the `budget` likeliest second choices (score, depth, token) as leaves: the
+    one at depth t is a sibling of the chain's token t (its parent the chain's token t - 1, -1 the
+    context). Chain nodes first, then the leaves by depth: parents before children."""
+    picked = sorted(sorted(candidates, key=lambda c: -c[0])[:budget], key=lambda c: c[1])
+    k = len(chain.tokens)
+    leaves = [(depth, tok) for _, depth, tok in picked if depth < k]
+    if not leaves:
+        return chain
+    tokens = chain.tokens + [tok for _, tok in leaves]
+    parents = tuple(range(-1, k - 1)) + tuple(depth - 1 for depth, _ in leaves)
+    return Draft(tokens, torch.tensor(tokens, dtype=torch.long, device=chain.token_tensor.device), None,
+                 chain.forced_at, parents)
