@@ -570,7 +570,11 @@ class Engine:
         s.cache.keep(n, torch.tensor(path, dtype=torch.long))  # the cache holds tokens[:-1] again
         if features is not None:  # the path's rows: a node's features are a chain's (its path's bits)
             give_features(s.drafter, n - 1, features[torch.tensor([0] + [j + 1 for j in path])])
-        depth = max(len(draft.main_path()), len(path) + (1 if len(path) < len(draft.tokens) else 0))
+        # What the planner hears was drafted: the main branch's length (the k it chose, as for a
+        # chain), or the accepted path's depth plus the candidate rejected after it, if longer. A
+        # leaf ends a path with nothing rejected after it: counting one there made every fully
+        # accepted round of a tree with leaves look like a rejection at k + 1.
+        depth = max(len(draft.main_path()), len(path) + (1 if children.get(node) else 0))
         if asked > 0:  # the accepted nodes along the main branch: what a chain drafter's cache holds
             main = draft.main_path()
             s.drafter.on_verified(next((i for i, (a, b) in enumerate(zip(path, main)) if a != b), min(len(path), len(main))))

@@ -249,3 +249,42 @@ def test_draft_model_trees_on_the_command_line_need_a_draft_model(capsys):
 
     assert main(["generate", "hi", "--model", "tiny-random", "--draft-branches", "2", "-n", "4"]) != 0
     assert "--draft-branches" in capsys.readouterr().err
+
+
+class RightChainWithLeaf:
+    """Drafts the target's next tokens as its chain plus one wrong leaf beside the first token."""
+
+    name = "right-chain"
+
+    def __init__(self, future: list[int], prompt_len: int, vocab: int = 300) -> None:
+        self.future, self.prompt_len, self.vocab = future, prompt_len, vocab
+
+    def begin(self, prompt, max_len, device):
+        pass
+
+    def propose(self, context, k, params, rng):
+        done = len(context) - self.prompt_len
+        right = self.future[done : done + k]
+        if len(right) < 2:
+            return Draft([], torch.empty(0, dtype=torch.long), None)
+        tokens = right + [(right[0] + 1) % self.vocab]
+        return Draft(tokens, torch.tensor(tokens), None, parents=tuple(range(-1, len(right) - 1)) + (-1,))
+
+    def on_verified(self, n):
+        pass
+
+    def end(self):
+        pass
+
+
+def test_the_planner_hears_a_fully_accepted_tree_as_a_fully_accepted_chain(target):
+    ref = Engine(target)
+    prompt = ref.encode(PROMPT, chat=False)
+    params = SamplingParams(max_new_tokens=30, ignore_eos=True)
+    want, _ = ref.generate_ids(prompt, params)
+    engine = Engine(target, RightChainWithLeaf(want, len(prompt)), num_draft_tokens=4)
+    heard = []
+    observe = engine.planner.observe
+    engine.planner.observe = lambda s, drafted, accepted: (heard.append((drafted, accepted)), observe(s, drafted, accepted))
+    assert engine.generate_ids(prompt, params)[0] == want
+    assert heard and all(drafted == accepted for drafted, accepted in heard)  # a leaf left unused is no rejection

@@ -249,6 +249,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &skinny::linear, "y_l = x @ W_l.T (+ b_l) for layers (format, packed, scales, bias, N) sharing x");
   m.def("attend_chain", &skinny::attend_chain, "row-invariant attention of a chain of queries over a KV prefix");
   m.def("attend_tree", &skinny::attend_tree, "row-invariant attention of a tree of queries over a KV prefix");
+  m.def("set_prefetch_distance", [](int64_t bytes) { skinny::prefetch_distance = static_cast<int>(bytes); },
+        "bytes ahead the integer kernels prefetch their weights (0: none)");
+  m.def("prefetch_distance", []() { return static_cast<int64_t>(skinny::prefetch_distance); });
   m.def("rms_norm", &skinny::rms_norm, "RMSNorm of each row, in the input's dtype");
   m.def("add_rms_norm", &skinny::add_rms_norm, "[x + delta, RMSNorm(x + delta)]");
   m.def("rope_", &skinny::rope_, "rotate-half rotary embedding in place on (rows, heads, hd)");

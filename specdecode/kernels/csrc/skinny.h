@@ -65,6 +65,10 @@ SKINNY_DECLARE(scalar)
 SKINNY_DECLARE(avx2)
 SKINNY_DECLARE(avx512)
 
+// Bytes ahead of the weight stream each integer kernel prefetches (prefetch_ahead below); 0: none.
+// Outside the anonymous namespace: one variable for every ISA file (a C++17 inline variable).
+inline int prefetch_distance = 16384;
+
 // Helpers are internal to each translation unit (anonymous namespace): every ISA file compiles
 // them with its own target flags, and a shared inline copy could carry AVX-512 code into the
 // AVX2 path.
@@ -100,15 +104,18 @@ inline void store_tile_row(const float* acc16, float* yrow, int64_t col0, int64_
     }                                                                \
   }
 
-// Software prefetch of the weight stream 16 KB ahead, into L2 (call once per `bytes` of weights
-// read). Decoding a 4-bit block keeps the out-of-order window busy with arithmetic, so the
-// hardware alone keeps too few lines in flight. Measured on a 2-core Xeon (read bandwidth 28
-// GB/s), an 8960x1536 Q4_K product at m = 1: 16 GB/s without, 19 with 8 KB into L1, 25.6 with
-// 16 KB into L2; int4 20 -> 27 GB/s; at m = 8 Q4_K went from 10 to 18.5 GB/s. Prefetching past
-// the end of the weights is harmless: a prefetch never faults.
-constexpr int kPrefetchBytes = 16384;
+// Software prefetch of the weight stream, `prefetch_distance` bytes ahead (0: none), into L2 (call
+// once per `bytes` of weights read). Decoding a 4-bit block keeps the out-of-order window busy
+// with arithmetic, so the hardware alone may keep too few lines in flight. Measured on a 2-core
+// Xeon (read bandwidth 28 GB/s), an 8960x1536 Q4_K product at m = 1: 16 GB/s without, 19 with
+// 8 KB into L1, 25.6 with 16 KB into L2; int4 20 -> 27 GB/s; at m = 8 Q4_K 10 -> 18.5 GB/s.
+// Other CPUs may gain less or lose: the distance is a run-time setting (prefetch_distance above,
+// set_prefetch_distance in binding.cpp). Prefetching past the end of the weights is harmless: a
+// prefetch never faults.
 inline void prefetch_ahead(const void* p, int bytes) {
-  for (int o = 0; o < bytes; o += 64) __builtin_prefetch(static_cast<const char*>(p) + kPrefetchBytes + o, 0, 2);
+  const int ahead = prefetch_distance;
+  if (ahead <= 0) return;
+  for (int o = 0; o < bytes; o += 64) __builtin_prefetch(static_cast<const char*>(p) + ahead + o, 0, 2);
 }
 
 // The (block, half) steps of a tile for the 8-lane (AVX2) kernels, whose 16-column tile is two
