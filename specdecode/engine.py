@@ -483,7 +483,8 @@ class Engine:
                 drafts[i] = d
         timed_draft = getattr(self.planner, "timed_draft", None)  # optional in the Planner protocol
         if timed_draft is not None and len(states) == 1 and asked[0] > 0 and drafts[0].tokens:
-            timed_draft(states[0], len(drafts[0].tokens), time.perf_counter() - started)
+            # draft steps run: a tree's main path (its other nodes, second choices, cost no step)
+            timed_draft(states[0], len(drafts[0].main_path()), time.perf_counter() - started)
         return drafts, asked, free
 
     def _prefill_chunks(self, waiting: list[RequestState], used: int) -> list[tuple[RequestState, int]]:

@@ -16,3 +16,8 @@ METHODS=target-int4,spec-int4-model-int4,spec-int4-model-int4-tree,spec-int4-aut
 .venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
   --methods target-int4,spec-int4-model-int4,spec-int4-model-int4-tree,spec-int4-ngram,spec-int4-ngram-tree \
   --dataset spec-bench --limit 5 -n 96 --threads 2 --out $OUT/specbench-fixed "$@"
+# Multi-turn coding (our code-chat tasks, 5 conversations x 3 turns, 160 new tokens a turn, each
+# turn resending the conversation, the prefix cache on): chains vs trees of both drafters.
+.venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
+  --methods target-int4,spec-int4-ngram,spec-int4-ngram-tree,spec-int4-model-int4,spec-int4-model-int4-tree,spec-int4-auto \
+  --dataset code-chat --limit 5 -n 160 --threads 2 --out $OUT/code-chat "$@"
