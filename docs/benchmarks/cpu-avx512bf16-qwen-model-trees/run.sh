@@ -21,3 +21,8 @@ METHODS=target-int4,spec-int4-model-int4,spec-int4-model-int4-tree,spec-int4-aut
 .venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
   --methods target-int4,spec-int4-ngram,spec-int4-ngram-tree,spec-int4-model-int4,spec-int4-model-int4-tree,spec-int4-auto \
   --dataset code-chat --limit 5 -n 160 --threads 2 --out $OUT/code-chat "$@"
+# After the draft-timing fix (a tree's draft timed by its main path's steps), the draft model's
+# chain and tree again on code-chat:
+.venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
+  --methods target-int4,spec-int4-model-int4,spec-int4-model-int4-tree \
+  --dataset code-chat --limit 5 -n 160 --threads 2 --out $OUT/code-chat-fixed "$@"
