@@ -575,9 +575,9 @@ class Engine:
         # chain), or the accepted path's depth plus the candidate rejected after it, if longer. A
         # leaf ends a path with nothing rejected after it: counting one there made every fully
         # accepted round of a tree with leaves look like a rejection at k + 1.
-        depth = max(len(draft.main_path()), len(path) + (1 if children.get(node) else 0))
+        main = draft.main_path()
+        depth = max(len(main), len(path) + (1 if children.get(node) else 0))
         if asked > 0:  # the accepted nodes along the main branch: what a chain drafter's cache holds
-            main = draft.main_path()
             s.drafter.on_verified(next((i for i, (a, b) in enumerate(zip(path, main)) if a != b), min(len(path), len(main))))
         if s.drafter is not None:
             self.planner.observe(s, depth, len(path))

@@ -179,13 +179,15 @@ def propose_batch(drafters: list[ModelDrafter], contexts: list[list[int]], ks: l
                     row = adjust_logits(row.view(1, -1), params[i], output)[0]
                 if grammar is not None:
                     row = row.masked_fill(~grammar.allowed().to(row.device), float("-inf"))
+                # A tree request (greedy) takes its confidence from the same softmax as its second choice.
                 token, q, conf = d._pick(row, len(contexts[i]) + len(tokens[i]), params[i], generators[i],
-                                         need_confidence=stop is not None)
+                                         need_confidence=stop is not None and budget[i] == 0)
                 if budget[i] > 0:
                     top = torch.softmax(row.float(), -1).topk(2)  # the chain's token and the second choice
                     p1, p2 = float(top.values[0]), float(top.values[1])
                     seconds[i].append((reach[i] * p2, len(tokens[i]), int(top.indices[1])))
                     reach[i] *= p1
+                    conf = p1  # confidence(): greedy, the untempered top probability
                 tokens[i].append(token)
                 if q is not None:
                     qs[i].append(q)

@@ -26,7 +26,7 @@ _OFF = ("off", "0", "false", "no")  # values of $SPECDECODE_KERNELS that turn th
 _SRC = Path(__file__).parent / "csrc"
 _SOURCES = ("binding.cpp", "skinny_scalar.cpp", "skinny_avx2.cpp", "skinny_avx512.cpp",
             "gguf_scalar.cpp", "gguf_avx2.cpp", "gguf_avx512.cpp", "layer_ops.cpp")
-_HEADERS = ("skinny.h", "attention.h", "gguf.h", "layer_ops.h")
+_HEADERS = ("skinny.h", "attention.h", "gguf.h", "layer_ops.h", "avx2_tiles.h")
 
 
 def _build_dir() -> Path:

@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include "gguf.h"
+#include "avx2_tiles.h"
 
 namespace skinny {
 namespace {
@@ -46,15 +47,6 @@ inline __m256i block_sum(const __m256i* R, const int8_t* xb) {
     s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_add_epi16(p0, p1), ones));
   }
   return s;
-}
-
-inline void store_half(const __m256* acc, int mb, int h, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
-  alignas(32) float out[8];
-  for (int i = 0; i < mb; ++i) {
-    _mm256_store_ps(out, acc[i]);
-    const int64_t c0 = col0 + 8 * h, n = n_valid - c0 < 8 ? n_valid - c0 : 8;
-    for (int64_t c = 0; c < n; ++c) y[i * ldy + c0 + c] = out[c];
-  }
 }
 
 // Each format: Super (what a super-block shares: its fp16 factors, read once), decode (a block's

@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include "skinny.h"
+#include "avx2_tiles.h"
 #define SKINNY_ATTENTION_SIMD 1  // attention.h: 8-lane AVX registers
 #include "attention.h"
 
@@ -13,16 +14,6 @@ namespace {
 
 inline __m256 load_bf16x8(const uint8_t* p) {  // 8 bf16 -> 8 fp32, exact
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
-}
-
-// Half h (columns 8h..8h+7) of mb rows.
-inline void store_half(const __m256* acc, int mb, int h, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
-  alignas(32) float out[8];
-  for (int i = 0; i < mb; ++i) {
-    _mm256_store_ps(out, acc[i]);
-    const int64_t c0 = col0 + 8 * h, n = n_valid - c0 < 8 ? n_valid - c0 : 8;
-    for (int64_t c = 0; c < n; ++c) y[i * ldy + c0 + c] = out[c];
-  }
 }
 
 inline void store_rows(const __m256 (*acc)[2], int mb, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
