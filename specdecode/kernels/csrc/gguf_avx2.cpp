@@ -25,16 +25,23 @@ inline void nibbles(const uint8_t* blk, int h, __m256i* R) {
   }
 }
 
-// Per-column sums of one row over a block's low half (k 0..15) and high half (k 16..31).
-inline void half_sums(const __m256i* R, const int8_t* xb, __m256i* s0, __m256i* s1) {
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256i p0 = _mm256_setzero_si256(), p1 = _mm256_setzero_si256();
-  for (int j = 0; j < 4; ++j) {
-    p0 = _mm256_add_epi32(p0, _mm256_madd_epi16(_mm256_maddubs_epi16(R[j], _mm256_set1_epi32(load_i32(xb + 4 * j))), ones));
-    p1 = _mm256_add_epi32(p1, _mm256_madd_epi16(_mm256_maddubs_epi16(R[4 + j], _mm256_set1_epi32(load_i32(xb + 16 + 4 * j))), ones));
-  }
-  *s0 = p0;
-  *s1 = p1;
+// One row's Q6_K block sum scA * SA + scB * SB (gguf.h), each half's scale applied by vpmaddwd:
+// with both int16 halves of a lane holding the column's scale, madd(p, sc) = sc * (p_lo + p_hi).
+// Two j-steps' products add in int16 first: each is <= 2 * 63 * 127 = 16002 in magnitude, so
+// two fit (32004) and four would not. Integer sums are exact, so I equals the scalar path's.
+inline __m256i q6k_scaled_sum(const __m256i* R, const int8_t* xb, __m256i sca16, __m256i scb16) {
+  auto pair = [&](int r) {  // R[r] and R[r + 1] times their xq (register R_r holds k = 4r..4r + 3)
+    return _mm256_add_epi16(_mm256_maddubs_epi16(R[r], _mm256_set1_epi32(load_i32(xb + 4 * r))),
+                            _mm256_maddubs_epi16(R[r + 1], _mm256_set1_epi32(load_i32(xb + 4 * r + 4))));
+  };
+  const __m256i a = _mm256_add_epi32(_mm256_madd_epi16(pair(0), sca16), _mm256_madd_epi16(pair(2), sca16));
+  const __m256i b = _mm256_add_epi32(_mm256_madd_epi16(pair(4), scb16), _mm256_madd_epi16(pair(6), scb16));
+  return _mm256_add_epi32(a, b);
+}
+
+// An int32 lane per column holding its int8 scale as two int16: (v & 0xFFFF) | (v << 16).
+inline __m256i twice_epi16(__m256i v) {
+  return _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(v, 16));
 }
 
 // The whole block's sum (values <= 31: the two halves' int16 products add without overflow).
@@ -146,12 +153,14 @@ void q6k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t
       }
       const __m256i sca = load_i8x8_epi32(sb + 3072 + 2 * j * 16 + 8 * h);
       const __m256i scb = load_i8x8_epi32(sb + 3072 + (2 * j + 1) * 16 + 8 * h);
+      const __m256i sca16 = twice_epi16(sca), scb16 = twice_epi16(scb);
+      const __m256i scab16 = _mm256_or_si256(_mm256_and_si256(sca, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(scb, 16));  // (scA, scB)
       for (int i = 0; i < MB; ++i) {
-        __m256i s0, s1;
-        half_sums(R, a.x(b, i), &s0, &s1);
-        const __m256i ia = _mm256_sub_epi32(s0, _mm256_set1_epi32(32 * a.half_sum(b, i, 0)));
-        const __m256i ib = _mm256_sub_epi32(s1, _mm256_set1_epi32(32 * a.half_sum(b, i, 1)));
-        const __m256i I = _mm256_add_epi32(_mm256_mullo_epi32(sca, ia), _mm256_mullo_epi32(scb, ib));
+        // I = scA*SA + scB*SB - 32*(scA*XA + scB*XB): the bracket is one vpmaddwd of the scales
+        // (scA, scB) with the row's half sums (XA, XB) as int16 (|X| <= 16 * 127).
+        const uint32_t xab = uint32_t(uint16_t(a.half_sum(b, i, 0))) | (uint32_t(a.half_sum(b, i, 1)) << 16);
+        const __m256i corr = _mm256_madd_epi16(scab16, _mm256_set1_epi32(int32_t(xab)));
+        const __m256i I = _mm256_sub_epi32(q6k_scaled_sum(R, a.x(b, i), sca16, scb16), _mm256_slli_epi32(corr, 5));
         acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), _mm256_mul_ps(d, _mm256_set1_ps(a.scale(b, i))), acc[i]);
       }
     }
