@@ -173,6 +173,29 @@ def test_layer_forward_keeps_dtype_bias_and_leading_dims():
         assert torch.equal(y, expected)
 
 
+def test_bf16_outputs_finished_in_the_kernel_call_equal_add_then_round():
+    """A bf16 call adds each layer's bias and rounds inside the parallel region; the result must
+    be exactly the fp32 output plus the bias, rounded by Tensor.to (NaN and infinities too), for
+    every bias dtype (fp16: the fallback), several layers in one call and more rows than one row
+    chunk (32)."""
+    ext, isa = build.extension(), build.active_isa()
+    w, x = random_case(40, 64, 37, seed=11)
+    x[3, :] = float("nan")  # a NaN row
+    x[4, 7] = float("inf")
+    layers = [PackedInt4Linear(w, None, torch.bfloat16), PackedInt8Linear(w[:23], None, torch.bfloat16),
+              PackedInt4Linear(w[:17], None, torch.bfloat16)]
+    g = torch.Generator().manual_seed(12)
+    biases = [torch.randn(40, generator=g).bfloat16(), torch.randn(23, generator=g), torch.randn(17, generator=g).half()]
+    specs = [(l.format_code, l.packed, getattr(l, "scales", None), b, l.out_features) for l, b in zip(layers, biases)]
+    got = ext.linear(x.bfloat16(), specs, isa, torch.bfloat16)
+    plain = ext.linear(x.bfloat16(), [(f, p, s, None, n) for f, p, s, _, n in specs], isa, torch.float32)
+    for y, y32, b in zip(got, plain, biases):
+        assert y.dtype == torch.bfloat16
+        expected = (y32 + b).to(torch.bfloat16)
+        same = (y.view(torch.int16) == expected.view(torch.int16)) | (y.isnan() & expected.isnan())
+        assert bool(same.all())
+
+
 def test_state_dict_shows_plain_weights():
     w, _ = random_case(40, 64, 1, seed=8)
     sd = PackedFloatLinear(w.bfloat16(), torch.zeros(40, dtype=torch.bfloat16)).state_dict()

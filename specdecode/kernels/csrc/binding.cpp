@@ -128,11 +128,22 @@ std::vector<torch::Tensor> linear(torch::Tensor x, std::vector<LayerSpec> layers
     q = quantize_act_isa(x.to(torch::kFloat32).contiguous(), isa);
     if (half_sums) xs16 = q[0].view({nb, m, 2, kBlock / 2}).sum(-1, false, torch::kInt32).contiguous();  // exact
   }
-  std::vector<torch::Tensor> ys;
+  std::vector<torch::Tensor> ys, outs;
   std::vector<int64_t> first_tile{0};
+  std::vector<const float*> bias_f32;  // per layer: the fp32 bias the finishing pass adds, or none
+  std::vector<const c10::BFloat16*> bias_bf16;
+  // bf16 outputs are finished inside the parallel region: each thread adds the bias to the fp32
+  // columns it just computed and rounds them (c10::BFloat16: round to nearest even, as
+  // Tensor::to does), instead of an add_ and a to() per layer after it.
+  const bool finish_bf16 = out_dtype == torch::kBFloat16;
   for (const auto& l : layers) {
     ys.push_back(torch::empty({m, std::get<4>(l)}, x.options().dtype(torch::kFloat32)));
+    if (finish_bf16) outs.push_back(torch::empty({m, std::get<4>(l)}, x.options().dtype(torch::kBFloat16)));
     first_tile.push_back(first_tile.back() + std::get<1>(l).size(0));
+    const auto& b = std::get<3>(l);
+    const bool fused_bias = finish_bf16 && b.has_value() && b->is_contiguous() && b->numel() == std::get<4>(l);
+    bias_f32.push_back(fused_bias && b->scalar_type() == torch::kFloat32 ? b->data_ptr<float>() : nullptr);
+    bias_bf16.push_back(fused_bias && b->scalar_type() == torch::kBFloat16 ? b->data_ptr<c10::BFloat16>() : nullptr);
   }
   const int64_t total = first_tile.back();
   auto run = [&](size_t li, int64_t r0, int64_t rows, int64_t t0, int64_t t1) {
@@ -177,12 +188,32 @@ std::vector<torch::Tensor> linear(torch::Tensor x, std::vector<LayerSpec> layers
     at::parallel_for(0, total, 4, [&](int64_t t0, int64_t t1) {
       for (size_t li = 0; li < layers.size(); ++li) {  // split [t0, t1) at layer boundaries
         const int64_t lo = std::max(t0, first_tile[li]), hi = std::min(t1, first_tile[li + 1]);
-        if (lo < hi) run(li, r0, rows, lo - first_tile[li], hi - first_tile[li]);
+        if (lo >= hi) continue;
+        run(li, r0, rows, lo - first_tile[li], hi - first_tile[li]);
+        if (finish_bf16) {  // rows [r0, r0 + rows) x this thread's columns, while still in cache
+          const int64_t N = std::get<4>(layers[li]), c0 = (lo - first_tile[li]) * kTile;
+          const int64_t c1 = std::min(N, (hi - first_tile[li]) * kTile);
+          const float* bf = bias_f32[li];
+          const c10::BFloat16* bb = bias_bf16[li];
+          for (int64_t i = r0; i < r0 + rows; ++i) {
+            const float* yi = ys[li].data_ptr<float>() + i * N;
+            c10::BFloat16* oi = outs[li].data_ptr<c10::BFloat16>() + i * N;
+            for (int64_t c = c0; c < c1; ++c)
+              oi[c] = c10::BFloat16(bf ? yi[c] + bf[c] : bb ? yi[c] + static_cast<float>(bb[c]) : yi[c]);
+          }
+        }
       }
     });
   }
   for (size_t li = 0; li < layers.size(); ++li) {
-    if (std::get<3>(layers[li]).has_value()) ys[li].add_(*std::get<3>(layers[li]));
+    const auto& b = std::get<3>(layers[li]);
+    if (finish_bf16) {
+      if (b.has_value() && !bias_f32[li] && !bias_bf16[li])  // a bias of another dtype: as before
+        outs[li] = ys[li].add_(*b).to(out_dtype);
+      ys[li] = outs[li];
+      continue;
+    }
+    if (b.has_value()) ys[li].add_(*b);
     if (out_dtype != torch::kFloat32) ys[li] = ys[li].to(out_dtype);
   }
   return ys;
