@@ -195,9 +195,11 @@ std::vector<torch::Tensor> linear(torch::Tensor x, std::vector<LayerSpec> layers
           const int64_t c1 = std::min(N, (hi - first_tile[li]) * kTile);
           const float* bf = bias_f32[li];
           const c10::BFloat16* bb = bias_bf16[li];
+          const float* y = ys[li].data_ptr<float>();
+          c10::BFloat16* out = outs[li].data_ptr<c10::BFloat16>();
           for (int64_t i = r0; i < r0 + rows; ++i) {
-            const float* yi = ys[li].data_ptr<float>() + i * N;
-            c10::BFloat16* oi = outs[li].data_ptr<c10::BFloat16>() + i * N;
+            const float* yi = y + i * N;
+            c10::BFloat16* oi = out + i * N;
             for (int64_t c = c0; c < c1; ++c)
               oi[c] = c10::BFloat16(bf ? yi[c] + bf[c] : bb ? yi[c] + static_cast<float>(bb[c]) : yi[c]);
           }

@@ -39,9 +39,10 @@ inline __m256i q6k_scaled_sum(const __m256i* R, const int8_t* xb, __m256i sca16,
   return _mm256_add_epi32(a, b);
 }
 
-// An int32 lane per column holding its int8 scale as two int16: (v & 0xFFFF) | (v << 16).
-inline __m256i twice_epi16(__m256i v) {
-  return _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(v, 16));
+// An int32 lane per column holding two int16: (lo & 0xFFFF) | (hi << 16). pack_epi16(v, v) holds
+// a column's int8 scale twice (for vpmaddwd), pack_epi16(a, b) the pair (a, b).
+inline __m256i pack_epi16(__m256i lo, __m256i hi) {
+  return _mm256_or_si256(_mm256_and_si256(lo, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(hi, 16));
 }
 
 // The whole block's sum (values <= 31: the two halves' int16 products add without overflow).
@@ -153,8 +154,8 @@ void q6k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t
       }
       const __m256i sca = load_i8x8_epi32(sb + 3072 + 2 * j * 16 + 8 * h);
       const __m256i scb = load_i8x8_epi32(sb + 3072 + (2 * j + 1) * 16 + 8 * h);
-      const __m256i sca16 = twice_epi16(sca), scb16 = twice_epi16(scb);
-      const __m256i scab16 = _mm256_or_si256(_mm256_and_si256(sca, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(scb, 16));  // (scA, scB)
+      const __m256i sca16 = pack_epi16(sca, sca), scb16 = pack_epi16(scb, scb);
+      const __m256i scab16 = pack_epi16(sca, scb);  // (scA, scB)
       for (int i = 0; i < MB; ++i) {
         // I = scA*SA + scB*SB - 32*(scA*XA + scB*XB): the bracket is one vpmaddwd of the scales
         // (scA, scB) with the row's half sums (XA, XB) as int16 (|X| <= 16 * 127).
