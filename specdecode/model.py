@@ -13,7 +13,7 @@ from torch import nn
 
 from .cache import KVCache
 from .config import ModelArgs
-from .kernels import layer_ops
+from .kernels import fused_layer, layer_ops
 from .kernels.attention import chain_attention, chain_attention_applies, tree_attention
 from .kernels.linear import project
 from .ragged import RaggedBatch, Segment
@@ -187,6 +187,10 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
     def forward(self, x, cos, sin, cache, mask):  # noqa: ANN001, ANN201 - internal
+        if mask is None:  # on the CPU kernels: the whole layer in one C++ call, with these bits
+            y = fused_layer.forward(self, x, cos, sin, cache)
+            if y is not None:
+                return y
         delta = self.self_attn(self.input_layernorm(x), cos, sin, cache, mask)
         norm = self.post_attention_layernorm
         if layer_ops.applies(x, delta, norm.weight):  # the residual add and the norm in one call

@@ -25,8 +25,9 @@ CACHE_ENV = "SPECDECODE_KERNEL_CACHE"  # where the compiled module lives
 _OFF = ("off", "0", "false", "no")  # values of $SPECDECODE_KERNELS that turn the kernels off
 _SRC = Path(__file__).parent / "csrc"
 _SOURCES = ("binding.cpp", "skinny_scalar.cpp", "skinny_avx2.cpp", "skinny_avx512.cpp",
-            "gguf_scalar.cpp", "gguf_avx2.cpp", "gguf_avx512.cpp", "layer_ops.cpp")
-_HEADERS = ("skinny.h", "attention.h", "gguf.h", "layer_ops.h", "avx2_tiles.h")
+            "gguf_scalar.cpp", "gguf_avx2.cpp", "gguf_avx512.cpp", "layer_ops.cpp",
+            "decoder_layer.cpp")
+_HEADERS = ("skinny.h", "attention.h", "gguf.h", "layer_ops.h", "avx2_tiles.h", "ops.h")
 
 
 def _build_dir() -> Path:

@@ -9,6 +9,7 @@
 #include "attention.h"
 #include "gguf.h"
 #include "layer_ops.h"
+#include "ops.h"
 #include "skinny.h"
 
 namespace skinny {
@@ -78,9 +79,6 @@ int64_t gguf_tile_bytes(int64_t fmt, int64_t K) {
   }
 }
 
-// One linear layer as the kernels see it: (format, packed weight, int8 scales or None, bias or None, N).
-using LayerSpec = std::tuple<int64_t, torch::Tensor, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>, int64_t>;
-
 void check_layer(const LayerSpec& l, int64_t first_fmt, int64_t K) {
   const auto& w = std::get<1>(l);
   const int64_t tiles = w.size(0), nb = K / kBlock, fmt = std::get<0>(l);
@@ -103,6 +101,8 @@ void check_layer(const LayerSpec& l, int64_t first_fmt, int64_t K) {
     default: TORCH_CHECK(false, "unknown format ", fmt);
   }
 }
+
+}  // namespace
 
 // y_l = x @ W_l.T (+ bias_l) for every layer l, in out_dtype: the activations are converted or
 // quantized once, and one parallel region walks the tiles of all layers (q/k/v, gate/up).
@@ -221,11 +221,6 @@ std::vector<torch::Tensor> linear(torch::Tensor x, std::vector<LayerSpec> layers
   return ys;
 }
 
-// q (B, H, T, hd) float32; k, v (B, Hkv, L, hd) float32 or bf16 (strided views of the cache)
-// -> (B, H, T, hd) float32, query t attending keys [0, L - T + t].
-torch::Tensor attend(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale, int64_t isa,
-                     const int64_t* parents);
-
 torch::Tensor attend_chain(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale, int64_t isa) {
   return attend(q, k, v, scale, isa, nullptr);
 }
@@ -273,7 +268,6 @@ torch::Tensor attend(torch::Tensor q, torch::Tensor k, torch::Tensor v, double s
   return out;
 }
 
-}  // namespace
 }  // namespace skinny
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -288,4 +282,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &skinny::rms_norm, "RMSNorm of each row, in the input's dtype");
   m.def("add_rms_norm", &skinny::add_rms_norm, "[x + delta, RMSNorm(x + delta)]");
   m.def("rope_", &skinny::rope_, "rotate-half rotary embedding in place on (rows, heads, hd)");
+  m.def("decoder_layer", &skinny::decoder_layer, "a whole decoder layer (norms, q/k/v, RoPE, cache write, attention, "
+        "o_proj, SwiGLU MLP, residuals) in one call, with the bits of the Python layer");
 }

@@ -1,0 +1,103 @@
+"""A whole decoder layer in one C++ call (csrc/decoder_layer.cpp), where the kernels run all of it.
+
+At decode sizes model.py's DecoderLayer spends about as long dispatching its ~30 small calls as
+its matmuls take on a small model (Qwen2.5-0.5B int4 on a Zen 3: 8 of 21 ms per step). The C++
+layer calls the same functions in the same order, so it gives the very bits of the Python layer
+(tests/test_fused_layer.py); the Python layer stays the reference and the path for everything
+the C++ one does not take (GPUs, float16, other linear layers such as tensor parallelism's,
+masks, a batch of several sequences in one cache).
+
+SPECDECODE_FUSED_LAYER=0 turns it off (to compare the two).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from ..cache import KVCache
+from ..ragged import RaggedBatch
+from . import build
+from .linear import PackedLinear, _isa
+
+enabled = os.environ.get("SPECDECODE_FUSED_LAYER", "1") != "0"
+
+_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _packed(*layers: nn.Module) -> bool:
+    """Packed layers that project() would call together (one activation kind)."""
+    return all(isinstance(m, PackedLinear) for m in layers) and len({m.activation_kind for m in layers}) == 1
+
+
+def _norm_weight(norm: nn.Module, dtype: torch.dtype) -> torch.Tensor | None:
+    w = getattr(norm, "weight", None)
+    return w if isinstance(w, torch.Tensor) and hasattr(norm, "eps") and w.dtype == dtype and w.device.type == "cpu" else None
+
+
+def _static_args(layer: nn.Module, dtype: torch.dtype) -> tuple | None:
+    """The layer's weights as the C++ call takes them, or None where it does not apply; cached on
+    the layer. Building them takes ~170 us of module attribute lookups per layer (as long as the
+    layer's small ops), so they are kept, keyed by the identity of every module and tensor they
+    come from: a replaced layer, buffer or norm weight (quantization, .to()) gives a new key, and
+    the entry holds those objects, so no new one can take an old one's id."""
+    attn, mlp = layer._modules["self_attn"], layer._modules["mlp"]
+    am, mm = attn._modules, mlp._modules
+    linears = (am["q_proj"], am["k_proj"], am["v_proj"], am["o_proj"], mm["gate_proj"], mm["up_proj"], mm["down_proj"])
+    norms = (layer._modules["input_layernorm"], layer._modules["post_attention_layernorm"])
+    sources: list = [*linears, *norms]
+    for m in (*linears, *norms):
+        sources.extend(m._buffers.values())
+        sources.extend(m._parameters.values())
+    key = (dtype, *map(id, sources), *(getattr(n, "eps", None) for n in norms))
+    cached = layer.__dict__.get("_fused_layer_args")
+    if cached is not None and cached[0] == key:
+        return cached[2]
+    layer.__dict__["_fused_layer_args"] = (key, sources, _build_static_args(attn, mlp, norms, dtype))
+    return layer.__dict__["_fused_layer_args"][2]
+
+
+def _build_static_args(attn: nn.Module, mlp: nn.Module, norms: tuple, dtype: torch.dtype) -> tuple | None:
+    if attn.head_dim % 16 or not (_packed(attn.q_proj, attn.k_proj, attn.v_proj) and _packed(attn.o_proj)
+                                  and _packed(mlp.gate_proj, mlp.up_proj) and _packed(mlp.down_proj)):
+        return None
+    w_in, w_post = _norm_weight(norms[0], dtype), _norm_weight(norms[1], dtype)
+    if w_in is None or w_post is None or norms[0].eps != norms[1].eps:
+        return None
+    return (w_in, w_post, norms[0].eps, [attn.q_proj.spec(), attn.k_proj.spec(), attn.v_proj.spec()],
+            [attn.o_proj.spec()], [mlp.gate_proj.spec(), mlp.up_proj.spec()], [mlp.down_proj.spec()],
+            attn.n_heads, attn.n_kv_heads, attn.head_dim**-0.5)
+
+
+def _cache_fits(cache: object, dtype: torch.dtype) -> bool:
+    # The exact class: a subclass may keep its entries elsewhere (its own update()).
+    return type(cache) is KVCache and cache.keys[0].dtype == dtype and cache.keys[0].shape[0] == 1
+
+
+def forward(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+            cache: KVCache | RaggedBatch) -> torch.Tensor | None:
+    """layer(x, cos, sin, cache, mask=None) in one call, or None where the C++ layer does not
+    apply (the caller then runs the Python layer). x (1, T, D)."""
+    if not enabled or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype not in _DTYPES:
+        return None
+    if x.dim() != 3 or x.shape[0] != 1 or not x.is_contiguous() or cos.dtype != x.dtype:
+        return None
+    ext = build.extension()
+    args = _static_args(layer, x.dtype) if ext is not None else None
+    if args is None:
+        return None
+    w_in, w_post, eps, qkv, o, gate_up, down, heads, kv_heads, scale = args
+    i = layer._modules["self_attn"].layer_idx
+    if isinstance(cache, RaggedBatch):
+        if not all(_cache_fits(c, x.dtype) for c, _, _, _ in cache.segments):
+            return None
+        segments = [(c.keys[i], c.values[i], c.length, a, b, tree) for c, a, b, tree in cache.segments]
+    elif _cache_fits(cache, x.dtype):
+        segments = [(cache.keys[i], cache.values[i], cache.length, 0, x.shape[1], None)]
+    else:
+        return None
+    y = ext.decoder_layer(x[0], w_in, w_post, eps, qkv, o, gate_up, down, cos, sin, segments, heads, kv_heads, scale,
+                          _isa())  # (T, D)
+    return y[None]
