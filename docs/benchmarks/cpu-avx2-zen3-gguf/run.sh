@@ -4,3 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 .venv/bin/python scripts/kernel_tm.py qwen2.5-coder-1.5b --threads 2 --repeats 9 --out docs/benchmarks/cpu-avx2-zen3-gguf
+# After the whole decoder layer went into one C++ call (kernels/fused_layer.py): the same command.
+.venv/bin/python scripts/kernel_tm.py qwen2.5-coder-1.5b --threads 2 --repeats 9 --out docs/benchmarks/cpu-avx2-zen3-gguf/fused-layer
