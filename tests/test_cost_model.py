@@ -217,9 +217,15 @@ def test_costs_are_measured_again_when_the_engines_passes_contradict_their_ratio
 
     def measure(target, drafters, refresh=False):
         calls.append(refresh)
-        return fresh if refresh else entry
+        return entry
+
+    def remeasure(target, old):
+        assert old is entry
+        calls.append(True)
+        return fresh
 
     monkeypatch.setattr(policy_costs, "measure_cost_model", measure)
+    monkeypatch.setattr(policy_costs, "remeasure_target", remeasure)
     costs = policy_costs.PassCostRatios(None, [])
     assert costs.model is entry and calls == [False]
     for _ in range(20):  # 3x slower as a whole: ratios hold
@@ -231,6 +237,24 @@ def test_costs_are_measured_again_when_the_engines_passes_contradict_their_ratio
         costs.timed(4, 4, 2 * entry.T(4, 4))
     assert calls == [False, True] and costs.model is fresh and costs.remeasures == 1
     assert costs.table(4, 4)[4] == pytest.approx(fresh.T(4, 64) / fresh.T(1))
+
+
+def test_a_remeasure_times_the_targets_ratios_again_and_keeps_the_rest_in_proportion(tiny, monkeypatch, tmp_path):
+    """On the engine's word only the target's T(m)/T(1) are timed again (once, quickly): each draft
+    model keeps its cost relative to the target's T(1), the attention figure its ratio too, and the
+    memo serves the new figures to the next engine."""
+    monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path))
+    old = CostModel.from_function(lambda m: 0.5 * (1 + 0.05 * (m - 1)), {"model": lambda m: 0.2 * m}, per_key=1e-4)
+    timed = []
+    real = cm.time_passes
+    monkeypatch.setattr(cm, "time_passes", lambda model, **kw: timed.append(kw) or real(model, **kw))
+    new = cm.remeasure_target(tiny, old)
+    assert len(timed) == 1 and timed[0]["budget_s"] == cm.REMEASURE_BUDGET_S  # one short measurement
+    assert new.T(1) != old.T(1)  # the tiny model's own timings, not the synthetic ones
+    assert new.draft("model", 1) / new.T(1) == pytest.approx(old.draft("model", 1) / old.T(1))
+    assert new.draft("model", 4) / new.draft("model", 1) == pytest.approx(4.0)
+    assert new.target.per_key / new.T(1) == pytest.approx(old.target.per_key / old.T(1))
+    assert measure_pass_costs(tiny) is new.target
 
 
 def test_a_given_cost_model_is_never_replaced(tiny):

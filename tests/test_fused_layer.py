@@ -145,3 +145,35 @@ def test_a_full_cache_is_refused_as_the_python_layer_refuses_it():
     cache = model.new_cache(4)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="KV cache overflow"):
         model(torch.arange(3, 9)[None], torch.arange(6)[None], cache)
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_a_draft_heads_layer_without_an_input_norm_gives_its_bits(quantize, monkeypatch):
+    from specdecode.heads.model import DraftHead, HeadConfig, bind
+
+    target = native_from_hf(tiny_hf_model("qwen2"), dtype=torch.bfloat16)
+    torch.manual_seed(3)
+    head = DraftHead(HeadConfig.for_target(target.args, 50, 96))
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_(0, 0.2)
+    model = bind(head, target, quantize=quantize)
+    assert isinstance(model.head.layers[0].input_layernorm, nn.Identity)
+    feats = torch.randn(9, 64).to(torch.bfloat16)
+    tokens = torch.randint(3, 97, (9,))
+
+    def steps(fused: bool):
+        monkeypatch.setattr(fused_layer, "enabled", fused)
+        cache = model.new_cache(16)
+        out = []
+        for a, b in ((0, 6), (6, 9)):
+            out.extend(model.step(tokens[a:b], feats[a:b], torch.arange(a, b), cache))
+            cache.advance(b - a)
+        return out
+
+    want = steps(False)
+    calls = count_fused_calls(monkeypatch)
+    got = steps(True)
+    assert calls[0] == 2
+    for w, g in zip(want, got):
+        assert torch.equal(w, g)

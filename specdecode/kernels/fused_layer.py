@@ -63,10 +63,16 @@ def _build_static_args(attn: nn.Module, mlp: nn.Module, norms: tuple, dtype: tor
     if attn.head_dim % 16 or not (_packed(attn.q_proj, attn.k_proj, attn.v_proj) and _packed(attn.o_proj)
                                   and _packed(mlp.gate_proj, mlp.up_proj) and _packed(mlp.down_proj)):
         return None
-    w_in, w_post = _norm_weight(norms[0], dtype), _norm_weight(norms[1], dtype)
-    if w_in is None or w_post is None or norms[0].eps != norms[1].eps:
+    w_post = _norm_weight(norms[1], dtype)
+    if isinstance(norms[0], nn.Identity):  # a draft head's layer (heads/model.py): no norm before attention
+        w_in = torch.empty(0, dtype=dtype)
+    else:
+        w_in = _norm_weight(norms[0], dtype)
+        if w_in is None or norms[0].eps != norms[1].eps:
+            return None
+    if w_post is None:
         return None
-    return (w_in, w_post, norms[0].eps, [attn.q_proj.spec(), attn.k_proj.spec(), attn.v_proj.spec()],
+    return (w_in, w_post, norms[1].eps, [attn.q_proj.spec(), attn.k_proj.spec(), attn.v_proj.spec()],
             [attn.o_proj.spec()], [mlp.gate_proj.spec(), mlp.up_proj.spec()], [mlp.down_proj.spec()],
             attn.n_heads, attn.n_kv_heads, attn.head_dim**-0.5)
 

@@ -5,8 +5,8 @@ of the target alone), so a machine that slows down as a whole changes no choice.
 come from `specdecode.cost_model` (measured on first use, interleaved with T(1) so that a slow
 moment cannot skew a ratio, checked for consistency, cached per machine and model); this module
 divides them by T(1) and watches the engine's own passes: when the multi-token passes, relative
-to the one-token passes, run far from what the cached entry says, the entry is measured again
-and replaced (not nudged; docs/policy.md). A draft model's steps are watched the same way: as the
+to the one-token passes, run far from what the cached entry says, the target's passes are timed
+again (about a second, mid-request) and replace the entry's (not nudged; docs/policy.md). A draft model's steps are watched the same way: as the
 engine runs them (a batched proposal, host copies, the stop rule after every token) they can cost
 more than the cost model's bare pass, so once enough rounds are seen a step is priced as observed.
 """
@@ -18,7 +18,7 @@ import math
 from collections import deque
 from statistics import median
 
-from ..cost_model import CostModel, measure_cost_model
+from ..cost_model import CostModel, measure_cost_model, remeasure_target
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,8 @@ class PassCostRatios:
         off = math.exp(median(multi) - median(one))  # (observed T(m)/T(1)) / (the entry's T(m)/T(1))
         if 1.0 / CONTRADICTION <= off <= CONTRADICTION:
             return
-        log.info("multi-token passes ran at %.2fx the cost entry's ratio to T(1): measuring again", off)
-        self._model = measure_cost_model(self._target, self._drafters, refresh=True)
+        log.info("multi-token passes ran at %.2fx the cost entry's ratio to T(1): measuring them again", off)
+        self._model = remeasure_target(self._target, self._model)
         self.remeasures += 1
         self._changed()
 

@@ -26,7 +26,8 @@ torch::Tensor attend_tree(torch::Tensor q, torch::Tensor k, torch::Tensor v, dou
 // the cache's length before the pass, its rows [start, end), and its tree's parents (None: a chain).
 using LayerSegment = std::tuple<torch::Tensor, torch::Tensor, int64_t, int64_t, int64_t, c10::optional<torch::Tensor>>;
 
-// A whole decoder layer (model.py's DecoderLayer on the kernels) in one call, with its bits.
+// A whole decoder layer (model.py's DecoderLayer on the kernels) in one call, with its bits; an
+// empty input_norm: no norm before the attention (a draft head's layer).
 torch::Tensor decoder_layer(torch::Tensor x, torch::Tensor input_norm, torch::Tensor post_norm, double eps,
                             std::vector<LayerSpec> qkv, std::vector<LayerSpec> o, std::vector<LayerSpec> gate_up,
                             std::vector<LayerSpec> down, torch::Tensor cos, torch::Tensor sin,
