@@ -13,3 +13,8 @@ METHODS=target-int4,spec-int4-ngram-tree,spec-int4-model-int4,spec-int4-auto,tar
   --dataset spec-bench --limit 5 -n 96 --threads 2 --out $OUT/specbench "$@"
 .venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b --methods $METHODS \
   --dataset humaneval --limit 10 -n 96 --threads 2 --out $OUT/humaneval "$@"
+# After the cost entry's remeasure became short (remeasure_target: ~1 s instead of ~8 s mid-request;
+# two auto requests above stalled for 8-9 s): auto beside the int4 target, the n-gram tree and llama.cpp.
+.venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
+  --methods target-int4,spec-int4-ngram-tree,spec-int4-auto,llamacpp \
+  --dataset spec-bench --limit 5 -n 96 --threads 2 --out $OUT/specbench-short-remeasure "$@"
