@@ -34,7 +34,8 @@ def _packed(*layers: nn.Module) -> bool:
 
 def _norm_weight(norm: nn.Module, dtype: torch.dtype) -> torch.Tensor | None:
     w = getattr(norm, "weight", None)
-    return w if isinstance(w, torch.Tensor) and hasattr(norm, "eps") and w.dtype == dtype and w.device.type == "cpu" else None
+    fits = isinstance(w, torch.Tensor) and hasattr(norm, "eps") and w.dtype == dtype and w.device.type == "cpu"
+    return w if fits else None
 
 
 def _static_args(layer: nn.Module, dtype: torch.dtype) -> tuple | None:

@@ -31,7 +31,8 @@ torch::Tensor decoder_layer(torch::Tensor x, torch::Tensor input_norm, torch::Te
 
   // Attention block: norm, q/k/v in one call, RoPE in place.
   // An empty input_norm: none (EAGLE's head layer feeds its fc output straight in).
-  auto q_k_v = linear(input_norm.numel() ? rms_norm(x, input_norm, eps) : x, qkv, isa, dtype);  // (N, H*hd), (N, Hkv*hd) x 2
+  const auto h = input_norm.numel() ? rms_norm(x, input_norm, eps) : x;
+  auto q_k_v = linear(h, qkv, isa, dtype);  // (N, H*hd), (N, Hkv*hd) x 2
   rope_(q_k_v[0], cos2, sin2, heads);
   rope_(q_k_v[1], cos2, sin2, kv_heads);
   const auto q = q_k_v[0].view({1, N, heads, hd}).transpose(1, 2);  // (1, H, N, hd)

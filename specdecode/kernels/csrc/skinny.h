@@ -125,8 +125,9 @@ inline void prefetch_ahead(const void* p, int bytes) {
 // a Zen 3 at m = 2, streaming K = 8960: int4 1.24-1.28x and Q6_K 1.15x faster in one pass). Three
 // or four rows take one half over all blocks, stored before the other: they are bound by
 // arithmetic, and both halves' accumulators for 4 rows would not fit 16 registers. Each column
-// sees the same operations in the same order either way. step(b, h, acc) adds block b of half h to acc[MB];
-// store(h, acc) writes half h. Both must be inlined (SKINNY_INLINE) to keep acc in registers.
+// sees the same operations in the same order either way. step(b, h, acc) adds block b of half h
+// to acc[MB]; store(h, acc) writes half h. Both must be inlined (SKINNY_INLINE) to keep acc in
+// registers.
 #define SKINNY_INLINE __attribute__((always_inline))
 template <int MB, class Acc, class Step, class Store>
 inline SKINNY_INLINE void for_block_halves(int64_t nb, Step step, Store store) {
