@@ -18,3 +18,8 @@ METHODS=target-int4,spec-int4-ngram-tree,spec-int4-model-int4,spec-int4-auto,tar
 .venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
   --methods target-int4,spec-int4-ngram-tree,spec-int4-auto,llamacpp \
   --dataset spec-bench --limit 5 -n 96 --threads 2 --out $OUT/specbench-short-remeasure "$@"
+# Multi-turn coding (our code-chat tasks: 5 conversations x 3 turns, 160 new tokens a turn, each
+# turn resending the conversation, every method's prompt cache kept), the planner choosing k.
+.venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
+  --methods target-int4,spec-int4-ngram-tree,spec-int4-auto,llamacpp \
+  --dataset code-chat --limit 5 -n 160 --threads 2 --out $OUT/code-chat "$@"
