@@ -20,16 +20,11 @@ from torch import nn
 from ..cache import KVCache
 from ..ragged import RaggedBatch
 from . import build
-from .linear import PackedLinear, _isa
+from .linear import _isa, share_one_call
 
 enabled = os.environ.get("SPECDECODE_FUSED_LAYER", "1") != "0"
 
 _DTYPES = (torch.float32, torch.bfloat16)
-
-
-def _packed(*layers: nn.Module) -> bool:
-    """Packed layers that project() would call together (one activation kind)."""
-    return all(isinstance(m, PackedLinear) for m in layers) and len({m.activation_kind for m in layers}) == 1
 
 
 def _norm_weight(norm: nn.Module, dtype: torch.dtype) -> torch.Tensor | None:
@@ -61,8 +56,9 @@ def _static_args(layer: nn.Module, dtype: torch.dtype) -> tuple | None:
 
 
 def _build_static_args(attn: nn.Module, mlp: nn.Module, norms: tuple, dtype: torch.dtype) -> tuple | None:
-    if attn.head_dim % 16 or not (_packed(attn.q_proj, attn.k_proj, attn.v_proj) and _packed(attn.o_proj)
-                                  and _packed(mlp.gate_proj, mlp.up_proj) and _packed(mlp.down_proj)):
+    # The four calls of the layer: q/k/v, o_proj, gate/up, down_proj.
+    calls = ((attn.q_proj, attn.k_proj, attn.v_proj), (attn.o_proj,), (mlp.gate_proj, mlp.up_proj), (mlp.down_proj,))
+    if attn.head_dim % 16 or not all(share_one_call(*layers) for layers in calls):
         return None
     w_post = _norm_weight(norms[1], dtype)
     if isinstance(norms[0], nn.Identity):  # a draft head's layer (heads/model.py): no norm before attention
@@ -73,8 +69,7 @@ def _build_static_args(attn: nn.Module, mlp: nn.Module, norms: tuple, dtype: tor
             return None
     if w_post is None:
         return None
-    return (w_in, w_post, norms[1].eps, [attn.q_proj.spec(), attn.k_proj.spec(), attn.v_proj.spec()],
-            [attn.o_proj.spec()], [mlp.gate_proj.spec(), mlp.up_proj.spec()], [mlp.down_proj.spec()],
+    return (w_in, w_post, norms[1].eps, *([m.spec() for m in layers] for layers in calls),
             attn.n_heads, attn.n_kv_heads, attn.head_dim**-0.5)
 
 

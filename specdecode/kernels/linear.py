@@ -238,13 +238,19 @@ GGUF_LINEARS: dict[int, type[PackedGGUFLinear]] = {
 PACKED_LINEARS = (PackedFloatLinear, PackedInt8Linear, PackedInt4Linear, PackedGGUFLinear)
 
 
-def project(x: torch.Tensor, *layers: nn.Module) -> list[torch.Tensor]:
-    """[layer(x) for layer in layers], in one kernel call when they are packed layers fed the same
-    activations (q/k/v, gate/up; integer formats may differ, as Q4_K and Q6_K do in a GGUF file):
-    the input is converted or quantized once and one parallel region streams all their weights.
-    Any other mix is called layer by layer."""
+def share_one_call(*layers: nn.Module) -> bool:
+    """Whether the kernels take these layers in one call: packed layers fed the same activations
+    (integer formats may differ, as Q4_K and Q6_K do in a GGUF file)."""
     first = layers[0]
-    if not all(isinstance(m, PackedLinear) and m.activation_kind == first.activation_kind for m in layers):
+    return all(isinstance(m, PackedLinear) and m.activation_kind == first.activation_kind for m in layers)
+
+
+def project(x: torch.Tensor, *layers: nn.Module) -> list[torch.Tensor]:
+    """[layer(x) for layer in layers], in one kernel call when they share one (share_one_call:
+    q/k/v, gate/up): the input is converted or quantized once and one parallel region streams all
+    their weights. Any other mix is called layer by layer."""
+    first = layers[0]
+    if not share_one_call(*layers):
         return [m(x) for m in layers]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, first.in_features)  # (M, K)
