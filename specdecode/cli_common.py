@@ -43,8 +43,9 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str | None = DE
                         "(default 1: a chain; trees are verified exactly, docs/trees.md; they have not yet "
                         "measured faster than the chain)")
     p.add_argument("--draft-branches", type=int, default=1, choices=[1, 2], metavar="N",
-                   help="2: the draft model drafts token trees, its chain plus its second choices where the "
-                        "planner finds verify rows for free (greedy requests; docs/trees.md); default 1, a chain")
+                   help="2: the draft model and the draft head draft token trees, their chain plus their second "
+                        "choices where the planner finds verify rows for free (greedy requests; docs/trees.md); "
+                        "default 1, a chain")
     p.add_argument("--adaptive", action="store_true",
                    help=f"with one drafter: start at k = {start_k} (or -k N) and grow / shrink it with acceptance "
                         "(--drafter auto then means the draft model if given, else n-gram)")
@@ -124,10 +125,10 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
     head_path = getattr(args, "head", None)
     if head_path and drafter_kind not in ("head", "auto"):
         raise SpecdecodeError(f"--head was given but --drafter is {drafter_kind!r}; drop one of them")
-    if getattr(args, "draft_branches", 1) > 1 and drafter_kind not in ("model", "auto"):
-        raise SpecdecodeError(f"--draft-branches applies to the draft model, but --drafter is {drafter_kind!r}")
-    if getattr(args, "draft_branches", 1) > 1 and not args.draft:
-        raise SpecdecodeError("--draft-branches needs a draft model (--draft)")
+    draft_branches = getattr(args, "draft_branches", 1)
+    if draft_branches > 1 and drafter_kind not in ("model", "head", "auto"):
+        raise SpecdecodeError(f"--draft-branches applies to the draft model and the draft head, but --drafter is "
+                              f"{drafter_kind!r}")
     group = tensor_parallel_group(args)
     if group is not None:
         progress = progress and group.leader  # the other ranks work silently
@@ -136,7 +137,7 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
     drafter = None
     if drafter_kind in ("model", "auto") and args.draft:
         draft = _load(args.draft, args, "draft", progress, draft_quantize, group, replicated=True)
-        drafter = ModelDrafter(draft.lm, branches=getattr(args, "draft_branches", 1))
+        drafter = ModelDrafter(draft.lm, branches=draft_branches)
         check_same_vocab(target.lm, draft.lm, target.tokenizer, draft.tokenizer)
     branches = getattr(args, "ngram_branches", 1)
     if branches < 1:
@@ -145,9 +146,12 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
     if drafter_kind == "head" or (drafter_kind == "auto" and (head_path or _has_head(target))):
         from .heads.pipeline import head_drafter_for
 
-        head = head_drafter_for(target, head_path)
+        head = head_drafter_for(target, head_path, branches=draft_branches)
         if progress:
             print(f"draft head: {head.describe()}", file=sys.stderr, flush=True)
+    if draft_branches > 1 and drafter is None and head is None:
+        raise SpecdecodeError("--draft-branches needs a draft model (--draft) or a draft head (`specdecode heads "
+                              "train`, or --head PATH)")
     if drafter_kind == "auto":
         drafter = [d for d in (drafter, head, NgramDrafter(branches=branches), SuffixDrafter()) if d is not None]
     elif drafter_kind == "head":

@@ -79,9 +79,10 @@ class BenchContext:
                 self._quantized[role, mode] = quantized_copy(model.lm, mode)
         return self._quantized[role, mode]
 
-    def head_drafter(self, target=None, required: bool = True):
+    def head_drafter(self, target=None, required: bool = True, branches: int = 1):
         """A HeadDrafter on the target (or its twin `target`, sharing the embedding), from --head or
-        the head trained for the target; None where there is none and it is not `required`."""
+        the head trained for the target; None where there is none and it is not `required`
+        (branches=2: token trees with the head's second choices)."""
         from ..heads.pipeline import drafter_on, find_head, has_head
         from ..heads.store import load_head
 
@@ -91,7 +92,7 @@ class BenchContext:
             where = find_head(self.target, self.head_path)
             self._head.append((load_head(where)[0], where))
         head, where = self._head[0]
-        return drafter_on(head, self.target.lm if target is None else target, where)
+        return drafter_on(head, self.target.lm if target is None else target, where, branches=branches)
 
     def engine(self, drafter=None, kind: str | None = None, target=None, **options) -> Engine:
         """An Engine on the target (or `target`) with the run's EOS, draft length and adaptivity."""
@@ -464,6 +465,15 @@ def _spec_int4_ngram_tree(ctx: BenchContext):
 def _spec_int4_head(ctx: BenchContext):
     target = ctx.quantized_target("int4")
     return Engine(target, ctx.head_drafter(target), num_draft_tokens=ctx.num_draft_tokens or "auto",
+                  eos_token_ids=ctx.eos_token_ids, tokenizer=ctx.target.tokenizer)
+
+
+@register_method("spec-int4-head-tree", reference="target-int4", default=False,
+                 description="spec-int4-head drafting token trees: the chain plus the head's second choices where "
+                             "the planner grants free rows (greedy)")
+def _spec_int4_head_tree(ctx: BenchContext):
+    target = ctx.quantized_target("int4")
+    return Engine(target, ctx.head_drafter(target, branches=2), num_draft_tokens=ctx.num_draft_tokens or "auto",
                   eos_token_ids=ctx.eos_token_ids, tokenizer=ctx.target.tokenizer)
 
 

@@ -21,21 +21,29 @@ import torch
 from ..config import SamplingParams
 from ..sampling import PositionNoise, draw, logits_to_probs
 from .base import Draft, empty_draft
-from .model import confidence
+from .model import confidence, with_second_choices
 
 
 class HeadDrafter:
     """Drafts with a HeadModel (heads.model.bind). Greedy: the head's argmax over its draft
     vocabulary; sampled: q is the head's tempered distribution over its vocabulary (zero elsewhere),
-    so rejection sampling stays exact; seeded: a race against the target's position noise."""
+    so rejection sampling stays exact; seeded: a race against the target's position noise.
+
+    branches=2 (greedy requests only): a token tree, the chain plus, where the planner grants
+    extra rows (Plan.tree_nodes), the head's second choice at the depths where the chain is
+    likeliest to break, as ModelDrafter does (with_second_choices): a second choice costs no head
+    step (it comes from the logits the chain's step computed) and is a leaf."""
 
     name = "head"
     takes_features = True  # the engine passes the target's features of every settled token
     reports_confidence = True  # propose_many asks the planner's stop rule after every token (EAGLE-2's
     # point: the head's own confidence says how far a draft is worth going)
 
-    def __init__(self, model) -> None:  # model: heads.model.HeadModel
+    def __init__(self, model, branches: int = 1) -> None:  # model: heads.model.HeadModel
+        if branches not in (1, 2):
+            raise ValueError(f"a head drafts a chain (branches=1) or a chain with second choices (2), got {branches}")
         self.model = model
+        self.branches = branches
         self.cache = None
         self.features: torch.Tensor | None = None
         self.base = 0  # first position with a feature (a prefix-cached prompt starts later)
@@ -85,16 +93,16 @@ class HeadDrafter:
         return max(min(self.known, len(context) - 1) - self.base - self.cache.length, 0) if self.cache else 0
 
     def propose(self, context: list[int], k: int, params: SamplingParams,
-                generator: torch.Generator | PositionNoise | None) -> Draft:
-        return propose_batch([self], [context], [k], [params], [generator])[0]
+                generator: torch.Generator | PositionNoise | None, tree_nodes: int | None = None) -> Draft:
+        return propose_batch([self], [context], [k], [params], [generator], tree_nodes=[tree_nodes])[0]
 
     @staticmethod
     def propose_many(drafters, contexts, ks, params, rngs, stops=None, constraints=None,
-                     forced_drafts: bool = True) -> list[Draft]:
+                     forced_drafts: bool = True, tree_nodes=None) -> list[Draft]:
         """propose for several requests in one head pass per step; after each token a request's stop
         rule (if any) hears the head's confidence (grammars are not consulted: a grammar cuts the
         draft at its first forbidden token afterwards)."""
-        return propose_batch(drafters, contexts, ks, params, rngs, stops)
+        return propose_batch(drafters, contexts, ks, params, rngs, stops, tree_nodes)
 
     def on_verified(self, num_accepted: int) -> None:
         # Rows fed with predicted features are not the true pairs: keep the catch-up rows only.
@@ -105,9 +113,12 @@ class HeadDrafter:
 
 
 def propose_batch(drafters: list[HeadDrafter], contexts: list[list[int]], ks: list[int],
-                  params: list[SamplingParams], generators: list, stops=None) -> list[Draft]:
+                  params: list[SamplingParams], generators: list, stops=None, tree_nodes=None) -> list[Draft]:
     """Draft for several requests at once: each step is one pass of the shared head over every
-    request still drafting (a ragged batch: each request attends its own cache)."""
+    request still drafting (a ragged batch: each request attends its own cache).
+
+    tree_nodes: second choices each request may add (branches=2, greedy requests; None:
+    max(1, k // 2), as a fixed k gets): the draft is then a token tree (with_second_choices)."""
     from ..ragged import RaggedBatch
 
     if not drafters:
@@ -128,6 +139,10 @@ def propose_batch(drafters: list[HeadDrafter], contexts: list[list[int]], ks: li
                      torch.arange(t0, end, device=device)))
     drafted: list[list[int]] = [[] for _ in drafters]
     qs: list[list[torch.Tensor]] = [[] for _ in drafters]
+    budget = [(max(1, k // 2) if n is None else n) if d.branches > 1 and p.greedy else 0
+              for d, p, k, n in zip(drafters, params, ks, tree_nodes or [None] * len(drafters))]
+    seconds: list[list[tuple[float, int, int]]] = [[] for _ in drafters]  # (score, depth, token)
+    reach = [1.0] * len(drafters)  # the head's own probability that its chain survives so far
     d2t = model.head.d2t
     V = model.vocab_size
     while live:
@@ -145,9 +160,15 @@ def propose_batch(drafters: list[HeadDrafter], contexts: list[list[int]], ks: li
             row, p = logits[b - 1], params[i]
             position = len(contexts[i]) + len(drafted[i])  # the text position this draft fills
             stop = stops[i] if stops is not None else None
-            q = None
+            q, conf = None, None
             if p.greedy:
                 token = int(d2t[int(row.argmax())])
+                if budget[i] > 0:  # the chain's token and the second choice, from one softmax
+                    top = torch.softmax(row, -1).topk(2)
+                    p1, p2 = float(top.values[0]), float(top.values[1])
+                    seconds[i].append((reach[i] * p2, len(drafted[i]), int(d2t[int(top.indices[1])])))
+                    reach[i] *= p1
+                    conf = p1  # confidence(): greedy, the untempered top probability
             else:
                 full = torch.full((V,), float("-inf"), device=row.device).index_copy_(0, d2t, row)  # (V,)
                 q = logits_to_probs(full, p)
@@ -155,7 +176,7 @@ def propose_batch(drafters: list[HeadDrafter], contexts: list[list[int]], ks: li
                 if not isinstance(generators[i], PositionNoise):
                     qs[i].append(q)
             drafted[i].append(token)
-            if stop is not None and not stop(confidence(row, q)):
+            if stop is not None and not stop(confidence(row, q) if conf is None else conf):
                 continue
             if len(drafted[i]) < ks[i]:
                 still.append(i)
@@ -163,10 +184,11 @@ def propose_batch(drafters: list[HeadDrafter], contexts: list[list[int]], ks: li
                                   pos[-1:] + 1))
         live, rows = still, next_rows
     out = []
-    for d, p, toks, q in zip(drafters, params, drafted, qs):
+    for d, p, toks, q, second, n in zip(drafters, params, drafted, qs, seconds, budget):
         if not toks:
             out.append(empty_draft(d.device))
             continue
-        out.append(Draft(toks, torch.tensor(toks, dtype=torch.long, device=d.device),
-                         torch.stack(q) if q and not p.greedy else None))
+        draft = Draft(toks, torch.tensor(toks, dtype=torch.long, device=d.device),
+                      torch.stack(q) if q and not p.greedy else None)
+        out.append(with_second_choices(draft, second, n) if n > 0 and second else draft)
     return out

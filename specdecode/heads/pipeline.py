@@ -171,18 +171,19 @@ def find_head(model, path: str | Path | None = None) -> Path:
     return directory
 
 
-def head_drafter_for(model, path: str | Path | None = None, quantize: str | None = "int8"):
-    """A HeadDrafter on `model` (a loaded specdecode Model) from its trained head or `path`."""
+def head_drafter_for(model, path: str | Path | None = None, quantize: str | None = "int8", branches: int = 1):
+    """A HeadDrafter on `model` (a loaded specdecode Model) from its trained head or `path`
+    (branches=2: token trees with the head's second choices)."""
     where = find_head(model, path)
-    return drafter_on(load_head(where)[0], model.lm, where, quantize)
+    return drafter_on(load_head(where)[0], model.lm, where, quantize, branches)
 
 
-def drafter_on(head, lm, where: Path, quantize: str | None = "int8"):
+def drafter_on(head, lm, where: Path, quantize: str | None = "int8", branches: int = 1):
     """A HeadDrafter of the loaded `head` (read from `where`) on the native target `lm`."""
     from ..drafters.head import HeadDrafter
 
     try:
-        return HeadDrafter(bind(head, lm, quantize))
+        return HeadDrafter(bind(head, lm, quantize), branches)
     except (TypeError, ValueError) as e:
         raise SpecdecodeError(f"cannot draft with the head at {where}: {e}") from None
 
