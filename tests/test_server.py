@@ -536,25 +536,36 @@ def test_api_key(target):
 
 # -- command line and load test -------------------------------------------------------------------
 
-def test_cli_serve_subprocess():
+def spawn_server(*options: str, env: dict | None = None) -> tuple[subprocess.Popen, str, int]:
+    """`specdecode serve` (tiny model, n-gram drafter, one thread) in a subprocess on a free port,
+    with `options`; returns once /health answers: (process, base URL, port)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "SPECDECODE_API_KEY": "envkey"}
     proc = subprocess.Popen([sys.executable, "-m", "specdecode", "serve", "--model", MODEL, "--drafter", "ngram",
-                             "--port", str(port), "--max-queue", "2", "--threads", "1", "--log-level", "warning",
-                             "--allowed-hosts", "box.lan", "--read-timeout", "1"],
+                             "--port", str(port), "--threads", "1", *options],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
     try:
-        deadline = time.time() + 60
         while True:
             assert proc.poll() is None, proc.stdout.read()
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(url + "/health").status_code == 200:
-                    break
+                    return proc, url, port
             assert time.time() < deadline, "server did not come up"
             time.sleep(0.2)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def test_cli_serve_subprocess():
+    env = {**os.environ, "SPECDECODE_API_KEY": "envkey"}
+    proc, url, port = spawn_server("--max-queue", "2", "--log-level", "warning", "--allowed-hosts", "box.lan",
+                                   "--read-timeout", "1", env=env)
+    try:
         assert httpx.get(url + "/v1/models").status_code == 401
         auth = {"Authorization": "Bearer envkey"}
         assert httpx.get(url + "/v1/models", headers=auth).json()["data"][0]["id"] == MODEL
@@ -793,23 +804,8 @@ def test_sigterm_ends_streams_answers_waiting_requests_and_exits_0():
     import json
     import signal
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "specdecode", "serve", "--model", MODEL, "--drafter", "ngram",
-                             "--port", str(port), "--max-batch", "1", "--threads", "1", "--log-level", "info",
-                             "--shutdown-timeout", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url, _ = spawn_server("--max-batch", "1", "--log-level", "info", "--shutdown-timeout", "1")
     try:
-        deadline = time.time() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            assert time.time() < deadline, "server did not come up"
-            time.sleep(0.2)
         long = {"model": MODEL, "prompt": "hello", "max_tokens": 2000, "ignore_eos": True}
         waiting, events = [], []
 
