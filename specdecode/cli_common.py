@@ -39,9 +39,9 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str | None = DE
                    help="tokens drafted per round: 'auto' (default: chosen each round from pass costs measured on "
                         "this machine and the acceptance so far, 0 when speculation would not pay) or a fixed N >= 1")
     p.add_argument("--ngram-branches", type=int, default=1, metavar="N",
-                   help="the n-gram drafter drafts token trees of N earlier occurrences' continuations "
-                        "(default 1: a chain; trees are verified exactly, docs/trees.md; they have not yet "
-                        "measured faster than the chain)")
+                   help="the n-gram drafter drafts token trees of N earlier occurrences' continuations, and the "
+                        "suffix drafter trees of its stored continuations (default 1: chains; trees are verified "
+                        "exactly, docs/trees.md; they have not yet measured faster than the chain)")
     p.add_argument("--draft-branches", type=int, default=1, choices=[1, 2], metavar="N",
                    help="2: the draft model and the draft head draft token trees, their chain plus their second "
                         "choices where the planner finds verify rows for free (greedy requests; docs/trees.md); "
@@ -153,13 +153,14 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
         raise SpecdecodeError("--draft-branches needs a draft model (--draft) or a draft head (`specdecode heads "
                               "train`, or --head PATH)")
     if drafter_kind == "auto":
-        drafter = [d for d in (drafter, head, NgramDrafter(branches=branches), SuffixDrafter()) if d is not None]
+        drafter = [d for d in (drafter, head, NgramDrafter(branches=branches), SuffixDrafter(branches=branches))
+                   if d is not None]
     elif drafter_kind == "head":
         drafter = head
     elif drafter_kind == "ngram":
         drafter = NgramDrafter(branches=branches)
     elif drafter_kind == "suffix":
-        drafter = SuffixDrafter()
+        drafter = SuffixDrafter(branches=branches)
     elif drafter_kind == "self":
         mode = "int4" if draft_quantize in (None, "none") else draft_quantize
         if mode == "gguf":

@@ -364,14 +364,15 @@ def test_the_bench_runs_the_head_methods_and_auto_takes_the_head(target, trained
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p, "category": c}) + "\n"
                                for p, c in zip(HELD_OUT, ["chat", "code", "chat", "code"])))
-    names = ["spec-head", "target-int4", "spec-int4-head", "spec-int4-auto"]  # k fixed: the tiny head is not
+    names = ["spec-head", "target-int4", "spec-int4-head", "spec-int4-head-tree", "spec-int4-auto",
+             "spec-int4-auto-tree"]  # k fixed: the tiny head is not
     # cheap beside a tiny target, and the planner would rightly leave it out
     results = run_bench(BenchConfig(target="tiny-random", methods=names, dataset=str(prompts), head=str(trained[0]),
                                     out=str(tmp_path / "out"), max_new_tokens=16, warmup=0, progress=False, num_draft_tokens=3,
                                     dtype="float32"), target=target)
     for p in results["prompts"]:
         assert p["results"]["spec-head"]["equal_to_target"] is True, p["id"]
-        for name in ("spec-int4-head", "spec-int4-auto"):  # checked against the int4 target's own output
+        for name in names[2:]:  # checked against the int4 target's own output
             assert p["results"][name]["equal_to_reference"] is True, (name, p["id"])
     overall = results["summary"]["by_category"]["overall"]
     assert overall["spec-head"]["acceptance_by_position"] and overall["spec-int4-head"]["acceptance_by_position"]
@@ -379,3 +380,5 @@ def test_the_bench_runs_the_head_methods_and_auto_takes_the_head(target, trained
 
     auto = METHODS["spec-int4-auto"].build(BenchContext(target, None, [2], head_path=str(trained[0])))
     assert auto.drafter.names == ["head", "ngram", "suffix"]  # the planner prices it beside the others
+    trees = METHODS["spec-int4-auto-tree"].build(BenchContext(target, None, [2], head_path=str(trained[0])))
+    assert [d.branches for d in trees.drafter.drafters] == [2, 3, 2]

@@ -86,3 +86,50 @@ def test_metrics_show_the_store_within_its_bound(target):
     text = ServerMetrics().render(0, 0, suffix_stores=eng.suffix_stores)
     assert f"specdecode_suffix_store_tokens {store.tokens_held}" in text
     assert "specdecode_suffix_store_max_tokens 100" in text
+
+
+def test_the_tree_adds_the_other_stored_continuations_most_frequent_first():
+    store = SuffixStore(max_tokens=1000, max_ngram=4, min_ngram=2)
+    store.add([1, 2, 3, 4, 5, 6])
+    store.add([9, 3, 4, 7, 8])
+    store.add([0, 3, 4, 7, 8, 1])
+    store.add([0, 3, 4, 2, 5, 9])
+    store.add([5, 3, 4, 2, 6])
+    n, chain, _ = store.lookup([50, 3, 4], 3)
+    assert chain == [7, 8, 1]
+    # 2 twice (then 5 once, 6 once, the more recent first), 5 once; each node after its parent
+    assert store.alternatives([50, 3, 4], chain, 3, 3) == [(-1, 2), (3, 6), (3, 5)]
+    assert store.alternatives([50, 3, 4], chain, 3, 5) == [(-1, 2), (3, 6), (3, 5), (5, 9), (-1, 5)]
+    assert store.alternatives([50, 3, 4], chain, 3, 0) == [] and store.alternatives([77, 78], [], 3, 2) == []
+
+
+def test_suffix_trees_give_the_target_output_and_take_a_less_frequent_continuation(target):
+    """The store holds the reference answer once and two copies that leave it at one token: the
+    chain follows the majority (wrong there), the tree's alternative is the reference's token, and
+    the output stays the target's."""
+    prompt = [5, 6, 7, 8]
+    ref, _ = Engine(target, None).generate_ids(prompt, GREEDY)
+    wrong = list(ref)
+    wrong[12] = (ref[12] + 1) % 300
+    store = SuffixStore()
+    for out in (ref, wrong, wrong):
+        store.add(out)
+    chain, _ = Engine(target, SuffixDrafter(store), num_draft_tokens=4).generate_ids(prompt, GREEDY)
+    store = SuffixStore()
+    for out in (ref, wrong, wrong):
+        store.add(out)
+    engine = Engine(target, SuffixDrafter(store, branches=2), num_draft_tokens=4)
+    verified, trees = Engine._verified_tree, []
+
+    def watched(self, s, draft, *args, **kwargs):
+        before = len(s.tokens)
+        verified(self, s, draft, *args, **kwargs)
+        taken = s.tokens[before:-1]
+        trees.append(taken != [draft.tokens[j] for j in draft.main_path()][: len(taken)])
+
+    engine._verified_tree = watched.__get__(engine)
+    tree_out, stats = engine.generate_ids(prompt, GREEDY)
+    assert tree_out == chain == ref
+    assert trees and any(trees)  # some round took a stored alternative, not the chain
+    with pytest.raises(ValueError):
+        SuffixDrafter(branches=0)

@@ -484,20 +484,29 @@ def _spec_int4_auto(ctx: BenchContext):
     return _auto(ctx, "int4", forced_drafts=True)
 
 
+@register_method("spec-int4-auto-tree", reference="target-int4", default=False, uses_draft=True,
+                 description="spec-int4-auto with every drafter drafting token trees (n-gram: 3 occurrences, suffix: "
+                             "its stored alternatives, draft model and head: second choices) on the rows the planner "
+                             "grants")
+def _spec_int4_auto_tree(ctx: BenchContext):
+    return _auto(ctx, "int4", forced_drafts=True, trees=True)
+
+
 @register_method("spec-int4-auto-unforced", reference="target-int4", default=False, uses_draft=True,
                  description="spec-int4-auto without the free drafts of a JSON schema's forced tokens (json-extract)")
 def _spec_int4_auto_unforced(ctx: BenchContext):
     return _auto(ctx, "int4", forced_drafts=False)
 
 
-def _auto(ctx: BenchContext, mode: str, forced_drafts: bool) -> Engine:
-    """--drafter auto on the `mode` twins of the target and the draft model."""
+def _auto(ctx: BenchContext, mode: str, forced_drafts: bool, trees: bool = False) -> Engine:
+    """--drafter auto on the `mode` twins of the target and the draft model (trees: every drafter
+    drafting token trees, as --ngram-branches 3 --draft-branches 2 give)."""
     from ..drafters import ModelDrafter
 
     target = ctx.quantized_target(mode)
-    drafters = [ModelDrafter(ctx.quantized_draft(mode))] if ctx.draft is not None else []
-    head = ctx.head_drafter(target, required=False)
+    drafters = [ModelDrafter(ctx.quantized_draft(mode), branches=2 if trees else 1)] if ctx.draft is not None else []
+    head = ctx.head_drafter(target, required=False, branches=2 if trees else 1)
     drafters += [head] if head is not None else []
-    return Engine(target, [*drafters, NgramDrafter(), SuffixDrafter()],
+    return Engine(target, [*drafters, NgramDrafter(branches=3 if trees else 1), SuffixDrafter(branches=2 if trees else 1)],
                   num_draft_tokens=ctx.num_draft_tokens or "auto", eos_token_ids=ctx.eos_token_ids,
                   tokenizer=ctx.target.tokenizer, forced_drafts=forced_drafts)

@@ -8,8 +8,9 @@ store of finished requests' outputs, indexed by their n-grams, and proposes the 
 that most of the earlier occurrences of the longest matching suffix agree on.
 
 A proposal is a point mass (no q), verified like the n-gram drafter's: another request's text
-can change how fast a request decodes, never what it decodes. Chains only for now; the store is
-the seam where a tree of the alternatives would come from.
+can change how fast a request decodes, never what it decodes. With branches > 1 the drafter adds,
+on the verify rows the planner grants, the other continuations those occurrences took, the most
+frequent first (SuffixDecoding's tree, grown greedily by empirical frequency).
 """
 
 from __future__ import annotations
@@ -81,35 +82,73 @@ class SuffixStore:
         self._index = {key: kept for key, occ in self._index.items() if (kept := [o for o in occ if o[0] in live])}
         self._stale = 0
 
+    def _occurrences(self, context: list[int]) -> tuple[int, list[tuple[int, int]]]:
+        """(n, the recent occurrences (sequence, end) of the longest suffix of `context` the store
+        has seen, n tokens long); (0, []) if none. Call under the lock."""
+        for n in range(min(self.max_ngram, len(context)), self.min_ngram - 1, -1):
+            occ = [o for o in self._index.get(tuple(context[len(context) - n :]), ())
+                   if o[0] in self._seqs and o[1] < len(self._seqs[o[0]])]
+            if occ:
+                return n, occ[-MAX_OCCURRENCES:]
+        return 0, []
+
     def lookup(self, context: list[int], k: int) -> tuple[int, list[int], float]:
         """(length of the longest suffix of `context` seen in the store, up to k tokens that
         followed it, the share of its recent occurrences whose next token agrees); (0, [], 0)."""
         if k <= 0 or not self._seqs:
             return 0, [], 0.0
         with self._lock:
-            for n in range(min(self.max_ngram, len(context)), self.min_ngram - 1, -1):
-                occ = [o for o in self._index.get(tuple(context[len(context) - n :]), ()) if o[0] in self._seqs]
-                if not occ:
-                    continue
-                occ = occ[-MAX_OCCURRENCES:]
-                firsts = Counter(self._seqs[s][e] for s, e in occ if e < len(self._seqs[s]))
-                if not firsts:
-                    continue
-                token, count = firsts.most_common(1)[0]
-                sid, end = next(o for o in reversed(occ) if self._seqs[o[0]][o[1]] == token)  # the latest of them
-                return n, self._seqs[sid][end : end + k], count / len(occ)
-        return 0, [], 0.0
+            n, occ = self._occurrences(context)
+            if not occ:
+                return 0, [], 0.0
+            token, count = Counter(self._seqs[s][e] for s, e in occ).most_common(1)[0]
+            sid, end = next(o for o in reversed(occ) if self._seqs[o[0]][o[1]] == token)  # the latest of them
+            return n, self._seqs[sid][end : end + k], count / len(occ)
+
+    def alternatives(self, context: list[int], chain: list[int], k: int, extra: int) -> list[tuple[int, int]]:
+        """Up to `extra` tree nodes beside `chain` (lookup's continuation of `context`): the other
+        continuations (up to k tokens) the recent occurrences of the same suffix took, merged into a
+        trie and added greedily, the node most occurrences pass through first (ties: the more recent),
+        each only once its parent is in. -> (parent, token) pairs in that order; parent -1 is the
+        context, 0 .. len(chain) - 1 the chain's nodes, len(chain) + j the j-th pair's node."""
+        if extra <= 0 or not chain:
+            return []
+        with self._lock:
+            _, occ = self._occurrences(context)
+            counts: Counter[tuple[int, ...]] = Counter()  # continuation prefix -> occurrences through it
+            recent: dict[tuple[int, ...], int] = {}
+            for rank, (sid, end) in enumerate(occ):
+                cont = tuple(self._seqs[sid][end : end + k])
+                for d in range(1, len(cont) + 1):
+                    counts[cont[:d]] += 1
+                    recent[cont[:d]] = rank
+        node = {tuple(chain[:d]): d - 1 for d in range(len(chain) + 1)}  # () -> -1, the context
+        out: list[tuple[int, int]] = []
+        while len(out) < extra:
+            best = max((p for p in counts if p not in node and p[:-1] in node),
+                       key=lambda p: (counts[p], recent[p]), default=None)
+            if best is None:
+                break
+            node[best] = len(chain) + len(out)
+            out.append((node[best[:-1]], best[-1]))
+        return out
 
 
 class SuffixDrafter:
     """Drafts from a SuffixStore of earlier requests' outputs; adds each request's output at its end.
 
     store: a SuffixStore to share (between engines too); None makes one of DEFAULT_STORE_TOKENS.
+    branches > 1: token trees, the chain plus the store's other continuations
+    (SuffixStore.alternatives) on the rows the planner grants (Plan.tree_nodes; max(1, k // 2)
+    under a fixed k).
     """
 
     name = "suffix"
 
-    def __init__(self, store: SuffixStore | None = None) -> None:
+    def __init__(self, store: SuffixStore | None = None, branches: int = 1) -> None:
+        if branches < 1:
+            raise ValueError("need branches >= 1")
+        self.branches = branches
         self.store = store if store is not None else SuffixStore()
         self._context: list[int] = []
         self._prompt_len = 0
@@ -135,14 +174,21 @@ class SuffixDrafter:
         n, tokens, _ = self.match(context, k)
         return f"suffix:{min(n, 3)}", len(tokens)
 
-    def propose(self, context: list[int], k: int, params: SamplingParams, generator) -> Draft:
+    def propose(self, context: list[int], k: int, params: SamplingParams, generator,
+                tree_nodes: int | None = None) -> Draft:
         if k <= 0:
             self._context = context
             return empty_draft(self.device)
         _, tokens, _ = self.match(context, k)
         if not tokens:
             return empty_draft(self.device)
-        return Draft(tokens, torch.tensor(tokens, dtype=torch.long, device=self.device), None)
+        extra = max(1, k // 2) if tree_nodes is None else tree_nodes
+        alts = self.store.alternatives(context, tokens, k, extra) if self.branches > 1 else []
+        if not alts:
+            return Draft(tokens, torch.tensor(tokens, dtype=torch.long, device=self.device), None)
+        nodes = tokens + [t for _, t in alts]
+        parents = tuple(range(-1, len(tokens) - 1)) + tuple(p for p, _ in alts)
+        return Draft(nodes, torch.tensor(nodes, dtype=torch.long, device=self.device), None, parents=parents)
 
     def on_verified(self, num_accepted: int) -> None:
         pass  # the store holds finished outputs only
