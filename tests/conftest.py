@@ -139,6 +139,25 @@ def smollm2():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def leaf_takes(monkeypatch) -> list[bool]:
+    """Watches every tree verification of every Engine: one entry per tree round, True when the
+    tokens the round kept left the tree's main path (a branch other than the chain was taken)."""
+    from specdecode.engine import Engine
+
+    verified, rounds = Engine._verified_tree, []
+
+    def watched(self, s, draft, *args, **kwargs):
+        before = len(s.tokens)
+        out = verified(self, s, draft, *args, **kwargs)
+        taken = s.tokens[before:-1]  # the draft tokens kept (the last one is the target's own)
+        rounds.append(taken != [draft.tokens[j] for j in draft.main_path()][: len(taken)])
+        return out
+
+    monkeypatch.setattr(Engine, "_verified_tree", watched)
+    return rounds
+
+
 def pytest_configure(config):
     # Tiny models are dominated by per-op overhead: one thread avoids OpenMP spinning
     # against other processes on a shared 2-core CI machine.

@@ -96,6 +96,19 @@ def empty_draft(device: torch.device) -> Draft:
     return Draft([], torch.empty(0, dtype=torch.long, device=device), None)
 
 
+def with_leaves(chain: Draft, leaves: list[tuple[int, int]]) -> Draft:
+    """The chain plus extra nodes (parent, token), in order, parents before children: a parent is
+    -1 (the context), 0 .. len(chain) - 1 a chain token, len(chain) + j the j-th extra node. The
+    chain stays the main path; a greedy chain only (its q is dropped)."""
+    if not leaves:
+        return chain
+    k = len(chain.tokens)
+    tokens = chain.tokens + [tok for _, tok in leaves]
+    parents = tuple(range(-1, k - 1)) + tuple(parent for parent, _ in leaves)
+    return Draft(tokens, torch.tensor(tokens, dtype=torch.long, device=chain.token_tensor.device), None,
+                 chain.forced_at, parents)
+
+
 def fork_drafter(drafter):
     """A drafter for one more request: the same models and settings, its own per-request state.
 

@@ -21,7 +21,7 @@ import torch
 from ..config import SamplingParams
 from ..sampling import PositionNoise, draw, logits_to_probs
 from .base import Draft, empty_draft
-from .model import confidence, with_second_choices
+from .model import SecondChoices, confidence
 
 
 class HeadDrafter:
@@ -31,7 +31,7 @@ class HeadDrafter:
 
     branches=2 (greedy requests only): a token tree, the chain plus, where the planner grants
     extra rows (Plan.tree_nodes), the head's second choice at the depths where the chain is
-    likeliest to break, as ModelDrafter does (with_second_choices): a second choice costs no head
+    likeliest to break, as ModelDrafter does (model.SecondChoices): a second choice costs no head
     step (it comes from the logits the chain's step computed) and is a leaf."""
 
     name = "head"
@@ -118,7 +118,7 @@ def propose_batch(drafters: list[HeadDrafter], contexts: list[list[int]], ks: li
     request still drafting (a ragged batch: each request attends its own cache).
 
     tree_nodes: second choices each request may add (branches=2, greedy requests; None:
-    max(1, k // 2), as a fixed k gets): the draft is then a token tree (with_second_choices)."""
+    max(1, k // 2), as a fixed k gets): the draft is then a token tree (SecondChoices)."""
     from ..ragged import RaggedBatch
 
     if not drafters:
@@ -141,8 +141,7 @@ def propose_batch(drafters: list[HeadDrafter], contexts: list[list[int]], ks: li
     qs: list[list[torch.Tensor]] = [[] for _ in drafters]
     budget = [(max(1, k // 2) if n is None else n) if d.branches > 1 and p.greedy else 0
               for d, p, k, n in zip(drafters, params, ks, tree_nodes or [None] * len(drafters))]
-    seconds: list[list[tuple[float, int, int]]] = [[] for _ in drafters]  # (score, depth, token)
-    reach = [1.0] * len(drafters)  # the head's own probability that its chain survives so far
+    seconds = [SecondChoices(n) for n in budget]
     d2t = model.head.d2t
     V = model.vocab_size
     while live:
@@ -164,11 +163,7 @@ def propose_batch(drafters: list[HeadDrafter], contexts: list[list[int]], ks: li
             if p.greedy:
                 token = int(d2t[int(row.argmax())])
                 if budget[i] > 0:  # the chain's token and the second choice, from one softmax
-                    top = torch.softmax(row, -1).topk(2)
-                    p1, p2 = float(top.values[0]), float(top.values[1])
-                    seconds[i].append((reach[i] * p2, len(drafted[i]), int(d2t[int(top.indices[1])])))
-                    reach[i] *= p1
-                    conf = p1  # confidence(): greedy, the untempered top probability
+                    conf = seconds[i].see(row, len(drafted[i]), d2t)
             else:
                 full = torch.full((V,), float("-inf"), device=row.device).index_copy_(0, d2t, row)  # (V,)
                 q = logits_to_probs(full, p)
@@ -184,11 +179,11 @@ def propose_batch(drafters: list[HeadDrafter], contexts: list[list[int]], ks: li
                                   pos[-1:] + 1))
         live, rows = still, next_rows
     out = []
-    for d, p, toks, q, second, n in zip(drafters, params, drafted, qs, seconds, budget):
+    for d, p, toks, q, second in zip(drafters, params, drafted, qs, seconds):
         if not toks:
             out.append(empty_draft(d.device))
             continue
         draft = Draft(toks, torch.tensor(toks, dtype=torch.long, device=d.device),
                       torch.stack(q) if q and not p.greedy else None)
-        out.append(with_second_choices(draft, second, n) if n > 0 and second else draft)
+        out.append(second.tree(draft))
     return out

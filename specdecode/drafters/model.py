@@ -10,7 +10,7 @@ import torch
 from ..config import SamplingParams
 from ..logit_adjust import adjust_logits, adjusts_logits
 from ..sampling import PositionNoise, draw, logits_to_probs
-from .base import Draft, empty_draft
+from .base import Draft, empty_draft, with_leaves
 
 
 class ModelDrafter:
@@ -163,8 +163,7 @@ def propose_batch(drafters: list[ModelDrafter], contexts: list[list[int]], ks: l
     budget = [(max(1, k // 2) if n is None else n) if d.branches > 1 and p.greedy and not adjusts_logits(p)
               and (constraints is None or constraints[i] is None) else 0
               for i, (d, p, k, n) in enumerate(zip(drafters, params, ks, tree_nodes or [None] * len(drafters)))]
-    seconds: list[list[tuple[float, int, int]]] = [[] for _ in drafters]
-    reach = [1.0] * len(drafters)  # the draft's own probability that its chain survives so far
+    seconds = [SecondChoices(n) for n in budget]
     try:
         while live:
             logits = forward_segments(model, segments)  # each (1, V)
@@ -183,11 +182,7 @@ def propose_batch(drafters: list[ModelDrafter], contexts: list[list[int]], ks: l
                 token, q, conf = d._pick(row, len(contexts[i]) + len(tokens[i]), params[i], generators[i],
                                          need_confidence=stop is not None and budget[i] == 0)
                 if budget[i] > 0:
-                    top = torch.softmax(row.float(), -1).topk(2)  # the chain's token and the second choice
-                    p1, p2 = float(top.values[0]), float(top.values[1])
-                    seconds[i].append((reach[i] * p2, len(tokens[i]), int(top.indices[1])))
-                    reach[i] *= p1
-                    conf = p1  # confidence(): greedy, the untempered top probability
+                    conf = seconds[i].see(row, len(tokens[i]))
                 tokens[i].append(token)
                 if q is not None:
                     qs[i].append(q)
@@ -215,14 +210,14 @@ def propose_batch(drafters: list[ModelDrafter], contexts: list[list[int]], ks: l
             if n:
                 constraints[i].pop(n)
     drafts = []
-    for d, p, toks, q, forced, second, n in zip(drafters, params, tokens, qs, forced_at, seconds, budget):
+    for d, p, toks, q, forced, second in zip(drafters, params, tokens, qs, forced_at, seconds):
         if not toks:
             drafts.append(empty_draft(d.device))
             continue
         token_tensor = torch.stack(toks).to(d.device)  # (k',)
         q_tensor = torch.stack(q).to(d.device) if q and not p.greedy else None
         draft = Draft(token_tensor.tolist(), token_tensor, q_tensor, tuple(forced))
-        drafts.append(with_second_choices(draft, second, n) if n > 0 and second else draft)
+        drafts.append(second.tree(draft))
     return drafts
 
 
@@ -232,10 +227,30 @@ def with_second_choices(chain: Draft, candidates: list[tuple[float, int, int]], 
     context). Chain nodes first, then the leaves by depth: parents before children."""
     picked = sorted(sorted(candidates, key=lambda c: -c[0])[:budget], key=lambda c: c[1])
     k = len(chain.tokens)
-    leaves = [(depth, tok) for _, depth, tok in picked if depth < k]
-    if not leaves:
-        return chain
-    tokens = chain.tokens + [tok for _, tok in leaves]
-    parents = tuple(range(-1, k - 1)) + tuple(depth - 1 for depth, _ in leaves)
-    return Draft(tokens, torch.tensor(tokens, dtype=torch.long, device=chain.token_tensor.device), None,
-                 chain.forced_at, parents)
+    return with_leaves(chain, [(depth - 1, tok) for _, depth, tok in picked if depth < k])
+
+
+class SecondChoices:
+    """One greedy request's second choices, gathered while its chain is drafted (branches=2):
+    (score, depth, token), the score the draft's probability of reaching that depth times the
+    second choice's probability. Budget 0 gathers nothing and leaves the chain a chain."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.candidates: list[tuple[float, int, int]] = []
+        self.reach = 1.0  # the draft's own probability that its chain survives so far
+
+    def see(self, row: torch.Tensor, depth: int, to_target: torch.Tensor | None = None) -> float:
+        """Note the second choice of the logits `row` (V,) that drafted the chain's token at `depth`
+        (to_target maps a draft vocabulary's ids to the target's); -> the top probability (the
+        untempered greedy confidence)."""
+        top = torch.softmax(row.float(), -1).topk(2)  # the chain's token and the second choice
+        p1, p2 = float(top.values[0]), float(top.values[1])
+        second = int(top.indices[1])
+        self.candidates.append((self.reach * p2, depth, second if to_target is None else int(to_target[second])))
+        self.reach *= p1
+        return p1
+
+    def tree(self, chain: Draft) -> Draft:
+        """The chain with the likeliest `budget` second choices as leaves (with_second_choices)."""
+        return with_second_choices(chain, self.candidates, self.budget) if self.budget > 0 and self.candidates else chain

@@ -17,15 +17,31 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, OrderedDict
+from dataclasses import dataclass
 
 import torch
 
 from ..config import SamplingParams
 from ..errors import SpecdecodeError
-from .base import Draft, empty_draft
+from .base import Draft, empty_draft, with_leaves
 
 DEFAULT_STORE_TOKENS = 65_536  # outputs kept (about 40 MB of index at 4 n-gram sizes)
 MAX_OCCURRENCES = 16  # most recent occurrences of a suffix weighed per lookup
+
+
+@dataclass(frozen=True)
+class SuffixMatch:
+    """What the store holds after a context: the longest suffix seen (length), the continuation to
+    draft (tokens), the share of the recent occurrences whose next token agrees with it, and every
+    recent occurrence's continuation, oldest first (for trees)."""
+
+    length: int = 0
+    tokens: tuple[int, ...] = ()
+    share: float = 0.0
+    continuations: tuple[tuple[int, ...], ...] = ()
+
+
+NO_MATCH = SuffixMatch()
 
 
 class SuffixStore:
@@ -92,46 +108,58 @@ class SuffixStore:
                 return n, occ[-MAX_OCCURRENCES:]
         return 0, []
 
-    def lookup(self, context: list[int], k: int) -> tuple[int, list[int], float]:
-        """(length of the longest suffix of `context` seen in the store, up to k tokens that
-        followed it, the share of its recent occurrences whose next token agrees); (0, [], 0)."""
+    def match(self, context: list[int], k: int) -> SuffixMatch:
+        """The longest suffix of `context` the store has seen and up to k tokens of what followed
+        its recent occurrences: the continuation most of them agree on (the latest of those), the
+        rest for trees; NO_MATCH if none."""
         if k <= 0 or not self._seqs:
-            return 0, [], 0.0
+            return NO_MATCH
         with self._lock:
             n, occ = self._occurrences(context)
             if not occ:
-                return 0, [], 0.0
-            token, count = Counter(self._seqs[s][e] for s, e in occ).most_common(1)[0]
-            sid, end = next(o for o in reversed(occ) if self._seqs[o[0]][o[1]] == token)  # the latest of them
-            return n, self._seqs[sid][end : end + k], count / len(occ)
+                return NO_MATCH
+            continuations = tuple(tuple(self._seqs[s][e : e + k]) for s, e in occ)
+        token, count = Counter(c[0] for c in continuations).most_common(1)[0]
+        latest = next(c for c in reversed(continuations) if c[0] == token)
+        return SuffixMatch(n, latest, count / len(occ), continuations)
+
+    def lookup(self, context: list[int], k: int) -> tuple[int, list[int], float]:
+        """(length of the longest suffix of `context` seen in the store, up to k tokens that
+        followed it, the share of its recent occurrences whose next token agrees); (0, [], 0)."""
+        m = self.match(context, k)
+        return m.length, list(m.tokens), m.share
 
     def alternatives(self, context: list[int], chain: list[int], k: int, extra: int) -> list[tuple[int, int]]:
-        """Up to `extra` tree nodes beside `chain` (lookup's continuation of `context`): the other
-        continuations (up to k tokens) the recent occurrences of the same suffix took, merged into a
-        trie and added greedily, the node most occurrences pass through first (ties: the more recent),
-        each only once its parent is in. -> (parent, token) pairs in that order; parent -1 is the
-        context, 0 .. len(chain) - 1 the chain's nodes, len(chain) + j the j-th pair's node."""
+        """tree_alternatives of this context's match (k tokens deep) beside `chain`."""
         if extra <= 0 or not chain:
             return []
-        with self._lock:
-            _, occ = self._occurrences(context)
-            counts: Counter[tuple[int, ...]] = Counter()  # continuation prefix -> occurrences through it
-            recent: dict[tuple[int, ...], int] = {}
-            for rank, (sid, end) in enumerate(occ):
-                cont = tuple(self._seqs[sid][end : end + k])
-                for d in range(1, len(cont) + 1):
-                    counts[cont[:d]] += 1
-                    recent[cont[:d]] = rank
-        node = {tuple(chain[:d]): d - 1 for d in range(len(chain) + 1)}  # () -> -1, the context
-        out: list[tuple[int, int]] = []
-        while len(out) < extra:
-            best = max((p for p in counts if p not in node and p[:-1] in node),
-                       key=lambda p: (counts[p], recent[p]), default=None)
-            if best is None:
-                break
-            node[best] = len(chain) + len(out)
-            out.append((node[best[:-1]], best[-1]))
-        return out
+        return tree_alternatives(self.match(context, k).continuations, chain, extra)
+
+
+def tree_alternatives(continuations, chain: list[int], extra: int) -> list[tuple[int, int]]:
+    """Up to `extra` tree nodes beside `chain`: the other continuations (SuffixMatch.continuations,
+    oldest first) merged into a trie and added greedily, the node most occurrences pass through
+    first (ties: the more recent), each only once its parent is in. -> (parent, token) pairs in
+    that order; parent -1 is the context, 0 .. len(chain) - 1 the chain's nodes, len(chain) + j the
+    j-th pair's node (base.with_leaves)."""
+    if extra <= 0 or not chain:
+        return []
+    counts: Counter[tuple[int, ...]] = Counter()  # continuation prefix -> occurrences through it
+    recent: dict[tuple[int, ...], int] = {}
+    for rank, cont in enumerate(continuations):
+        for d in range(1, len(cont) + 1):
+            counts[cont[:d]] += 1
+            recent[cont[:d]] = rank
+    node = {tuple(chain[:d]): d - 1 for d in range(len(chain) + 1)}  # () -> -1, the context
+    out: list[tuple[int, int]] = []
+    while len(out) < extra:
+        best = max((p for p in counts if p not in node and p[:-1] in node),
+                   key=lambda p: (counts[p], recent[p]), default=None)
+        if best is None:
+            break
+        node[best] = len(chain) + len(out)
+        out.append((node[best[:-1]], best[-1]))
+    return out
 
 
 class SuffixDrafter:
@@ -152,43 +180,43 @@ class SuffixDrafter:
         self.store = store if store is not None else SuffixStore()
         self._context: list[int] = []
         self._prompt_len = 0
-        self._memo: tuple[tuple, int, tuple[int, list[int], float]] | None = None
+        self._memo: tuple[tuple, int, SuffixMatch] | None = None
 
     def begin(self, prompt: list[int], max_len: int, device: torch.device) -> None:
         self.device = device
         # The engine's token list itself: it grows with the output, which end() then keeps.
         self._context, self._prompt_len, self._memo = prompt, len(prompt), None
 
-    def match(self, context: list[int], k: int) -> tuple[int, list[int], float]:
+    def match(self, context: list[int], k: int) -> SuffixMatch:
+        """The store's match for `context`, k tokens deep (a deeper memo of the same context serves:
+        the planner looks before the drafter proposes, and both get one lookup)."""
         self._context = context
         key = (len(context), tuple(context[-self.store.max_ngram :]))
         if self._memo is not None and self._memo[0] == key and self._memo[1] >= k:
-            n, tokens, share = self._memo[2]
-            return n, tokens[:k], share
-        found = self.store.lookup(context, k)
-        self._memo = (key, k, found)  # the planner looks before the drafter proposes: one lookup
+            return self._memo[2]
+        found = self.store.match(context, k)
+        self._memo = (key, k, found)
         return found
 
     def evidence(self, context: list[int], k: int) -> tuple[str, int]:
         """The planner's view: ("suffix:<match length, 3 = 3 or more>", tokens available now)."""
-        n, tokens, _ = self.match(context, k)
-        return f"suffix:{min(n, 3)}", len(tokens)
+        m = self.match(context, k)
+        return f"suffix:{min(m.length, 3)}", min(len(m.tokens), k)
 
     def propose(self, context: list[int], k: int, params: SamplingParams, generator,
                 tree_nodes: int | None = None) -> Draft:
         if k <= 0:
             self._context = context
             return empty_draft(self.device)
-        _, tokens, _ = self.match(context, k)
+        m = self.match(context, k)
+        tokens = list(m.tokens[:k])
         if not tokens:
             return empty_draft(self.device)
+        chain = Draft(tokens, torch.tensor(tokens, dtype=torch.long, device=self.device), None)
+        if self.branches == 1:
+            return chain
         extra = max(1, k // 2) if tree_nodes is None else tree_nodes
-        alts = self.store.alternatives(context, tokens, k, extra) if self.branches > 1 else []
-        if not alts:
-            return Draft(tokens, torch.tensor(tokens, dtype=torch.long, device=self.device), None)
-        nodes = tokens + [t for _, t in alts]
-        parents = tuple(range(-1, len(tokens) - 1)) + tuple(p for p, _ in alts)
-        return Draft(nodes, torch.tensor(nodes, dtype=torch.long, device=self.device), None, parents=parents)
+        return with_leaves(chain, tree_alternatives([c[:k] for c in m.continuations], tokens, extra))
 
     def on_verified(self, num_accepted: int) -> None:
         pass  # the store holds finished outputs only
