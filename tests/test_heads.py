@@ -20,7 +20,7 @@ from specdecode.heads.data import FeatureRecorder, benchmark_overlap, default_pr
 from specdecode.heads.model import HeadConfig, bind, lm_head_weight
 from specdecode.heads.pipeline import CorpusSpec, HeadShape, head_drafter_for, train_for_target
 from specdecode.heads.store import HeadFileError, load_corpus, load_head, save_head
-from specdecode.heads.train import TrainConfig, new_head, pick_draft_vocab
+from specdecode.heads.train import TrainConfig, new_head, pick_draft_vocab, split_held_out
 from specdecode.sampling import logits_to_probs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -210,6 +210,39 @@ def test_the_draft_vocabulary_is_the_most_frequent_tokens_with_the_specials():
     assert pick_draft_vocab(seqs, 12, 4).tolist() == [1, 3, 5, 7]  # ties: the lower id first
 
 
+def test_training_reports_agreement_on_held_out_answers_it_never_trained_on(trained):
+    """A share of the corpus's answers is held out (chosen by the seed, disjoint from the rest);
+    after every epoch the head's agreement on them is reported, and it learns there too."""
+    seqs = [torch.tensor([i]) for i in range(40)]
+    train, held = split_held_out(seqs, 0.1, seed=0)
+    assert len(held) == 4 and len(train) == 36 and {int(t) for t in train}.isdisjoint({int(t) for t in held})
+    assert split_held_out(seqs, 0.1, seed=0)[1] == held and split_held_out(seqs, 0.0, seed=0)[1] == []
+    epochs = trained[1]["epochs"]
+    assert all(e["held_out"]["pairs"] > 0 for e in epochs)
+    first, last = epochs[0]["held_out"]["top1_by_step"][0], epochs[-1]["held_out"]["top1_by_step"][0]
+    assert last > first + 0.2 and last > 0.5, (first, last)
+
+
+def test_feature_noise_perturbs_only_the_training_inputs(target):
+    """feature_noise adds uniform noise to the true features fed to the head (EAGLE's augmentation):
+    the loss moves with it, and without it the loss is deterministic."""
+    from specdecode.heads.train import _batch_loss
+
+    lm = target.lm
+    d2t = torch.arange(64)
+    head = new_head(HeadConfig.for_target(lm.args, 64, 64), lm_head_weight(lm), d2t)
+    toks = torch.randint(0, 64, (20,))
+    feats = torch.randn(20, lm.args.hidden_size)
+    batch = [(toks, feats)]
+    embed, rope = lm.model.embed_tokens, lm.rope
+    quiet = TrainConfig()
+    noisy = TrainConfig(feature_noise=0.5)
+    a, b = _batch_loss(head, embed, rope, batch, quiet)[0], _batch_loss(head, embed, rope, batch, quiet)[0]
+    assert torch.equal(a, b)
+    assert not torch.allclose(_batch_loss(head, embed, rope, batch, noisy)[0], a)
+    assert torch.equal(_batch_loss(head, embed, rope, batch, noisy, noise=0.0)[0], a)  # evaluation: none
+
+
 def test_an_interrupted_training_resumes_where_it_stopped(target, tmp_path):
     """A run stopped after its first epoch (the checkpoint is kept), started again, ends with the
     very head an unbroken run trains; the corpus is collected once and read back."""
@@ -334,10 +367,13 @@ def test_training_from_the_command_line_then_drafting_with_the_head(capsys, tmp_
     assert "no draft head trained for tiny-random" in capsys.readouterr().err
     assert main(["heads", "train", *tiny, "--quantize", "none", "--epochs", "0"]) == 2
     assert "--epochs must be >= 1" in capsys.readouterr().err
+    assert main(["heads", "train", *tiny, "--quantize", "none", "--holdout", "1"]) == 2
+    assert "--holdout must be a share in [0, 1)" in capsys.readouterr().err
     rc = main(["heads", "train", *tiny, "--quantize", "none", "--num-prompts", "8", "-n", "24", "--epochs", "2",
-               "--draft-vocab", "128", "--intermediate-size", "64"])
+               "--draft-vocab", "128", "--intermediate-size", "64", "--holdout", "0.25"])
     out = capsys.readouterr().out
     assert rc == 0 and "head saved in" in out and "top-1 agreement" in out
+    assert "held-out positions" in out and "held out (" in out
     assert main(["heads", "show", *tiny, "--quantize", "none"]) == 0
     assert '"draft_vocab_size": 128' in capsys.readouterr().out
     rc = main(["generate", "def add(x, y):", *tiny, "--drafter", "head", "--raw", "-n", "12", "-k", "3", "--compare"])

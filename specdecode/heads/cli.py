@@ -39,6 +39,12 @@ def add_parser(sub) -> None:
     t.add_argument("--unroll", type=int, default=TrainConfig.unroll,
                    help=f"draft steps trained per position, each on the head's own earlier guesses (default "
                         f"{TrainConfig.unroll})")
+    t.add_argument("--holdout", type=float, default=TrainConfig.holdout,
+                   help=f"share of the answers kept out of training, to report after each epoch how often the head "
+                        f"agrees with the target on text it has not seen (default {TrainConfig.holdout}; 0: none)")
+    t.add_argument("--feature-noise", type=float, default=TrainConfig.feature_noise,
+                   help="uniform noise in [-a, a] added to the target features the head reads while training "
+                        f"(EAGLE's augmentation; default {TrainConfig.feature_noise})")
     t.add_argument("--lr", type=float, default=TrainConfig.lr, help=f"peak learning rate (default {TrainConfig.lr})")
     t.add_argument("--draft-vocab", type=int, default=8192,
                    help="the head's vocabulary: the corpus's most frequent tokens (default 8192; smaller is cheaper "
@@ -81,9 +87,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise SpecdecodeError(f"--intermediate-size must be >= 1, got {args.intermediate_size}")
     if not args.lr > 0:
         raise SpecdecodeError(f"--lr must be > 0, got {args.lr}")
+    if not 0 <= args.holdout < 1:
+        raise SpecdecodeError(f"--holdout must be a share in [0, 1), got {args.holdout}")
+    if not args.feature_noise >= 0:
+        raise SpecdecodeError(f"--feature-noise must be >= 0, got {args.feature_noise}")
     model = _load_target(args)
     spec = CorpusSpec(args.prompts, list(args.text), args.num_prompts, args.max_new_tokens, args.batch)
-    config = TrainConfig(epochs=args.epochs, unroll=args.unroll, lr=args.lr)
+    config = TrainConfig(epochs=args.epochs, unroll=args.unroll, lr=args.lr, holdout=args.holdout,
+                         feature_noise=args.feature_noise)
     directory, info = train_for_target(model, spec, HeadShape(args.draft_vocab, args.intermediate_size), config,
                                        out=args.out, progress=True)
     last = info["epochs"][-1] if info["epochs"] else {}
@@ -91,7 +102,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"head saved in {directory}\n  corpus: {info['corpus']['tokens']} tokens in {info['corpus']['sequences']} "
           f"answers (collected in {info['corpus']['collect_seconds']} s this run)\n  training: "
           f"{info['train_seconds']} s this run, {info['threads']} threads; last epoch top-1 agreement with the target "
-          f"by draft step, on the training corpus: {agree}\n  draft vocabulary covers {info['draft_vocab_coverage']:.1%} of the corpus's tokens")
+          f"by draft step, on the training corpus: {agree}"
+          + (f"; on the {last['held_out']['pairs']} held-out positions: "
+             + ", ".join(f"{a:.2f}" for a in last["held_out"]["top1_by_step"]) if "held_out" in last else "")
+          + f"\n  draft vocabulary covers {info['draft_vocab_coverage']:.1%} of the corpus's tokens")
     return 0
 
 

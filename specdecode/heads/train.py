@@ -38,6 +38,18 @@ class TrainConfig:
     batch_tokens: int = 512  # pairs per optimizer step (sequences packed up to this many): a corpus of ~100k
     # pairs then takes ~200 steps an epoch (2048 gave too few steps to learn from a corpus this size)
     seed: int = 0
+    holdout: float = 0.05  # share of the sequences held out of training: their agreement, after each
+    # epoch, is what the head will do on text it has not seen (the training agreement is not: a corpus
+    # of ~100k tokens is memorized)
+    feature_noise: float = 0.0  # EAGLE's augmentation: uniform noise in [-a, a] on the target features fed
+
+
+def split_held_out(sequences: Sequence, share: float, seed: int) -> tuple[list, list]:
+    """(training, held-out) sequences: int(len * share) of them held out, chosen by `seed`."""
+    n = int(len(sequences) * share)
+    order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(seed + 7919)).tolist()
+    held = set(order[:n])
+    return ([x for i, x in enumerate(sequences) if i not in held], [x for i, x in enumerate(sequences) if i in held])
 
 
 def pick_draft_vocab(sequences: Sequence[torch.Tensor], target_vocab: int, size: int,
@@ -76,9 +88,10 @@ def _repeat_kv(t: torch.Tensor, n: int) -> torch.Tensor:
 
 def unrolled_loss(head: DraftHead, embeds: torch.Tensor, features: torch.Tensor, cos: torch.Tensor,
                   sin: torch.Tensor, valid: torch.Tensor, unroll: int,
-                  feature_weight: float) -> tuple[torch.Tensor, list[float]]:
+                  feature_weight: float, noise: float = 0.0) -> tuple[torch.Tensor, list[float]]:
     """embeds (B, T, D) of x_{j+1}, features (B, T + 1, D): f_0 .. f_T (the target's), valid (B, T)
-    bool: pairs that exist. Returns (loss, top-1 agreement with the target per step)."""
+    bool: pairs that exist; noise: uniform in [-noise, noise] added to the true features fed (not
+    to the targets). Returns (loss, top-1 agreement with the target per step)."""
     layer = head.layers[0]
     attn = layer.self_attn
     B, T, D = embeds.shape
@@ -89,6 +102,8 @@ def unrolled_loss(head: DraftHead, embeds: torch.Tensor, features: torch.Tensor,
         top_target = p_target.argmax(-1)  # (B, T)
     scale = hd**-0.5
     inputs = features[:, :-1]  # step 1: the true f_j
+    if noise > 0:
+        inputs = inputs + (torch.rand_like(inputs) * 2 - 1) * noise
     keys: list[tuple[torch.Tensor, torch.Tensor]] = []  # per step: (k, v) (B, H, T, hd)
     total = torch.zeros((), dtype=torch.float32)
     agree: list[float] = []
@@ -159,7 +174,9 @@ def train_head(head: DraftHead, embed: torch.nn.Embedding, rope, sequences: Sequ
     interrupted run resumes at the next epoch)."""
     from tqdm.auto import tqdm
 
-    data = windows(sequences, config.seq_len)
+    train_seqs, held_out = split_held_out(sequences, config.holdout, config.seed)
+    data = windows(train_seqs, config.seq_len)
+    held_windows = windows(held_out, config.seq_len)
     params = [p for p in head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     if optimizer_state:
@@ -200,18 +217,42 @@ def train_head(head: DraftHead, embed: torch.nn.Embedding, rope, sequences: Sequ
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", top1=f"{agree_sum[0] / seen:.2f}")
         summary = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
                    "top1_by_step": [a / max(seen, 1) for a in (agree_sum or [])]}
+        if held_windows:
+            summary["held_out"] = evaluate(head, embed, rope, held_windows, config)
+            head.train()
         summaries.append(summary)
         if progress:  # a line per epoch also where the bar is off (not a terminal: a log file)
             top1 = ", ".join(f"{a:.2f}" for a in summary["top1_by_step"])
-            print(f"epoch {epoch + 1}/{config.epochs}: loss {summary['loss']:.3f}, top-1 agreement by draft step "
-                  f"{top1}", flush=True)
+            line = f"epoch {epoch + 1}/{config.epochs}: loss {summary['loss']:.3f}, top-1 agreement by draft step {top1}"
+            if held_windows:
+                held = summary["held_out"]
+                line += (f"; held out ({held['pairs']} pairs): loss {held['loss']:.3f}, top-1 "
+                         + ", ".join(f"{a:.2f}" for a in held["top1_by_step"]))
+            print(line, flush=True)
         if on_epoch is not None:
             on_epoch(epoch + 1, head, opt.state_dict())
     head.eval()
     return summaries
 
 
-def _batch_loss(head: DraftHead, embed, rope, batch, config: TrainConfig) -> tuple[torch.Tensor, list[float]]:
+@torch.no_grad()
+def evaluate(head: DraftHead, embed, rope, data: list, config: TrainConfig) -> dict:
+    """The unrolled loss and top-1 agreement by draft step over windows `data` (no noise, no
+    training), pooled by pairs."""
+    head.eval()
+    pairs, loss_sum, agree_sum = 0, 0.0, [0.0] * config.unroll
+    for a in range(0, len(data), 8):
+        batch = data[a : a + 8]
+        n = sum(w[0].shape[0] - 1 for w in batch)
+        loss, agree = _batch_loss(head, embed, rope, batch, config, noise=0.0)
+        pairs += n
+        loss_sum += float(loss) * n
+        agree_sum = [s + g * n for s, g in zip(agree_sum, agree)]
+    return {"pairs": pairs, "loss": loss_sum / max(pairs, 1), "top1_by_step": [s / max(pairs, 1) for s in agree_sum]}
+
+
+def _batch_loss(head: DraftHead, embed, rope, batch, config: TrainConfig,
+                noise: float | None = None) -> tuple[torch.Tensor, list[float]]:
     """Pad a batch of windows to one length and compute the unrolled loss."""
     T = max(w[0].shape[0] - 1 for w in batch)
     D = head.config.hidden_size
@@ -226,4 +267,5 @@ def _batch_loss(head: DraftHead, embed, rope, batch, config: TrainConfig) -> tup
     with torch.no_grad():
         embeds = embed(tokens).float()  # (B, T, D)
         cos, sin = rope(torch.arange(T)[None], torch.float32)  # (1, 1, T, hd)
-    return unrolled_loss(head, embeds, feats, cos, sin, valid, config.unroll, config.feature_weight)
+    return unrolled_loss(head, embeds, feats, cos, sin, valid, config.unroll, config.feature_weight,
+                         config.feature_noise if noise is None else noise)
