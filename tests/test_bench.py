@@ -306,6 +306,39 @@ def test_make_record_takes_median_timings_and_compare_outputs():
     assert other["equal_to_target"] is None
 
 
+def test_a_run_that_timed_its_cost_model_again_says_so_in_the_report():
+    """A mid-request re-timing of the cost model (policy/costs.py) stalls that prompt for about a
+    second: the runner counts it, the record keeps it, and results.md names the prompt."""
+    from types import SimpleNamespace
+
+    from specdecode.bench.report import _remeasures
+
+    class Engine:  # the runner's view of an engine whose passes contradict its cost model once
+        target = SimpleNamespace(device=torch.device("cpu"))
+        cost_model_refreshes = 3
+
+        def forget_history(self):
+            pass
+
+        def stream_tokens(self, ids, params, stats):
+            stats.generated_tokens = 2
+            yield [7], None
+            self.cost_model_refreshes += 1
+            yield [8], "length"
+
+    runner = EngineRunner(Engine())
+    first = runner.run([1, 2], SamplingParams(max_new_tokens=2))
+    assert first.output_ids == [7, 8] and first.cost_remeasures == 1
+    still = RunResult([7, 8], "length", 2, 1, 0.01, 0.1, 0.11)
+    record = make_record([first, still], decode=str)
+    assert record["cost_remeasures"] == 1
+    calm = make_record([still], decode=str)
+    results = {"prompts": [{"id": "p1", "results": {"spec-auto": record, "target": calm}},
+                           {"id": "p2", "results": {"spec-auto": {**record, "cost_remeasures": 2}}}]}
+    assert _remeasures(results) == "`spec-auto` on p1, `spec-auto` on p2 (2 times)"
+    assert _remeasures({"prompts": [{"id": "p1", "results": {"target": calm}}]}) == ""
+
+
 # -- datasets ----------------------------------------------------------------------------------
 
 

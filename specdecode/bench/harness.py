@@ -142,6 +142,7 @@ def make_record(runs: list[RunResult], decode: Callable[[list[int]], str]) -> di
         "runs": [{"prefill_s": r.prefill_s, "decode_s": r.decode_s, "total_s": r.total_s,
                   "generated_tokens": r.generated_tokens}
                  for r in runs],
+        "cost_remeasures": sum(r.cost_remeasures for r in runs),  # mid-request re-timings (policy/costs.py)
     }
 
 

@@ -152,6 +152,7 @@ class EngineRunner:
         device = self.engine.target.device
         if not self.keep_prefix_cache:
             self.engine.forget_history()
+        refreshes = self.engine.cost_model_refreshes
         _sync(device)
         t0 = time.perf_counter()
         t_first = t_last = None
@@ -170,6 +171,7 @@ class EngineRunner:
             prefill_s=t_first - t0, decode_s=t_last - t_first, total_s=end - t0,
             target_passes=stats.target_passes, drafted_by_position=list(stats.drafted_by_position),
             accepted_by_position=list(stats.accepted_by_position), cached_tokens=stats.cached_tokens,
+            cost_remeasures=self.engine.cost_model_refreshes - refreshes,
         )
 
 

@@ -148,6 +148,10 @@ def markdown(results: dict[str, Any], no_charts: str | None = None) -> str:
         [[f"`{m}`", _f(overall[m]["prefill_s_median"] * 1000 if overall[m]["prefill_s_median"] is not None else None, ".1f"),
           _f(overall[m]["generated_tokens"] / overall[m]["total_s"] if overall[m]["total_s"] else None, ".2f"),
           str(overall[m]["generated_tokens"])] for m in methods if m in overall]))
+    remeasured = _remeasures(results)
+    if remeasured:
+        parts += ["", "The cost model was timed again in the middle of a request (the engine's passes contradicted "
+                  "it; about a second each, inside that prompt's time): " + remeasured + "."]
     parts += ["", "## Output equality with the target-only greedy output", ""]
     if not greedy:
         parts.append("Not checked: sampling (temperature > 0) gives equal distributions, not equal tokens.")
@@ -168,6 +172,13 @@ def markdown(results: dict[str, Any], no_charts: str | None = None) -> str:
     parts += ["", "## Charts", ""]
     parts += [f"Not drawn: {no_charts}."] if no_charts else [f"![{c[:-4]}]({c})" for c in CHARTS]
     return "\n".join(parts) + "\n"
+
+
+def _remeasures(results: dict[str, Any]) -> str:
+    """'`method` on prompt id (n times), ...' for every run that re-timed its cost model; '' if none."""
+    found = [f"`{name}` on {p['id']}" + (f" ({r['cost_remeasures']} times)" if r["cost_remeasures"] > 1 else "")
+             for p in results["prompts"] for name, r in p["results"].items() if r.get("cost_remeasures")]
+    return ", ".join(found)
 
 
 def _mismatch_list(results: dict[str, Any]) -> str:

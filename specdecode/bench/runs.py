@@ -25,6 +25,7 @@ class RunResult:
     drafted_by_position: list[int] | None = None
     accepted_by_position: list[int] | None = None
     cached_tokens: int | None = None  # prompt tokens reused from a prefix cache; None = unknown
+    cost_remeasures: int = 0  # times the engine's cost model was timed again during this run (a stall)
 
     @property
     def decode_tokens(self) -> int:
