@@ -88,6 +88,19 @@ class Tokenizer:
         """Raw text -> ids, with BOS only where the tokenizer adds it by default."""
         return list(self.hf.encode(text))
 
+    def open_user_turn(self, text: str) -> list[int]:
+        """Ids of the chat template's start up to a user message that begins with `text` and is
+        not finished (system prompt and role header included): a model continuing them writes the
+        rest of a user's request (Magpie, Xu et al. 2024)."""
+        if not self.has_chat_template:
+            raise SpecdecodeError("writing user requests needs a chat template and this tokenizer has none")
+        marker = "\u2063specdecode-request\u2063"  # invisible separators: no template rewrites them
+        rendered = self.hf.apply_chat_template([{"role": "user", "content": marker}], add_generation_prompt=False,
+                                               tokenize=False)
+        if marker not in rendered:
+            raise SpecdecodeError("this chat template does not show a user message as written")
+        return list(self.hf.encode(rendered.split(marker)[0] + text, add_special_tokens=False))
+
     @property
     def supports_tool_calls(self) -> bool:
         """Whether the chat template renders tools in the Hermes / Qwen2.5 format (specdecode/tools.py),

@@ -284,6 +284,37 @@ def test_corpus_parts_are_kept_and_read_back(target, tmp_path):
     assert meta["spec"]["num_prompts"] == 5 and seqs[0][1].dtype == torch.bfloat16
 
 
+def test_a_self_written_request_ends_where_the_user_turn_ends():
+    from specdecode.heads.data import finish_request
+
+    assert finish_request("How do I", " bake bread at home?<|im_end|>\n<|im_start|>assistant") == \
+        "How do I bake bread at home?"
+    assert finish_request("Can you explain", " what DNS is?\n\nSure! DNS is the phone book...") == \
+        "Can you explain what DNS is?"
+    passage = finish_request("Summarize the following news story:", "\n\nThe council voted on Monday to close the "
+                             "old bridge for repairs.\n\nSummary: the bridge")
+    assert passage == "Summarize the following news story:\n\nThe council voted on Monday to close the old bridge " \
+        "for repairs."  # an opening that ends with a colon keeps the passage it introduces
+    assert finish_request("Why do", "\n\n") == "Why do" and finish_request("", "\n\n") == ""
+
+
+def test_the_target_writes_requests_of_its_own_the_same_ones_again(target, tmp_path):
+    """self_written_prompts: the chat template opened at a user turn and a request's opening,
+    continued by the target with a seed per request; the corpus keeps them and answers them."""
+    from specdecode.heads.data import CHAT_OPENERS, self_written_prompts
+    from specdecode.heads.pipeline import collect_corpus
+
+    written = self_written_prompts(target, 6, max_new_tokens=12)
+    assert 1 <= len(written) <= 6 and all(any(w.startswith(o) for o in CHAT_OPENERS) for w in written)
+    assert any(len(w) > len(o) + 5 for w in written for o in CHAT_OPENERS if w.startswith(o))  # it wrote more
+    assert self_written_prompts(target, 6, max_new_tokens=12) == written  # seeded: the same requests again
+    assert self_written_prompts(target, 6, max_new_tokens=12, seed=1) != written
+    spec = CorpusSpec(num_prompts=2, max_new_tokens=8, self_written=3)
+    seqs, info = collect_corpus(target, spec, tmp_path)
+    saved = list(tmp_path.glob("requests-*.jsonl"))
+    assert len(saved) == 1 and info["sequences"] == 2 + len(saved[0].read_text().splitlines())
+
+
 def test_the_default_prompts_hold_no_benchmark_prompt():
     prompts = default_prompts(200)
     assert len(prompts) == 200 and len(set(prompts)) == 200

@@ -32,6 +32,10 @@ def add_parser(sub) -> None:
                    help="plain text files to add (the target reads them: its features over the text; repeatable)")
     t.add_argument("--num-prompts", type=int, default=CorpusSpec.num_prompts,
                    help=f"how many default prompts (default {CorpusSpec.num_prompts}; at most about 1,100 are built)")
+    t.add_argument("--self-written", type=int, default=CorpusSpec.self_written, metavar="N",
+                   help="also N requests the target writes itself from the openings of everyday ones (chat, "
+                        "translation, summaries, questions, stories), then answers: text of the kind the docstring "
+                        f"prompts lack (default {CorpusSpec.self_written})")
     t.add_argument("--max-new-tokens", "-n", type=int, default=CorpusSpec.max_new_tokens,
                    help=f"longest answer per prompt (default {CorpusSpec.max_new_tokens})")
     t.add_argument("--batch", type=int, default=8, help="prompts answered at once (default 8)")
@@ -83,6 +87,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name in ("num_prompts", "max_new_tokens", "batch", "epochs", "unroll", "draft_vocab"):
         if getattr(args, name) < 1:
             raise SpecdecodeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.self_written < 0:
+        raise SpecdecodeError(f"--self-written must be >= 0, got {args.self_written}")
     if args.intermediate_size is not None and args.intermediate_size < 1:
         raise SpecdecodeError(f"--intermediate-size must be >= 1, got {args.intermediate_size}")
     if not args.lr > 0:
@@ -92,7 +98,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.feature_noise >= 0:
         raise SpecdecodeError(f"--feature-noise must be >= 0, got {args.feature_noise}")
     model = _load_target(args)
-    spec = CorpusSpec(args.prompts, list(args.text), args.num_prompts, args.max_new_tokens, args.batch)
+    spec = CorpusSpec(args.prompts, list(args.text), args.num_prompts, args.max_new_tokens, args.batch,
+                      self_written=args.self_written)
     config = TrainConfig(epochs=args.epochs, unroll=args.unroll, lr=args.lr, holdout=args.holdout,
                          feature_noise=args.feature_noise)
     directory, info = train_for_target(model, spec, HeadShape(args.draft_vocab, args.intermediate_size), config,

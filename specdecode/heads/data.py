@@ -5,7 +5,8 @@ never drafts and keeps what the engine hands it), so collecting them costs the t
 generation and nothing more. Prompts: a JSONL file of the user's ({"prompt": ...} or
 {"messages": [...]}, one per line), text files (their text is the sequence: prefill only), or by
 default prompts built from what is on this machine offline: the docstrings of Python's standard
-library, turned into requests to explain, write, translate, summarize and answer. Never the
+library, turned into requests to explain, write, translate, summarize and answer, and requests
+the target writes itself from the openings of everyday ones (self_written_prompts). Never the
 benchmark prompts (`benchmark_overlap` checks).
 """
 
@@ -36,6 +37,79 @@ _TASKS = (
     "Give three bullet points about: {line}",
     "Is this statement correct? Explain your reasoning step by step. {line}",
 )
+
+
+# How the self-written requests begin (self_written_prompts): everyday chat, writing, translation,
+# summaries, questions, reasoning and role play, the kinds of request the docstring prompts lack.
+CHAT_OPENERS = (
+    "Can you explain", "Translate the following text into English:", "Translate this German sentence into English:",
+    "Summarize the following news story:", "What is the difference between", "Write a short story about",
+    "I'm planning a trip to", "How do I", "Why do", "What are some tips for", "Write an email to",
+    "Give me a recipe for", "Who was", "What happened during", "Compare", "Write a poem about",
+    "Help me understand", "What would happen if", "Describe", "I need advice on",
+    "Write a persuasive paragraph about", "Solve this math problem:", "A train leaves", "If a store sells",
+    "Imagine you are", "Pretend to be", "Read the following passage and answer the question.",
+    "Based on the text below,", "List five", "What is the capital of", "How does", "Is it true that",
+    "Rewrite this paragraph in a formal tone:", "Draft a cover letter for", "What are the pros and cons of",
+    "Plan a weekly schedule for", "Explain to a child", "Give me a fun fact about", "What should I consider when",
+    "Create a dialogue between",
+)
+
+
+def finish_request(opener: str, written: str) -> str:
+    """A self-written request cleaned up: the opener and what the model wrote after it, up to the
+    end of the user's turn; a model that goes on to answer its own request is cut at the first
+    blank line (the second, where the first paragraph ends with a colon: it introduces a passage)."""
+    text = opener + written
+    for end in ("<|im_end|>", "<|eot_id|>", "</s>", "\nAssistant", "\nAnswer:", "\n**"):
+        text = text.split(end)[0]
+    paras = [p for p in text.split("\n\n") if p.strip()]
+    if not paras:
+        return ""
+    return ("\n\n".join(paras[:2]) if paras[0].rstrip().endswith(":") else paras[0]).strip()
+
+
+def self_written_prompts(model, count: int, *, seed: int = 0, batch: int = 8, max_new_tokens: int = 72,
+                         progress: bool = False) -> list[str]:
+    """`count` user requests the target writes itself (Magpie, Xu et al. 2024): the chat template
+    opened at a user turn and the start of a request (CHAT_OPENERS, in turn), continued with
+    sampling (temperature 1, top-p 0.95, a seed per request, so the same requests come again),
+    then cleaned (finish_request). Requests that hold a benchmark prompt, or are too short, are
+    dropped: fewer than `count` may come back. Needs a chat template."""
+    from tqdm.auto import tqdm
+
+    from ..engine import Engine
+
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise SpecdecodeError("writing user requests needs the target's tokenizer")
+    engine = Engine(model, None, prefix_cache=None)
+    openers = [CHAT_OPENERS[i % len(CHAT_OPENERS)] for i in range(count)]
+    starts = {o: tokenizer.open_user_turn(o) for o in set(openers)}
+    waiting = list(range(count))
+    live: list = []
+    written: dict[int, str] = {}
+    bar = tqdm(total=count, desc="requests written", unit="request", disable=None if progress else True)
+    try:
+        while waiting or live:
+            while waiting and len(live) < batch:
+                i = waiting.pop(0)
+                params = SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0, top_p=0.95,
+                                        seed=seed * 1_000_003 + i)
+                live.append((i, engine.start(starts[openers[i]], params)))
+            engine.step([s for _, s in live])
+            for i, s in live:
+                if s.finished:
+                    start = len(starts[openers[i]])
+                    written[i] = finish_request(openers[i], tokenizer.hf.decode(s.tokens[start:]))
+                    bar.update(1)
+            live = [(i, s) for i, s in live if not s.finished]
+    finally:
+        for _, s in live:
+            engine.release(s)
+        bar.close()
+    kept = [written[i] for i in range(count) if len(written.get(i, "")) > 25]
+    return [p for p in kept if benchmark_overlap([p]) == 0]
 
 
 def _docstrings() -> Iterator[tuple[str, str]]:

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from ..errors import SpecdecodeError
-from .data import benchmark_overlap, collect, collect_text, default_prompts, read_prompts
+from .data import (CHAT_OPENERS, benchmark_overlap, collect, collect_text, default_prompts, read_prompts,
+                   self_written_prompts)
 from .model import HeadConfig, bind, lm_head_weight
 from .store import (drop_checkpoint, head_dir, load_checkpoint, load_corpus, load_head, save_checkpoint,
                     save_corpus, save_head)
@@ -36,6 +37,7 @@ class CorpusSpec:
     max_new_tokens: int = 192
     batch: int = 8
     seed: int = 0
+    self_written: int = 0  # requests the target writes itself (data.self_written_prompts), answered too
 
     def key(self, quantize: str | None) -> str:
         """The corpus directory: answers of the same length from the same weights. (Each part's file
@@ -79,6 +81,8 @@ def collect_corpus(model, spec: CorpusSpec, directory: Path, *, part_size: int =
     from ..config import SamplingParams
 
     prompts = corpus_prompts(spec)
+    if spec.self_written:
+        prompts = prompts + written_requests(model, spec, directory, progress)
     info = {"spec": asdict(spec), "quantize": getattr(model, "quantize", None), "benchmark_overlap": 0}
     sequences: list = []
     parts = [prompts[a : a + part_size] for a in range(0, len(prompts), part_size)]
@@ -104,6 +108,22 @@ def collect_corpus(model, spec: CorpusSpec, directory: Path, *, part_size: int =
     info["sequences"] = len(sequences)
     info["collect_seconds"] = round(time.perf_counter() - started, 1)
     return sequences, info
+
+
+def written_requests(model, spec: CorpusSpec, directory: Path, progress: bool = False) -> list[str]:
+    """The target's self-written requests of `spec` (self_written_prompts), kept in the corpus
+    directory as JSONL: a resumed run reads them back instead of writing them again."""
+    from ..loading.store import atomic_write_text
+
+    path = directory / f"requests-{_digest([spec.self_written, spec.seed, CHAT_OPENERS])}.jsonl"
+    if path.is_file():
+        return [p for p in read_prompts(path) if isinstance(p, str)]
+    if progress:
+        print(f"the target writes {spec.self_written} requests of its own", flush=True)
+    requests = self_written_prompts(model, spec.self_written, seed=spec.seed, batch=spec.batch, progress=progress)
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps({"prompt": p}, ensure_ascii=False) + "\n" for p in requests))
+    return requests
 
 
 @dataclass
