@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # For the tiny target (hidden 64): a high learning rate learns its near-deterministic answers in seconds.
 TINY_TRAIN = TrainConfig(epochs=20, lr=1e-2, unroll=2, batch_tokens=256)
-TINY_CORPUS = CorpusSpec(num_prompts=24, max_new_tokens=48)
+TINY_CORPUS = CorpusSpec(num_prompts=24, max_new_tokens=48, self_written=0)
 HELD_OUT = ["Explain what a dictionary is, briefly.", "def add(x, y):\n    return", "hello there, the weather",
             "Write a loop that prints ten numbers."]
 
@@ -246,7 +246,7 @@ def test_feature_noise_perturbs_only_the_training_inputs(target):
 def test_an_interrupted_training_resumes_where_it_stopped(target, tmp_path):
     """A run stopped after its first epoch (the checkpoint is kept), started again, ends with the
     very head an unbroken run trains; the corpus is collected once and read back."""
-    spec = CorpusSpec(num_prompts=6, max_new_tokens=24)
+    spec = CorpusSpec(num_prompts=6, max_new_tokens=24, self_written=0)
     config = TrainConfig(epochs=3, lr=5e-3, batch_tokens=128)
     whole, _ = train_for_target(target, spec, HeadShape(64, 64), config, out=tmp_path / "whole")
 
@@ -273,7 +273,7 @@ def test_an_interrupted_training_resumes_where_it_stopped(target, tmp_path):
 
 
 def test_corpus_parts_are_kept_and_read_back(target, tmp_path):
-    spec = CorpusSpec(num_prompts=5, max_new_tokens=16)
+    spec = CorpusSpec(num_prompts=5, max_new_tokens=16, self_written=0)
     from specdecode.heads.pipeline import collect_corpus
 
     first, info = collect_corpus(target, spec, tmp_path, part_size=2)
@@ -330,7 +330,7 @@ def test_a_corpus_with_benchmark_prompts_is_refused(target, tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text(json.dumps({"prompt": spec_bench_prompts()[3].text}) + "\n" + json.dumps({"prompt": "hi"}) + "\n")
     with pytest.raises(SpecdecodeError, match="benchmark prompts"):
-        train_for_target(target, CorpusSpec(prompts_file=str(f)), HeadShape(64, 64), TINY_TRAIN, out=tmp_path / "h")
+        train_for_target(target, CorpusSpec(prompts_file=str(f), self_written=0), HeadShape(64, 64), TINY_TRAIN, out=tmp_path / "h")
 
 
 def test_an_eagle_checkpoint_loads_and_drafts_with_the_target_lm_head(target, trained, tmp_path):
@@ -401,10 +401,12 @@ def test_training_from_the_command_line_then_drafting_with_the_head(capsys, tmp_
     assert main(["heads", "train", *tiny, "--quantize", "none", "--holdout", "1"]) == 2
     assert "--holdout must be a share in [0, 1)" in capsys.readouterr().err
     rc = main(["heads", "train", *tiny, "--quantize", "none", "--num-prompts", "8", "-n", "24", "--epochs", "2",
-               "--draft-vocab", "128", "--intermediate-size", "64", "--holdout", "0.25"])
+               "--draft-vocab", "128", "--intermediate-size", "64", "--holdout", "0.25", "--self-written", "3"])
     out = capsys.readouterr().out
     assert rc == 0 and "head saved in" in out and "top-1 agreement" in out
-    assert "held-out positions" in out and "held out (" in out
+    assert "held-out positions" in out and "held out (" in out and "the target writes 3 requests of its own" in out
+    assert CorpusSpec().write_count() == 256 and CorpusSpec(prompts_file="p.jsonl").write_count() == 0
+    assert CorpusSpec(text_files=["t.txt"], self_written=5).write_count() == 5
     assert main(["heads", "show", *tiny, "--quantize", "none"]) == 0
     assert '"draft_vocab_size": 128' in capsys.readouterr().out
     rc = main(["generate", "def add(x, y):", *tiny, "--drafter", "head", "--raw", "-n", "12", "-k", "3", "--compare"])

@@ -8,7 +8,7 @@ import sys
 
 from ..cli_common import DEFAULT_TARGET
 from ..errors import SpecdecodeError
-from .pipeline import CorpusSpec, HeadShape, find_head, train_for_target
+from .pipeline import DEFAULT_SELF_WRITTEN, CorpusSpec, HeadShape, find_head, train_for_target
 from .store import load_head
 from .train import TrainConfig
 
@@ -32,10 +32,11 @@ def add_parser(sub) -> None:
                    help="plain text files to add (the target reads them: its features over the text; repeatable)")
     t.add_argument("--num-prompts", type=int, default=CorpusSpec.num_prompts,
                    help=f"how many default prompts (default {CorpusSpec.num_prompts}; at most about 1,100 are built)")
-    t.add_argument("--self-written", type=int, default=CorpusSpec.self_written, metavar="N",
+    t.add_argument("--self-written", type=int, default=None, metavar="N",
                    help="also N requests the target writes itself from the openings of everyday ones (chat, "
                         "translation, summaries, questions, stories), then answers: text of the kind the docstring "
-                        f"prompts lack (default {CorpusSpec.self_written})")
+                        f"prompts lack (default {DEFAULT_SELF_WRITTEN} with the default prompts, 0 with --prompts "
+                        "or --text)")
     t.add_argument("--max-new-tokens", "-n", type=int, default=CorpusSpec.max_new_tokens,
                    help=f"longest answer per prompt (default {CorpusSpec.max_new_tokens})")
     t.add_argument("--batch", type=int, default=8, help="prompts answered at once (default 8)")
@@ -87,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name in ("num_prompts", "max_new_tokens", "batch", "epochs", "unroll", "draft_vocab"):
         if getattr(args, name) < 1:
             raise SpecdecodeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.self_written < 0:
+    if args.self_written is not None and args.self_written < 0:
         raise SpecdecodeError(f"--self-written must be >= 0, got {args.self_written}")
     if args.intermediate_size is not None and args.intermediate_size < 1:
         raise SpecdecodeError(f"--intermediate-size must be >= 1, got {args.intermediate_size}")
