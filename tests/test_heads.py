@@ -313,6 +313,17 @@ def test_the_target_writes_requests_of_its_own_the_same_ones_again(target, tmp_p
     seqs, info = collect_corpus(target, spec, tmp_path)
     saved = list(tmp_path.glob("requests-*.jsonl"))
     assert len(saved) == 1 and info["sequences"] == 2 + len(saved[0].read_text().splitlines())
+    import copy
+    from types import SimpleNamespace
+
+    from specdecode.heads.pipeline import written_requests
+
+    base = SimpleNamespace(tokenizer=SimpleNamespace(has_chat_template=False, open_user_turn=None))
+    assert written_requests(base, CorpusSpec(), tmp_path / "base") == []  # a base model: none by default
+    with pytest.raises(SpecdecodeError, match="chat template"):  # ... and a clear error when asked for
+        plain = copy.deepcopy(target.tokenizer.hf)
+        plain.chat_template = None
+        self_written_prompts(SimpleNamespace(tokenizer=type(target.tokenizer)(plain, [])), 1)
 
 
 def test_the_default_prompts_hold_no_benchmark_prompt():

@@ -83,9 +83,9 @@ def self_written_prompts(model, count: int, *, seed: int = 0, batch: int = 8, ma
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise SpecdecodeError("writing user requests needs the target's tokenizer")
-    engine = Engine(model, None, prefix_cache=None)
     openers = [CHAT_OPENERS[i % len(CHAT_OPENERS)] for i in range(count)]
-    starts = {o: tokenizer.open_user_turn(o) for o in set(openers)}
+    starts = {o: tokenizer.open_user_turn(o) for o in set(openers)}  # (no chat template: an error here)
+    engine = Engine(model, None, prefix_cache=None)
     waiting = list(range(count))
     live: list = []
     written: dict[int, str] = {}

@@ -129,6 +129,11 @@ def written_requests(model, spec: CorpusSpec, directory: Path, progress: bool = 
     from ..loading.store import atomic_write_text
 
     count = spec.write_count()
+    tokenizer = model.tokenizer
+    if spec.self_written is None and (tokenizer is None or not tokenizer.has_chat_template):
+        if progress:  # a base model: it has no user turn to write (asked for explicitly, it is an error)
+            print("the target has no chat template: no self-written requests", flush=True)
+        return []
     path = directory / f"requests-{_digest([count, spec.seed, CHAT_OPENERS])}.jsonl"
     if path.is_file():
         return [p for p in read_prompts(path) if isinstance(p, str)]
