@@ -631,6 +631,14 @@ class Engine:
                     yield state.new_tokens, state.finish_reason
         finally:
             self.release(state)
+        self.settle()  # after the last tokens went out (not on a cancelled stream: it may be in a hurry)
+
+    def settle(self) -> bool:
+        """Work deferred to a moment no request waits on: a cost model the engine's passes
+        contradicted is timed again here (about a second; policy/costs.py). Call it between
+        requests (stream_tokens does, after a request's last tokens; the server when its batch is
+        empty). -> whether anything was done."""
+        return self.planner.settle() if self.planner is not None and hasattr(self.planner, "settle") else False
 
     # -- layer 3: text ---------------------------------------------------------------------------
 

@@ -235,6 +235,9 @@ def test_costs_are_measured_again_when_the_engines_passes_contradict_their_ratio
     for _ in range(policy_costs.WINDOW):  # now the multi-token passes run 2x the entry's ratio
         costs.timed(1, 4, entry.T(1, 4))
         costs.timed(4, 4, 2 * entry.T(4, 4))
+    # noted, not measured in the middle of a request: that waits for settle() (between requests)
+    assert calls == [False] and costs.pending and costs.model is entry
+    assert costs.settle() and not costs.pending and not costs.settle()
     assert calls == [False, True] and costs.model is fresh and costs.remeasures == 1
     assert costs.table(4, 4)[4] == pytest.approx(fresh.T(4, 64) / fresh.T(1))
 
@@ -267,6 +270,25 @@ def test_a_given_cost_model_is_never_replaced(tiny):
     engine.generate_ids([3, 5, 7], specdecode.SamplingParams(max_new_tokens=48))
     assert engine.cost_model is given and engine.cost_model_refreshes == 0
 
+
+
+def test_a_contradicted_cost_model_is_timed_again_after_the_request_not_during_it(tiny, monkeypatch):
+    """The re-timing takes about a second: a stream must not stall for it. It runs once the
+    request's last tokens are out (Engine.settle from stream_tokens)."""
+    import specdecode
+    import specdecode.policy.costs as policy_costs
+
+    entry = CostModel.from_function(lambda m: 0.010 * (1 + 0.1 * (m - 1)))
+    calls = []
+    monkeypatch.setattr(policy_costs, "measure_cost_model", lambda target, drafters, refresh=False: entry)
+    monkeypatch.setattr(policy_costs, "remeasure_target", lambda target, old: calls.append(old) or entry)
+    engine = specdecode.Engine(tiny, NgramDrafter())
+    stream = engine.stream_tokens([3, 5, 7], specdecode.SamplingParams(max_new_tokens=12))
+    next(stream)
+    engine.planner.costs.pending = True  # as timed() leaves it when the passes contradict the entry
+    for _ in stream:
+        assert calls == []  # never while the request still streams
+    assert len(calls) == 1 and engine.cost_model_refreshes == 1 and not engine.planner.costs.pending
 
 
 def test_a_draft_step_is_priced_as_the_engines_draft_rounds_run(monkeypatch):

@@ -100,6 +100,10 @@ class ScriptedEngine:
             state.released = True
             self.log.append(("closed", state.name))
 
+    def settle(self):
+        self.log.append(("settle",))
+        return False
+
 
 def _job(name: str, tokens: int = 3) -> Job:
     return Job(name, False, SamplingParams(max_new_tokens=tokens), asyncio.get_running_loop())
@@ -150,6 +154,8 @@ def test_max_batch_1_is_strict_fifo():
     starts_and_closes = [e for e in engine.log if e[0] in ("start", "closed")]
     assert starts_and_closes == [("start", "a"), ("closed", "a"), ("start", "b"), ("closed", "b"),
                                  ("start", "c"), ("closed", "c")]
+    # deferred work (Engine.settle) only once nothing is active or waiting: after the last request
+    assert ("settle",) in engine.log and engine.log.index(("settle",)) > engine.log.index(("closed", "c"))
 
 
 def test_active_generations_advance_together_and_a_freed_place_is_taken_at_once():

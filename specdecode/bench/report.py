@@ -150,8 +150,9 @@ def markdown(results: dict[str, Any], no_charts: str | None = None) -> str:
           str(overall[m]["generated_tokens"])] for m in methods if m in overall]))
     remeasured = _remeasures(results)
     if remeasured:
-        parts += ["", "The cost model was timed again in the middle of a request (the engine's passes contradicted "
-                  "it; about a second each, inside that prompt's time): " + remeasured + "."]
+        parts += ["", "The cost model was timed again during these runs (the engine's passes contradicted it; about "
+                  "a second each, after the request's last token: in its end-to-end time, not its decode "
+                  "time): " + remeasured + "."]
     parts += ["", "## Output equality with the target-only greedy output", ""]
     if not greedy:
         parts.append("Not checked: sampling (temperature > 0) gives equal distributions, not equal tokens.")

@@ -6,7 +6,8 @@ come from `specdecode.cost_model` (measured on first use, interleaved with T(1) 
 moment cannot skew a ratio, checked for consistency, cached per machine and model); this module
 divides them by T(1) and watches the engine's own passes: when the multi-token passes, relative
 to the one-token passes, run far from what the cached entry says, the target's passes are timed
-again (about a second, mid-request) and replace the entry's (not nudged; docs/policy.md). A
+again (about a second, once no request waits: Engine.settle) and replace the entry's (not nudged;
+docs/policy.md). A
 draft model's steps are watched the same way: as the engine runs them (a batched proposal, host
 copies, the stop rule after every token) they can cost more than the cost model's bare pass, so
 once enough rounds are seen a step is priced as observed.
@@ -50,6 +51,7 @@ class PassCostRatios:
         self._model = given
         self.checked = given is None  # a measured entry is checked against the engine's passes
         self.remeasures = 0
+        self.pending = False  # contradicted: to be measured again at the next settle()
         self.version = 0  # bumped when the figures change (tables memoised under the old ones go)
         self._tables: dict[tuple[int, int], list[float]] = {}
         self._seen: dict[str, deque[float]] = {"1": deque(maxlen=WINDOW), "m": deque(maxlen=WINDOW)}
@@ -102,7 +104,7 @@ class PassCostRatios:
 
     def timed(self, m: int, context: int, seconds: float) -> None:
         """A single-request target pass: compare it with the entry; measure again if contradicted."""
-        if not self.checked or self._model is None or self.remeasures >= MAX_REMEASURES:
+        if not self.checked or self._model is None or self.remeasures >= MAX_REMEASURES or self.pending:
             return
         predicted = self._model.T(m, context)
         if predicted < MIN_SECONDS or seconds <= 0.0:
@@ -114,10 +116,21 @@ class PassCostRatios:
         off = math.exp(median(multi) - median(one))  # (observed T(m)/T(1)) / (the entry's T(m)/T(1))
         if 1.0 / CONTRADICTION <= off <= CONTRADICTION:
             return
-        log.info("multi-token passes ran at %.2fx the cost entry's ratio to T(1): measuring them again", off)
+        log.info("multi-token passes ran at %.2fx the cost entry's ratio to T(1): to be measured again", off)
+        self.pending = True
+
+    def settle(self) -> bool:
+        """Time the target's passes again if the engine's passes contradicted the entry (timed):
+        called where no request waits on the engine (Engine.settle), since it takes about a
+        second and a request's stream would stall for it. -> whether it measured."""
+        if not self.pending or not self.checked or self._model is None or self.remeasures >= MAX_REMEASURES:
+            self.pending = False
+            return False
+        self.pending = False
         self._model = remeasure_target(self._target, self._model)
         self.remeasures += 1
         self._changed()
+        return True
 
     def timed_draft(self, name: str, steps: int, context: int, behind: int, seconds: float) -> None:
         """A single request's draft round: `steps` steps of drafter `name`'s model after `context`

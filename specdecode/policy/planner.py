@@ -145,6 +145,10 @@ class CostPlanner:
     def timed(self, m: int, context: int, seconds: float) -> None:
         self.costs.timed(m, context, seconds)
 
+    def settle(self) -> bool:
+        """Deferred work no request should wait on (PassCostRatios.settle)."""
+        return self.costs.settle()
+
     def timed_draft(self, state: Any, steps: int, seconds: float) -> None:
         c = state.plan_state.last
         if c is not None and c.k > 0 and c.step > 0.0:

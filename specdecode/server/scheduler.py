@@ -199,6 +199,8 @@ class Scheduler:
                 self._finish(job, None)
             if self._active:
                 self._round()
+                if not self._active and not self._pending:
+                    self.engine.settle()  # between requests: deferred re-timing (Engine.settle)
         with self._cond:
             jobs = [*self._active, *self._pending]
             self._pending.clear()
