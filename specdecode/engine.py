@@ -636,8 +636,9 @@ class Engine:
     def settle(self) -> bool:
         """Work deferred to a moment no request waits on: a cost model the engine's passes
         contradicted is timed again here (about a second; policy/costs.py). Call it between
-        requests (stream_tokens does, after a request's last tokens; the server when its batch is
-        empty). -> whether anything was done."""
+        requests (stream_tokens and stream do, after a request's last tokens; the server when its
+        batch is empty; a caller of start/step/release, when it has no request open). -> whether
+        anything was done."""
         return self.planner.settle() if self.planner is not None and hasattr(self.planner, "settle") else False
 
     # -- layer 3: text ---------------------------------------------------------------------------
@@ -686,6 +687,7 @@ class Engine:
                     yield chunk
         finally:
             self.release(request.state)
+        self.settle()  # after the last chunk went out, as stream_tokens
 
     def generate(self, prompt, params: SamplingParams | None = None, *, chat: bool | None = None,
                  tools: list[dict] | None = None, tool_choice: str | dict | None = None,
