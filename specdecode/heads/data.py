@@ -17,8 +17,9 @@ import json
 import pkgutil
 import random
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -85,31 +86,17 @@ def self_written_prompts(model, count: int, *, seed: int = 0, batch: int = 8, ma
         raise SpecdecodeError("writing user requests needs the target's tokenizer")
     openers = [CHAT_OPENERS[i % len(CHAT_OPENERS)] for i in range(count)]
     starts = {o: tokenizer.open_user_turn(o) for o in set(openers)}  # (no chat template: an error here)
-    engine = Engine(model, None, prefix_cache=None)
-    waiting = list(range(count))
-    live: list = []
+    requests = [(starts[o], SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0, top_p=0.95,
+                                           seed=seed * 1_000_003 + i)) for i, o in enumerate(openers)]
     written: dict[int, str] = {}
+
+    def keep(i: int, state) -> None:
+        written[i] = finish_request(openers[i], tokenizer.hf.decode(state.tokens[len(requests[i][0]):]))
+
     bar = tqdm(total=count, desc="requests written", unit="request", disable=None if progress else True)
-    try:
-        while waiting or live:
-            while waiting and len(live) < batch:
-                i = waiting.pop(0)
-                params = SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0, top_p=0.95,
-                                        seed=seed * 1_000_003 + i)
-                live.append((i, engine.start(starts[openers[i]], params)))
-            engine.step([s for _, s in live])
-            for i, s in live:
-                if s.finished:
-                    start = len(starts[openers[i]])
-                    written[i] = finish_request(openers[i], tokenizer.hf.decode(s.tokens[start:]))
-                    bar.update(1)
-            live = [(i, s) for i, s in live if not s.finished]
-    finally:
-        for _, s in live:
-            engine.release(s)
-        bar.close()
+    decode_all(Engine(model, None, prefix_cache=None), requests, batch, keep, bar)
     kept = [written[i] for i in range(count) if len(written.get(i, "")) > 25]
-    return [p for p in kept if benchmark_overlap([p]) == 0]
+    return [p for p, held in zip(kept, holds_benchmark_prompt(kept)) if not held]
 
 
 def _docstrings() -> Iterator[tuple[str, str]]:
@@ -188,12 +175,18 @@ def read_prompts(path: Path) -> list[str | list[dict]]:
 
 def benchmark_overlap(prompts: list) -> int:
     """How many of `prompts` are (or contain) a prompt of the benchmark datasets we ship."""
+    return sum(holds_benchmark_prompt(prompts))
+
+
+def holds_benchmark_prompt(prompts: list) -> list[bool]:
+    """For each of `prompts`: whether it is (or contains) a prompt of the benchmark datasets we ship
+    (the datasets read once for the whole list)."""
     from ..bench.datasets import all_benchmark_texts
 
     texts = [t for t in all_benchmark_texts() if len(t) > 20]
     flat = [p if isinstance(p, str) else " ".join(m.get("content", "") for m in p if isinstance(m, dict))
             for p in prompts]
-    return sum(1 for p in flat if any(t in p or p in t for t in texts))
+    return [any(t in p or p in t for t in texts) for p in flat]
 
 
 class FeatureRecorder:
@@ -249,22 +242,34 @@ def collect(model, prompts: list, *, max_new_tokens: int = 256, batch: int = 8, 
     sink: list = []
     engine = Engine(model, FeatureRecorder(sink), num_draft_tokens=1, prefix_cache=None)
     params = params or SamplingParams(max_new_tokens=max_new_tokens)
-    waiting = [list(p) if _is_ids(p) else engine.encode(p) for p in prompts]
-    live: list = []
-    bar = tqdm(total=len(waiting), desc="target answers", unit="prompt", disable=None if progress else True)
+    requests = [(list(p) if _is_ids(p) else engine.encode(p), params) for p in prompts]
+    bar = tqdm(total=len(requests), desc="target answers", unit="prompt", disable=None if progress else True)
+    decode_all(engine, requests, batch, lambda i, state: None, bar)  # the recorder keeps each answer as it ends
+    return sink
+
+
+def decode_all(engine, requests: list[tuple[list[int], SamplingParams]], batch: int,
+               finished: Callable[[int, Any], None], bar) -> None:
+    """Decode every (prompt ids, params) request, `batch` at once (a freed place is taken at the
+    next step), calling finished(index, state) as each ends and advancing the progress `bar`,
+    which is closed at the end; unfinished requests are released if anything fails."""
+    waiting = list(range(len(requests)))
+    live: list = []  # (index, state)
     try:
         while waiting or live:
             while waiting and len(live) < batch:
-                live.append(engine.start(waiting.pop(0), params))
-            engine.step(live)
-            done = [s for s in live if s.finished]
-            live = [s for s in live if not s.finished]
-            bar.update(len(done))
+                i = waiting.pop(0)
+                live.append((i, engine.start(*requests[i])))
+            engine.step([s for _, s in live])
+            for i, s in live:
+                if s.finished:
+                    finished(i, s)
+                    bar.update(1)
+            live = [(i, s) for i, s in live if not s.finished]
     finally:
-        for s in live:
+        for _, s in live:
             engine.release(s)
         bar.close()
-    return sink
 
 
 def collect_text(model, texts: list[str], *, chunk: int = 1024, progress: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -61,7 +61,8 @@ class Planner(Protocol):
         """The request is released."""
 
     # Optional: def timed_draft(self, state, steps: int, seconds: float) -> None, called after a
-    # round in which one request alone drafted `steps` tokens with the drafter its plan chose.
+    # round in which one request alone drafted `steps` tokens with the drafter its plan chose;
+    # def settle(self) -> bool, deferred work run when no request waits (Engine.settle).
 
     def describe(self, state: Any) -> str:
         """One line for --stats: how the request drafted, and why it drafted little if it did."""
