@@ -25,20 +25,6 @@ inline void nibbles(const uint8_t* blk, int h, __m256i* R) {
   }
 }
 
-// One row's Q6_K block sum scA * SA + scB * SB (gguf.h), each half's scale applied by vpmaddwd:
-// with both int16 halves of a lane holding the column's scale, madd(p, sc) = sc * (p_lo + p_hi).
-// Two j-steps' products add in int16 first: each is <= 2 * 63 * 127 = 16002 in magnitude, so
-// two fit (32004) and four would not. Integer sums are exact, so I equals the scalar path's.
-inline __m256i q6k_scaled_sum(const __m256i* R, const int8_t* xb, __m256i sca16, __m256i scb16) {
-  auto pair = [&](int r) {  // R[r] and R[r + 1] times their xq (register R_r holds k = 4r..4r + 3)
-    return _mm256_add_epi16(_mm256_maddubs_epi16(R[r], _mm256_set1_epi32(load_i32(xb + 4 * r))),
-                            _mm256_maddubs_epi16(R[r + 1], _mm256_set1_epi32(load_i32(xb + 4 * r + 4))));
-  };
-  const __m256i a = _mm256_add_epi32(_mm256_madd_epi16(pair(0), sca16), _mm256_madd_epi16(pair(2), sca16));
-  const __m256i b = _mm256_add_epi32(_mm256_madd_epi16(pair(4), scb16), _mm256_madd_epi16(pair(6), scb16));
-  return _mm256_add_epi32(a, b);
-}
-
 // An int32 lane per column holding two int16: (lo & 0xFFFF) | (hi << 16). pack_epi16(v, v) holds
 // a column's int8 scale twice (for vpmaddwd), pack_epi16(a, b) the pair (a, b).
 inline __m256i pack_epi16(__m256i lo, __m256i hi) {
@@ -53,6 +39,7 @@ inline __m256i block_sum(const __m256i* R, const int8_t* xb) {
     const __m256i p0 = _mm256_maddubs_epi16(R[j], _mm256_set1_epi32(load_i32(xb + 4 * j)));
     const __m256i p1 = _mm256_maddubs_epi16(R[4 + j], _mm256_set1_epi32(load_i32(xb + 16 + 4 * j)));
     s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_add_epi16(p0, p1), ones));
+    SKINNY_KEEP(s);
   }
   return s;
 }
@@ -66,6 +53,7 @@ struct Q4K {
     Super(const uint8_t* sb, int h) : d(load_f16x8(sb + 2304 + 16 * h)), ndmin(load_f16x8(sb + 2336 + 16 * h)) {}
   };
   static void decode(const uint8_t* sb, int j, int h, __m256i* R) { nibbles(sb + j * 256, h, R); }
+  static const uint8_t* nibble_block(const uint8_t* sb, int j) { return sb + j * 256; }
   static void scale_offset(const Super& c, const uint8_t* sb, int j, int h, __m256* s, __m256* o) {
     *s = _mm256_mul_ps(c.d, _mm256_cvtepi32_ps(load_u8x8_epi32(sb + 2048 + j * 16 + 8 * h)));
     *o = _mm256_mul_ps(c.ndmin, _mm256_cvtepi32_ps(load_u8x8_epi32(sb + 2176 + j * 16 + 8 * h)));
@@ -100,6 +88,7 @@ struct Q5_0 {
 struct Q4_0 {
   static constexpr int kK = kBlock, kBytes = kQ4_0Bytes;
   static void decode(const uint8_t* blk, int, int h, __m256i* R) { nibbles(blk, h, R); }
+  static const uint8_t* nibble_block(const uint8_t* blk, int) { return blk; }
   using Super = NoSuper;
   static void scale_offset(const Super&, const uint8_t* blk, int, int h, __m256* s, __m256* o) {
     *s = load_f16x8(blk + 256 + 16 * h);
@@ -132,37 +121,96 @@ void affine_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int6
   }, [&](int h, __m256* acc) SKINNY_INLINE { store_half(acc, MB, h, y, ldy, col0, n_valid); });
 }
 
+// Formats whose values fit 4 bits (Q4_K, Q4_0): a block's eight vpmaddubsw products per row add
+// in int16 (each <= 2 * 15 * 127 = 3810, eight <= 30480), one vpmaddwd widens them; the nibbles
+// are unpacked a register pair at a time and used by every row at once (few live registers).
+template <class Block, int MB>
+void nibble_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0,
+                 int64_t n_valid) {
+  constexpr int kSub = Block::kK / kBlock;
+  const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+  for_block_halves<MB, __m256>(K / Block::kK, [&](int64_t g, int h, __m256* acc) SKINNY_INLINE {
+    const uint8_t* sb = wt + g * Block::kBytes;
+    const typename Block::Super c(sb, h);
+    for (int j = 0; j < kSub; ++j) {
+      // h = 1 reads from cache; the prefetches spread over the blocks, a few lines each
+      if (h == 0) prefetch_ahead(sb + j * (Block::kBytes / kSub), Block::kBytes / kSub);
+      const int64_t b = g * kSub + j;
+      const uint8_t* blk = Block::nibble_block(sb, j);
+      __m256i s16[MB];
+      for (int i = 0; i < MB; ++i) s16[i] = _mm256_setzero_si256();
+      for (int r = 0; r < 4; ++r) {
+        const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + r * 64 + h * 32));
+        const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+        for (int i = 0; i < MB; ++i) {
+          const int8_t* xb = a.x(b, i);
+          s16[i] = _mm256_add_epi16(s16[i], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(load_i32(xb + 4 * r))));
+          s16[i] = _mm256_add_epi16(s16[i], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(load_i32(xb + 16 + 4 * r))));
+          SKINNY_KEEP(s16[i]);
+        }
+      }
+      __m256 s, o;
+      Block::scale_offset(c, sb, j, h, &s, &o);
+      for (int i = 0; i < MB; ++i) {
+        const __m256 scale = _mm256_mul_ps(s, _mm256_set1_ps(a.scale(b, i)));
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s16[i], ones)), scale, acc[i]);
+        acc[i] = _mm256_fmadd_ps(o, _mm256_set1_ps(a.scaled_sum(b, i)), acc[i]);
+      }
+    }
+  }, [&](int h, __m256* acc) SKINNY_INLINE { store_half(acc, MB, h, y, ldy, col0, n_valid); });
+}
+
+// Q6_K, a register pair at a time: per j-step pair (jp, jp + 1), the two loads' low nibbles are
+// R_jp, R_jp+1 (half A) and their high nibbles R_4+jp, R_5+jp (half B), each with its two high
+// bits merged in; every row then adds that pair's products of each half, scaled by vpmaddwd.
 template <int MB>
 void q6k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
-  const __m256i hi2 = _mm256_set1_epi8(0x30);
+  const __m256i hi2 = _mm256_set1_epi8(0x30), low = _mm256_set1_epi8(15);
   for_block_halves<MB, __m256>(K / kSuperK, [&](int64_t g, int h, __m256* acc) SKINNY_INLINE {
     const uint8_t* sb = wt + g * kQ6KBytes;
-    if (h == 0) prefetch_ahead(sb, kQ6KBytes);  // h = 1 reads from cache
     const __m256 d = load_f16x8(sb + 3328 + 16 * h);
     for (int j = 0; j < 8; ++j) {
+      if (h == 0) prefetch_ahead(sb + j * (kQ6KBytes / 8), kQ6KBytes / 8);  // h = 1 reads from cache
       const int64_t b = g * 8 + j;
       const uint8_t* blk = sb + j * 384;
-      __m256i R[8];
-      nibbles(blk, h, R);
-      for (int half = 0; half < 2; ++half) {
-        const __m256i hb = _mm256_loadu_si256((const __m256i*)(blk + 256 + half * 64 + h * 32));
-        __m256i* r = R + 4 * half;
-        r[0] = _mm256_or_si256(r[0], _mm256_and_si256(_mm256_slli_epi16(hb, 4), hi2));
-        r[1] = _mm256_or_si256(r[1], _mm256_and_si256(_mm256_slli_epi16(hb, 2), hi2));
-        r[2] = _mm256_or_si256(r[2], _mm256_and_si256(hb, hi2));
-        r[3] = _mm256_or_si256(r[3], _mm256_and_si256(_mm256_srli_epi16(hb, 2), hi2));
-      }
+      const __m256i hbA = _mm256_loadu_si256((const __m256i*)(blk + 256 + h * 32));
+      const __m256i hbB = _mm256_loadu_si256((const __m256i*)(blk + 256 + 64 + h * 32));
       const __m256i sca = load_i8x8_epi32(sb + 3072 + 2 * j * 16 + 8 * h);
       const __m256i scb = load_i8x8_epi32(sb + 3072 + (2 * j + 1) * 16 + 8 * h);
       const __m256i sca16 = pack_epi16(sca, sca), scb16 = pack_epi16(scb, scb);
-      const __m256i scab16 = pack_epi16(sca, scb);  // (scA, scB)
+      // (32 scA, 32 scB): |32 sc| <= 4096 fits int16, so the offset term is one vpmaddwd per row
+      const __m256i scab32 = pack_epi16(_mm256_slli_epi32(sca, 5), _mm256_slli_epi32(scb, 5));
+      __m256i I[MB];
+      for (int i = 0; i < MB; ++i) I[i] = _mm256_setzero_si256();
+      for (int jp = 0; jp < 4; jp += 2) {
+        const __m256i v0 = _mm256_loadu_si256((const __m256i*)(blk + jp * 64 + h * 32));
+        const __m256i v1 = _mm256_loadu_si256((const __m256i*)(blk + (jp + 1) * 64 + h * 32));
+        // high bits of R_f sit at bits 2f..2f+1 of hb: f = jp -> shift left 4 - 2jp, f = jp + 1 -> 2 - 2jp
+        const __m256i hA0 = jp == 0 ? _mm256_slli_epi16(hbA, 4) : hbA;
+        const __m256i hA1 = jp == 0 ? _mm256_slli_epi16(hbA, 2) : _mm256_srli_epi16(hbA, 2);
+        const __m256i hB0 = jp == 0 ? _mm256_slli_epi16(hbB, 4) : hbB;
+        const __m256i hB1 = jp == 0 ? _mm256_slli_epi16(hbB, 2) : _mm256_srli_epi16(hbB, 2);
+        const __m256i a0 = _mm256_or_si256(_mm256_and_si256(v0, low), _mm256_and_si256(hA0, hi2));
+        const __m256i a1 = _mm256_or_si256(_mm256_and_si256(v1, low), _mm256_and_si256(hA1, hi2));
+        const __m256i b0 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v0, 4), low), _mm256_and_si256(hB0, hi2));
+        const __m256i b1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v1, 4), low), _mm256_and_si256(hB1, hi2));
+        for (int i = 0; i < MB; ++i) {
+          const int8_t* xb = a.x(b, i);
+          // two products of 6-bit values add in int16 (each <= 2 * 63 * 127 = 16002)
+          const __m256i pa = _mm256_add_epi16(_mm256_maddubs_epi16(a0, _mm256_set1_epi32(load_i32(xb + 4 * jp))),
+                                              _mm256_maddubs_epi16(a1, _mm256_set1_epi32(load_i32(xb + 4 * jp + 4))));
+          const __m256i pb = _mm256_add_epi16(_mm256_maddubs_epi16(b0, _mm256_set1_epi32(load_i32(xb + 16 + 4 * jp))),
+                                              _mm256_maddubs_epi16(b1, _mm256_set1_epi32(load_i32(xb + 20 + 4 * jp))));
+          I[i] = _mm256_add_epi32(I[i], _mm256_add_epi32(_mm256_madd_epi16(pa, sca16), _mm256_madd_epi16(pb, scb16)));
+          SKINNY_KEEP(I[i]);
+        }
+      }
       for (int i = 0; i < MB; ++i) {
-        // I = scA*SA + scB*SB - 32*(scA*XA + scB*XB): the bracket is one vpmaddwd of the scales
-        // (scA, scB) with the row's half sums (XA, XB) as int16 (|X| <= 16 * 127).
+        // I = scA*SA + scB*SB - 32*(scA*XA + scB*XB): the bracket is one vpmaddwd of (32 scA, 32 scB)
+        // with the row's half sums (XA, XB) as int16 (|X| <= 16 * 127).
         const uint32_t xab = uint32_t(uint16_t(a.half_sum(b, i, 0))) | (uint32_t(a.half_sum(b, i, 1)) << 16);
-        const __m256i corr = _mm256_madd_epi16(scab16, _mm256_set1_epi32(int32_t(xab)));
-        const __m256i I = _mm256_sub_epi32(q6k_scaled_sum(R, a.x(b, i), sca16, scb16), _mm256_slli_epi32(corr, 5));
-        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), _mm256_mul_ps(d, _mm256_set1_ps(a.scale(b, i))), acc[i]);
+        const __m256i Ii = _mm256_sub_epi32(I[i], _mm256_madd_epi16(scab32, _mm256_set1_epi32(int32_t(xab))));
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(Ii), _mm256_mul_ps(d, _mm256_set1_ps(a.scale(b, i))), acc[i]);
       }
     }
   }, [&](int h, __m256* acc) SKINNY_INLINE { store_half(acc, MB, h, y, ldy, col0, n_valid); });
@@ -186,6 +234,7 @@ void q8_0_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_
         const __m256i xv = _mm256_set1_epi32(load_i32(a.x(b, i) + 4 * j));
         const __m256i p = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xv, wv));
         s[i] = _mm256_add_epi32(s[i], _mm256_madd_epi16(p, ones));
+        SKINNY_KEEP(s[i]);
       }
     }
     for (int i = 0; i < MB; ++i)
@@ -203,7 +252,7 @@ void q8_0_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_
 
 void q4k_avx2(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
               int64_t ldy, int64_t n_valid) {
-#define CALL(MB) affine_rows<Q4K, MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
+#define CALL(MB) nibble_rows<Q4K, MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
   GGUF_TILES(CALL, K / kSuperK * kQ4KBytes)
 #undef CALL
 }
@@ -217,7 +266,7 @@ void q5_0_avx2(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_
 
 void q4_0_avx2(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
                int64_t ldy, int64_t n_valid) {
-#define CALL(MB) affine_rows<Q4_0, MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
+#define CALL(MB) nibble_rows<Q4_0, MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
   GGUF_TILES(CALL, K / kBlock * kQ4_0Bytes)
 #undef CALL
 }

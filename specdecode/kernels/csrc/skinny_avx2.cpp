@@ -79,6 +79,7 @@ void int8_rows(const QuantAct& a, int64_t K, const int8_t* wt, const float* scal
         const __m256i xv = _mm256_set1_epi32(load_i32(a.x(b, i) + 4 * j));
         const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(xv), _mm256_sign_epi8(wv, xv));
         s[i] = _mm256_add_epi32(s[i], _mm256_madd_epi16(p, ones));
+        SKINNY_KEEP(s[i]);
       }
     }
     for (int i = 0; i < MB; ++i)
@@ -108,6 +109,7 @@ void int4_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_
         const __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(load_i32(xb + 4 * j)));
         const __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(load_i32(xb + 16 + 4 * j)));
         s[i] = _mm256_add_epi32(s[i], _mm256_madd_epi16(_mm256_add_epi16(p0, p1), ones));
+        SKINNY_KEEP(s[i]);
       }
     }
     const __m256 sv = load_bf16x8(blk + 256 + 16 * h), dv = load_bf16x8(blk + 288 + 16 * h);
