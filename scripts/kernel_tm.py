@@ -4,13 +4,16 @@ same GGUF file and the machine's read bandwidth, in one run.
 
     .venv/bin/python scripts/kernel_tm.py qwen2.5-coder-1.5b --threads 2 --out docs/benchmarks/<dir>
 
-Each pass extends a 64-token context and is rolled back; the m values are interleaved within
-each repeat so slow drifts of the machine spread over all of them; medians are reported.
+Each pass extends a 64-token context and is rolled back. All formats and llama.cpp are loaded
+at once and timed in turns: every repeat runs each of them over all m (in an order that rotates
+from repeat to repeat), so the machine's drifts (a shared VM's speed can move 20% within minutes)
+spread over every row and the ratios between rows are fair; medians are reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -41,20 +44,35 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def model_step_times(lm, ms: list[int], repeats: int) -> dict[int, float]:
+def model_stepper(lm, max_m: int):
+    """One timed pass of m tokens after CONTEXT tokens, rolled back after: step(m) -> seconds."""
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, lm.vocab_size, (1, CONTEXT + max(ms)), generator=g)
-    cache = lm.new_cache(CONTEXT + max(ms) + 1)
-    lm(ids[:, :CONTEXT], torch.arange(CONTEXT)[None], cache, num_logits=1)
-    times: dict[int, list[float]] = {m: [] for m in ms}
+    ids = torch.randint(0, lm.vocab_size, (1, CONTEXT + max_m), generator=g)
+    cache = lm.new_cache(CONTEXT + max_m + 1)
+    with torch.inference_mode():
+        lm(ids[:, :CONTEXT], torch.arange(CONTEXT)[None], cache, num_logits=1)
+
+    def step(m: int) -> float:
+        cache.trim(CONTEXT)
+        toks, pos = ids[:, CONTEXT : CONTEXT + m], torch.arange(CONTEXT, CONTEXT + m)[None]
+        with torch.inference_mode():
+            return _timed(lambda: lm(toks, pos, cache))
+
+    return step
+
+
+def interleaved_step_times(steppers: dict, ms: list[int], repeats: int) -> dict[str, dict[int, float]]:
+    """Median T(m) per stepper, timed in turns: repeat r runs every stepper over all m, starting
+    from stepper r mod n; the first repeat warms caches and allocators and is dropped."""
+    names = list(steppers)
+    times = {n: {m: [] for m in ms} for n in names}
     for r in range(repeats + 1):
-        for m in ms:
-            cache.trim(CONTEXT)
-            toks, pos = ids[:, CONTEXT : CONTEXT + m], torch.arange(CONTEXT, CONTEXT + m)[None]
-            dt = _timed(lambda: lm(toks, pos, cache))
-            if r:  # the first round warms caches and allocators
-                times[m].append(dt)
-    return {m: statistics.median(v) for m, v in times.items()}
+        for n in names[r % len(names):] + names[: r % len(names)]:
+            for m in ms:
+                dt = steppers[n](m)
+                if r:
+                    times[n][m].append(dt)
+    return {n: {m: statistics.median(v) for m, v in t.items()} for n, t in times.items()}
 
 
 def prefill_ms_per_token(lm) -> float:
@@ -81,28 +99,31 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     ms = list(range(1, a.max_m + 1))
     result: dict = {"model": a.model, "threads": a.threads, "cpu": cpu_summary(), "kernel_isa": ISA_NAMES[active_isa()]
-                    if active_isa() >= 0 else "none (PyTorch)", "torch": torch.__version__, "rows": []}
+                    if active_isa() >= 0 else "none (PyTorch)", "torch": torch.__version__}
     result["read_bandwidth_gbs"] = read_bandwidth_gbs()
+    steppers, rows, stack = {}, {}, contextlib.ExitStack()
     for fmt in a.formats.split(","):
         quant = None if fmt == "bf16" else fmt
-        model = specdecode.load(a.model, dtype="bfloat16", quantize=quant, threads=a.threads)
-        lm = model.lm
-        nbytes = weight_bytes(lm)
+        lm = specdecode.load(a.model, dtype="bfloat16", quantize=quant, threads=a.threads).lm
         with torch.inference_mode():
-            t = model_step_times(lm, ms, a.repeats)
             prefill = prefill_ms_per_token(lm)
-        result["rows"].append({"format": fmt, "weight_bytes": nbytes, "T_s": t, "prefill_ms_per_token": prefill})
-        print(f"{fmt}: T1 {t[1] * 1e3:.1f} ms, {nbytes / t[1] / 1e9:.1f} GB/s", flush=True)
-        del model, lm
+        rows[fmt] = {"format": fmt, "weight_bytes": weight_bytes(lm), "prefill_ms_per_token": prefill}
+        steppers[fmt] = model_stepper(lm, max(ms))
+        print(f"{fmt}: loaded, prefill {prefill:.2f} ms/token", flush=True)
     if not a.no_llamacpp:
         try:
-            from specdecode.bench.llamacpp import llama_cpp_version, llamacpp_step_times
+            from specdecode.bench.llamacpp import LlamaStepper, llama_cpp_version
 
-            t = llamacpp_step_times(a.model, ms, threads=a.threads, repeats=a.repeats)
-            result["rows"].append({"format": f"llama.cpp {llama_cpp_version()} (GGUF as shipped)", "weight_bytes": None,
-                                   "T_s": t, "prefill_ms_per_token": None})
+            name = f"llama.cpp {llama_cpp_version()} (GGUF as shipped)"
+            steppers[name] = stack.enter_context(LlamaStepper(a.model, max(ms), a.threads)).step
+            rows[name] = {"format": name, "weight_bytes": None, "prefill_ms_per_token": None}
         except specdecode.SpecdecodeError as exc:
             print(f"llama.cpp skipped: {exc}")
+    with stack:
+        for name, t in interleaved_step_times(steppers, ms, a.repeats).items():
+            rows[name]["T_s"] = t
+    result["rows"] = list(rows.values())
+    result["interleaved"] = True
     text = render(result)
     print(text)
     if a.out:
@@ -116,7 +137,8 @@ def render(r: dict) -> str:
     picks = [m for m in (2, 3, 4, 8, 12, 16) if m in r["rows"][0]["T_s"]]
     lines = [f"# T(m): {r['model']}, {r['threads']} threads", "",
              f"CPU: {r['cpu']}; kernel path: {r['kernel_isa']}; torch {r['torch']}; "
-             f"read bandwidth (1 GiB sum) {bw:.1f} GB/s", "",
+             f"read bandwidth (1 GiB sum) {bw:.1f} GB/s"
+             + ("; every row timed in turns, one repeat after another" if r.get("interleaved") else ""), "",
              "| format | weights GB | T1 ms | GB/s at T1 (% of read bw) | " + " | ".join(f"T{m}/T1" for m in picks)
              + " | prefill ms/token |",
              "|---|---:|---:|---:|" + "---:|" * len(picks) + "---:|"]

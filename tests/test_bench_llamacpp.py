@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from specdecode.bench.llamacpp import LlamaCppUnavailableError, llamacpp_step_samples, llamacpp_step_times, resolve_gguf
+from specdecode.bench.llamacpp import (LlamaCppUnavailableError, LlamaStepper, llamacpp_step_samples,
+                                       llamacpp_step_times, resolve_gguf)
 from specdecode.bench.methods import METHODS, BenchContext, build_runner
 from specdecode.config import SamplingParams
 from specdecode.errors import SpecdecodeError
@@ -133,6 +134,14 @@ def test_step_times_on_smollm2(smollm2):
     assert sorted(t) == [1, 2, 4] and all(0 < s < 10 for s in t.values())
     samples = llamacpp_step_samples("smollm2-135m", [1, 3], threads=2, repeats=3, context=8, all_logits=False, warmup=0)
     assert sorted(samples) == [1, 3] and all(len(ts) == 3 for ts in samples.values())
+
+
+@pytest.mark.slow
+def test_stepper_times_passes_one_at_a_time(smollm2):
+    with LlamaStepper("smollm2-135m", 3, 2, context=8) as stepper:
+        assert all(0 < stepper.step(m) < 10 for m in (3, 1, 3))  # rolled back each time: no overflow
+        with pytest.raises(SpecdecodeError, match="1..3"):
+            stepper.step(4)
 
 
 @pytest.mark.slow

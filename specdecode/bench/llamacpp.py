@@ -242,22 +242,46 @@ def llamacpp_step_samples(gguf_path: str | Path, ms: Iterable[int] = range(1, 17
         raise SpecdecodeError(f"m values must be >= 1, got {ms}")
     if repeats < 1:
         raise SpecdecodeError(f"repeats must be >= 1, got {repeats}")
-    path = resolve_gguf(gguf_path)
-    llm = open_llama(path, n_ctx=max(256, context + ms[-1] + 16), threads=threads, logits_all=all_logits)
-    try:
-        prompt = _context_tokens(llm, context + ms[-1])
-        ctx_ids, step_ids = prompt[:context], prompt[context:]
-        llm.reset()
-        llm.eval(ctx_ids)
+    with LlamaStepper(gguf_path, ms[-1], threads, context=context, all_logits=all_logits) as stepper:
         times: dict[int, list[float]] = {m: [] for m in ms}
         for r in range(warmup + repeats):
             for m in ms:
-                llm.n_tokens = context  # roll back: eval() drops the KV cells from n_tokens on first
-                t0 = time.perf_counter()
-                llm.eval(step_ids[:m])
-                dt = time.perf_counter() - t0
+                dt = stepper.step(m)
                 if r >= warmup:
                     times[m].append(dt)
         return times
-    finally:
-        llm.close()
+
+
+class LlamaStepper:
+    """llama.cpp timed one pass at a time: `step(m)` evaluates m tokens after `context` tokens and
+    rolls the KV cache back, returning the seconds it took. For scripts that interleave llama.cpp's
+    passes with other engines' (a fair ratio on a machine whose speed drifts). A context manager:
+    the model is freed on exit.
+    """
+
+    def __init__(self, gguf_path: str | Path, max_m: int, threads: int | None, *, context: int = 64,
+                 all_logits: bool = True) -> None:
+        self.context = context
+        self._llm = open_llama(resolve_gguf(gguf_path), n_ctx=max(256, context + max_m + 16), threads=threads,
+                               logits_all=all_logits)
+        prompt = _context_tokens(self._llm, context + max_m)
+        self._step_ids = prompt[context:]
+        self._llm.reset()
+        self._llm.eval(prompt[:context])
+
+    def step(self, m: int) -> float:
+        if not 1 <= m <= len(self._step_ids):
+            raise SpecdecodeError(f"m must be within 1..{len(self._step_ids)}, got {m}")
+        self._llm.n_tokens = self.context  # roll back: eval() drops the KV cells from n_tokens on first
+        t0 = time.perf_counter()
+        self._llm.eval(self._step_ids[:m])
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self._llm.close()
+
+    def __enter__(self) -> "LlamaStepper":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
