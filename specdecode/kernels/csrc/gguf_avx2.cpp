@@ -15,44 +15,20 @@ inline __m256 load_f16x8(const uint8_t* p) { return _mm256_cvtph_ps(_mm_loadu_si
 inline __m256i load_u8x8_epi32(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
 inline __m256i load_i8x8_epi32(const uint8_t* p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
 
-// The 8 registers (gguf.h) of a nibble block's low 4 bits, columns 8h..8h+7.
-inline void nibbles(const uint8_t* blk, int h, __m256i* R) {
-  const __m256i low = _mm256_set1_epi8(15);
-  for (int j = 0; j < 4; ++j) {
-    const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + j * 64 + h * 32));
-    R[j] = _mm256_and_si256(v, low);
-    R[4 + j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-  }
-}
-
 // An int32 lane per column holding two int16: (lo & 0xFFFF) | (hi << 16). pack_epi16(v, v) holds
 // a column's int8 scale twice (for vpmaddwd), pack_epi16(a, b) the pair (a, b).
 inline __m256i pack_epi16(__m256i lo, __m256i hi) {
   return _mm256_or_si256(_mm256_and_si256(lo, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(hi, 16));
 }
 
-// The whole block's sum (values <= 31: the two halves' int16 products add without overflow).
-inline __m256i block_sum(const __m256i* R, const int8_t* xb) {
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256i s = _mm256_setzero_si256();
-  for (int j = 0; j < 4; ++j) {
-    const __m256i p0 = _mm256_maddubs_epi16(R[j], _mm256_set1_epi32(load_i32(xb + 4 * j)));
-    const __m256i p1 = _mm256_maddubs_epi16(R[4 + j], _mm256_set1_epi32(load_i32(xb + 16 + 4 * j)));
-    s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_add_epi16(p0, p1), ones));
-    SKINNY_KEEP(s);
-  }
-  return s;
-}
-
-// Each format: Super (what a super-block shares: its fp16 factors, read once), decode (a block's
-// 8 registers) and scale_offset (its per-column scale and offset, gguf.h).
+// Each format: Super (what a super-block shares: its fp16 factors, read once), nibble_block (where
+// block j's 256 nibble bytes start) and scale_offset (its per-column scale and offset, gguf.h).
 struct Q4K {
   static constexpr int kK = kSuperK, kBytes = kQ4KBytes;
   struct Super {
     __m256 d, ndmin;  // ndmin: the file's dmin with its sign flipped at packing (exact)
     Super(const uint8_t* sb, int h) : d(load_f16x8(sb + 2304 + 16 * h)), ndmin(load_f16x8(sb + 2336 + 16 * h)) {}
   };
-  static void decode(const uint8_t* sb, int j, int h, __m256i* R) { nibbles(sb + j * 256, h, R); }
   static const uint8_t* nibble_block(const uint8_t* sb, int j) { return sb + j * 256; }
   static void scale_offset(const Super& c, const uint8_t* sb, int j, int h, __m256* s, __m256* o) {
     *s = _mm256_mul_ps(c.d, _mm256_cvtepi32_ps(load_u8x8_epi32(sb + 2048 + j * 16 + 8 * h)));
@@ -66,18 +42,6 @@ struct NoSuper {
 
 struct Q5_0 {
   static constexpr int kK = kBlock, kBytes = kQ5_0Bytes;
-  static void decode(const uint8_t* blk, int, int h, __m256i* R) {
-    nibbles(blk, h, R);
-    const __m256i hb = _mm256_loadu_si256((const __m256i*)(blk + 256 + h * 32)), bit4 = _mm256_set1_epi8(0x10);
-    R[0] = _mm256_or_si256(R[0], _mm256_and_si256(_mm256_slli_epi16(hb, 4), bit4));
-    R[1] = _mm256_or_si256(R[1], _mm256_and_si256(_mm256_slli_epi16(hb, 3), bit4));
-    R[2] = _mm256_or_si256(R[2], _mm256_and_si256(_mm256_slli_epi16(hb, 2), bit4));
-    R[3] = _mm256_or_si256(R[3], _mm256_and_si256(_mm256_slli_epi16(hb, 1), bit4));
-    R[4] = _mm256_or_si256(R[4], _mm256_and_si256(hb, bit4));
-    R[5] = _mm256_or_si256(R[5], _mm256_and_si256(_mm256_srli_epi16(hb, 1), bit4));
-    R[6] = _mm256_or_si256(R[6], _mm256_and_si256(_mm256_srli_epi16(hb, 2), bit4));
-    R[7] = _mm256_or_si256(R[7], _mm256_and_si256(_mm256_srli_epi16(hb, 3), bit4));
-  }
   using Super = NoSuper;
   static void scale_offset(const Super&, const uint8_t* blk, int, int h, __m256* s, __m256* o) {
     *s = load_f16x8(blk + 320 + 16 * h);
@@ -87,7 +51,6 @@ struct Q5_0 {
 
 struct Q4_0 {
   static constexpr int kK = kBlock, kBytes = kQ4_0Bytes;
-  static void decode(const uint8_t* blk, int, int h, __m256i* R) { nibbles(blk, h, R); }
   static const uint8_t* nibble_block(const uint8_t* blk, int) { return blk; }
   using Super = NoSuper;
   static void scale_offset(const Super&, const uint8_t* blk, int, int h, __m256* s, __m256* o) {
@@ -95,31 +58,6 @@ struct Q4_0 {
     *o = _mm256_mul_ps(*s, _mm256_set1_ps(-8.f));
   }
 };
-
-// Blocks and halves in for_block_halves' order (skinny.h): one pass over the weights for one row,
-// a pass per half for several.
-template <class Block, int MB>
-void affine_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0,
-                 int64_t n_valid) {
-  constexpr int kSub = Block::kK / kBlock;
-  for_block_halves<MB, __m256>(K / Block::kK, [&](int64_t g, int h, __m256* acc) SKINNY_INLINE {
-    const uint8_t* sb = wt + g * Block::kBytes;
-    if (h == 0) prefetch_ahead(sb, Block::kBytes);  // h = 1 reads from cache
-    const typename Block::Super c(sb, h);
-    for (int j = 0; j < kSub; ++j) {
-      const int64_t b = g * kSub + j;
-      __m256i R[8];
-      __m256 s, o;
-      Block::decode(sb, j, h, R);
-      Block::scale_offset(c, sb, j, h, &s, &o);
-      for (int i = 0; i < MB; ++i) {
-        const __m256 scale = _mm256_mul_ps(s, _mm256_set1_ps(a.scale(b, i)));
-        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_sum(R, a.x(b, i))), scale, acc[i]);
-        acc[i] = _mm256_fmadd_ps(o, _mm256_set1_ps(a.scaled_sum(b, i)), acc[i]);
-      }
-    }
-  }, [&](int h, __m256* acc) SKINNY_INLINE { store_half(acc, MB, h, y, ldy, col0, n_valid); });
-}
 
 // Formats whose values fit 4 bits (Q4_K, Q4_0): a block's eight vpmaddubsw products per row add
 // in int16 (each <= 2 * 15 * 127 = 3810, eight <= 30480), one vpmaddwd widens them; the nibbles
@@ -163,6 +101,67 @@ void nibble_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int6
 // Q6_K, a register pair at a time: per j-step pair (jp, jp + 1), the two loads' low nibbles are
 // R_jp, R_jp+1 (half A) and their high nibbles R_4+jp, R_5+jp (half B), each with its two high
 // bits merged in; every row then adds that pair's products of each half, scaled by vpmaddwd.
+// Bit 4 of the values of register R_r (r < 4: low nibbles of load r) or R_{4 + r} (high nibbles)
+// from Q5_0's high-bit plane hb (byte p bit i = bit 4 of R_i at byte p), in place.
+inline __m256i q5_bit4_low(__m256i hb, int r) {  // (hb << (4 - r)) & 0x10
+  const __m256i bit4 = _mm256_set1_epi8(0x10);
+  switch (r) {
+    case 0: return _mm256_and_si256(_mm256_slli_epi16(hb, 4), bit4);
+    case 1: return _mm256_and_si256(_mm256_slli_epi16(hb, 3), bit4);
+    case 2: return _mm256_and_si256(_mm256_slli_epi16(hb, 2), bit4);
+    default: return _mm256_and_si256(_mm256_slli_epi16(hb, 1), bit4);
+  }
+}
+inline __m256i q5_bit4_high(__m256i hb, int r) {  // (hb >> r) & 0x10
+  const __m256i bit4 = _mm256_set1_epi8(0x10);
+  switch (r) {
+    case 0: return _mm256_and_si256(hb, bit4);
+    case 1: return _mm256_and_si256(_mm256_srli_epi16(hb, 1), bit4);
+    case 2: return _mm256_and_si256(_mm256_srli_epi16(hb, 2), bit4);
+    default: return _mm256_and_si256(_mm256_srli_epi16(hb, 3), bit4);
+  }
+}
+
+// Q5_0 a register pair at a time, as nibble_rows: values <= 31, so a product is <= 2 * 31 * 127 =
+// 7874 and two j-steps' four products add in int16 (31496) before a vpmaddwd widens them.
+template <int MB>
+void q5_0_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
+  const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+  for_block_halves<MB, __m256>(K / kBlock, [&](int64_t b, int h, __m256* acc) SKINNY_INLINE {
+    const uint8_t* blk = wt + b * kQ5_0Bytes;
+    if (h == 0) prefetch_ahead(blk, kQ5_0Bytes);  // h = 1 reads from cache
+    const __m256i hb = _mm256_loadu_si256((const __m256i*)(blk + 256 + h * 32));
+    __m256i s32[MB];
+    for (int i = 0; i < MB; ++i) s32[i] = _mm256_setzero_si256();
+    for (int rp = 0; rp < 4; rp += 2) {
+      __m256i s16[MB];
+      for (int i = 0; i < MB; ++i) s16[i] = _mm256_setzero_si256();
+      for (int r = rp; r < rp + 2; ++r) {
+        const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + r * 64 + h * 32));
+        const __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low), q5_bit4_low(hb, r));
+        const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), q5_bit4_high(hb, r));
+        for (int i = 0; i < MB; ++i) {
+          const int8_t* xb = a.x(b, i);
+          s16[i] = _mm256_add_epi16(s16[i], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(load_i32(xb + 4 * r))));
+          s16[i] = _mm256_add_epi16(s16[i], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(load_i32(xb + 16 + 4 * r))));
+          SKINNY_KEEP(s16[i]);
+        }
+      }
+      for (int i = 0; i < MB; ++i) {
+        s32[i] = _mm256_add_epi32(s32[i], _mm256_madd_epi16(s16[i], ones));
+        SKINNY_KEEP(s32[i]);
+      }
+    }
+    __m256 s, o;
+    Q5_0::scale_offset(NoSuper(blk, h), blk, 0, h, &s, &o);
+    for (int i = 0; i < MB; ++i) {
+      const __m256 scale = _mm256_mul_ps(s, _mm256_set1_ps(a.scale(b, i)));
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[i]), scale, acc[i]);
+      acc[i] = _mm256_fmadd_ps(o, _mm256_set1_ps(a.scaled_sum(b, i)), acc[i]);
+    }
+  }, [&](int h, __m256* acc) SKINNY_INLINE { store_half(acc, MB, h, y, ldy, col0, n_valid); });
+}
+
 template <int MB>
 void q6k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
   const __m256i hi2 = _mm256_set1_epi8(0x30), low = _mm256_set1_epi8(15);
@@ -259,7 +258,7 @@ void q4k_avx2(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t
 
 void q5_0_avx2(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
                int64_t ldy, int64_t n_valid) {
-#define CALL(MB) affine_rows<Q5_0, MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
+#define CALL(MB) q5_0_rows<MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
   GGUF_TILES(CALL, K / kBlock * kQ5_0Bytes)
 #undef CALL
 }
