@@ -98,11 +98,8 @@ void nibble_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int6
   }, [&](int h, __m256* acc) SKINNY_INLINE { store_half(acc, MB, h, y, ldy, col0, n_valid); });
 }
 
-// Q6_K, a register pair at a time: per j-step pair (jp, jp + 1), the two loads' low nibbles are
-// R_jp, R_jp+1 (half A) and their high nibbles R_4+jp, R_5+jp (half B), each with its two high
-// bits merged in; every row then adds that pair's products of each half, scaled by vpmaddwd.
 // Bit 4 of the values of register R_r (r < 4: low nibbles of load r) or R_{4 + r} (high nibbles)
-// from Q5_0's high-bit plane hb (byte p bit i = bit 4 of R_i at byte p), in place.
+// from Q5_0's high-bit plane hb (byte p bit i = bit 4 of R_i at byte p): the bits to OR into them.
 inline __m256i q5_bit4_low(__m256i hb, int r) {  // (hb << (4 - r)) & 0x10
   const __m256i bit4 = _mm256_set1_epi8(0x10);
   switch (r) {
@@ -162,6 +159,9 @@ void q5_0_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_
   }, [&](int h, __m256* acc) SKINNY_INLINE { store_half(acc, MB, h, y, ldy, col0, n_valid); });
 }
 
+// Q6_K, a register pair at a time: per j-step pair (jp, jp + 1), the two loads' low nibbles are
+// R_jp, R_jp+1 (half A) and their high nibbles R_4+jp, R_5+jp (half B), each with its two high
+// bits merged in; every row then adds that pair's products of each half, scaled by vpmaddwd.
 template <int MB>
 void q6k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
   const __m256i hi2 = _mm256_set1_epi8(0x30), low = _mm256_set1_epi8(15);
