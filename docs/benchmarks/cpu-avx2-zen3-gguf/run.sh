@@ -6,3 +6,11 @@ cd "$(dirname "$0")/../../.."
 .venv/bin/python scripts/kernel_tm.py qwen2.5-coder-1.5b --threads 2 --repeats 9 --out docs/benchmarks/cpu-avx2-zen3-gguf
 # After the whole decoder layer went into one C++ call (kernels/fused_layer.py): the same command.
 .venv/bin/python scripts/kernel_tm.py qwen2.5-coder-1.5b --threads 2 --repeats 9 --out docs/benchmarks/cpu-avx2-zen3-gguf/fused-layer
+# After the AVX2 kernels stopped spilling (SKINNY_KEEP, register-pair unpacking, spread prefetches);
+# kernel_tm.py now times every row in turns, llama.cpp included.
+.venv/bin/python scripts/kernel_tm.py qwen2.5-coder-1.5b --threads 2 --repeats 7 --out docs/benchmarks/cpu-avx2-zen3-gguf/spill-free
+# After int4's int16 block sums; then again with the session's last kernels (Q5_0 too).
+.venv/bin/python scripts/kernel_tm.py qwen2.5-coder-1.5b --formats gguf,int4 --threads 2 --repeats 9 --max-m 8 \
+  --out docs/benchmarks/cpu-avx2-zen3-gguf/int4-int16-sums
+.venv/bin/python scripts/kernel_tm.py qwen2.5-coder-1.5b --formats gguf,int4 --threads 2 --repeats 9 --max-m 8 \
+  --out docs/benchmarks/cpu-avx2-zen3-gguf/final
