@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 import specdecode
 from specdecode.bench.machine import cpu_summary
@@ -66,7 +67,7 @@ def interleaved_step_times(steppers: dict, ms: list[int], repeats: int) -> dict[
     from stepper r mod n; the first repeat warms caches and allocators and is dropped."""
     names = list(steppers)
     times = {n: {m: [] for m in ms} for n in names}
-    for r in range(repeats + 1):
+    for r in tqdm(range(repeats + 1), desc="T(m) rounds, every row in turn", unit="round"):
         for n in names[r % len(names):] + names[: r % len(names)]:
             for m in ms:
                 dt = steppers[n](m)
@@ -149,7 +150,7 @@ def render(r: dict) -> str:
         pre = f"{row['prefill_ms_per_token']:.2f}" if row["prefill_ms_per_token"] else "-"
         lines.append(f"| {row['format']} | {gb:.2f} | " if gb else f"| {row['format']} | - | ")
         lines[-1] += f"{t[1] * 1e3:.1f} | {gbs} | " + " | ".join(f"{t[m] / t[1]:.2f}" for m in picks) + f" | {pre} |"
-    lines += ["", "T(m) in ms, m = 1..16:", ""]
+    lines += ["", f"T(m) in ms, m = 1..{max(int(k) for k in r['rows'][0]['T_s'])}:", ""]
     for row in r["rows"]:
         t = {int(k): v for k, v in row["T_s"].items()}
         lines.append(f"- {row['format']}: " + ", ".join(f"{t[m] * 1e3:.1f}" for m in sorted(t)))
