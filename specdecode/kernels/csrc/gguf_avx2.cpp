@@ -59,14 +59,13 @@ struct Q4_0 {
   }
 };
 
-// Formats whose values fit 4 bits (Q4_K, Q4_0): a block's eight vpmaddubsw products per row add
-// in int16 (each <= 2 * 15 * 127 = 3810, eight <= 30480), one vpmaddwd widens them; the nibbles
-// are unpacked a register pair at a time and used by every row at once (few live registers).
+// Formats whose values fit 4 bits (Q4_K, Q4_0): a block's products per row summed in int16 by
+// nibble_block_sums (avx2_tiles.h, int4's too), then widened by one vpmaddwd.
 template <class Block, int MB>
 void nibble_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0,
                  int64_t n_valid) {
   constexpr int kSub = Block::kK / kBlock;
-  const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+  const __m256i ones = _mm256_set1_epi16(1);
   for_block_halves<MB, __m256>(K / Block::kK, [&](int64_t g, int h, __m256* acc) SKINNY_INLINE {
     const uint8_t* sb = wt + g * Block::kBytes;
     const typename Block::Super c(sb, h);
@@ -74,19 +73,8 @@ void nibble_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int6
       // h = 1 reads from cache; the prefetches spread over the blocks, a few lines each
       if (h == 0) prefetch_ahead(sb + j * (Block::kBytes / kSub), Block::kBytes / kSub);
       const int64_t b = g * kSub + j;
-      const uint8_t* blk = Block::nibble_block(sb, j);
       __m256i s16[MB];
-      for (int i = 0; i < MB; ++i) s16[i] = _mm256_setzero_si256();
-      for (int r = 0; r < 4; ++r) {
-        const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + r * 64 + h * 32));
-        const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-        for (int i = 0; i < MB; ++i) {
-          const int8_t* xb = a.x(b, i);
-          s16[i] = _mm256_add_epi16(s16[i], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(load_i32(xb + 4 * r))));
-          s16[i] = _mm256_add_epi16(s16[i], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(load_i32(xb + 16 + 4 * r))));
-          SKINNY_KEEP(s16[i]);
-        }
-      }
+      nibble_block_sums<MB>(Block::nibble_block(sb, j), h, a, b, s16);
       __m256 s, o;
       Block::scale_offset(c, sb, j, h, &s, &o);
       for (int i = 0; i < MB; ++i) {

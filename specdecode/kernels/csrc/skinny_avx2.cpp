@@ -95,24 +95,12 @@ void int8_rows(const QuantAct& a, int64_t K, const int8_t* wt, const float* scal
 
 template <int MB>
 void int4_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
-  const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+  const __m256i ones = _mm256_set1_epi16(1);
   auto step = [&](int64_t b, int h, __m256* acc) SKINNY_INLINE {
     const uint8_t* blk = wt + b * kInt4BlockBytes;
     if (h == 0) prefetch_ahead(blk, kInt4BlockBytes);  // h = 1 reads from cache
-    // A block's eight products per row add in int16 (each <= 2 * 15 * 127 = 3810, eight <= 30480);
-    // one vpmaddwd widens them after the block.
     __m256i s[MB];
-    for (int i = 0; i < MB; ++i) s[i] = _mm256_setzero_si256();
-    for (int j = 0; j < 4; ++j) {
-      const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + j * 64 + h * 32));
-      const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-      for (int i = 0; i < MB; ++i) {
-        const int8_t* xb = a.x(b, i);
-        s[i] = _mm256_add_epi16(s[i], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(load_i32(xb + 4 * j))));
-        s[i] = _mm256_add_epi16(s[i], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(load_i32(xb + 16 + 4 * j))));
-        SKINNY_KEEP(s[i]);
-      }
-    }
+    nibble_block_sums<MB>(blk, h, a, b, s);
     const __m256 sv = load_bf16x8(blk + 256 + 16 * h), dv = load_bf16x8(blk + 288 + 16 * h);
     for (int i = 0; i < MB; ++i) {
       const __m256 scale = _mm256_mul_ps(sv, _mm256_set1_ps(a.scale(b, i)));
