@@ -158,4 +158,7 @@ def render(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except specdecode.SpecdecodeError as exc:  # a user's mistake (an unknown model, a missing file): one line
+        raise SystemExit(f"kernel_tm: error: {exc}") from None
