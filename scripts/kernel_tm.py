@@ -76,6 +76,25 @@ def interleaved_step_times(steppers: dict, ms: list[int], repeats: int) -> dict[
     return {n: {m: statistics.median(v) for m, v in t.items()} for n, t in times.items()}
 
 
+def _with_one_pass_rows(step, limit: int):
+    """step(m) run with the AVX2 kernels' one-pass row limit set to `limit` (restored after)."""
+    from specdecode.kernels import build
+
+    ext = build.extension()
+    if ext is None:
+        raise specdecode.SpecdecodeError("--one-pass-rows needs the compiled kernels")
+
+    def run(m: int) -> float:
+        before = ext.one_pass_rows()
+        ext.set_one_pass_rows(limit)
+        try:
+            return step(m)
+        finally:
+            ext.set_one_pass_rows(before)
+
+    return run
+
+
 def prefill_ms_per_token(lm) -> float:
     ids = torch.randint(0, lm.vocab_size, (1, PREFILL), generator=torch.Generator().manual_seed(1))
     cache = lm.new_cache(PREFILL + 1)
@@ -96,6 +115,9 @@ def main() -> None:
     ap.add_argument("--max-m", type=int, default=16)
     ap.add_argument("--no-llamacpp", action="store_true", help="skip llama.cpp even if llama-cpp-python is installed")
     ap.add_argument("--out", type=Path, default=None, help="directory for kernel_tm.json and kernel_tm.md")
+    ap.add_argument("--one-pass-rows", default=None,
+                    help="comma-separated settings of the AVX2 kernels' one-pass row limit (e.g. 2,4): each "
+                         "format gets a row per setting, timed in turns (2 is the two-pass order past m = 2)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     ms = list(range(1, a.max_m + 1))
@@ -109,8 +131,16 @@ def main() -> None:
         with torch.inference_mode():
             prefill = prefill_ms_per_token(lm)
         rows[fmt] = {"format": fmt, "weight_bytes": weight_bytes(lm), "prefill_ms_per_token": prefill}
-        steppers[fmt] = model_stepper(lm, max(ms))
         print(f"{fmt}: loaded, prefill {prefill:.2f} ms/token", flush=True)
+        if not a.one_pass_rows:
+            steppers[fmt] = model_stepper(lm, max(ms))
+            continue
+        step = model_stepper(lm, max(ms))
+        for limit in (int(v) for v in a.one_pass_rows.split(",")):
+            name = f"{fmt} (one pass to {limit} rows)"
+            rows[name] = dict(rows[fmt], format=name)
+            steppers[name] = _with_one_pass_rows(step, limit)
+        del rows[fmt]
     if not a.no_llamacpp:
         try:
             from specdecode.bench.llamacpp import LlamaStepper, llama_cpp_version

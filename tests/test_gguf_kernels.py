@@ -101,11 +101,32 @@ def test_every_path_gives_the_same_bits(name):
     if best_isa() < 1:
         pytest.skip("only the scalar path runs here")
     layer, _ = layer_for(name, 48, 1024, seed=3)
-    for m in (1, 2, 11):  # the SIMD paths' row blocks: one and two rows in one pass, 4 + 4 + 3 in passes per half
+    for m in (1, 2, 3, 4, 11):  # the SIMD paths' row blocks (one pass over both halves, or a pass per half)
         x = activations(m, 1024, seed=4 + m)
         outs = [run(layer, x, isa) for isa in range(best_isa() + 1)]
         for other in outs[1:]:
             assert torch.equal(outs[0], other)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_pass_and_pass_per_half_give_the_same_bits(name):
+    """The AVX2 kernels' order over a tile's two halves (set_one_pass_rows) is a schedule only."""
+    if best_isa() < 1:
+        pytest.skip("the setting concerns the AVX2 path, which this CPU lacks")
+    ext = build.extension()
+    layer, _ = layer_for(name, 48, 1024, seed=8)
+    x = activations(11, 1024, seed=9)
+    before = ext.one_pass_rows()
+    try:
+        outs = {}
+        for limit in (2, 4):
+            ext.set_one_pass_rows(limit)
+            outs[limit] = [run(layer, x[:m], 1) for m in (3, 4, 11)]
+    finally:
+        ext.set_one_pass_rows(before)
+    assert ext.one_pass_rows() == before
+    for a, b in zip(outs[2], outs[4]):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("name", ["Q4_K", "Q6_K"])

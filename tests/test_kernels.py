@@ -127,6 +127,25 @@ def test_every_path_gives_the_same_bits(fmt):
         assert torch.equal(outs[0], other)
 
 
+def test_one_pass_and_pass_per_half_give_the_same_bits():
+    """The AVX2 kernels' order over a tile's two halves (set_one_pass_rows) is a schedule only."""
+    if best_isa() < 1:
+        pytest.skip("the setting concerns the AVX2 path, which this CPU lacks")
+    ext = build.extension()
+    w, x = random_case(200, 1536, 11, seed=12)
+    layer = make_layer("int4", w)  # int8 keeps a pass per half past two rows (not measured both ways)
+    before = ext.one_pass_rows()
+    try:
+        outs = {}
+        for limit in (2, 4):
+            ext.set_one_pass_rows(limit)
+            outs[limit] = [run(layer, x[:m], 1) for m in (3, 4, 11)]
+    finally:
+        ext.set_one_pass_rows(before)
+    for a, b in zip(outs[2], outs[4]):
+        assert torch.equal(a, b)
+
+
 def test_bf16_fma_paths_agree_with_each_other():
     if best_isa() < 1:
         pytest.skip("only the scalar path runs here")

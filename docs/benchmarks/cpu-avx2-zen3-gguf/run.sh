@@ -14,3 +14,7 @@ cd "$(dirname "$0")/../../.."
   --out docs/benchmarks/cpu-avx2-zen3-gguf/int4-int16-sums
 .venv/bin/python scripts/kernel_tm.py qwen2.5-coder-1.5b --formats gguf,int4 --threads 2 --repeats 9 --max-m 8 \
   --out docs/benchmarks/cpu-avx2-zen3-gguf/final
+# After three and four rows took one pass over a tile's two halves: both orders timed in turns
+# (the AVX2 kernels' run-time one-pass row limit: 2 is the old order).
+.venv/bin/python scripts/kernel_tm.py qwen2.5-coder-1.5b --formats gguf,int4 --threads 2 --repeats 25 --max-m 4 \
+  --one-pass-rows 2,4 --no-llamacpp --out docs/benchmarks/cpu-avx2-zen3-gguf/one-pass

@@ -279,6 +279,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_prefetch_distance", [](int64_t bytes) { skinny::prefetch_distance = static_cast<int>(bytes); },
         "bytes ahead the integer kernels prefetch their weights (0: none)");
   m.def("prefetch_distance", []() { return static_cast<int64_t>(skinny::prefetch_distance); });
+  m.def("set_one_pass_rows", [](int64_t rows) { skinny::one_pass_rows = static_cast<int>(rows); },
+        "Most rows the AVX2 kernels take in one pass over both halves of a tile (2: two passes past m = 2).");
+  m.def("one_pass_rows", []() { return static_cast<int64_t>(skinny::one_pass_rows); });
   m.def("rms_norm", &skinny::rms_norm, "RMSNorm of each row, in the input's dtype");
   m.def("add_rms_norm", &skinny::add_rms_norm, "[x + delta, RMSNorm(x + delta)]");
   m.def("rope_", &skinny::rope_, "rotate-half rotary embedding in place on (rows, heads, hd)");

@@ -66,7 +66,7 @@ void nibble_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int6
                  int64_t n_valid) {
   constexpr int kSub = Block::kK / kBlock;
   const __m256i ones = _mm256_set1_epi16(1);
-  for_block_halves<MB, __m256>(K / Block::kK, [&](int64_t g, int h, __m256* acc) SKINNY_INLINE {
+  for_block_halves<MB, __m256, 4>(K / Block::kK, [&](int64_t g, int h, __m256* acc) SKINNY_INLINE {
     const uint8_t* sb = wt + g * Block::kBytes;
     const typename Block::Super c(sb, h);
     for (int j = 0; j < kSub; ++j) {
@@ -112,7 +112,7 @@ inline __m256i q5_bit4_high(__m256i hb, int r) {  // (hb >> r) & 0x10
 template <int MB>
 void q5_0_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
   const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-  for_block_halves<MB, __m256>(K / kBlock, [&](int64_t b, int h, __m256* acc) SKINNY_INLINE {
+  for_block_halves<MB, __m256, 3>(K / kBlock, [&](int64_t b, int h, __m256* acc) SKINNY_INLINE {
     const uint8_t* blk = wt + b * kQ5_0Bytes;
     if (h == 0) prefetch_ahead(blk, kQ5_0Bytes);  // h = 1 reads from cache
     const __m256i hb = _mm256_loadu_si256((const __m256i*)(blk + 256 + h * 32));
@@ -153,7 +153,7 @@ void q5_0_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_
 template <int MB>
 void q6k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
   const __m256i hi2 = _mm256_set1_epi8(0x30), low = _mm256_set1_epi8(15);
-  for_block_halves<MB, __m256>(K / kSuperK, [&](int64_t g, int h, __m256* acc) SKINNY_INLINE {
+  for_block_halves<MB, __m256, 4>(K / kSuperK, [&](int64_t g, int h, __m256* acc) SKINNY_INLINE {
     const uint8_t* sb = wt + g * kQ6KBytes;
     const __m256 d = load_f16x8(sb + 3328 + 16 * h);
     for (int j = 0; j < 8; ++j) {
@@ -206,7 +206,7 @@ void q6k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t
 template <int MB>
 void q8_0_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
   const __m256i ones = _mm256_set1_epi16(1);
-  for_block_halves<MB, __m256>(K / kBlock, [&](int64_t b, int h, __m256* acc) SKINNY_INLINE {
+  for_block_halves<MB, __m256, 3>(K / kBlock, [&](int64_t b, int h, __m256* acc) SKINNY_INLINE {
     const uint8_t* blk = wt + b * kQ8_0Bytes;
     if (h == 0) prefetch_ahead(blk, kQ8_0Bytes);  // h = 1 reads from cache
     const __m256 d = load_f16x8(blk + 512 + 16 * h);

@@ -69,6 +69,11 @@ SKINNY_DECLARE(avx512)
 // Outside the anonymous namespace: one variable for every ISA file (a C++17 inline variable).
 inline int prefetch_distance = 16384;
 
+// Most rows the 8-lane kernels take in one pass over a tile's two halves (for_block_halves below;
+// each format caps it further); 2 gives the two-pass order for every m > 2. A run-time setting
+// (set_one_pass_rows in binding.cpp) so that other CPUs can be measured both ways in one process.
+inline int one_pass_rows = 4;
+
 // Helpers are internal to each translation unit (anonymous namespace): every ISA file compiles
 // them with its own target flags, and a shared inline copy could carry AVX-512 code into the
 // AVX2 path.
@@ -119,17 +124,20 @@ inline void prefetch_ahead(const void* p, int bytes) {
 }
 
 // The (block, half) steps of a tile for the 8-lane (AVX2) kernels, whose 16-column tile is two
-// halves, with the accumulators of each half. One or two rows take a block's two halves one after
-// the other: they are bound by memory, and one pass over the weights keeps the stream going (a pass
-// per half leaves it idle while the second half re-reads the first's bytes from cache; measured on
-// a Zen 3 at m = 2, streaming K = 8960: int4 1.24-1.28x and Q6_K 1.15x faster in one pass). Three
-// or four rows take one half over all blocks, stored before the other: they are bound by
-// arithmetic, and both halves' accumulators for 4 rows would not fit 16 registers. Each column
-// sees the same operations in the same order either way. step(b, h, acc) adds block b of half h
-// to acc[MB]; store(h, acc) writes half h. Both must be inlined (SKINNY_INLINE) to keep acc in
-// registers.
+// halves, with the accumulators of each half. Rows up to kOnePassRows take a block's two halves
+// one after the other, so one pass over the weights keeps the memory stream going; a pass per
+// half leaves it idle while the second half re-reads the first's bytes from cache. Measured on a
+// Zen 3 (AVX2), streaming 400 MB of 8960x1536 layers: int4 1.24-1.28x and Q6_K 1.15x faster in one
+// pass at m = 2; at m = 3 / 4 Q4_K 21.7 -> 27.6 / 19.3 -> 23.2 GB/s, int4 21.0 -> 27.1 / 20.0 ->
+// 22.7. Past two rows both halves' accumulators do not fit 16 registers with the block's sums, so
+// the half not being worked on waits in memory (L1: a load and a store per row and block-half,
+// cheaper than the spills the compiler chose when left alone: int4 at m = 4 21.4 -> 22.9 GB/s).
+// Rows past kOnePassRows take one half over all blocks, stored before the other (per format: where
+// one pass did not pay, Q8_0 and Q5_0 at m = 4). Each column sees the same operations in the same
+// order either way. step(b, h, acc) adds block b of half h to acc[MB]; store(h, acc) writes half
+// h. Both must be inlined (SKINNY_INLINE) to keep acc in registers.
 #define SKINNY_INLINE __attribute__((always_inline))
-template <int MB, class Acc, class Step, class Store>
+template <int MB, class Acc, int kOnePassRows, class Step, class Store>
 inline SKINNY_INLINE void for_block_halves(int64_t nb, Step step, Store store) {
   if (MB <= 2) {
     Acc acc[2][MB];
@@ -141,6 +149,23 @@ inline SKINNY_INLINE void for_block_halves(int64_t nb, Step step, Store store) {
     }
     store(0, acc[0]);
     store(1, acc[1]);
+  } else if (MB <= kOnePassRows && MB <= one_pass_rows) {
+    alignas(32) Acc waiting[2][MB];
+    for (int h = 0; h < 2; ++h)
+      for (int i = 0; i < MB; ++i) waiting[h][i] = Acc{};
+    for (int64_t b = 0; b < nb; ++b) {
+      for (int h = 0; h < 2; ++h) {
+        Acc acc[MB];
+        for (int i = 0; i < MB; ++i) acc[i] = waiting[h][i];
+        step(b, h, acc);
+        for (int i = 0; i < MB; ++i) waiting[h][i] = acc[i];
+        // keeps the accumulators in memory between halves (else GCC keeps both halves in
+        // registers and spills the block's sums instead)
+        __asm__ volatile("" : : "r"(waiting) : "memory");
+      }
+    }
+    store(0, waiting[0]);
+    store(1, waiting[1]);
   } else {
     for (int h = 0; h < 2; ++h) {
       Acc acc[MB];
