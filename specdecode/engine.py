@@ -577,10 +577,14 @@ class Engine:
         # accepted round of a tree with leaves look like a rejection at k + 1.
         main = draft.main_path()
         depth = max(len(main), len(path) + (1 if children.get(node) else 0))
+        on_main = next((i for i, (a, b) in enumerate(zip(path, main)) if a != b), min(len(path), len(main)))
         if asked > 0:  # the accepted nodes along the main branch: what a chain drafter's cache holds
-            s.drafter.on_verified(next((i for i, (a, b) in enumerate(zip(path, main)) if a != b), min(len(path), len(main))))
+            s.drafter.on_verified(on_main)
         if s.drafter is not None:
             self.planner.observe(s, depth, len(path))
+            observe_tree = getattr(self.planner, "observe_tree", None)  # optional in the Planner protocol
+            if observe_tree is not None:
+                observe_tree(s, len(draft.tokens) - len(main), len(path) - on_main)
         s.stats.record_round(len(draft.tokens), len(path))
         new = [draft.tokens[j] for j in path] + [token]
         s.tokens.extend(new)

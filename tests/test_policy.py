@@ -314,6 +314,34 @@ def test_a_tree_drafter_gets_the_rows_a_pass_gives_for_free():
     assert all(q.tree_nodes == 0 for q in p.plan([s, other]))
 
 
+def test_a_tree_drafter_gets_the_rows_its_alternatives_have_shown_they_pay_for():
+    """Past the free rows, a row is granted when the tokens an alternative node of that drafter's
+    trees has added pay for the row's cost at the round's rate (at most k of them): none on the
+    prior, some after trees whose alternatives were taken, none again after trees whose were not."""
+    class FakeTreeNgram(FakeNgram):
+        branches = 3
+
+    p = planner(MIDDLE)  # no row is free: each costs 0.15 T(1)
+    s = state([FakeTreeNgram(n=3, available=3)])
+    p.begin(s)
+    assert p.plan([s])[0].tree_nodes == 0
+    for _ in range(40):
+        p.observe_tree(s, 2, 2)  # every alternative node was worth a token
+    plan = p.plan([s])[0]
+    assert plan.k == 3 and 0 < plan.tree_nodes <= plan.k
+    assert "a tree node adds" in p.describe(s)
+    for _ in range(300):
+        p.observe_tree(s, 2, 0)
+    assert p.plan([s])[0].tree_nodes == 0
+    other = state([FakeTreeNgram(n=3, available=3)])  # the value is the drafter's, not the request's
+    p.begin(other)
+    p.plan([other])
+    for _ in range(40):
+        p.observe_tree(other, 2, 2)
+    p.begin(s)
+    assert p.plan([s])[0].tree_nodes > 0
+
+
 def test_describe_says_why_a_request_did_not_draft():
     p = planner(LINEAR)
     s = state([FakeModelDrafter()])

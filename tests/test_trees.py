@@ -18,6 +18,7 @@ from specdecode.drafters import ModelDrafter, NgramDrafter
 from specdecode.drafters.base import Draft
 from specdecode.drafters.model import with_second_choices
 from specdecode.engine import Engine
+from specdecode.policy import FixedK
 from specdecode.sampling import logits_to_probs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -70,6 +71,30 @@ def test_the_walk_finds_the_right_branch_and_gives_the_target_output(target, see
     assert got == want
     assert stats.tokens_per_pass > 2.5  # three of the right path accepted almost every round
     assert stats.target_passes < len(want) / 2.5
+
+
+def test_the_engine_tells_the_planner_what_a_trees_alternatives_gained(target):
+    """After a tree round the planner hears how many alternative nodes stood beside the main
+    branch and how many tokens the accepted path gave past the point where it left that branch."""
+    class Recording(FixedK):
+        def __init__(self, k: int) -> None:
+            super().__init__(k)
+            self.trees: list[tuple[int, int]] = []
+
+        def observe_tree(self, state, nodes: int, gained: int) -> None:
+            self.trees.append((nodes, gained))
+
+    params = SamplingParams(max_new_tokens=30, temperature=0.0, ignore_eos=True)
+    ref = Engine(target)
+    prompt = ref.encode(PROMPT, chat=False)
+    want, _ = ref.generate_ids(prompt, params)
+    policy = Recording(6)
+    got, _ = Engine(target, OracleTree(want, len(prompt)), policy=policy).generate_ids(prompt, params)
+    assert got == want
+    assert policy.trees and all(0 <= g <= n for n, g in policy.trees)
+    # the oracle's main branch is wrong at its root: every accepted token came through the alternatives
+    nodes, gained = map(sum, zip(*policy.trees))
+    assert gained > 0.6 * nodes
 
 
 def test_an_ngram_tree_is_a_trie_of_several_continuations():

@@ -26,7 +26,8 @@ class Plan:
     stop: Callable[[float], bool] | None = None
     expected_tokens: float = 1.0  # tokens the round is expected to yield (the target's own counts one)
     # A drafter of token trees may add this many alternative nodes beyond the k of its main branch
-    # (the cost planner: rows the pass gets about for free; None: the drafter's default; docs/trees.md).
+    # (the cost planner: rows the pass gets about for free, and rows the value the drafter's
+    # alternatives have shown pays for; None: the drafter's default; docs/trees.md).
     tree_nodes: int | None = None
 
 
@@ -62,7 +63,9 @@ class Planner(Protocol):
 
     # Optional: def timed_draft(self, state, steps: int, seconds: float) -> None, called after a
     # round in which one request alone drafted `steps` tokens with the drafter its plan chose;
-    # def settle(self) -> bool, deferred work run when no request waits (Engine.settle).
+    # def settle(self) -> bool, deferred work run when no request waits (Engine.settle);
+    # def observe_tree(self, state, nodes: int, gained: int) -> None, after a token tree with
+    # `nodes` alternative nodes beside its main branch gave `gained` tokens more than that branch.
 
     def describe(self, state: Any) -> str:
         """One line for --stats: how the request drafted, and why it drafted little if it did."""

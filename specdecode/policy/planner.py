@@ -29,6 +29,32 @@ from .draft_stop import ConfidenceCalibration, DraftStop
 # prompt then never pays for the draft's prefill; a long one loses a few rounds at most.
 CATCH_UP_RENT = 2.0
 
+# What one alternative node of a token tree adds to a round, in tokens, before a drafter's trees
+# have shown it: a node pays only where the chain breaks at its depth and the target takes it.
+# Measured: the 0.5B draft model's second choices added 8% tokens per pass over Spec-Bench with
+# about k // 2 of them (docs/trees.md: 1.43 -> 1.54 with k near 2: ~0.1 per node); n-gram
+# alternatives added nothing there. Worth NODE_PRIOR_WEIGHT nodes of a drafter's own evidence.
+NODE_PRIOR = 0.05
+NODE_PRIOR_WEIGHT = 16.0
+NODE_DECAY = 0.98  # per tree round: about the last fifty rounds count
+
+
+@dataclass
+class NodeValue:
+    """Tokens an alternative node of a drafter's trees has added, per node (decayed sums)."""
+
+    gained: float = 0.0
+    nodes: float = 0.0
+    rounds: int = 0  # tree rounds observed (undiscounted): for --stats
+
+    def observe(self, nodes: int, gained: int) -> None:
+        self.gained = NODE_DECAY * self.gained + gained
+        self.nodes = NODE_DECAY * self.nodes + nodes
+        self.rounds += 1
+
+    def per_node(self) -> float:
+        return (self.gained + NODE_PRIOR_WEIGHT * NODE_PRIOR) / (self.nodes + NODE_PRIOR_WEIGHT)
+
 
 @dataclass
 class Choice:
@@ -86,6 +112,8 @@ class CostPlanner:
         self.margin = margin
         self.book = AcceptanceBook()
         self.calibrations: dict[str, ConfidenceCalibration] = {}
+        # by drafter name, pooled over requests like the book (a plan changes speed, never output)
+        self.node_values: dict[str, NodeValue] = {}
 
     # -- the Planner interface -------------------------------------------------------------------
 
@@ -117,16 +145,36 @@ class CostPlanner:
 
     def _tree_nodes(self, s: Any, c: Choice, batch: int) -> int:
         """Alternative nodes a tree drafter may add to a lone request's k-token draft: the rows a
-        pass gets for at most `margin` more than T(k + 1), so a tree never costs a round more than
-        the planner's own tolerance (which alternatives are right is not predicted yet)."""
-        if c.k <= 0 or batch > 1 or getattr(s.drafter.drafters[c.which], "branches", 1) <= 1:
+        pass gets for at most `margin` more than T(k + 1) (free: they also keep the drafter's node
+        value measured), then, up to k more, each row whose own cost the value its drafter's
+        alternatives have shown per node pays for at the round's rate (tokens per T(1)): a row
+        costing d T(1) takes a node worth more than rate x d tokens."""
+        if c.k <= 0 or batch > 1:
+            return 0
+        d = s.drafter.drafters[c.which]
+        if getattr(d, "branches", 1) <= 1:
             return 0
         table = self.costs.table(len(s.tokens), self.k_max)
         room = min(draft_room(s), len(table) - 2) - c.k
-        extra = 0
-        while extra < room and table[c.k + 2 + extra] <= table[c.k + 1] * (1.0 + self.margin):
+        value = self.node_values.get(d.name, NodeValue()).per_node()
+        extra = paid = 0
+        while extra < room:
+            rows = c.k + 2 + extra  # the pass with this node
+            if table[rows] > table[c.k + 1] * (1.0 + self.margin):
+                if paid >= c.k or value <= c.rate * (table[rows] - table[rows - 1]):
+                    break
+                paid += 1
             extra += 1
         return extra
+
+    def observe_tree(self, state: Any, nodes: int, gained: int) -> None:
+        """A round's tree had `nodes` alternative nodes beside its main branch, and the accepted
+        path gave `gained` tokens more than the main branch alone would have."""
+        c = state.plan_state.last
+        if c is None or c.k <= 0 or nodes <= 0:
+            return
+        name = state.drafter.drafters[c.which].name
+        self.node_values.setdefault(name, NodeValue()).observe(nodes, gained)
 
     def observe(self, state: Any, drafted: int, accepted: int) -> None:
         rp: RequestPlan = state.plan_state
@@ -177,6 +225,9 @@ class CostPlanner:
             cost = f"a draft step costs {step:.2f} T(1)" if step > 0 else "drafting is free"
             if name in self.costs.draft_factors:
                 cost += f" as run ({self.costs.measured_draft_step(name, context):.2f} measured)"
+            if name in self.node_values:
+                v = self.node_values[name]
+                cost += f", a tree node adds {v.per_node():.2f} tokens ({v.rounds} tree rounds)"
             ests = by_name.get(name, [])
             if ests:
                 best = max(ests, key=lambda x: x.pooled_seen)
