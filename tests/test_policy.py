@@ -232,9 +232,10 @@ def test_fixed_k_with_several_drafters_only_chooses_the_drafter():
 def test_draft_prefill_of_a_long_prompt_pays_only_for_a_long_answer():
     """The draft model must feed the prompt before its first draft. Charged to one round it kept
     `auto` from ever drafting (0 drafts in 160 tokens on a second chat turn); not charged, a 0.5B
-    draft prefilled 1,000-token RAG prompts to save a few passes. The prefill is bought once the
-    request has spent half its cost on the target alone (CATCH_UP_RENT = 2), and its cost is
-    shared by the tokens still to come: a 16-token answer never pays for it."""
+    draft prefilled 1,000-token RAG prompts to save a few passes. The prefill is bought once what
+    the request forwent without the draft (1 - 1/r of each token's T(1), r its expected speed-up)
+    adds up to its cost (CATCH_UP_RENT = 1), and its cost is shared by the tokens still to come:
+    a short answer never pays for it."""
     class LongPrompt(FakeModelDrafter):
         def catch_up_tokens(self, context):
             return 1000
@@ -254,9 +255,11 @@ def test_draft_prefill_of_a_long_prompt_pays_only_for_a_long_answer():
             p.observe(s, 0, 0)
         return None
 
-    assert 16 <= first_draft(5000) <= 18  # 1 s of catch-up / 2 = 0.5 s = 17 passes of 30 ms
+    # 1 s of catch-up = 33.3 T(1); at acceptance 0.75 the best k (2) is 1.39x the target alone, so
+    # each token without it forgoes 0.28 T(1): bought after 33.3 / 0.28 = 120 tokens
+    assert 118 <= first_draft(5000) <= 122
     assert first_draft(16) is None
-    assert first_draft(40) is None  # bought at 17 tokens, the rest could not pay 1 s back
+    assert first_draft(150) is None  # bought at 120 tokens, the 30 left could not pay 1 s back
 
 
 def test_a_catch_up_over_the_requests_own_tokens_is_charged_to_its_round():

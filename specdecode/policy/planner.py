@@ -24,10 +24,16 @@ from .draft_stop import ConfidenceCalibration, DraftStop
 # A draft model's catch-up pass (the prompt before its first draft, or what it missed while
 # another drafter ran) is paid once and serves the rest of the request: a round is charged its
 # share, expected tokens / tokens still to come. How long the answer will be is unknown (the
-# budget is an upper bound), so it is bought as a ski rental: not before the request has spent,
-# on the target, 1 / CATCH_UP_RENT of what the catch-up costs. A short answer after a long
-# prompt then never pays for the draft's prefill; a long one loses a few rounds at most.
-CATCH_UP_RENT = 2.0
+# budget is an upper bound), so it is bought as a ski rental: the rent is what the request
+# forgoes by decoding without it (per token, 1 - 1/r of a T(1), r the drafter's best expected
+# speed-up without the catch-up), and it is bought once the rent paid reaches CATCH_UP_RENT times
+# its price (1: the classic rule, never worse than twice the best choice in hindsight). A short
+# answer after a long prompt then never pays for the draft's prefill; a long one forgoes at most
+# the price. (It was bought once the request had spent half the price on the target alone: on a
+# Zen 3 the 0.5B draft's catch-up of a 56-token prompt, about 5 T(1), was bought after three
+# tokens, and Spec-Bench's 8- to 32-token qa and translation answers decoded 0.88x and 0.94x the
+# target alone: docs/trees.md.)
+CATCH_UP_RENT = 1.0
 
 # What one alternative node of a token tree adds to a round, in tokens, before a drafter's trees
 # have shown it: a node pays only where the chain breaks at its depth and the target takes it.
@@ -273,20 +279,23 @@ class CostPlanner:
             # this request produced without the model (other drafters' rounds, a grammar's forced
             # tokens) recurs whenever they run again, so the round that needs it pays all of it.
             once = behind > spent
-            if once and catch_up > CATCH_UP_RENT * spent:
-                reason = reason or (f"{d.name}'s catch-up pass not yet worth it",
-                                    f"{behind} tokens, {catch_up:.1f} T(1)")
-                continue
 
             def share(tokens: float) -> float:
                 return min(1.0, tokens / remaining) if once else 1.0
 
             est = self._estimate(rp, which, key, d.name)
+            expected = est.expected_tokens(k_top)
+            if once and catch_up > 0.0:
+                speedup = max(expected[k] / (k * step + table[k + 1]) for k in range(1, k_top + 1))
+                rent = max(0.0, 1.0 - 1.0 / speedup) * spent  # T(1)s forgone so far without it
+                if catch_up > CATCH_UP_RENT * rent:
+                    reason = reason or (f"{d.name}'s catch-up pass not yet worth it",
+                                        f"{behind} tokens, {catch_up:.1f} T(1), forgone so far {rent:.1f} T(1)")
+                    continue
             # why no draft, should none of this drafter's rounds win (or should it be skipped)
             reason = reason or (f"{d.name}: the target alone was expected faster",
                                 f"a draft step costs {step:.2f} T(1), T(2) = {table[2]:.2f} T(1), "
                                 f"acceptance {est.pooled():.2f}")
-            expected = est.expected_tokens(k_top)
             if expected[k_top] / (table[2] + step + catch_up * share(1.0)) <= bar:
                 continue
             ks = [k_top] if self.k_fixed is not None else range(1, k_top + 1)

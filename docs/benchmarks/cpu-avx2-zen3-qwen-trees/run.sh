@@ -17,3 +17,12 @@ METHODS=target-int4,spec-int4-ngram,spec-int4-ngram-tree,spec-int4-auto,spec-int
   --dataset spec-bench --limit 5 -n 96 --threads 2 --out $OUT/specbench "$@"
 .venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b --methods $METHODS \
   --dataset code-chat --limit 5 -n 160 --threads 2 --out $OUT/code-chat "$@"
+# After the draft model's catch-up became a classic ski rental (bought once what the request forwent
+# without the draft reaches its price; docs/policy.md): the short-answer categories and two long
+# ones, then the multi-turn chats.
+.venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
+  --methods target-int4,spec-int4-auto,llamacpp --dataset spec-bench --categories mt_bench,translation,qa,math_reasoning \
+  --limit 5 -n 96 --threads 2 --out $OUT/specbench-rent "$@"
+.venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
+  --methods target-int4,spec-int4-ngram,spec-int4-auto --dataset code-chat --limit 5 -n 160 --threads 2 \
+  --out $OUT/code-chat-rent "$@"
