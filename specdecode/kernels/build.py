@@ -63,6 +63,30 @@ def build_error() -> str | None:
     return _build_error
 
 
+# A build takes a minute or two on 2 cores. torch's loader serializes builds with a `lock` file in
+# the build folder and waits for ever while it exists, so a build killed midway (Ctrl-C, a killed
+# job) left every later process hanging without a word. A lock older than this is taken for such
+# a leftover and removed, with a warning.
+STALE_LOCK_S = 15 * 60
+
+
+def clear_stale_lock(build_dir: Path, max_age_s: float = STALE_LOCK_S) -> bool:
+    """Remove build_dir/lock if it is older than max_age_s seconds; True if it was removed."""
+    import time
+
+    lock = build_dir / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age <= max_age_s:
+        return False
+    warnings.warn(f"specdecode: removing a kernel build lock left {age / 60:.0f} minutes ago by a build that "
+                  f"did not finish ({lock})", RuntimeWarning, stacklevel=2)
+    lock.unlink(missing_ok=True)
+    return True
+
+
 @functools.cache
 def extension():
     """The compiled module, or None (kernels disabled, not x86-64, or no working compiler)."""
@@ -80,6 +104,7 @@ def extension():
     try:
         from torch.utils.cpp_extension import load
 
+        clear_stale_lock(_build_dir())
         return load(
             name="specdecode_skinny",
             sources=[str(_SRC / s) for s in _SOURCES],

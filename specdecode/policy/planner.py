@@ -285,7 +285,7 @@ class CostPlanner:
 
             est = self._estimate(rp, which, key, d.name)
             expected = est.expected_tokens(k_top)
-            if once and catch_up > 0.0:
+            if once and catch_up > 0.0 and self.k_fixed is None:  # a fixed k drafts whatever it costs
                 speedup = max(expected[k] / (k * step + table[k + 1]) for k in range(1, k_top + 1))
                 rent = max(0.0, 1.0 - 1.0 / speedup) * spent  # T(1)s forgone so far without it
                 if catch_up > CATCH_UP_RENT * rent:
