@@ -18,3 +18,6 @@ cd "$(dirname "$0")/../../.."
 # (the AVX2 kernels' run-time one-pass row limit: 2 is the old order).
 .venv/bin/python scripts/kernel_tm.py qwen2.5-coder-1.5b --formats gguf,int4 --threads 2 --repeats 25 --max-m 4 \
   --one-pass-rows 2,4 --no-llamacpp --out docs/benchmarks/cpu-avx2-zen3-gguf/one-pass
+# Then the usual table with llama.cpp (the one-pass order in use):
+.venv/bin/python scripts/kernel_tm.py qwen2.5-coder-1.5b --formats gguf,int4 --threads 2 --repeats 9 --max-m 8 \
+  --out docs/benchmarks/cpu-avx2-zen3-gguf/one-pass-final
