@@ -14,7 +14,7 @@ import torch
 
 from specdecode.kernels import GGUF_LINEARS, best_isa, build, gguf_pack, pack, project
 
-from test_kernels import ISAS, TOL
+from test_kernels import ISAS, TOL, outputs_by_one_pass_rows
 
 pytestmark = pytest.mark.usefixtures("kernels")
 TYPES = {f.name: t for t, f in gguf_pack.FORMATS.items()}
@@ -113,18 +113,8 @@ def test_one_pass_and_pass_per_half_give_the_same_bits(name):
     """The AVX2 kernels' order over a tile's two halves (set_one_pass_rows) is a schedule only."""
     if best_isa() < 1:
         pytest.skip("the setting concerns the AVX2 path, which this CPU lacks")
-    ext = build.extension()
     layer, _ = layer_for(name, 48, 1024, seed=8)
-    x = activations(11, 1024, seed=9)
-    before = ext.one_pass_rows()
-    try:
-        outs = {}
-        for limit in (2, 4):
-            ext.set_one_pass_rows(limit)
-            outs[limit] = [run(layer, x[:m], 1) for m in (3, 4, 11)]
-    finally:
-        ext.set_one_pass_rows(before)
-    assert ext.one_pass_rows() == before
+    outs = outputs_by_one_pass_rows(run, layer, activations(11, 1024, seed=9))
     for a, b in zip(outs[2], outs[4]):
         assert torch.equal(a, b)
 

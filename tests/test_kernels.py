@@ -127,13 +127,10 @@ def test_every_path_gives_the_same_bits(fmt):
         assert torch.equal(outs[0], other)
 
 
-def test_one_pass_and_pass_per_half_give_the_same_bits():
-    """The AVX2 kernels' order over a tile's two halves (set_one_pass_rows) is a schedule only."""
-    if best_isa() < 1:
-        pytest.skip("the setting concerns the AVX2 path, which this CPU lacks")
+def outputs_by_one_pass_rows(run, layer, x: torch.Tensor) -> dict[int, list[torch.Tensor]]:
+    """run(layer, x[:m], AVX2) for m = 3, 4, 11 under the AVX2 kernels' one-pass row limits 2 (a
+    pass per half past two rows) and 4; the setting is restored after."""
     ext = build.extension()
-    w, x = random_case(200, 1536, 11, seed=12)
-    layer = make_layer("int4", w)  # int8 keeps a pass per half past two rows (not measured both ways)
     before = ext.one_pass_rows()
     try:
         outs = {}
@@ -142,6 +139,17 @@ def test_one_pass_and_pass_per_half_give_the_same_bits():
             outs[limit] = [run(layer, x[:m], 1) for m in (3, 4, 11)]
     finally:
         ext.set_one_pass_rows(before)
+    assert ext.one_pass_rows() == before
+    return outs
+
+
+def test_one_pass_and_pass_per_half_give_the_same_bits():
+    """The AVX2 kernels' order over a tile's two halves (set_one_pass_rows) is a schedule only."""
+    if best_isa() < 1:
+        pytest.skip("the setting concerns the AVX2 path, which this CPU lacks")
+    w, x = random_case(200, 1536, 11, seed=12)
+    layer = make_layer("int4", w)  # int8 keeps a pass per half past two rows (not measured both ways)
+    outs = outputs_by_one_pass_rows(run, layer, x)
     for a, b in zip(outs[2], outs[4]):
         assert torch.equal(a, b)
 

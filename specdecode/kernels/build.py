@@ -104,7 +104,8 @@ def extension():
     try:
         from torch.utils.cpp_extension import load
 
-        clear_stale_lock(_build_dir())
+        build_dir = _build_dir()  # hashes every source: once
+        clear_stale_lock(build_dir)
         return load(
             name="specdecode_skinny",
             sources=[str(_SRC / s) for s in _SOURCES],
@@ -112,7 +113,7 @@ def extension():
             # libgomp.so.1, which the loader resolves to the copy torch already loaded (one pool).
             extra_cflags=["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
-            build_directory=str(_build_dir()),
+            build_directory=str(build_dir),
             verbose=False,
         )
     # no compiler / ninja / headers; SubprocessError: a compiler that fails torch's `--version` check
