@@ -76,6 +76,17 @@ def interleaved_step_times(steppers: dict, ms: list[int], repeats: int) -> dict[
     return {n: {m: statistics.median(v) for m, v in t.items()} for n, t in times.items()}
 
 
+def _row_limits(text: str) -> list[int]:
+    """--one-pass-rows: comma-separated integers >= 1 (argparse turns the error into one line)."""
+    try:
+        limits = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 2,4; got {text!r}") from None
+    if any(v < 1 for v in limits):
+        raise argparse.ArgumentTypeError(f"row limits must be >= 1, got {text!r}")
+    return limits
+
+
 def _with_one_pass_rows(step, limit: int):
     """step(m) run with the AVX2 kernels' one-pass row limit set to `limit` (restored after)."""
     from specdecode.kernels import build
@@ -115,7 +126,7 @@ def main() -> None:
     ap.add_argument("--max-m", type=int, default=16)
     ap.add_argument("--no-llamacpp", action="store_true", help="skip llama.cpp even if llama-cpp-python is installed")
     ap.add_argument("--out", type=Path, default=None, help="directory for kernel_tm.json and kernel_tm.md")
-    ap.add_argument("--one-pass-rows", default=None,
+    ap.add_argument("--one-pass-rows", type=_row_limits, default=None,
                     help="comma-separated settings of the AVX2 kernels' one-pass row limit (e.g. 2,4): each "
                          "format gets a row per setting, timed in turns (2 is the two-pass order past m = 2)")
     a = ap.parse_args()
@@ -136,7 +147,7 @@ def main() -> None:
             steppers[fmt] = model_stepper(lm, max(ms))
             continue
         step = model_stepper(lm, max(ms))
-        for limit in (int(v) for v in a.one_pass_rows.split(",")):
+        for limit in a.one_pass_rows:
             name = f"{fmt} (one pass to {limit} rows)"
             rows[name] = dict(rows[fmt], format=name)
             steppers[name] = _with_one_pass_rows(step, limit)
