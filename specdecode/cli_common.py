@@ -12,6 +12,7 @@ import os
 import sys
 
 from .errors import SpecdecodeError
+from .drafters.draft_vocab import DEFAULT_ROWS as DRAFT_VOCAB_ROWS
 from .prefix_cache import DEFAULT_PREFIX_CACHE_GB
 
 DEFAULT_TARGET = "qwen2.5-coder-1.5b"
@@ -46,6 +47,11 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str | None = DE
                    help="2: the draft model and the draft head draft token trees, their chain plus their second "
                         "choices where the planner finds verify rows for free (greedy requests; docs/trees.md); "
                         "default 1, a chain")
+    p.add_argument("--draft-vocab", type=_row_count, default=DRAFT_VOCAB_ROWS, metavar="N",
+                   help="the draft model (--draft, or the target's copy with --drafter self) scores only the "
+                        f"first N ids of the vocabulary, the common ones in a BPE vocabulary: its output layer "
+                        f"is a large share of a small model's reads (default {DRAFT_VOCAB_ROWS}, where the "
+                        "vocabulary is at least 1.5x that; 0 = all ids). Output never changes, only speed")
     p.add_argument("--adaptive", action="store_true",
                    help=f"with one drafter: start at k = {start_k} (or -k N) and grow / shrink it with acceptance "
                         "(--drafter auto then means the draft model if given, else n-gram)")
@@ -73,6 +79,16 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str | None = DE
     p.add_argument("--tp-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="with --tp N > 1: a rank that does not answer a collective within this time, or dies, "
                         "ends the others with an error (default 60)")
+
+
+def _row_count(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of ids, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 (all ids) or more, got {n}")
+    return n
 
 
 def _draft_length(value: str) -> str | int:
@@ -137,7 +153,7 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
     drafter = None
     if drafter_kind in ("model", "auto") and args.draft:
         draft = _load(args.draft, args, "draft", progress, draft_quantize, group, replicated=True)
-        drafter = ModelDrafter(draft.lm, branches=draft_branches)
+        drafter = ModelDrafter(draft.lm, branches=draft_branches, vocab_rows=getattr(args, "draft_vocab", None))
         check_same_vocab(target.lm, draft.lm, target.tokenizer, draft.tokenizer)
     branches = getattr(args, "ngram_branches", 1)
     if branches < 1:
@@ -166,7 +182,7 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
         if mode == "gguf":
             raise SpecdecodeError("--drafter self drafts from an int8 or int4 copy of the target; "
                                   "--draft-quantize gguf applies to a --draft GGUF model")
-        drafter = SelfDrafter(target.lm, mode)
+        drafter = SelfDrafter(target.lm, mode, vocab_rows=getattr(args, "draft_vocab", None))
         if progress:
             print(f"self-drafter: {mode} copy of the target", file=sys.stderr, flush=True)
     engine = specdecode.Engine(target, drafter, num_draft_tokens=k, adaptive=adaptive,

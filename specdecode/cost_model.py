@@ -464,8 +464,10 @@ def model_fingerprint(model) -> dict[str, Any] | None:
         return None
     linears: dict[str, int] = {}
     for m in model.modules():
-        if isinstance(m, torch.nn.Linear) or hasattr(m, "mode"):
+        if isinstance(m, torch.nn.Linear) or hasattr(m, "mode") or hasattr(m, "kept_rows"):
             name = f"{type(m).__name__}:{getattr(m, 'mode', '')}:{getattr(m, 'group_size', '')}"
+            if hasattr(m, "kept_rows"):  # a draft's output layer cut to its first rows (draft_vocab.py)
+                name += f":{m.kept_rows}"
             linears[name] = linears.get(name, 0) + 1
     param = next(model.parameters(), None)
     return {"kind": type(model).__name__, "args": asdict(args), "linear": dict(sorted(linears.items())),

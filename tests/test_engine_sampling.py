@@ -78,6 +78,17 @@ def test_model_drafter_sequence_distribution(models, params):
     check_distribution(engine, exact_sequence_probs(target, params), params)
 
 
+def test_cut_vocabulary_draft_sequence_distribution(models):
+    """A draft that can never propose ids 3 and 4 (drafters/draft_vocab.py): q is zero there, and
+    the rejected mass must come back through the residual distribution exactly."""
+    target, draft = models
+    params = SamplingParams(temperature=1.0, max_new_tokens=LENGTH, ignore_eos=True)
+    drafter = ModelDrafter(draft, vocab_rows=3)
+    assert drafter.model is not draft  # the cut applies
+    engine = Engine(target, drafter, num_draft_tokens=2)
+    check_distribution(engine, exact_sequence_probs(target, params), params, seed=2)
+
+
 def test_ngram_drafter_sequence_distribution(models):
     target, _ = models
     params = SamplingParams(temperature=1.0, max_new_tokens=LENGTH, ignore_eos=True)

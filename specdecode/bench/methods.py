@@ -404,6 +404,16 @@ def _spec_int4_model_int4(ctx: BenchContext):
                   num_draft_tokens=ctx.num_draft_tokens or "auto", eos_token_ids=ctx.eos_token_ids, tokenizer=ctx.target.tokenizer)
 
 
+@register_method("spec-int4-model-int4-allvocab", needs_draft=True, reference="target-int4", default=False,
+                 description="spec-int4-model-int4 with the draft scoring every id of the vocabulary (no "
+                             "--draft-vocab cut): what the cut gains or loses")
+def _spec_int4_model_int4_allvocab(ctx: BenchContext):
+    from ..drafters import ModelDrafter
+
+    return Engine(ctx.quantized_target("int4"), ModelDrafter(ctx.quantized_draft("int4"), vocab_rows=None),
+                  num_draft_tokens=ctx.num_draft_tokens or "auto", eos_token_ids=ctx.eos_token_ids, tokenizer=ctx.target.tokenizer)
+
+
 @register_method("spec-int4-model-int4-tree", needs_draft=True, reference="target-int4", default=False,
                  description="spec-int4-model-int4 drafting token trees: the chain plus the draft's second choices "
                              "where the planner grants free rows (greedy)")

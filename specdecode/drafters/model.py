@@ -11,6 +11,7 @@ from ..config import SamplingParams
 from ..logit_adjust import adjust_logits, adjusts_logits
 from ..sampling import PositionNoise, draw, logits_to_probs
 from .base import Draft, empty_draft, with_leaves
+from .draft_vocab import DEFAULT_ROWS, with_draft_vocab
 
 
 class ModelDrafter:
@@ -28,15 +29,19 @@ class ModelDrafter:
     "catches up" without a separate pass. A seeded request's draft races q against the same
     position noise the target uses (sampling.PositionNoise): no q is returned then, since
     verification only checks that the target drew the same token.
+
+    vocab_rows: the draft scores only the first this many ids of its vocabulary (draft_vocab.py:
+    its output layer is a large share of a small model's reads); None or 0 scores them all. Where
+    the cut saves little, or the model's output layer cannot be cut, the whole vocabulary is kept.
     """
 
     name = "model"
     reports_confidence = True  # propose_many asks a stop rule after every token (policy/draft_stop.py)
 
-    def __init__(self, model, branches: int = 1) -> None:  # model: a LanguageModel
+    def __init__(self, model, branches: int = 1, vocab_rows: int | None = DEFAULT_ROWS) -> None:  # model: a LanguageModel
         if branches not in (1, 2):
             raise ValueError(f"a draft model drafts a chain (branches=1) or a chain with second choices (2), got {branches}")
-        self.model = model
+        self.model = with_draft_vocab(model, vocab_rows)
         self.branches = branches
         self.cache = None
         self.prefix_cache = None  # the engine's PrefixCache (use_prefix_cache), shared by the forks

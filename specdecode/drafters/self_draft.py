@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import SpecdecodeError
 from ..quant import quantized_copy
+from .draft_vocab import DEFAULT_ROWS
 from .model import ModelDrafter
 
 
@@ -21,14 +22,16 @@ class SelfDrafter(ModelDrafter):
 
     target: the native Transformer being decoded (Model.lm of specdecode.load()).
     mode: "int4" (default: the cheapest draft) or "int8" (closer to the target, dearer).
+    vocab_rows: as ModelDrafter's (the copy scores only the first ids of the vocabulary).
     """
 
     name = "self"
 
-    def __init__(self, target, mode: str = "int4", group_size: int = 32, head: str = "int8") -> None:
+    def __init__(self, target, mode: str = "int4", group_size: int = 32, head: str = "int8",
+                 vocab_rows: int | None = DEFAULT_ROWS) -> None:
         target = getattr(target, "lm", target)  # accept a loaded Model too
         if not isinstance(target, nn.Module) or not hasattr(target, "lm_head"):
             raise SpecdecodeError("self-drafting needs a native specdecode model (specdecode.load(...)), "
                                   f"not {type(target).__name__}")
-        super().__init__(quantized_copy(target, mode, group_size, head))
+        super().__init__(quantized_copy(target, mode, group_size, head), vocab_rows=vocab_rows)
         self.mode = mode

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The draft model scoring the first 65,536 ids of the vocabulary (the default, drafters/draft_vocab.py)
+# against every id (spec-int4-model-int4-allvocab), on a real AVX2 CPU (AMD EPYC Zen 3, 2 cores):
+# int4 Qwen2.5-Coder-1.5B target, int4 0.5B draft, the planner choosing k; the target alone, auto
+# (n-gram + suffix + draft model + head) and llama.cpp in the same run; greedy, 96 new tokens,
+# every method interleaved prompt by prompt: HumanEval (10), then Spec-Bench (6 categories x 5).
+# Then the draft step's cost with and without the cut, and the share of the target's tokens kept.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+OUT=docs/benchmarks/cpu-avx2-zen3-qwen-draft-vocab
+METHODS=target-int4,spec-int4-model-int4,spec-int4-model-int4-allvocab,spec-int4-auto,llamacpp
+.venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b --methods $METHODS \
+  --dataset humaneval --limit 10 -n 96 --threads 2 --out $OUT/humaneval "$@"
+.venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b --methods $METHODS \
+  --dataset spec-bench --limit 5 -n 96 --threads 2 --out $OUT/specbench "$@"
+.venv/bin/python scripts/draft_vocab_cost.py qwen2.5-coder-1.5b qwen2.5-coder-0.5b --threads 2 --rows 32768,65536 \
+  --coverage $OUT/specbench/results.json > $OUT/draft_step_cost.json
