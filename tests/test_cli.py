@@ -38,6 +38,20 @@ def test_ngram_trees_from_the_command_line_give_the_target_output(capsys):
     assert rc == 0 and "output identical to the target-only output" in err
 
 
+def test_a_draft_scoring_part_of_its_vocabulary_gives_the_target_output(capsys):
+    rc, _, err = run_cli(capsys, "generate", "def add(x, y):", *TINY, "--draft", "tiny-random-draft",
+                         "--draft-vocab", "64", "--raw", "-n", "12", "-k", "3", "--compare")
+    assert rc == 0 and "output identical to the target-only output" in err
+
+
+@pytest.mark.parametrize("value", ["-1", "many"])
+def test_a_bad_draft_vocabulary_size_is_an_argparse_error(capsys, value):
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "hi", *TINY, "--draft", "tiny-random-draft", "--draft-vocab", value])
+    _, err = capsys.readouterr()
+    assert e.value.code == 2 and "--draft-vocab" in err and "Traceback" not in err
+
+
 def test_compare_with_sampling_says_outputs_differ_by_design(capsys):
     rc, _, err = run_cli(capsys, "generate", "hello", *TINY, "--drafter", "ngram", "--raw", "-n", "8",
                          "-t", "0.8", "--seed", "1", "--compare")

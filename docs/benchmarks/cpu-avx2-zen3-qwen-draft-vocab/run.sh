@@ -15,3 +15,8 @@ METHODS=target-int4,spec-int4-model-int4,spec-int4-model-int4-allvocab,spec-int4
   --dataset spec-bench --limit 5 -n 96 --threads 2 --out $OUT/specbench "$@"
 .venv/bin/python scripts/draft_vocab_cost.py qwen2.5-coder-1.5b qwen2.5-coder-0.5b --threads 2 --rows 32768,65536 \
   --coverage $OUT/specbench/results.json > $OUT/draft_step_cost.json
+# Longer answers, where the planner buys the draft model's catch-up over the prompt: 256 new tokens,
+# the three categories of new text, 3 prompts each.
+.venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
+  --methods target-int4,spec-int4-model-int4,spec-int4-model-int4-allvocab \
+  --dataset spec-bench --categories mt_bench,translation,qa --limit 3 -n 256 --threads 2 --out $OUT/specbench-256 "$@"
