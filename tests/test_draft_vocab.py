@@ -50,6 +50,21 @@ def test_the_twin_scores_the_kept_ids_as_the_model_does_and_shares_its_weights(l
     assert (cut[:, ROWS:] == CUT_LOGIT).all()
 
 
+@pytest.mark.parametrize("fmt", ["Q4_K", "Q6_K", "Q5_0", "Q4_0", "Q8_0"])
+def test_a_gguf_head_is_cut_to_its_first_tiles_with_the_same_bits(fmt, request):
+    request.getfixturevalue("kernels")
+    from test_gguf_kernels import layer_for
+
+    from specdecode.drafters.draft_vocab import first_rows
+
+    layer, _ = layer_for(fmt, 80, 256)  # (N, K) = (80, 256): five tiles of 16 rows
+    cut = first_rows(layer, 20)  # two tiles: rows 0..31
+    assert type(cut) is type(layer) and cut.out_features == 32
+    assert cut.packed.data_ptr() == layer.packed.data_ptr()
+    x = torch.randn(3, 256)
+    assert torch.equal(cut(x), layer(x)[:, :32])
+
+
 def test_no_cut_where_it_saves_little_or_is_not_asked_for():
     model = _tiny("float")
     assert with_draft_vocab(model, None) is model and with_draft_vocab(model, 0) is model
