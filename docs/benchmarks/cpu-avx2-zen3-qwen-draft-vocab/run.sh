@@ -20,3 +20,8 @@ METHODS=target-int4,spec-int4-model-int4,spec-int4-model-int4-allvocab,spec-int4
 .venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
   --methods target-int4,spec-int4-model-int4,spec-int4-model-int4-allvocab \
   --dataset spec-bench --categories mt_bench,translation,qa --limit 3 -n 256 --threads 2 --out $OUT/specbench-256 "$@"
+# Multi-turn coding (5 conversations x 3 turns, 160 tokens a turn, prompt caches kept): the draft
+# model's rows of the conversation so far come from the prefix cache, so its catch-up is cheap.
+.venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
+  --methods target-int4,spec-int4-model-int4,spec-int4-model-int4-allvocab \
+  --dataset code-chat --limit 5 -n 160 --threads 2 --out $OUT/code-chat "$@"
