@@ -49,7 +49,7 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str | None = DE
                         "default 1, a chain")
     p.add_argument("--draft-vocab", type=_row_count, default=DRAFT_VOCAB_ROWS, metavar="N",
                    help="the draft model (--draft, or the target's copy with --drafter self) scores only the "
-                        f"first N ids of the vocabulary, the common ones in a BPE vocabulary: its output layer "
+                        "first N ids of the vocabulary, the common ones in a BPE vocabulary: its output layer "
                         f"is a large share of a small model's reads (default {DRAFT_VOCAB_ROWS}, where the "
                         "vocabulary is at least 1.5x that; 0 = all ids). Output never changes, only speed")
     p.add_argument("--adaptive", action="store_true",
