@@ -25,3 +25,7 @@ METHODS=target-int4,spec-int4-model-int4,spec-int4-model-int4-allvocab,spec-int4
 .venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
   --methods target-int4,spec-int4-model-int4,spec-int4-model-int4-allvocab \
   --dataset code-chat --limit 5 -n 160 --threads 2 --out $OUT/code-chat "$@"
+# auto (n-gram + suffix + the cut draft model + head) on the same conversations, llama.cpp beside it.
+.venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
+  --methods target-int4,spec-int4-auto,llamacpp \
+  --dataset code-chat --limit 5 -n 160 --threads 2 --out $OUT/code-chat-auto "$@"
