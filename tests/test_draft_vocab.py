@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from specdecode import SamplingParams
+from specdecode.cost_model import model_fingerprint
 from specdecode.drafters import ModelDrafter
 from specdecode.drafters.draft_vocab import CUT_LOGIT, CutHead, with_draft_vocab
 from specdecode.engine import Engine
@@ -44,6 +45,8 @@ def test_the_twin_scores_the_kept_ids_as_the_model_does_and_shares_its_weights(l
     if layout != "float":  # a packed head is cut to whole tiles of its own buffers: views, no copy
         assert twin.lm_head.inner.packed.data_ptr() == model.lm_head.packed.data_ptr()
         assert twin.lm_head.inner.out_features == 112 and type(twin.lm_head.inner) is type(model.lm_head)
+    # Its pass costs are its own: the cost cache must not hand it the whole model's.
+    assert model_fingerprint(twin) != model_fingerprint(model)
     full, cut = _logits(model, CONTEXT), _logits(twin, CONTEXT)  # (T, V) each
     assert cut.shape == full.shape
     assert torch.equal(cut[:, :ROWS], full[:, :ROWS])
