@@ -29,3 +29,6 @@ METHODS=target-int4,spec-int4-model-int4,spec-int4-model-int4-allvocab,spec-int4
 .venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
   --methods target-int4,spec-int4-auto,llamacpp \
   --dataset code-chat --limit 5 -n 160 --threads 2 --out $OUT/code-chat-auto "$@"
+# code-chat-repeat/ (at 65,536 ids, commit 277f286) and code-chat-98k/ (at the 98,304 default, commit
+# 01d30d4) are the code-chat command above run again with --out changed; draft_step_cost_98k.json is
+# scripts/draft_vocab_cost.py with --rows 65536,98304 --repeats 60.
