@@ -290,6 +290,18 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = 32, head: str 
     return model
 
 
+def shallow_copy(module: nn.Module) -> nn.Module:
+    """A new module object with `module`'s parameters, buffers, children and attributes, whose own
+    tables of parameters, buffers and children can be changed without touching `module`'s: the
+    base of every twin that shares all but a few layers (quantized_copy, the GGUF-native load,
+    a draft's cut vocabulary)."""
+    new = copy.copy(module)  # shallow: the same tensors and attributes
+    new._parameters = dict(module._parameters)
+    new._buffers = dict(module._buffers)
+    new._modules = dict(module._modules)
+    return new
+
+
 def quantized_copy(model: nn.Module, mode: str, group_size: int = 32, head: str = "int8") -> nn.Module:
     """A quantized twin of `model` that shares everything but the linear layers with it.
 
@@ -307,9 +319,7 @@ def quantized_copy(model: nn.Module, mode: str, group_size: int = 32, head: str 
             return module if m is None else quantize_linear(module, m, group_size)
         if not any(isinstance(m, linear_types) for m in module.modules()):
             return module  # embedding, norms, RoPE: the very same module
-        new = copy.copy(module)  # shallow: same parameters, buffers and attributes
-        new._parameters = dict(module._parameters)
-        new._buffers = dict(module._buffers)
+        new = shallow_copy(module)
         new._modules = {n: (None if c is None else clone(c, n)) for n, c in module._modules.items()}
         return new
 

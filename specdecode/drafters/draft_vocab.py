@@ -18,12 +18,13 @@ the target's distribution for any q, so only acceptance can change, never the ou
 
 from __future__ import annotations
 
-import copy
 import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..quant import shallow_copy
 
 # The first 98,304 ids: 99.8% / 100% / 100% of the target's Spec-Bench / HumanEval / code-chat tokens
 # (above), for 0.35 T(1) a draft step against 0.34 with 65,536 and 0.41 with every id (Zen 3).
@@ -97,10 +98,7 @@ def with_draft_vocab(model: nn.Module, rows: int | None = DEFAULT_ROWS) -> nn.Mo
         inner = first_rows(head, rows)
         if inner is None:
             return model
-        twin = copy.copy(model)  # shallow: the same layers, embedding, norms and RoPE tables
-        twin._modules = dict(model._modules)
-        twin._parameters = dict(model._parameters)
-        twin._buffers = dict(model._buffers)
+        twin = shallow_copy(model)  # the same layers, embedding, norms and RoPE tables
         twin._modules["lm_head"] = CutHead(inner, rows, vocab)
         known[rows] = twin
     return known[rows]

@@ -11,7 +11,6 @@ are the converted checkpoint's, as for every other mode.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -98,7 +97,7 @@ def make_native(model: nn.Module, path: str | Path, args: ModelArgs) -> NativeRe
 
 def _replace_linears(model: nn.Module, path: str | Path, args: ModelArgs, in_place: bool) -> tuple[nn.Module, NativeReport]:
     from specdecode.kernels import kernels_available
-    from specdecode.quant import _linear_types
+    from specdecode.quant import _linear_types, shallow_copy
 
     if not kernels_available():
         raise SpecdecodeError("--quantize gguf runs on specdecode's CPU kernels, which are not built here "
@@ -115,11 +114,7 @@ def _replace_linears(model: nn.Module, path: str | Path, args: ModelArgs, in_pla
             return _native_layer(module, prefix, tensors.get(prefix), args, report)
         if not any(isinstance(m, linear_types) for m in module.modules()):
             return module  # embedding, norms, RoPE: the very same module
-        new = module if in_place else copy.copy(module)  # shallow: same parameters, buffers, attributes
-        if not in_place:
-            new._parameters = dict(module._parameters)
-            new._buffers = dict(module._buffers)
-            new._modules = dict(module._modules)
+        new = module if in_place else shallow_copy(module)
         for name, child in list(module._modules.items()):
             if child is not None:
                 new._modules[name] = walk(child, f"{prefix}.{name}" if prefix else name)
