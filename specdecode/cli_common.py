@@ -34,7 +34,8 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str | None = DE
                         "drafters, plus the draft model if --draft is given and the head if one was trained for the "
                         "target, the policy choosing one per round")
     p.add_argument("--head", metavar="PATH",
-                   help="the draft head for --drafter head / auto: our head directory or an EAGLE-1 checkpoint "
+                   help="the draft head for --drafter head / auto: our head directory or a published EAGLE-1 or EAGLE-3 "
+                        "checkpoint (model.safetensors + config.json) "
                         "(default: the one `specdecode heads train` made for the target, if any)")
     p.add_argument("--num-draft-tokens", "-k", type=_draft_length, default="auto",
                    help="tokens drafted per round: 'auto' (default: chosen each round from pass costs measured on "

@@ -20,7 +20,7 @@ from .config import SamplingParams
 from .constraint import Constraint, GrammarVocabulary, constrain, json_schema_grammar, lark_grammar
 from .cost_model import CostModel
 from .drafters.base import Draft, Drafter, empty_draft, fork_drafter
-from .drafters.composite import DrafterSet, drafter_members, feature_takers, give_features
+from .drafters.composite import DrafterSet, drafter_members, feature_request, give_features
 from .errors import ContextLengthError, InvalidParameterError, SpecdecodeError
 from .logit_adjust import adjust_logits, adjusts_logits
 from .logprobs import TokenLogprob, token_logprobs
@@ -389,11 +389,11 @@ class Engine:
             last = torch.tensor([s.tokens[-1]], dtype=torch.long, device=device)
             tokens = torch.cat([last, d.token_tensor]) if d.tokens else last  # (k'+1,)
             tree = None if d.parents is None else [-1] + [p + 1 for p in d.parents]
-            segments.append(Segment(s.cache, tokens, None, tree, want_features=bool(feature_takers(s.drafter))))
+            segments.append(Segment(s.cache, tokens, None, tree, want_features=feature_request(s.drafter)))
         chunks = self._prefill_chunks([s for s in live if s.prefilling], sum(len(g.tokens) for g in segments))
         for j, (s, end) in enumerate(chunks, start=len(decoding)):
             segments.append(Segment(s.cache, s.prompt_ids[s.prefilled : end], 1 if end == len(s.prompt_ids) else 0,
-                                    want_features=bool(feature_takers(s.drafter))))
+                                    want_features=feature_request(s.drafter)))
             if s.constraint is not None and end == len(s.prompt_ids):
                 allowed[j] = s.constraint.masks([])[0]
         logits = list(forward_segments(self.target, segments))  # (1 + k_i, V) per decoding state, (0 or 1, V) per chunk

@@ -294,15 +294,22 @@ class Transformer(nn.Module):
         x = self.model.embed_tokens(tokens[None])  # (1, N, D)
         cos, sin = self.rope(positions[None], x.dtype)
         batch = RaggedBatch(bounds)
-        for layer in self.model.layers:
+        layer_inputs = {i for seg in segments if isinstance(seg.want_features, tuple) for i in seg.want_features}
+        entering: dict[int, torch.Tensor] = {}  # layer index -> the hidden states entering it (N, D)
+        for i, layer in enumerate(self.model.layers):
+            if i in layer_inputs:  # a copy: the next layers may add to x in place
+                entering[i] = x[0].clone()
             x = layer(x, cos, sin, batch, None)
         for seg in segments:
             seg.cache.advance(len(seg.tokens))
-        if any(seg.want_features for seg in segments):  # a head drafter's input: every row, normed
+        for seg, (_, a, b, _) in zip(segments, bounds):  # an EAGLE-3 head's input: layers' inputs
+            if isinstance(seg.want_features, tuple):
+                seg.features = torch.cat([entering[i][a:b] for i in seg.want_features], dim=-1)  # (T, len * D)
+        if any(seg.want_features is True for seg in segments):  # a head drafter's input: every row, normed
             normed = self.model.norm(x)[0]  # (N, D)
             logits = self.lm_head(normed[rows]).float() if rows else None  # (R, V)
             for seg, (_, a, b, _) in zip(segments, bounds):
-                if seg.want_features:
+                if seg.want_features is True:
                     seg.features = normed[a:b]
         else:
             logits = self.lm_head(self.model.norm(x[:, rows])).float()[0] if rows else None  # (R, V)

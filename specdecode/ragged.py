@@ -24,9 +24,11 @@ class Segment:
     # cache's last token), parents first. A token sits at position cache.length + its depth and
     # attends the cache and its root-to-token path (native model only).
     parents: list[int] | None = None
-    # The target's features for a head drafter (drafters/head.py): True asks the native model to
-    # fill `features` with the final-normed hidden states of all T tokens, (T, D), from this pass.
-    want_features: bool = False
+    # The target's features for a head drafter (drafters/head.py), filled into `features` by the
+    # native model from this pass, for all T tokens: True = the final-normed hidden states (T, D)
+    # (EAGLE-1, our heads); a tuple of layer indices = the hidden states entering those layers,
+    # concatenated in that order (T, len * D) (EAGLE-3 reads a low, a middle and a high layer).
+    want_features: bool | tuple[int, ...] = False
     features: torch.Tensor | None = None
 
 

@@ -29,6 +29,17 @@ def feature_takers(drafter) -> list:
     return [d for d in drafter_members(drafter) if getattr(d, "takes_features", False)]
 
 
+def feature_request(drafter) -> bool | tuple[int, ...]:
+    """What the target's pass should hand `drafter`'s head (ragged.Segment.want_features): False
+    (no member takes features), True (the final-normed hidden states) or the indices of the
+    layers whose inputs an EAGLE-3 head reads."""
+    takers = feature_takers(drafter)
+    if not takers:
+        return False
+    layers = getattr(takers[0], "feature_layers", None)
+    return tuple(layers) if layers else True
+
+
 def give_features(drafter, start: int, rows) -> None:
     """Hand the target's features (n, D) of positions start.. to every member that takes them."""
     if rows is not None:

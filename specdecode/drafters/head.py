@@ -51,6 +51,11 @@ class HeadDrafter:
         self._settled = 0  # pairs at positions < this are settled (on_verified trims the rest)
 
     @property
+    def feature_layers(self) -> list[int] | None:
+        """The target layers whose inputs the head reads (EAGLE-3), None: the final features."""
+        return self.model.feature_layers
+
+    @property
     def batch_key(self) -> int:
         return id(self.model)
 
@@ -66,10 +71,13 @@ class HeadDrafter:
         self.device = device
 
     def add_features(self, start: int, rows: torch.Tensor) -> None:
-        """The target's features (n, D) for positions start .. start + n - 1, from its last pass."""
+        """The target's features (n, D; an EAGLE-3 head: its layers' inputs, n x 3 D) for positions
+        start .. start + n - 1, from its last pass; kept as the head's own rows (n, D)."""
         n = rows.shape[0]
         if n == 0:
             return
+        if self.feature_layers is not None:
+            rows = self.model.project_features(rows)  # EAGLE-3's fc, once per settled row
         if self.known == 0 and self.base == 0 and start > 0:
             self.base = self.known = start  # the first rows of this request (the rest came from a cache)
         if start != self.known:  # not contiguous (cannot happen in the engine's order): start over here
@@ -81,7 +89,8 @@ class HeadDrafter:
     def describe(self) -> str:
         c = self.model.head.config
         mode = getattr(self.model.head.fc, "mode", "float")
-        return f"{c.draft_vocab_size}-token vocabulary, MLP {c.intermediate_size}, {mode} weights"
+        kind = f"EAGLE-3 on the inputs of target layers {self.feature_layers}, " if self.feature_layers else ""
+        return f"{kind}{c.draft_vocab_size}-token vocabulary, MLP {c.intermediate_size}, {mode} weights"
 
     def evidence(self, context: list[int], k: int) -> tuple[str, int | None]:
         """(acceptance bucket, tokens it can draft now): none until the target's features of the

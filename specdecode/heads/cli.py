@@ -121,8 +121,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     directory = Path(args.head) if args.head else find_head(_load_target(args))
-    _, meta = load_head(directory)  # checked as --drafter head would read it
+    head, meta = load_head(directory)  # checked as --drafter head would read it
     print(f"{directory}")
+    if meta.get("format") != "specdecode-head":  # a published EAGLE checkpoint: its layout and shape
+        print(json.dumps({"format": meta["format"], "config": head.config.to_dict()}, indent=1))
+        return 0
     print(json.dumps({k: meta.get(k) for k in ("config", "target", "target_quantize", "corpus", "train_seconds",
                                                "draft_vocab_coverage", "epochs")}, indent=1))
     return 0

@@ -14,7 +14,7 @@ Parameter names follow EAGLE-1's checkpoints (`fc`, `layers.0.*`), so its heads 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -44,6 +44,12 @@ class HeadConfig:
     max_position_embeddings: int = 4096
     attention_bias: bool = False
     fc_bias: bool = True
+    # "eagle1": our heads and EAGLE-1's (DraftHead); "eagle3": a published EAGLE-3 head (eagle3.py)
+    kind: str = "eagle1"
+    # EAGLE-3: the target layers whose inputs the head reads (None: EAGLE-3's default, layers 2,
+    # N // 2 and N - 3 of an N-layer target, fixed by bind())
+    feature_layers: list[int] | None = None
+    norm_before_residual: bool = False  # EAGLE-3: the residual is the normed hidden state
 
     @classmethod
     def for_target(cls, args: ModelArgs, draft_vocab_size: int, intermediate_size: int | None = None) -> HeadConfig:
@@ -79,6 +85,19 @@ class DraftHead(nn.Module):
         self.layers[0].input_layernorm = nn.Identity()  # EAGLE-1: the fc's output goes straight in
         self.lm_head = nn.Linear(D, config.draft_vocab_size, bias=False)
         self.register_buffer("d2t", torch.arange(config.draft_vocab_size, dtype=torch.long))  # draft id -> target id
+
+    # -- drafting (HeadModel.step) -----------------------------------------------------------------
+
+    def project_features(self, rows: torch.Tensor) -> torch.Tensor:
+        """The target's features as this head's feature rows: EAGLE-1 reads them as they are."""
+        return rows
+
+    def decode(self, embeds: torch.Tensor, features: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               cache, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """embeds (N, D) of x_{t+1}, features (N, D) f_t -> (predicted f_{t+1} (N, D), logits (N, V_d))."""
+        x = self.fc(torch.cat([embeds, features], dim=-1))[None]  # (1, N, D)
+        h = self.layers[0](x, cos, sin, cache, mask)[0]  # (N, D)
+        return h, self.lm_head(h)
 
     # -- training (autograd, full sequences, float32) ---------------------------------------------
 
@@ -151,10 +170,19 @@ class HeadModel(nn.Module):
         else:
             mask = None  # a RaggedBatch: each segment is masked causally by the attention layer
         e = self._embed[0](tokens)  # (N, D)
-        x = self.head.fc(torch.cat([e, features.to(e.dtype)], dim=-1))[None]  # (1, N, D)
-        cos, sin = self._rope[0](positions[None], x.dtype)
-        h = self.head.layers[0](x, cos, sin, cache, mask)[0]  # (N, D)
-        return h, self.head.lm_head(h).float()
+        cos, sin = self._rope[0](positions[None], e.dtype)
+        h, logits = self.head.decode(e, features.to(e.dtype), cos, sin, cache, mask)
+        return h, logits.float()
+
+    @property
+    def feature_layers(self) -> list[int] | None:
+        """The target layers whose inputs the head reads (EAGLE-3), or None: the final features."""
+        return self.head.config.feature_layers if self.head.config.kind == "eagle3" else None
+
+    @torch.inference_mode()
+    def project_features(self, rows: torch.Tensor) -> torch.Tensor:
+        """The target's features (n, D or 3 D) as the head's feature rows (n, D)."""
+        return self.head.project_features(rows.to(self.dtype))
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, mask=None,
@@ -174,7 +202,19 @@ def lm_head_weight(target) -> torch.Tensor:
     return w.detach().float()
 
 
-def bind(head: DraftHead, target, quantize: str | None = "int8") -> HeadModel:
+def feature_layers_on(config: HeadConfig, num_layers: int) -> list[int] | None:
+    """The target layers whose inputs an EAGLE-3 head reads on a target of `num_layers` layers
+    (None for an EAGLE-1 head): its own list, else EAGLE-3's default 2, N // 2, N - 3."""
+    if config.kind != "eagle3":
+        return None
+    layers = list(config.feature_layers or (2, num_layers // 2, num_layers - 3))
+    if any(not 0 <= i < num_layers for i in layers) or len(set(layers)) != len(layers):
+        raise ValueError(f"this EAGLE-3 head reads the inputs of target layers {layers}; the target has "
+                         f"{num_layers} layers (0..{num_layers - 1})")
+    return layers
+
+
+def bind(head: nn.Module, target, quantize: str | None = "int8") -> HeadModel:
     """A HeadModel on `target` (a native Transformer), in the target's dtype, its linear layers
     quantized ("int8" default: a head step then reads about a quarter of its float bytes; "int4";
     None keeps floats) onto the same CPU kernels the target runs."""
@@ -184,12 +224,18 @@ def bind(head: DraftHead, target, quantize: str | None = "int8") -> HeadModel:
     if not hasattr(target, "model") or not hasattr(target.model, "embed_tokens"):
         raise TypeError(f"a draft head needs a native specdecode target, not {type(target).__name__}")
     embed, rope = target.model.embed_tokens, target.rope
-    c = head.config
-    if c.hidden_size != target.args.hidden_size or c.target_vocab_size != target.args.vocab_size:
+    c, a = head.config, target.args
+    if c.hidden_size != a.hidden_size or c.target_vocab_size != a.vocab_size:
         raise ValueError(f"this head was made for hidden size {c.hidden_size} and {c.target_vocab_size} tokens; "
-                         f"the target has {target.args.hidden_size} and {target.args.vocab_size}")
+                         f"the target has {a.hidden_size} and {a.vocab_size}")
+    layers = feature_layers_on(c, a.num_hidden_layers)
     shares = getattr(head, "shares_target_lm_head", False)
     head = copy.deepcopy(head)  # the caller's head stays as it was (one file may serve several targets)
+    head.config = replace(c, feature_layers=layers)
+    if getattr(head, "embed_tokens", None) is not None:  # an EAGLE-3 file with its own embedding
+        embed = head.embed_tokens
+    if (c.head_dim, c.rope_theta) != (a.head_dim, a.rope_theta) or c.max_position_embeddings > a.max_position_embeddings:
+        rope = RotaryEmbedding(c.head_dim, c.max_position_embeddings, c.rope_theta).to(embed.weight.device)
     if shares:  # an EAGLE-1 file without lm_head: the target's rows
         with torch.no_grad():
             head.lm_head.weight.copy_(lm_head_weight(target)[head.d2t.long()])

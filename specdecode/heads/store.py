@@ -1,7 +1,8 @@
 """Where draft heads live: `$SPECDECODE_CACHE/heads/<target key>/`, one directory per target.
 
 A directory holds
-- `head.safetensors` + `head.json`: the trained head (EAGLE-1 tensor names, see heads/model.py)
+- `head.safetensors` + `head.json`: the trained head (EAGLE-1 tensor names, see heads/model.py;
+  published EAGLE-1 and EAGLE-3 checkpoints load from their own directories, load_head)
   and its config, training summary, corpus description and timings;
 - `corpus-<answer length, weights>/part-<prompts>.safetensors`: the target's answers and features
   it was trained on (tokens int32, features bf16, offsets), one file per 32 prompts named by them,
@@ -26,6 +27,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
+from torch import nn
 
 from ..errors import SpecdecodeError
 from ..loading.store import atomic_write, atomic_write_text, cache_dir, save_safetensors
@@ -72,9 +74,10 @@ def save_head(head: DraftHead, directory: Path, info: dict[str, Any] | None = No
     return path
 
 
-def load_head(path: Path) -> tuple[DraftHead, dict[str, Any]]:
-    """A head from our own directory (head.json + head.safetensors) or from a published EAGLE-1
-    checkpoint (a directory or a .safetensors file with fc.* and layers.0.*, and its config.json)."""
+def load_head(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A head from our own directory (head.json + head.safetensors) or from a published EAGLE
+    checkpoint (a directory or a .safetensors file, and its config.json): EAGLE-1 (fc.*, layers.0.*;
+    a DraftHead) or EAGLE-3 (fc.*, midlayer.*, norm, lm_head, d2t; an eagle3.Eagle3Head)."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -89,16 +92,78 @@ def load_head(path: Path) -> tuple[DraftHead, dict[str, Any]]:
     if not file.is_file():
         raise HeadFileError(f"no draft head at {path} (expected our head.json + head.safetensors, or an EAGLE "
                             "checkpoint's model.safetensors + config.json)")
-    state = _read_tensors(file, load_file)
-    if any(k.startswith("midlayer.") for k in state):
-        raise HeadFileError(f"{file} is an EAGLE-3 head (midlayer.*: it reads three of the target's layers); "
-                            "specdecode runs EAGLE-1 style heads (fc.*, layers.0.*) on the final features")
-    if "fc.weight" not in state or not any(k.startswith("layers.0.") for k in state):
-        raise HeadFileError(f"{file} does not hold an EAGLE head (no fc.weight / layers.0.*)")
+    state = _published_names(_read_tensors(file, load_file))
+    eagle3 = any(k.startswith("midlayer.") for k in state)
+    if "fc.weight" not in state or not (eagle3 or any(k.startswith("layers.0.") for k in state)):
+        raise HeadFileError(f"{file} does not hold an EAGLE head (no fc.weight / layers.0.* / midlayer.*)")
     config_file = file.parent / "config.json"
     if not config_file.is_file():
         raise HeadFileError(f"an EAGLE head needs its config.json beside {file.name}")
-    return _build(_eagle_config(_read_json(config_file), state), state, file), {"format": "eagle"}
+    cfg = _read_json(config_file)
+    if eagle3:
+        return _build_eagle3(_eagle3_config(cfg, state, file), state, file), {"format": "eagle3"}
+    return _build(_eagle_config(cfg, state), state, file), {"format": "eagle"}
+
+
+def _published_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """EAGLE-3's names for an EAGLE-3 head written under vLLM's (`layers.0.*` with a hidden_norm)
+    or with a `model.` prefix; anything else as it is."""
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    if "layers.0.hidden_norm.weight" in state:
+        state = {("midlayer." + k[len("layers.0."):] if k.startswith("layers.0.") else k): v for k, v in state.items()}
+    return state
+
+
+def _eagle3_config(cfg: dict[str, Any], state: dict[str, torch.Tensor], where: Path) -> HeadConfig:
+    D, width = state["fc.weight"].shape
+    if cfg.get("target_hidden_size", D) != D:
+        raise HeadFileError(f"{where}: this EAGLE-3 head is {D} wide and reads a target {cfg['target_hidden_size']} "
+                            "wide; specdecode runs heads as wide as their target")
+    layers = (cfg.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
+    if width % D or width // D != (len(layers) if layers else 3):
+        raise HeadFileError(f"{where}: fc reads {width / D:g} hidden states of width {D}, but the config names "
+                            f"{'layers ' + str(layers) if layers else 'none (EAGLE-3 reads 3)'}")
+    if "num_attention_heads" not in cfg or "vocab_size" not in cfg:
+        raise HeadFileError(f"{where.parent / 'config.json'} lacks num_attention_heads or vocab_size")
+    H, vocab = int(cfg["num_attention_heads"]), int(cfg["vocab_size"])
+    lm = state.get("lm_head.weight")
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    theta = cfg.get("rope_theta", rope.get("rope_theta", 10000.0) if isinstance(rope, dict) else 10000.0)
+    return HeadConfig(hidden_size=D, intermediate_size=state["midlayer.mlp.gate_proj.weight"].shape[0],
+                      num_attention_heads=H, num_key_value_heads=int(cfg.get("num_key_value_heads") or H),
+                      head_dim=int(cfg.get("head_dim") or D // H),
+                      draft_vocab_size=lm.shape[0] if lm is not None else int(cfg.get("draft_vocab_size") or vocab),
+                      target_vocab_size=vocab, rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+                      rope_theta=float(theta),
+                      max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+                      attention_bias="midlayer.self_attn.q_proj.bias" in state, fc_bias="fc.bias" in state,
+                      kind="eagle3", feature_layers=[int(i) for i in layers] if layers else None,
+                      norm_before_residual=bool(cfg.get("norm_before_residual", False)))
+
+
+def _build_eagle3(config: HeadConfig, state: dict[str, torch.Tensor], where: Path) -> nn.Module:
+    from .eagle3 import Eagle3Head
+
+    V, Vd = config.target_vocab_size, config.draft_vocab_size
+    if "d2t" in state:  # offsets: draft id i is target id i + d2t[i]
+        state["d2t"] = state["d2t"].long() + torch.arange(Vd)
+    elif Vd == V:
+        state["d2t"] = torch.arange(Vd)
+    else:
+        raise HeadFileError(f"{where}: a {Vd}-token draft vocabulary without d2t (which target ids it scores)")
+    if state["d2t"].shape != (Vd,) or int(state["d2t"].min()) < 0 or int(state["d2t"].max()) >= V:
+        raise HeadFileError(f"{where}: d2t does not map the {Vd} draft ids into the {V} target ids")
+    head = Eagle3Head(config, own_embedding="embed_tokens.weight" in state)
+    shares = "lm_head.weight" not in state
+    if shares and Vd != V:
+        raise HeadFileError(f"{where}: no lm_head for its {Vd}-token draft vocabulary")
+    missing, unexpected = head.load_state_dict({k: v for k, v in state.items() if k != "t2d"}, strict=False)
+    missing = [m for m in missing if not (shares and m == "lm_head.weight")]
+    if missing or unexpected:
+        raise HeadFileError(f"{where}: tensors do not match EAGLE-3's layout (missing {missing[:4]}, "
+                            f"unexpected {unexpected[:4]})")
+    head.shares_target_lm_head = shares
+    return head
 
 
 def _eagle_config(cfg: dict[str, Any], state: dict[str, torch.Tensor]) -> HeadConfig:
