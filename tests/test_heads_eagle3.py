@@ -88,7 +88,7 @@ def _rope(x, positions, theta=10000.0):  # x (heads, T, HD)
     return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
 
 
-def reference_head(s, embeds, hidden, positions, norm_before_residual=False):
+def reference_head(s, embeds, hidden, positions, norm_before_residual=False, theta=10000.0):
     """EAGLE-3's layer over a whole sequence: embeds, hidden (T, D) -> (pre-norm out (T, D), logits (T, VD))."""
     def lin(name, x):
         return x @ s[f"{name}.weight"].T + s.get(f"{name}.bias", 0)
@@ -97,8 +97,8 @@ def reference_head(s, embeds, hidden, positions, norm_before_residual=False):
     residual = normed if norm_before_residual else hidden
     x = torch.cat([_rms(embeds, s["midlayer.input_layernorm.weight"]), normed], -1)  # (T, 2 D)
     T = x.shape[0]
-    q = _rope(lin("midlayer.self_attn.q_proj", x).view(T, H, HD).transpose(0, 1), positions)
-    k = _rope(lin("midlayer.self_attn.k_proj", x).view(T, HKV, HD).transpose(0, 1), positions)
+    q = _rope(lin("midlayer.self_attn.q_proj", x).view(T, H, HD).transpose(0, 1), positions, theta)
+    k = _rope(lin("midlayer.self_attn.k_proj", x).view(T, HKV, HD).transpose(0, 1), positions, theta)
     v = lin("midlayer.self_attn.v_proj", x).view(T, HKV, HD).transpose(0, 1)
     k, v = k.repeat_interleave(H // HKV, 0), v.repeat_interleave(H // HKV, 0)
     att = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True)[0]  # (H, T, HD)
@@ -127,7 +127,8 @@ def layer_inputs(target, tokens: list[int], layers: list[int]) -> torch.Tensor:
     return torch.cat([seen[i] for i in layers], -1)
 
 
-def reference_draft(s, target, context: list[int], k: int, layers: list[int], norm_before_residual=False) -> list[int]:
+def reference_draft(s, target, context: list[int], k: int, layers: list[int], norm_before_residual=False,
+                    theta=10000.0) -> list[int]:
     """EAGLE-3's greedy draft of k tokens after `context`, recomputed from scratch every step."""
     ids = s["d2t"] + torch.arange(VD)
     g = layer_inputs(target, context, layers)[:-1] @ s["fc.weight"].T  # g_t for the pairs (g_t, x_{t+1})
@@ -135,7 +136,7 @@ def reference_draft(s, target, context: list[int], k: int, layers: list[int], no
     hidden, tokens, draft = list(g), list(context[1:]), []
     for _ in range(k):
         out, logits = reference_head(s, embed[torch.tensor(tokens)], torch.stack(hidden), torch.arange(len(tokens)),
-                                     norm_before_residual)
+                                     norm_before_residual, theta)
         draft.append(int(ids[int(logits[-1].argmax())]))
         hidden.append(out[-1])  # further on, the head's own output stands in for g
         tokens.append(draft[-1])
@@ -223,6 +224,21 @@ def test_named_layers_biases_and_vllm_names_load_and_draft_alike(target, tmp_pat
         outs.append(drafter.propose(PROMPTS[2], 3, params, None).tokens)
     assert outs[0] == outs[1] == reference_draft(s, target, PROMPTS[2], 3, [1, 3, 6], norm_before_residual=True)
     assert outs[0] != reference_draft(s, target, PROMPTS[2], 3, [1, 3, 6])  # the flag changes the drafts
+
+
+def test_a_head_with_its_own_rope_drafts_past_its_configured_length(target, tmp_path):
+    """A head whose RoPE base differs from the target's gets its own tables, as long as the
+    target's context (its config says 16 positions; it drafts at 40 and more)."""
+    s = eagle3_state(seed=2)
+    save_eagle3(tmp_path, s, rope_theta=500000.0, max_position_embeddings=16)
+    head, _ = load_head(tmp_path)
+    drafter = HeadDrafter(bind(head, target, quantize=None))
+    context = PROMPTS[2] * 5  # 45 tokens
+    drafter.begin(context, 64, torch.device("cpu"))
+    drafter.add_features(0, layer_inputs(target, context, [2, 4, 5]))
+    got = drafter.propose(context, 3, SamplingParams(max_new_tokens=8), None).tokens
+    assert got == reference_draft(s, target, context, 3, [2, 4, 5], theta=500000.0)
+    assert got != reference_draft(s, target, context, 3, [2, 4, 5])  # the base matters
 
 
 def test_trees_batches_and_seeded_sampling_give_the_target_output(target, head_dir):

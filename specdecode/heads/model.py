@@ -235,7 +235,9 @@ def bind(head: nn.Module, target, quantize: str | None = "int8") -> HeadModel:
     if getattr(head, "embed_tokens", None) is not None:  # an EAGLE-3 file with its own embedding
         embed = head.embed_tokens
     if (c.head_dim, c.rope_theta) != (a.head_dim, a.rope_theta) or c.max_position_embeddings > a.max_position_embeddings:
-        rope = RotaryEmbedding(c.head_dim, c.max_position_embeddings, c.rope_theta).to(embed.weight.device)
+        # the head's own RoPE, over every position the target can reach (the engine drafts that far)
+        longest = max(c.max_position_embeddings, a.max_position_embeddings)
+        rope = RotaryEmbedding(c.head_dim, longest, c.rope_theta).to(embed.weight.device)
     if shares:  # an EAGLE-1 file without lm_head: the target's rows
         with torch.no_grad():
             head.lm_head.weight.copy_(lm_head_weight(target)[head.d2t.long()])
