@@ -296,6 +296,48 @@ def test_a_catch_up_over_the_requests_own_tokens_is_charged_to_its_round():
     assert best_cost(60, 20) - plain < 0.05  # the prompt's catch-up (60 > 20 produced): a small share only
 
 
+def test_a_drafter_held_back_by_its_growing_catch_up_is_bought_back_by_what_it_forgoes():
+    """A drafter that sits out falls behind by a token a round, and a catch-up over the request's
+    own tokens is charged in full to the round that needs it: after a few rejections a draft head
+    (a cheap step, 0.02 T(1) of catch-up per token) never drafted again, its price outgrowing any
+    one round's gain. Each round it was expected faster without the catch-up now adds what the
+    round forgoes; once that reaches the price the catch-up is bought and shared like a prompt's."""
+    class Head(FakeModelDrafter):
+        name = "head"
+        fed = 50  # context tokens its cache holds
+
+        def catch_up_tokens(self, context):
+            return max(len(context) - self.fed, 1)
+
+    # target 30 ms a pass and 13% more per extra row (T(2) = 1.13 T(1), as on a Zen 3); the head
+    # 1.5 ms a step (0.05 T(1)) and 0.7 ms per extra token fed
+    costs = CostModel.from_function(lambda m: 0.030 * (1 + 0.13 * (m - 1)), {"head": lambda m: 0.0008 + 0.0007 * m})
+    prompt = list(range(50))
+
+    def drafted_rounds(regret: bool) -> list[int]:
+        p = planner(costs)
+        if not regret:  # the rule before: no regret is ever counted
+            p._count_regret = lambda rp, best: None
+        d = Head()
+        s = state([d], context=prompt, budget=400)
+        p.begin(s)
+        s.plan_state.start = len(prompt)
+        out = []
+        for n in range(1, 120):
+            s.tokens, s.stats.generated_tokens = prompt + [7] * n, n
+            which, k = choose(p, s)
+            if k > 0:
+                out.append(n)
+                d.fed = len(s.tokens)
+            # its first three drafts are rejected, every later one accepted
+            p.observe(s, k, 0 if len(out) <= 3 else k)
+        return out
+
+    before, now = drafted_rounds(False), drafted_rounds(True)
+    assert len(before) == 3  # three rejections, then never again
+    assert len(now) > 60 and now[3] < 40  # bought back within a few dozen tokens, then drafting on
+
+
 def test_a_tree_drafter_gets_the_rows_a_pass_gives_for_free():
     """Alternative nodes of a token tree cost rows: the planner grants a tree drafter the rows past
     its k whose pass costs at most `margin` more than T(k + 1) (none for a chain drafter, none in

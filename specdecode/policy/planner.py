@@ -34,6 +34,15 @@ from .draft_stop import ConfidenceCalibration, DraftStop
 # tokens, and Spec-Bench's 8- to 32-token qa and translation answers decoded 0.88x and 0.94x the
 # target alone: docs/trees.md.)
 CATCH_UP_RENT = 1.0
+# A catch-up over tokens the request produced while the drafter sat out recurs whenever it sits
+# out again, so the round that needs it pays all of it (see _options). But a drafter that sits
+# out because of that charge falls further behind every round, and its price grows with it: a
+# draft head whose first three drafts of an answer were rejected never drafted again (its
+# catch-up, 0.02 T(1) a token, outgrew what one round can gain within 10 tokens; 87 of 95 rounds
+# without a draft on a story at 0.50 acceptance). So the same ski rental applies there too: each
+# round the drafter, free of its catch-up, was expected faster than the round's choice adds what
+# that choice forgoes (its tokens x (1 / its rate - 1 / the drafter's)); once that regret
+# reaches CATCH_UP_RENT times the price, the catch-up is bought and shared like the prompt's.
 
 # What one alternative node of a token tree adds to a round, in tokens, before a drafter's trees
 # have shown it: a node pays only where the chain breaks at its depth and the target takes it.
@@ -91,6 +100,10 @@ class RequestPlan:
     drafted: int = 0  # rounds with a draft
     idle: Counter = field(default_factory=Counter)  # why rounds ran without a draft
     idle_figures: dict[str, str] = field(default_factory=dict)  # the figures behind each reason, last seen
+    # drafter index -> T(1)s forgone since it last drafted, in rounds where it (free of its
+    # recurring catch-up) was expected faster than the round's choice (see CATCH_UP_RENT)
+    regret: dict[int, float] = field(default_factory=dict)
+    free_rates: dict[int, float] = field(default_factory=dict)  # this round's: drafter -> rate without its catch-up
 
 
 def drafter_evidence(drafter, context: list[int], k: int) -> tuple[Hashable, int | None]:
@@ -262,6 +275,7 @@ class CostPlanner:
         context = s.tokens
         n = len(context)
         out = [Choice(0, 0, None, 1.0, 1.0)]
+        rp.free_rates.clear()
         remaining = max(s.budget - s.stats.generated_tokens, 1)
         spent = max(n - rp.start, 1)  # tokens, each about one T(1), this request has run
         reason = None  # (why no draft, the figures behind it) of the first drafter left out
@@ -279,12 +293,16 @@ class CostPlanner:
             # this request produced without the model (other drafters' rounds, a grammar's forced
             # tokens) recurs whenever they run again, so the round that needs it pays all of it.
             once = behind > spent
-
-            def share(tokens: float) -> float:
-                return min(1.0, tokens / remaining) if once else 1.0
-
             est = self._estimate(rp, which, key, d.name)
             expected = est.expected_tokens(k_top)
+            bought = False  # a recurring catch-up the regret of rounds without it has paid for
+            if catch_up > 0.0 and not once and self.k_fixed is None:
+                rp.free_rates[which] = max(expected[k] / (k * step + table[k + 1]) for k in range(1, k_top + 1))
+                bought = rp.regret.get(which, 0.0) >= CATCH_UP_RENT * catch_up
+
+            def share(tokens: float) -> float:
+                return min(1.0, tokens / remaining) if once or bought else 1.0
+
             if once and catch_up > 0.0 and self.k_fixed is None:  # a fixed k drafts whatever it costs
                 speedup = max(expected[k] / (k * step + table[k + 1]) for k in range(1, k_top + 1))
                 rent = max(0.0, 1.0 - 1.0 / speedup) * spent  # T(1)s forgone so far without it
@@ -330,6 +348,7 @@ class CostPlanner:
                     if c.rate > bar:
                         best, bar = c, c.rate
             rate, bound = best.rate, limit  # alone, a confident draft may run past the planned k
+            self._count_regret(rp, best)
         rp.last = best
         if best.k == 0:
             why, figures = idle
@@ -343,6 +362,18 @@ class CostPlanner:
             calibration = self.calibrations.setdefault(d.name, ConfidenceCalibration())
             rp.stop = DraftStop(rate, best.step, table, pooled, calibration, max(bound, best.k))
         return best
+
+    @staticmethod
+    def _count_regret(rp: RequestPlan, best: Choice) -> None:
+        """After a lone request's choice: each drafter held back by a recurring catch-up that was
+        expected faster without it adds what the choice forgoes; the one that drafts starts over."""
+        for which, free in rp.free_rates.items():
+            if best.k > 0 and best.which == which:
+                continue
+            if best.rate > 0.0 and free > best.rate:
+                rp.regret[which] = rp.regret.get(which, 0.0) + best.expected_tokens * (1.0 / best.rate - 1.0 / free)
+        if best.k > 0:
+            rp.regret.pop(best.which, None)
 
     def _best_in_batch(self, s: Any, table: list[float], limit: int, n: int, expected: float,
                        drafting: dict[str, tuple[int, int]]) -> tuple[Choice, float, tuple[str, str]]:
