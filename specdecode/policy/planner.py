@@ -39,7 +39,7 @@ CATCH_UP_RENT = 1.0
 # out because of that charge falls further behind every round, and its price grows with it: a
 # draft head whose first three drafts of an answer were rejected never drafted again (its
 # catch-up, 0.02 T(1) a token, outgrew what one round can gain within 10 tokens; 87 of 95 rounds
-# without a draft on a story at 0.50 acceptance). So the same ski rental applies there too: each
+# without a draft on a story, its acceptance estimate back at 0.50). So the same ski rental applies: each
 # round the drafter, free of its catch-up, was expected faster than the round's choice adds what
 # that choice forgoes (its tokens x (1 / its rate - 1 / the drafter's)); once that regret
 # reaches CATCH_UP_RENT times the price, the catch-up is bought and shared like the prompt's.
