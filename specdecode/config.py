@@ -12,6 +12,15 @@ from .errors import InvalidParameterError
 SUPPORTED_ARCHS = ("llama", "qwen2", "mistral")
 
 
+def hf_rope_theta(config: dict[str, Any]) -> float | None:
+    """A Hugging Face config's RoPE base: `rope_theta` at the top level, else inside
+    `rope_parameters` (transformers 5) or `rope_scaling`; None where it names none."""
+    if config.get("rope_theta") is not None:
+        return config["rope_theta"]
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    return rope.get("rope_theta") if isinstance(rope, dict) else None
+
+
 @dataclass
 class ModelArgs:
     """Shape of a Llama-family decoder. Built from a HF config dict or GGUF metadata."""
@@ -47,9 +56,9 @@ class ModelArgs:
         kwargs["arch"] = arch
         if "attention_bias" not in config:
             kwargs["attention_bias"] = arch == "qwen2"
-        rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-        if "rope_theta" not in kwargs and isinstance(rope, dict) and "rope_theta" in rope:
-            kwargs["rope_theta"] = rope["rope_theta"]
+        theta = hf_rope_theta(config)
+        if theta is not None:
+            kwargs["rope_theta"] = theta
         if not kwargs.get("num_key_value_heads"):
             kwargs["num_key_value_heads"] = kwargs.get("num_attention_heads", cls.num_attention_heads)
         return cls(**kwargs)

@@ -76,8 +76,7 @@ class HeadDrafter:
         n = rows.shape[0]
         if n == 0:
             return
-        if self.feature_layers is not None:
-            rows = self.model.project_features(rows)  # EAGLE-3's fc, once per settled row
+        rows = self.model.project_features(rows)  # EAGLE-3's fc, once per settled row (EAGLE-1: as they are)
         if self.known == 0 and self.base == 0 and start > 0:
             self.base = self.known = start  # the first rows of this request (the rest came from a cache)
         if start != self.known:  # not contiguous (cannot happen in the engine's order): start over here

@@ -29,6 +29,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from ..config import hf_rope_theta
 from ..errors import SpecdecodeError
 from ..loading.store import atomic_write, atomic_write_text, cache_dir, save_safetensors
 from .model import DraftHead, HeadConfig
@@ -127,14 +128,13 @@ def _eagle3_config(cfg: dict[str, Any], state: dict[str, torch.Tensor], where: P
         raise HeadFileError(f"{where.parent / 'config.json'} lacks num_attention_heads or vocab_size")
     H, vocab = int(cfg["num_attention_heads"]), int(cfg["vocab_size"])
     lm = state.get("lm_head.weight")
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    theta = cfg.get("rope_theta", rope.get("rope_theta", 10000.0) if isinstance(rope, dict) else 10000.0)
+    theta = hf_rope_theta(cfg)
     return HeadConfig(hidden_size=D, intermediate_size=state["midlayer.mlp.gate_proj.weight"].shape[0],
                       num_attention_heads=H, num_key_value_heads=int(cfg.get("num_key_value_heads") or H),
                       head_dim=int(cfg.get("head_dim") or D // H),
                       draft_vocab_size=lm.shape[0] if lm is not None else int(cfg.get("draft_vocab_size") or vocab),
                       target_vocab_size=vocab, rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
-                      rope_theta=float(theta),
+                      rope_theta=10000.0 if theta is None else float(theta),
                       max_position_embeddings=cfg.get("max_position_embeddings", 4096),
                       attention_bias="midlayer.self_attn.q_proj.bias" in state, fc_bias="fc.bias" in state,
                       kind="eagle3", feature_layers=[int(i) for i in layers] if layers else None,
@@ -153,17 +153,10 @@ def _build_eagle3(config: HeadConfig, state: dict[str, torch.Tensor], where: Pat
         raise HeadFileError(f"{where}: a {Vd}-token draft vocabulary without d2t (which target ids it scores)")
     if state["d2t"].shape != (Vd,) or int(state["d2t"].min()) < 0 or int(state["d2t"].max()) >= V:
         raise HeadFileError(f"{where}: d2t does not map the {Vd} draft ids into the {V} target ids")
-    head = Eagle3Head(config, own_embedding="embed_tokens.weight" in state)
-    shares = "lm_head.weight" not in state
-    if shares and Vd != V:
+    if "lm_head.weight" not in state and Vd != V:
         raise HeadFileError(f"{where}: no lm_head for its {Vd}-token draft vocabulary")
-    missing, unexpected = head.load_state_dict({k: v for k, v in state.items() if k != "t2d"}, strict=False)
-    missing = [m for m in missing if not (shares and m == "lm_head.weight")]
-    if missing or unexpected:
-        raise HeadFileError(f"{where}: tensors do not match EAGLE-3's layout (missing {missing[:4]}, "
-                            f"unexpected {unexpected[:4]})")
-    head.shares_target_lm_head = shares
-    return head
+    return _load_weights(Eagle3Head(config, own_embedding="embed_tokens.weight" in state), state, where,
+                         "EAGLE-3's layout")
 
 
 def _eagle_config(cfg: dict[str, Any], state: dict[str, torch.Tensor]) -> HeadConfig:
@@ -188,11 +181,16 @@ def _build(config: HeadConfig, state: dict[str, torch.Tensor], where: Path) -> D
     elif state["d2t"].shape[0] == config.draft_vocab_size and int(state["d2t"][-1]) < config.draft_vocab_size:
         # EAGLE-3's d2t holds offsets (target id = i + d2t[i]); ours holds the target ids
         state["d2t"] = state["d2t"].long() + torch.arange(config.draft_vocab_size)
-    # A head without an lm_head shares the target's; bind() fills it in from the target
+    return _load_weights(head, state, where, "the head's layout")
+
+
+def _load_weights(head: nn.Module, state: dict[str, torch.Tensor], where: Path, layout: str) -> nn.Module:
+    """`state` into `head`, every tensor accounted for (t2d aside: d2t says the same); a head
+    without an lm_head shares the target's (bind() fills it in from the target)."""
     missing, unexpected = head.load_state_dict({k: v for k, v in state.items() if k != "t2d"}, strict=False)
     missing = [m for m in missing if m != "lm_head.weight"]
     if missing or unexpected:
-        raise HeadFileError(f"{where}: tensors do not match the head's layout (missing {missing[:4]}, "
+        raise HeadFileError(f"{where}: tensors do not match {layout} (missing {missing[:4]}, "
                             f"unexpected {unexpected[:4]})")
     head.shares_target_lm_head = "lm_head.weight" not in state
     return head

@@ -296,20 +296,22 @@ class CostPlanner:
             est = self._estimate(rp, which, key, d.name)
             expected = est.expected_tokens(k_top)
             bought = False  # a recurring catch-up the regret of rounds without it has paid for
-            if catch_up > 0.0 and not once and self.k_fixed is None:
-                rp.free_rates[which] = max(expected[k] / (k * step + table[k + 1]) for k in range(1, k_top + 1))
-                bought = rp.regret.get(which, 0.0) >= CATCH_UP_RENT * catch_up
+            if catch_up > 0.0 and self.k_fixed is None:  # a fixed k drafts whatever it costs
+                # the drafter's best expected speed-up without its catch-up
+                free = max(expected[k] / (k * step + table[k + 1]) for k in range(1, k_top + 1))
+                if once:
+                    rent = max(0.0, 1.0 - 1.0 / free) * spent  # T(1)s forgone so far without it
+                    if catch_up > CATCH_UP_RENT * rent:
+                        reason = reason or (f"{d.name}'s catch-up pass not yet worth it",
+                                            f"{behind} tokens, {catch_up:.1f} T(1), forgone so far {rent:.1f} T(1)")
+                        continue
+                else:
+                    rp.free_rates[which] = free
+                    bought = rp.regret.get(which, 0.0) >= CATCH_UP_RENT * catch_up
 
             def share(tokens: float) -> float:
                 return min(1.0, tokens / remaining) if once or bought else 1.0
 
-            if once and catch_up > 0.0 and self.k_fixed is None:  # a fixed k drafts whatever it costs
-                speedup = max(expected[k] / (k * step + table[k + 1]) for k in range(1, k_top + 1))
-                rent = max(0.0, 1.0 - 1.0 / speedup) * spent  # T(1)s forgone so far without it
-                if catch_up > CATCH_UP_RENT * rent:
-                    reason = reason or (f"{d.name}'s catch-up pass not yet worth it",
-                                        f"{behind} tokens, {catch_up:.1f} T(1), forgone so far {rent:.1f} T(1)")
-                    continue
             # why no draft, should none of this drafter's rounds win (or should it be skipped)
             reason = reason or (f"{d.name}: the target alone was expected faster",
                                 f"a draft step costs {step:.2f} T(1), T(2) = {table[2]:.2f} T(1), "
