@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Issues 21 and 22 on an AVX-512 CPU (AMD EPYC Zen 4, 2 cores, AVX-512 with bf16/VNNI), against
+# llama.cpp in the same run: the int4 Qwen2.5-Coder-1.5B target alone, prompt lookup (chain and
+# tree), the 0.5B int4 draft model, auto (n-gram + suffix store + draft model; no draft head is
+# trained on this machine) as chains and as trees, and llama.cpp on the same GGUF; greedy, 96 new
+# tokens, 2 threads, every method interleaved prompt by prompt in one process: Spec-Bench
+# (6 categories x 5 prompts), then HumanEval (10).
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+OUT=docs/benchmarks/cpu-avx512bf16-zen4-qwen-auto
+METHODS=target-int4,spec-int4-ngram,spec-int4-model-int4,spec-int4-auto,spec-int4-auto-tree,llamacpp
+.venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b --methods $METHODS \
+  --dataset spec-bench --limit 5 -n 96 --threads 2 --out $OUT/specbench "$@"
+.venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b --methods $METHODS \
+  --dataset humaneval --limit 10 -n 96 --threads 2 --out $OUT/humaneval "$@"
