@@ -13,3 +13,8 @@ METHODS=target-int4,spec-int4-ngram,spec-int4-model-int4,spec-int4-auto,spec-int
   --dataset spec-bench --limit 5 -n 96 --threads 2 --out $OUT/specbench "$@"
 .venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b --methods $METHODS \
   --dataset humaneval --limit 10 -n 96 --threads 2 --out $OUT/humaneval "$@"
+# The multi-turn coding conversations (code-chat: 5 conversations x 3 turns, 160 new tokens a turn,
+# each turn resending the conversation, every method's prompt cache kept; llama.cpp's too).
+.venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
+  --methods target-int4,spec-int4-ngram,spec-int4-ngram-tree,spec-int4-auto,spec-int4-auto-tree,llamacpp \
+  --dataset code-chat --limit 5 -n 160 --threads 2 --out $OUT/code-chat "$@"
