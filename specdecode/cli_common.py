@@ -12,6 +12,7 @@ import os
 import sys
 
 from .errors import SpecdecodeError
+from .loader import DRAFT_QUANT_HEAD
 from .drafters.draft_vocab import DEFAULT_ROWS as DRAFT_VOCAB_ROWS
 from .prefix_cache import DEFAULT_PREFIX_CACHE_GB
 
@@ -153,7 +154,8 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
     draft_quantize = getattr(args, "draft_quantize", None)
     drafter = None
     if drafter_kind in ("model", "auto") and args.draft:
-        draft = _load(args.draft, args, "draft", progress, draft_quantize, group, replicated=True)
+        draft = _load(args.draft, args, "draft", progress, draft_quantize, group, replicated=True,
+                      head=DRAFT_QUANT_HEAD)
         drafter = ModelDrafter(draft.lm, branches=draft_branches, vocab_rows=getattr(args, "draft_vocab", None))
         check_same_vocab(target.lm, draft.lm, target.tokenizer, draft.tokenizer)
     branches = getattr(args, "ngram_branches", 1)
@@ -270,7 +272,7 @@ def tensor_parallel_run(args: argparse.Namespace):
 
 
 def _load(source: str, args: argparse.Namespace, role: str, progress: bool, quantize: str | None = None,
-          group=None, replicated: bool = False):
+          group=None, replicated: bool = False, head: str | None = None):
     import specdecode
 
     if progress:
@@ -283,7 +285,8 @@ def _load(source: str, args: argparse.Namespace, role: str, progress: bool, quan
             model = load_sharded(source, group, dtype=args.dtype, threads=args.threads, quantize=quantize)
         else:
             device = group.device if group is not None else args.device
-            model = specdecode.load(source, dtype=args.dtype, device=device, threads=args.threads, quantize=quantize)
+            model = specdecode.load(source, dtype=args.dtype, device=device, threads=args.threads, quantize=quantize,
+                                    head=head)
     except SpecdecodeError as e:
         raise SpecdecodeError(f"cannot load the {role} model: {e}") from None
     if progress:

@@ -254,6 +254,12 @@ def quantize_linear(linear: nn.Module, mode: str, group_size: int = 32) -> nn.Mo
     return Int8Linear(weight, bias, dtype)
 
 
+def head_storage(mode: str, head: str) -> str:
+    """What `head` means for a model quantized to `mode`: "int8", "int4" or "float" (the name a
+    cache of quantized models keys it by: "same" with int4 and "int4" are one model)."""
+    return _head_mode(mode, head) or "float"
+
+
 def _head_mode(mode: str, head: str) -> str | None:
     if head not in HEAD_CHOICES:
         raise ValueError(f"unknown head option {head!r}; choose from {', '.join(HEAD_CHOICES)}")

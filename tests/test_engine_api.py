@@ -40,3 +40,23 @@ def test_cli_checks_the_draft_through_the_public_name(monkeypatch):
     assert built.drafter.name == "model"
     # The CLI's own check compares both tokenizers (the Engine's sees the draft model only).
     assert any(c[3] is not None for c in calls), calls
+
+
+def test_the_cli_stores_a_quantized_drafts_output_layer_in_its_bodys_format():
+    """--draft-quantize int4: the draft's output layer is int4 like its body (its precision moves only
+    acceptance; loader.DRAFT_QUANT_HEAD), the target's stays int8 (QUANT_HEAD); output unchanged."""
+    import argparse
+
+    from conftest import layer_mode
+    from specdecode import SamplingParams, cli_common
+
+    args = argparse.Namespace(model="tiny-random", draft="tiny-random-draft", drafter="model", num_draft_tokens=3,
+                              adaptive=False, dtype="float32", device="cpu", threads=None, quantize="int4",
+                              draft_quantize="int4")
+    built = cli_common.build_engine(args, progress=False)
+    assert layer_mode(built.drafter.model.lm_head) == "int4"
+    assert layer_mode(built.target.lm_head) == "int8"
+    prompt, params = [5, 17, 33, 5, 17, 40, 8], SamplingParams(max_new_tokens=24)
+    out, stats = built.generate_ids(prompt, params)
+    assert out == engine.Engine(built.target).generate_ids(prompt, params)[0]
+    assert stats.drafted_tokens > 0

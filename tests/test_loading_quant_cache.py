@@ -106,6 +106,26 @@ def test_keyed_by_mode_source_and_code(tmp_path, monkeypatch):
     assert not specdecode.load(str(path), quantize="int8").quantized_from_cache
 
 
+def test_keyed_by_how_the_output_layer_is_stored(tmp_path, monkeypatch):
+    """load(head=...): "same" stores an int4 model's output layer in int4 (a draft's, as the CLI
+    loads drafts), one cache entry per storage; "same" and "int4" name the same model."""
+    path = write_gguf(tmp_path)
+    default = specdecode.load(str(path), quantize="int4")
+    draft = specdecode.load(str(path), quantize="int4", head="same")
+    assert type(default.lm.lm_head) is PackedInt8Linear and type(draft.lm.lm_head) is PackedInt4Linear
+    assert not draft.quantized_from_cache  # not the int8-head entry
+    no_quantizing(monkeypatch)
+    again = specdecode.load(str(path), quantize="int4", head="int4")
+    assert again.quantized_from_cache and type(again.lm.lm_head) is PackedInt4Linear
+    assert_same_model(draft.lm, again.lm)
+    assert specdecode.load(str(path), quantize="int4").quantized_from_cache  # the default's entry is kept
+
+
+def test_an_unknown_head_storage_is_a_user_error(tmp_path):
+    with pytest.raises(specdecode.SpecdecodeError, match="output-layer storage 'int2'"):
+        specdecode.load(str(write_gguf(tmp_path)), quantize="int4", head="int2")
+
+
 def test_hf_directory_source(tmp_path, monkeypatch):
     d = tmp_path / "hf"
     save_tiny(d, "qwen2")

@@ -22,6 +22,7 @@ from ..config import SamplingParams
 from ..tools import ToolSpec
 from ..drafters import NgramDrafter, SuffixDrafter
 from ..engine import Engine, default_num_draft_tokens
+from ..loader import DRAFT_QUANT_HEAD, QUANT_HEAD
 from ..errors import SpecdecodeError
 from ..metrics import SpecStats
 from .runs import Runner, RunResult
@@ -42,7 +43,7 @@ class BenchContext:
     head_path: str | None = None  # --head (None: the head trained for the target, if any)
     _hf: dict[str, Any] = field(default_factory=dict, repr=False)
     _head: list = field(default_factory=list, repr=False)
-    _quantized: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
+    _quantized: dict[tuple[str, str, str], Any] = field(default_factory=dict, repr=False)
 
     def k(self, drafter_kind: str) -> int:
         return self.num_draft_tokens or default_num_draft_tokens(drafter_kind)
@@ -65,19 +66,22 @@ class BenchContext:
         """A quantized twin of the target (shares embeddings and norms), built once per run."""
         return self._quantized_twin("target", self.target, mode)
 
-    def quantized_draft(self, mode: str):
-        return self._quantized_twin("draft", self.draft, mode)
+    def quantized_draft(self, mode: str, head: str = DRAFT_QUANT_HEAD):
+        """A quantized twin of the draft model, its output layer stored as `head` (by default in the
+        body's format, as the CLI loads drafts: specdecode.loader.DRAFT_QUANT_HEAD)."""
+        return self._quantized_twin("draft", self.draft, mode, head)
 
-    def _quantized_twin(self, role: str, model, mode: str):
-        """mode "int8" / "int4": our quantization; "gguf": the model's GGUF file's own blocks."""
+    def _quantized_twin(self, role: str, model, mode: str, head: str = QUANT_HEAD):
+        """mode "int8" / "int4": our quantization (the output layer stored as `head`); "gguf": the
+        model's GGUF file's own blocks."""
         from ..quant import quantized_copy
 
-        if (role, mode) not in self._quantized:
+        if (role, mode, head) not in self._quantized:
             if mode == "gguf":
-                self._quantized[role, mode] = _gguf_twin(model)
+                self._quantized[role, mode, head] = _gguf_twin(model)
             else:
-                self._quantized[role, mode] = quantized_copy(model.lm, mode)
-        return self._quantized[role, mode]
+                self._quantized[role, mode, head] = quantized_copy(model.lm, mode, head=head)
+        return self._quantized[role, mode, head]
 
     def head_drafter(self, target=None, required: bool = True, branches: int = 1):
         """A HeadDrafter on the target (or its twin `target`, sharing the embedding), from --head or
@@ -411,6 +415,16 @@ def _spec_int4_model_int4_allvocab(ctx: BenchContext):
     from ..drafters import ModelDrafter
 
     return Engine(ctx.quantized_target("int4"), ModelDrafter(ctx.quantized_draft("int4"), vocab_rows=None),
+                  num_draft_tokens=ctx.num_draft_tokens or "auto", eos_token_ids=ctx.eos_token_ids, tokenizer=ctx.target.tokenizer)
+
+
+@register_method("spec-int4-model-int4-int8head", needs_draft=True, reference="target-int4", default=False,
+                 description="spec-int4-model-int4 with the draft's output layer in int8 (as before drafts took "
+                             "their body's format): what the int4 head gains or loses")
+def _spec_int4_model_int4_int8head(ctx: BenchContext):
+    from ..drafters import ModelDrafter
+
+    return Engine(ctx.quantized_target("int4"), ModelDrafter(ctx.quantized_draft("int4", head="int8")),
                   num_draft_tokens=ctx.num_draft_tokens or "auto", eos_token_ids=ctx.eos_token_ids, tokenizer=ctx.target.tokenizer)
 
 
