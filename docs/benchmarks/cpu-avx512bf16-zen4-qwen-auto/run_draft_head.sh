@@ -15,3 +15,8 @@ OUT=docs/benchmarks/cpu-avx512bf16-zen4-qwen-auto
 .venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
   --methods target-int4,spec-int4-model-int4-int8head,spec-int4-model-int4 \
   --dataset spec-bench --limit 5 -n 96 --threads 2 -k 2 --out $OUT/draft-int4-head-k2 "$@"
+# After the change (the int4 head in every draft-model method), under the planner: the int4 target,
+# the draft model, auto and llama.cpp, as in run.sh.
+.venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
+  --methods target-int4,spec-int4-model-int4,spec-int4-auto,llamacpp \
+  --dataset spec-bench --limit 5 -n 96 --threads 2 --out $OUT/after-draft-head "$@"
