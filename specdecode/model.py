@@ -260,8 +260,12 @@ class Transformer(nn.Module):
             mask = mask.unsqueeze(1)  # (B, 1, T, L) broadcasts over heads
         x = self.model.embed_tokens(tokens)  # (B, T, D)
         cos, sin = self.rope(positions, x.dtype)
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, cache, mask)
+        fused = fused_layer.forward_stack(self, self.model.layers, x, cos, sin, cache) if mask is None else None
+        if fused is not None:  # on the CPU kernels: every layer in one C++ call, with the layers' bits
+            x = fused[0]
+        else:
+            for layer in self.model.layers:
+                x = layer(x, cos, sin, cache, mask)
         cache.advance(T)
         if num_logits is not None:
             x = x[:, -num_logits:]
@@ -296,10 +300,14 @@ class Transformer(nn.Module):
         batch = RaggedBatch(bounds)
         layer_inputs = {i for seg in segments if isinstance(seg.want_features, tuple) for i in seg.want_features}
         entering: dict[int, torch.Tensor] = {}  # layer index -> the hidden states entering it (N, D)
-        for i, layer in enumerate(self.model.layers):
-            if i in layer_inputs:  # a copy: the next layers may add to x in place
-                entering[i] = x[0].clone()
-            x = layer(x, cos, sin, batch, None)
+        fused = fused_layer.forward_stack(self, self.model.layers, x, cos, sin, batch, tuple(sorted(layer_inputs)))
+        if fused is not None:  # every layer in one C++ call
+            x, entering = fused
+        else:
+            for i, layer in enumerate(self.model.layers):
+                if i in layer_inputs:  # a copy: the next layers may add to x in place
+                    entering[i] = x[0].clone()
+                x = layer(x, cos, sin, batch, None)
         for seg in segments:
             seg.cache.advance(len(seg.tokens))
         for seg, (_, a, b, _) in zip(segments, bounds):  # an EAGLE-3 head's input: layers' inputs

@@ -27,15 +27,23 @@ def run_passes(model, tokens: torch.Tensor, monkeypatch, fused: bool) -> tuple[l
 
 
 def count_fused_calls(monkeypatch) -> list[int]:
-    calls = [0]
-    real = fused_layer.forward
+    """[layers run by the C++ layer or stack so far, passes run by the stack]."""
+    calls = [0, 0]
+    real, real_stack = fused_layer.forward, fused_layer.forward_stack
 
     def counting(*args):
         y = real(*args)
         calls[0] += y is not None
         return y
 
+    def counting_stack(model, layers, *args):
+        y = real_stack(model, layers, *args)
+        calls[0] += len(layers) if y is not None else 0
+        calls[1] += y is not None
+        return y
+
     monkeypatch.setattr(fused_layer, "forward", counting)
+    monkeypatch.setattr(fused_layer, "forward_stack", counting_stack)
     return calls
 
 
@@ -45,7 +53,7 @@ def assert_same_passes(model, monkeypatch, seed: int = 0) -> None:
         want, want_cache = run_passes(model, tokens, monkeypatch, fused=False)
         calls = count_fused_calls(monkeypatch)
         got, got_cache = run_passes(model, tokens, monkeypatch, fused=True)
-    assert calls[0] == 3 * len(model.model.layers)  # every layer of every pass took the C++ layer
+    assert calls == [3 * len(model.model.layers), 3]  # every pass ran the C++ stack
     for w, g in zip(want, got):
         assert torch.equal(w, g)
     for layer in range(len(model.model.layers)):
@@ -92,7 +100,7 @@ def test_a_ragged_batch_with_a_tree_gives_each_request_its_bits(monkeypatch):
     want, want_caches = passes(False)
     calls = count_fused_calls(monkeypatch)
     got, got_caches = passes(True)
-    assert calls[0] == 2 * len(model.model.layers)
+    assert calls == [2 * len(model.model.layers), 2]
     for w, g in zip(want, got):
         assert torch.equal(w, g)
     for wc, gc in zip(want_caches, got_caches):
@@ -100,6 +108,48 @@ def test_a_ragged_batch_with_a_tree_gives_each_request_its_bits(monkeypatch):
         for layer in range(len(model.model.layers)):
             assert torch.equal(wc.keys[layer][:, :, : wc.length], gc.keys[layer][:, :, : gc.length])
             assert torch.equal(wc.values[layer][:, :, : wc.length], gc.values[layer][:, :, : gc.length])
+
+
+def test_the_stack_hands_over_the_hidden_states_entering_the_layers_asked_for(monkeypatch):
+    # An EAGLE-3 head reads the inputs of some layers (Segment.want_features): the stack's copies
+    # are the Python layers' bits, and the pass's logits are unchanged by asking.
+    model = native_from_hf(tiny_hf_model("qwen2"), dtype=torch.bfloat16)
+    quantize_model(model, "int4")
+
+    def passes(fused: bool):
+        monkeypatch.setattr(fused_layer, "enabled", fused)
+        cache = model.new_cache(32)
+        seg = Segment(cache, list(range(5, 14)), want_features=(0, 1))
+        with torch.inference_mode():
+            logits = model.forward_ragged([seg])
+        return logits[0], seg.features
+
+    want_logits, want = passes(False)
+    calls = count_fused_calls(monkeypatch)
+    got_logits, got = passes(True)
+    assert calls[1] == 1
+    assert got.shape == (9, 2 * model.args.hidden_size)
+    assert torch.equal(want, got) and torch.equal(want_logits, got_logits)
+    assert not torch.equal(got[:, : model.args.hidden_size], got[:, model.args.hidden_size :])
+
+
+def test_a_layer_with_hooks_runs_as_a_module_and_gives_the_same_bits(monkeypatch):
+    model = native_from_hf(tiny_hf_model("llama"), dtype=torch.bfloat16)
+    quantize_model(model, "int4")
+    tokens = torch.arange(3, 15)
+    with torch.inference_mode():
+        want, _ = run_passes(model, tokens, monkeypatch, fused=True)
+    seen = []
+    hook = model.model.layers[1].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    calls = count_fused_calls(monkeypatch)
+    try:
+        with torch.inference_mode():
+            got, _ = run_passes(model, tokens, monkeypatch, fused=True)
+    finally:
+        hook.remove()
+    assert seen == [(1, 7, 64), (1, 4, 64), (1, 1, 64)]  # the hook saw every pass
+    assert calls == [3 * len(model.model.layers), 0]  # layer by layer, each still the C++ layer
+    assert all(torch.equal(w, g) for w, g in zip(want, got))
 
 
 def test_layers_replaced_after_the_first_call_are_used(monkeypatch):

@@ -102,11 +102,40 @@ void check_layer(const LayerSpec& l, int64_t first_fmt, int64_t K) {
   }
 }
 
+// Buffers a call of linear() needs only while it runs (the activations in fp32 and quantized,
+// fp32 results that are rounded to bf16): kept per thread and reused, where allocating them as
+// tensors cost ~25 allocations a decoder layer (~0.5 ms of a 1.5B model's decode step).
+struct LinearScratch {
+  std::vector<float> xf, sx, sxs, y;
+  std::vector<int8_t> xq;
+  std::vector<int32_t> xs16;
+};
+
+template <typename V>
+typename V::value_type* sized(V& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(n);
+  return v.data();
+}
+
+// x (m, K) as contiguous fp32: x itself, or converted into `buf` (bf16: exact).
+const float* fp32_rows(const torch::Tensor& x, std::vector<float>& buf, torch::Tensor& keep) {
+  if (x.scalar_type() == torch::kFloat32 && x.is_contiguous()) return x.data_ptr<float>();
+  if (x.scalar_type() == torch::kBFloat16 && x.is_contiguous()) {
+    const c10::BFloat16* p = x.data_ptr<c10::BFloat16>();
+    float* f = sized(buf, x.numel());
+    for (int64_t i = 0; i < x.numel(); ++i) f[i] = static_cast<float>(p[i]);
+    return f;
+  }
+  keep = x.to(torch::kFloat32).contiguous();
+  return keep.data_ptr<float>();
+}
+
 }  // namespace
 
 // y_l = x @ W_l.T (+ bias_l) for every layer l, in out_dtype: the activations are converted or
 // quantized once, and one parallel region walks the tiles of all layers (q/k/v, gate/up).
-std::vector<torch::Tensor> linear(torch::Tensor x, std::vector<LayerSpec> layers, int64_t isa, c10::ScalarType out_dtype) {
+std::vector<torch::Tensor> linear(const torch::Tensor& x, const std::vector<LayerSpec>& layers, int64_t isa,
+                                  c10::ScalarType out_dtype) {
   check_isa(isa);
   TORCH_CHECK(x.dim() == 2 && !layers.empty(), "x must be (m, K) and at least one layer given");
   const int64_t m = x.size(0), K = x.size(1), nb = K / kBlock, fmt = std::get<0>(layers[0]);
@@ -116,29 +145,53 @@ std::vector<torch::Tensor> linear(torch::Tensor x, std::vector<LayerSpec> layers
     check_layer(l, fmt, K);
     half_sums = half_sums || std::get<0>(l) == kQ6K;
   }
-  torch::Tensor xa, xf;  // the activations in the kernel's type
-  std::vector<torch::Tensor> q;
+  thread_local LinearScratch scratch;
+  torch::Tensor xa, xf, keep;  // the activations in the kernel's type
   if (fmt == kF32) xa = x.to(torch::kFloat32).contiguous();
   if (fmt == kBf16) {
     xa = x.to(torch::kBFloat16).contiguous();
     if (isa != kAvx512) xf = xa.to(torch::kFloat32);  // the FMA paths read fp32 activations (exact)
   }
-  torch::Tensor xs16;
+  QuantAct act{nullptr, nullptr, nullptr, m, nullptr};
   if (integer_format(fmt)) {
-    q = quantize_act_isa(x.to(torch::kFloat32).contiguous(), isa);
-    if (half_sums) xs16 = q[0].view({nb, m, 2, kBlock / 2}).sum(-1, false, torch::kInt32).contiguous();  // exact
+    const float* xp = fp32_rows(x, scratch.xf, keep);
+    int8_t* qp = sized(scratch.xq, nb * m * kBlock);
+    float* sp = sized(scratch.sx, nb * m);
+    float* ssp = sized(scratch.sxs, nb * m);
+    auto f = isa == kAvx512 ? quantize_avx512 : isa == kAvx2 ? quantize_avx2 : quantize_scalar;
+    at::parallel_for(0, m * nb, 512, [&](int64_t r0, int64_t r1) { f(xp, m, K, r0, r1, qp, sp, ssp); });
+    act = QuantAct{qp, sp, ssp, m, nullptr};
+    if (half_sums) {  // (nb, m, 2) sums of each half block's 16 int8 values (exact)
+      int32_t* hs = sized(scratch.xs16, nb * m * 2);
+      for (int64_t i = 0; i < nb * m * 2; ++i) {
+        int32_t sum = 0;
+        for (int64_t j = 0; j < kBlock / 2; ++j) sum += qp[i * (kBlock / 2) + j];
+        hs[i] = sum;
+      }
+      act.xs16 = hs;
+    }
   }
-  std::vector<torch::Tensor> ys, outs;
-  std::vector<int64_t> first_tile{0};
-  std::vector<const float*> bias_f32;  // per layer: the fp32 bias the finishing pass adds, or none
-  std::vector<const c10::BFloat16*> bias_bf16;
   // bf16 outputs are finished inside the parallel region: each thread adds the bias to the fp32
   // columns it just computed and rounds them (c10::BFloat16: round to nearest even, as
-  // Tensor::to does), instead of an add_ and a to() per layer after it.
+  // Tensor::to does), instead of an add_ and a to() per layer after it; their fp32 results live
+  // in the scratch buffer. Other outputs are the fp32 tensors themselves.
   const bool finish_bf16 = out_dtype == torch::kBFloat16;
-  for (const auto& l : layers) {
-    ys.push_back(torch::empty({m, std::get<4>(l)}, x.options().dtype(torch::kFloat32)));
-    if (finish_bf16) outs.push_back(torch::empty({m, std::get<4>(l)}, x.options().dtype(torch::kBFloat16)));
+  std::vector<torch::Tensor> ys, outs;
+  std::vector<float*> yp;  // per layer: its fp32 results (m, N)
+  std::vector<int64_t> first_tile{0}, y_offset{0};
+  std::vector<const float*> bias_f32;  // per layer: the fp32 bias the finishing pass adds, or none
+  std::vector<const c10::BFloat16*> bias_bf16;
+  for (const auto& l : layers) y_offset.push_back(y_offset.back() + m * std::get<4>(l));
+  float* ybuf = finish_bf16 ? sized(scratch.y, y_offset.back()) : nullptr;
+  for (size_t li = 0; li < layers.size(); ++li) {
+    const auto& l = layers[li];
+    if (finish_bf16) {
+      yp.push_back(ybuf + y_offset[li]);
+      outs.push_back(torch::empty({m, std::get<4>(l)}, x.options().dtype(torch::kBFloat16)));
+    } else {
+      ys.push_back(torch::empty({m, std::get<4>(l)}, x.options().dtype(torch::kFloat32)));
+      yp.push_back(ys.back().data_ptr<float>());
+    }
     first_tile.push_back(first_tile.back() + std::get<1>(l).size(0));
     const auto& b = std::get<3>(l);
     const bool fused_bias = finish_bf16 && b.has_value() && b->is_contiguous() && b->numel() == std::get<4>(l);
@@ -149,7 +202,7 @@ std::vector<torch::Tensor> linear(torch::Tensor x, std::vector<LayerSpec> layers
   auto run = [&](size_t li, int64_t r0, int64_t rows, int64_t t0, int64_t t1) {
     const auto& l = layers[li];
     const int64_t N = std::get<4>(l);
-    float* y = ys[li].data_ptr<float>() + r0 * N;
+    float* y = yp[li] + r0 * N;
     const void* w = std::get<1>(l).data_ptr();
     if (fmt == kF32) {
       auto f = isa == kAvx512 ? f32_avx512 : isa == kAvx2 ? f32_avx2 : f32_scalar;
@@ -159,8 +212,7 @@ std::vector<torch::Tensor> linear(torch::Tensor x, std::vector<LayerSpec> layers
       f(reinterpret_cast<const uint16_t*>(xa.data_ptr()) + r0 * K, xf.defined() ? xf.data_ptr<float>() + r0 * K : nullptr,
         rows, K, static_cast<const uint16_t*>(w), t0, t1, y, N, N);
     } else {
-      const QuantAct a = QuantAct{q[0].data_ptr<int8_t>(), q[1].data_ptr<float>(), q[2].data_ptr<float>(), m,
-                                  xs16.defined() ? xs16.data_ptr<int32_t>() : nullptr}.rows_from(r0);
+      const QuantAct a = act.rows_from(r0);
       const int64_t lf = std::get<0>(l);
       using GgufKernel = void (*)(const QuantAct&, int64_t, int64_t, const uint8_t*, int64_t, int64_t, float*, int64_t, int64_t);
       GgufKernel g = nullptr;
@@ -195,7 +247,7 @@ std::vector<torch::Tensor> linear(torch::Tensor x, std::vector<LayerSpec> layers
           const int64_t c1 = std::min(N, (hi - first_tile[li]) * kTile);
           const float* bf = bias_f32[li];
           const c10::BFloat16* bb = bias_bf16[li];
-          const float* y = ys[li].data_ptr<float>();
+          const float* y = yp[li];
           c10::BFloat16* out = outs[li].data_ptr<c10::BFloat16>();
           for (int64_t i = r0; i < r0 + rows; ++i) {
             const float* yi = y + i * N;
@@ -210,15 +262,16 @@ std::vector<torch::Tensor> linear(torch::Tensor x, std::vector<LayerSpec> layers
   for (size_t li = 0; li < layers.size(); ++li) {
     const auto& b = std::get<3>(layers[li]);
     if (finish_bf16) {
-      if (b.has_value() && !bias_f32[li] && !bias_bf16[li])  // a bias of another dtype: as before
-        outs[li] = ys[li].add_(*b).to(out_dtype);
-      ys[li] = outs[li];
+      if (b.has_value() && !bias_f32[li] && !bias_bf16[li]) {  // a bias of another dtype: as before
+        const auto y = torch::from_blob(yp[li], {m, std::get<4>(layers[li])}, x.options().dtype(torch::kFloat32));
+        outs[li] = y.clone().add_(*b).to(out_dtype);
+      }
       continue;
     }
     if (b.has_value()) ys[li].add_(*b);
     if (out_dtype != torch::kFloat32) ys[li] = ys[li].to(out_dtype);
   }
-  return ys;
+  return finish_bf16 ? outs : ys;
 }
 
 torch::Tensor attend_chain(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale, int64_t isa) {
@@ -227,23 +280,37 @@ torch::Tensor attend_chain(torch::Tensor q, torch::Tensor k, torch::Tensor v, do
 
 // The T queries form a tree (parents (T,) int64: each node's parent among them, -1 for the
 // context's last token, parents before children): each node attends the context and its path.
-torch::Tensor attend_tree(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale, torch::Tensor parents,
-                          int64_t isa) {
+const int64_t* checked_parents(const torch::Tensor& parents, int64_t T) {
   TORCH_CHECK(parents.dim() == 1 && parents.scalar_type() == torch::kInt64 && parents.is_contiguous() &&
-                  parents.device().is_cpu() && parents.size(0) == q.size(2),
+                  parents.device().is_cpu() && parents.size(0) == T,
               "parents must be a contiguous CPU int64 tensor with one entry per query");
   const int64_t* p = parents.data_ptr<int64_t>();
-  for (int64_t t = 0; t < parents.size(0); ++t) {
+  for (int64_t t = 0; t < T; ++t) {
     TORCH_CHECK(p[t] >= -1 && p[t] < t, "parents[", t, "] must be in [-1, ", t, ")");
   }
   int64_t longest = 0;
-  for (int64_t t = 0; t < parents.size(0); ++t) {
+  for (int64_t t = 0; t < T; ++t) {
     int64_t d = 0;
     for (int64_t u = t; u >= 0; u = p[u]) ++d;
     longest = d > longest ? d : longest;
   }
   TORCH_CHECK(longest <= kMaxTreeDepth, "a tree path may hold at most ", kMaxTreeDepth, " nodes");
-  return attend(q, k, v, scale, isa, p);
+  return p;
+}
+
+// The T queries form a tree (parents (T,) int64: each node's parent among them, -1 for the
+// context's last token, parents before children): each node attends the context and its path.
+torch::Tensor attend_tree(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale, torch::Tensor parents,
+                          int64_t isa) {
+  return attend(q, k, v, scale, isa, checked_parents(parents, q.size(2)));
+}
+
+void attend_into(const ChainAttention& a, int64_t isa) {
+  check_isa(isa);
+  at::parallel_for(0, a.B * a.Hkv * a.T, 1, [&](int64_t r0, int64_t r1) {
+    auto f = isa == kAvx512 ? attend_rows_avx512 : isa == kAvx2 ? attend_rows_avx2 : attend_rows_scalar;
+    f(a, r0, r1);
+  });
 }
 
 torch::Tensor attend(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale, int64_t isa,
@@ -261,10 +328,7 @@ torch::Tensor attend(torch::Tensor q, torch::Tensor k, torch::Tensor v, double s
   ChainAttention a{q.data_ptr<float>(), k.data_ptr(), v.data_ptr(), k.scalar_type() == torch::kBFloat16,
                    B, H, Hkv, T, L, hd, k.stride(0), k.stride(1), k.stride(2), float(scale), out.data_ptr<float>(),
                    parents};
-  at::parallel_for(0, B * Hkv * T, 1, [&](int64_t r0, int64_t r1) {
-    auto f = isa == kAvx512 ? attend_rows_avx512 : isa == kAvx2 ? attend_rows_avx2 : attend_rows_scalar;
-    f(a, r0, r1);
-  });
+  attend_into(a, isa);
   return out;
 }
 
@@ -287,4 +351,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rope_", &skinny::rope_, "rotate-half rotary embedding in place on (rows, heads, hd)");
   m.def("decoder_layer", &skinny::decoder_layer, "a whole decoder layer (norms, q/k/v, RoPE, cache write, attention, "
         "o_proj, SwiGLU MLP, residuals) in one call, with the bits of the Python layer");
+  pybind11::class_<skinny::LayerStack>(m, "LayerStack", "a model's decoder layers, converted once; a pass is one call")
+      .def(pybind11::init<std::vector<skinny::LayerArgs>>())
+      .def("forward", &skinny::LayerStack::forward,
+           "x (N, D), cos, sin, segments (keys, values, length, start, end, parents), isa, capture -> "
+           "[output, the inputs of the captured layers]")
+      .def("__len__", &skinny::LayerStack::size);
 }
