@@ -242,6 +242,43 @@ def test_costs_are_measured_again_when_the_engines_passes_contradict_their_ratio
     assert costs.table(4, 4)[4] == pytest.approx(fresh.T(4, 64) / fresh.T(1))
 
 
+def test_the_engines_passes_steer_the_entrys_multi_token_ratios_short_of_a_contradiction(monkeypatch):
+    """Multi-token passes 1.1x dearer, relative to one-token passes, than the entry says: once
+    MIN_PASSES of each kind are seen, the table prices them so (one-token passes unchanged), no
+    remeasure; 1.4x is priced at the limit; a machine slower as a whole changes nothing; a
+    remeasure starts again from the new entry."""
+    entry = CostModel.from_function(lambda m: 0.010 * (1 + 0.05 * (m - 1)))
+    monkeypatch.setattr(policy_costs, "measure_cost_model", lambda target, drafters, refresh=False: entry)
+    monkeypatch.setattr(policy_costs, "remeasure_target", lambda target, old: entry)
+    costs = policy_costs.PassCostRatios(None, [])
+    plain = costs.table(4, 4)
+    for _ in range(policy_costs.WINDOW):  # 2x slower as a whole
+        costs.timed(1, 4, 2 * entry.T(1, 4))
+        costs.timed(3, 4, 2 * entry.T(3, 4))
+    assert costs.multi_factor == 1.0 and costs.table(4, 4) == plain
+    version = costs.version
+    for _ in range(policy_costs.WINDOW):
+        costs.timed(1, 4, entry.T(1, 4))
+        costs.timed(3, 4, 1.1 * entry.T(3, 4))
+    f = costs.multi_factor  # moved in steps of at least MULTI_FACTOR_STEP: near 1.1, not at it
+    assert f == pytest.approx(1.1, rel=policy_costs.MULTI_FACTOR_STEP) and f > 1.05
+    assert costs.version > version and not costs.pending
+    steered = costs.table(4, 4)
+    assert steered[1] == plain[1] == pytest.approx(1.0)
+    assert steered[2:] == pytest.approx([f * t for t in plain[2:]])
+    assert costs.batch(4) == pytest.approx(f * entry.T(4) / entry.T(1))
+    for _ in range(policy_costs.WINDOW):
+        costs.timed(1, 4, entry.T(1, 4))
+        costs.timed(3, 4, 1.4 * entry.T(3, 4))
+    assert costs.multi_factor == pytest.approx(policy_costs.MULTI_FACTOR_LIMIT, rel=policy_costs.MULTI_FACTOR_STEP)
+    assert costs.multi_factor <= policy_costs.MULTI_FACTOR_LIMIT and not costs.pending
+    for _ in range(policy_costs.WINDOW):  # past CONTRADICTION: measured again, then the new entry as it is
+        costs.timed(1, 4, entry.T(1, 4))
+        costs.timed(3, 4, 2.0 * entry.T(3, 4))
+    assert costs.pending and costs.settle()
+    assert costs.multi_factor == 1.0 and costs.table(4, 4) == pytest.approx(plain)
+
+
 def test_a_remeasure_times_the_targets_ratios_again_and_keeps_the_rest_in_proportion(tiny, monkeypatch, tmp_path):
     """On the engine's word only the target's T(m)/T(1) are timed again (once, quickly): each draft
     model keeps its cost relative to the target's T(1), the attention figure its ratio too, and the

@@ -9,7 +9,9 @@ to the one-token passes, run far from what the cached entry says, the target's p
 again (about a second, once no request waits: Engine.settle) and replace the entry's (not nudged;
 docs/policy.md). A draft model's steps are watched the same way: as the engine runs them (a
 batched proposal, host copies, the stop rule after every token) they can cost more than the cost
-model's bare pass, so once enough rounds are seen a step is priced as observed.
+model's bare pass, so once enough rounds are seen a step is priced as observed. Short of a
+contradiction, the target's multi-token passes are likewise priced at what they were seen to cost
+relative to one-token passes (multi_factor, within MULTI_FACTOR_LIMIT).
 """
 
 from __future__ import annotations
@@ -36,6 +38,15 @@ MIN_SECONDS = 0.005  # passes priced under this are not checked (bookkeeping dom
 # MIN_PASSES of both: relative to the target's passes, so a machine that slows as a whole changes
 # nothing. Kept within this range (a factor outside it is a measurement gone wrong, not a cost).
 DRAFT_FACTOR_RANGE = (0.5, 4.0)
+# Short of a contradiction, the same windows steer the entry: its multi-token passes are priced at
+# (observed T(m)/T(1)) / (the entry's), the ratio of the medians, kept within this factor either
+# way (past it the entry is measured again instead). A first measurement is noisy (T(2)/T(1)
+# timed 0.97-1.13 six times in one process on a Zen 4) and the planner's draft-model choices flip
+# on 10% (a 0.33 T(1) draft step at acceptance ~0.7 is near break-even), so the entry's ratios are
+# corrected by what the engine's own passes cost, as draft steps are (draft_factors). Changes
+# under MULTI_FACTOR_STEP are not applied (they would only churn the memoised tables).
+MULTI_FACTOR_LIMIT = 1.25
+MULTI_FACTOR_STEP = 0.03
 
 
 class PassCostRatios:
@@ -56,6 +67,7 @@ class PassCostRatios:
         self._seen: dict[str, deque[float]] = {"1": deque(maxlen=WINDOW), "m": deque(maxlen=WINDOW)}
         self._draft_seen: dict[str, deque[float]] = {}
         self.draft_factors: dict[str, float] = {}  # drafter name -> observed / measured step cost
+        self.multi_factor = 1.0  # the target's multi-token passes: observed / entry, relative to T(1)
 
     @property
     def model(self) -> CostModel:
@@ -79,12 +91,16 @@ class PassCostRatios:
         t = self._tables.get((bucket, k_max))
         if t is None:
             cm, unit = self.model, self.t1
-            t = self._tables[bucket, k_max] = [0.0] + [cm.T(m, bucket) / unit for m in range(1, k_max + 2)]
+            t = self._tables[bucket, k_max] = [0.0] + [cm.T(m, bucket) / unit * self._steered(m)
+                                                       for m in range(1, k_max + 2)]
         return t
 
     def batch(self, m: int) -> float:
         """A target pass over m rows of a batch (short contexts), in T(1) units."""
-        return self.model.T(m) / self.t1
+        return self.model.T(m) / self.t1 * self._steered(m)
+
+    def _steered(self, m: int) -> float:
+        return self.multi_factor if m > 1 else 1.0
 
     def draft_step(self, name: str, context: int, rows: int = 1) -> float:
         """One pass of drafter `name`'s model over `rows` rows after `context` tokens (0: no model),
@@ -113,6 +129,11 @@ class PassCostRatios:
         if len(one) < MIN_PASSES or len(multi) < MIN_PASSES:
             return
         off = math.exp(median(multi) - median(one))  # (observed T(m)/T(1)) / (the entry's T(m)/T(1))
+        factor = min(max(off, 1.0 / MULTI_FACTOR_LIMIT), MULTI_FACTOR_LIMIT)
+        if abs(math.log(factor / self.multi_factor)) > math.log1p(MULTI_FACTOR_STEP):
+            self.multi_factor = factor
+            self.version += 1
+            self._tables.clear()
         if 1.0 / CONTRADICTION <= off <= CONTRADICTION:
             return
         log.info("multi-token passes ran at %.2fx the cost entry's ratio to T(1): to be measured again", off)
@@ -159,5 +180,6 @@ class PassCostRatios:
         self.version += 1
         self._tables.clear()
         self.draft_factors.clear()
+        self.multi_factor = 1.0
         for d in [*self._seen.values(), *self._draft_seen.values()]:
             d.clear()
