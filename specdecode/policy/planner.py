@@ -238,7 +238,9 @@ class CostPlanner:
             by_name.setdefault(names[which], []).append(est)
         context = len(state.tokens)
         t = self.costs.table(context, self.k_max)
-        parts.append(f"T(2) = {t[2]:.2f} T(1), T(4) = {t[min(4, len(t) - 1)]:.2f} T(1)")
+        steered = self.costs.multi_factor
+        parts.append(f"T(2) = {t[2]:.2f} T(1), T(4) = {t[min(4, len(t) - 1)]:.2f} T(1)"
+                     + (f" as run ({steered:.2f}x the measured ratios)" if steered != 1.0 else ""))
         for name in names:
             step = self.costs.draft_step(name, context)
             cost = f"a draft step costs {step:.2f} T(1)" if step > 0 else "drafting is free"
