@@ -81,6 +81,9 @@ class PassCosts:
     from_cache: bool = False
     per_key: float = 0.0  # seconds more per query row and per context position (attention)
     prefill_big: float = 0.0  # seconds of a BIG_M-row pass with the last row's logits only; 0 = not timed
+    # False: the timings disagreed with themselves even after retakes (never cached; the engine
+    # times them again at its first idle moment: policy/costs.py)
+    consistent: bool = True
 
     def prefill(self, m: int, context: int = 0) -> float:
         """A pass over m rows that projects only the last one to the vocabulary (a prompt chunk, a
@@ -363,7 +366,7 @@ def measure_pass_costs(model, *, budget_s: float = 2.0, use_cache: bool = True, 
     per_key = time_per_key(model)
     prefill_big = time_prefill(model, points[BIG_M], budget_s=budget_s) if BIG_M in points else 0.0
     costs = PassCosts.from_points(points, m_max, key=key or {}, measure_seconds=time.perf_counter() - t0,
-                                  per_key=per_key, prefill_big=prefill_big)
+                                  per_key=per_key, prefill_big=prefill_big, consistent=consistent)
     if digest is not None:
         _MEMO[digest] = costs
         if use_cache and consistent:
@@ -403,7 +406,8 @@ def remeasure_target(target, old: CostModel, *, budget_s: float = REMEASURE_BUDG
     if BIG_M in was.measured and BIG_M not in points:
         points[BIG_M] = was(BIG_M) * scale  # keep the compute-bound slope past M_MAX
     new = PassCosts.from_points(points, M_MAX, key=was.key, measure_seconds=time.perf_counter() - t0,
-                                per_key=was.per_key * scale, prefill_big=was.prefill_big * scale)
+                                per_key=was.per_key * scale, prefill_big=was.prefill_big * scale,
+                                consistent=consistent)
     drafts = {name: _scaled(d, scale) for name, d in old.drafts.items()}
     key = cost_key(target)
     if key is not None:

@@ -279,6 +279,46 @@ def test_the_engines_passes_steer_the_entrys_multi_token_ratios_short_of_a_contr
     assert costs.multi_factor == 1.0 and costs.table(4, 4) == pytest.approx(plain)
 
 
+def test_an_entry_that_disagreed_with_itself_is_timed_again_at_the_first_settle(monkeypatch):
+    """A measurement still inconsistent after its retakes (a busy moment) is used, and timed again
+    once no request waits; a consistent retake ends it, an inconsistent one is retried within
+    MAX_REMEASURES. A consistent entry is left alone."""
+    def entry(consistent: bool) -> CostModel:
+        c = CostModel.from_function(lambda m: 0.010 * (1 + 0.05 * (m - 1)))
+        c.target.consistent = consistent
+        return c
+
+    retakes = [entry(False), entry(True)]
+    monkeypatch.setattr(policy_costs, "remeasure_target", lambda target, old: retakes.pop(0))
+    monkeypatch.setattr(policy_costs, "measure_cost_model", lambda target, drafters, refresh=False: entry(True))
+    good = policy_costs.PassCostRatios(None, [])
+    assert good.model.target.consistent and not good.pending and not good.settle()
+    monkeypatch.setattr(policy_costs, "measure_cost_model", lambda target, drafters, refresh=False: entry(False))
+    costs = policy_costs.PassCostRatios(None, [])
+    assert not costs.model.target.consistent and costs.pending
+    assert costs.settle() and costs.remeasures == 1 and costs.pending  # the retake disagreed too
+    assert costs.settle() and costs.remeasures == 2 and not costs.pending and costs.model.target.consistent
+    assert not costs.settle() and retakes == []
+    given = policy_costs.PassCostRatios(None, [], given=entry(False))  # tensor parallelism: rank 0's, unchecked
+    assert not given.pending and not given.settle()
+
+
+def test_measure_pass_costs_marks_an_entry_that_disagreed_with_itself(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path))
+    model = native_from_hf(tiny_hf_model("llama"), dtype=torch.float32)
+    monkeypatch.setattr(cm, "time_passes", lambda model, **kw: ({1: 0.01, 2: 0.011, 4: 0.012}, False))
+    monkeypatch.setattr(cm, "time_per_key", lambda model: 0.0)
+    cm._MEMO.clear()
+    costs = measure_pass_costs(model)
+    assert not costs.consistent and not list((tmp_path / "costs").glob("*.json"))  # not cached
+    monkeypatch.setattr(cm, "time_passes", lambda model, **kw: ({1: 0.01, 2: 0.011, 4: 0.012}, True))
+    cm._MEMO.clear()
+    assert measure_pass_costs(model).consistent and list((tmp_path / "costs").glob("*.json"))
+    cm._MEMO.clear()
+    cached = measure_pass_costs(model)
+    assert cached.from_cache and cached.consistent
+
+
 def test_a_remeasure_times_the_targets_ratios_again_and_keeps_the_rest_in_proportion(tiny, monkeypatch, tmp_path):
     """On the engine's word only the target's T(m)/T(1) are timed again (once, quickly): each draft
     model keeps its cost relative to the target's T(1), the attention figure its ratio too, and the
