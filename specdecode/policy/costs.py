@@ -6,8 +6,8 @@ come from `specdecode.cost_model` (measured on first use, interleaved with T(1) 
 moment cannot skew a ratio, checked for consistency, cached per machine and model); this module
 divides them by T(1) and watches the engine's own passes: when the multi-token passes, relative
 to the one-token passes, run far from what the cached entry says, the target's passes are timed
-again (about a second, once no request waits: Engine.settle) and replace the entry's (not nudged;
-docs/policy.md). A draft model's steps are watched the same way: as the engine runs them (a
+again (about a second, once no request waits: Engine.settle) and replace the entry's
+(docs/policy.md). A draft model's steps are watched the same way: as the engine runs them (a
 batched proposal, host copies, the stop rule after every token) they can cost more than the cost
 model's bare pass, so once enough rounds are seen a step is priced as observed. Short of a
 contradiction, the target's multi-token passes are likewise priced at what they were seen to cost
