@@ -267,11 +267,17 @@ def test_the_engines_passes_steer_the_entrys_multi_token_ratios_short_of_a_contr
     assert steered[1] == plain[1] == pytest.approx(1.0)
     assert steered[2:] == pytest.approx([f * t for t in plain[2:]])
     assert costs.batch(4) == pytest.approx(f * entry.T(4) / entry.T(1))
+    for _ in range(policy_costs.WINDOW):  # a fast minute of one-token passes only, then a slow one
+        costs.timed(1, 4, 0.9 * entry.T(1, 4))  # of multi-token passes only: learned from adjacent
+    for _ in range(policy_costs.WINDOW):  # pairs, not from the two windows (which would read
+        costs.timed(3, 4, 1.15 * 1.1 * entry.T(3, 4))  # 1.4x, no contradiction yet)
+    assert costs.multi_factor == f and not costs.pending
     for _ in range(policy_costs.WINDOW):
         costs.timed(1, 4, entry.T(1, 4))
         costs.timed(3, 4, 1.4 * entry.T(3, 4))
     assert costs.multi_factor == pytest.approx(policy_costs.MULTI_FACTOR_LIMIT, rel=policy_costs.MULTI_FACTOR_STEP)
     assert costs.multi_factor <= policy_costs.MULTI_FACTOR_LIMIT and not costs.pending
+
     for _ in range(policy_costs.WINDOW):  # past CONTRADICTION: measured again, then the new entry as it is
         costs.timed(1, 4, entry.T(1, 4))
         costs.timed(3, 4, 2.0 * entry.T(3, 4))

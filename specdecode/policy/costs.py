@@ -44,10 +44,16 @@ DRAFT_FACTOR_RANGE = (0.5, 4.0)
 # way (past it the entry is measured again instead). A first measurement is noisy (T(2)/T(1)
 # timed 0.97-1.13 six times in one process on a Zen 4) and the planner's draft-model choices flip
 # on 10% (a 0.33 T(1) draft step at acceptance ~0.7 is near break-even), so the entry's ratios are
-# corrected by what the engine's own passes cost, as draft steps are (draft_factors). Changes
-# under MULTI_FACTOR_STEP are not applied (they would only churn the memoised tables).
+# corrected by what the engine's own passes cost, as draft steps are (draft_factors). As the cost
+# model times its ratios, it learns from pairs: a multi-token pass counts only beside a one-token
+# pass at most PAIR_GAP passes before it, so a VM's slow minute (both kinds slow alike) is not
+# taken for a gap between kinds (the cost pace that preceded the planner learned from windows of
+# each kind apart, and a slow minute during one kind's passes left stale factors:
+# docs/policy-history.md). Changes under MULTI_FACTOR_STEP are not applied (they would only churn
+# the memoised tables).
 MULTI_FACTOR_LIMIT = 1.25
 MULTI_FACTOR_STEP = 0.03
+PAIR_GAP = 3
 
 
 class PassCostRatios:
@@ -69,6 +75,9 @@ class PassCostRatios:
         self._draft_seen: dict[str, deque[float]] = {}
         self.draft_factors: dict[str, float] = {}  # drafter name -> observed / measured step cost
         self.multi_factor = 1.0  # the target's multi-token passes: observed / entry, relative to T(1)
+        self._pairs: deque[float] = deque(maxlen=WINDOW)  # log(multi / entry) - log(one / entry), adjacent passes
+        self._passes = 0
+        self._last_one: tuple[int, float] | None = None  # (pass number, log(one-token pass / entry))
 
     @property
     def model(self) -> CostModel:
@@ -131,20 +140,31 @@ class PassCostRatios:
         predicted = self._model.T(m, context)
         if predicted < MIN_SECONDS or seconds <= 0.0:
             return
-        self._seen["1" if m == 1 else "m"].append(math.log(seconds / predicted))
+        ratio = math.log(seconds / predicted)
+        self._seen["1" if m == 1 else "m"].append(ratio)
+        self._passes += 1
+        if m == 1:
+            self._last_one = (self._passes, ratio)
+        elif self._last_one is not None and self._passes - self._last_one[0] <= PAIR_GAP:
+            self._pairs.append(ratio - self._last_one[1])
+            if len(self._pairs) >= MIN_PASSES:
+                self._steer(math.exp(median(self._pairs)))
         one, multi = self._seen["1"], self._seen["m"]
         if len(one) < MIN_PASSES or len(multi) < MIN_PASSES:
             return
         off = math.exp(median(multi) - median(one))  # (observed T(m)/T(1)) / (the entry's T(m)/T(1))
+        if 1.0 / CONTRADICTION <= off <= CONTRADICTION:
+            return
+        log.info("multi-token passes ran at %.2fx the cost entry's ratio to T(1): to be measured again", off)
+        self.pending = True
+
+    def _steer(self, off: float) -> None:
+        """Price multi-token passes at `off` times the entry's ratio to T(1), within the limit."""
         factor = min(max(off, 1.0 / MULTI_FACTOR_LIMIT), MULTI_FACTOR_LIMIT)
         if abs(math.log(factor / self.multi_factor)) > math.log1p(MULTI_FACTOR_STEP):
             self.multi_factor = factor
             self.version += 1
             self._tables.clear()
-        if 1.0 / CONTRADICTION <= off <= CONTRADICTION:
-            return
-        log.info("multi-token passes ran at %.2fx the cost entry's ratio to T(1): to be measured again", off)
-        self.pending = True
 
     def settle(self) -> bool:
         """Time the target's passes again if the engine's passes contradicted the entry (timed):
@@ -189,5 +209,7 @@ class PassCostRatios:
         self._tables.clear()
         self.draft_factors.clear()
         self.multi_factor = 1.0
+        self._pairs.clear()
+        self._last_one = None
         for d in [*self._seen.values(), *self._draft_seen.values()]:
             d.clear()
