@@ -21,6 +21,7 @@ import os
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _module
 
 from ..cache import KVCache
 from ..ragged import RaggedBatch
@@ -83,10 +84,28 @@ def _cache_fits(cache: object, dtype: torch.dtype) -> bool:
     return type(cache) is KVCache and cache.keys[0].dtype == dtype and cache.keys[0].shape[0] == 1
 
 
-def _global_hooks() -> bool:
-    from torch.nn.modules import module
+def _extension_for(x: torch.Tensor, cos: torch.Tensor):  # noqa: ANN202 - the extension module
+    """The kernels' extension where the C++ layer can take x (1, T, D), else None."""
+    if not enabled or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype not in _DTYPES:
+        return None
+    if x.dim() != 3 or x.shape[0] != 1 or not x.is_contiguous() or cos.dtype != x.dtype:
+        return None
+    return build.extension()
 
-    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
+
+def _segments(cache: KVCache | RaggedBatch, x: torch.Tensor, layer: int | None = None) -> list | None:
+    """The pass's requests as the C++ calls take them, (keys, values, length, start, end, tree):
+    every layer's buffers (layer None: the stack) or layer `layer`'s; None where a cache does not fit."""
+    parts = cache.segments if isinstance(cache, RaggedBatch) else [(cache, 0, x.shape[1], None)]
+    if not all(_cache_fits(c, x.dtype) for c, _, _, _ in parts):
+        return None
+    if layer is None:
+        return [(c.keys, c.values, c.length, a, b, tree) for c, a, b, tree in parts]
+    return [(c.keys[layer], c.values[layer], c.length, a, b, tree) for c, a, b, tree in parts]
+
+
+def _global_hooks() -> bool:
+    return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks)
 
 
 def _stack(model: nn.Module, layers: nn.ModuleList, dtype: torch.dtype, ext):  # noqa: ANN001, ANN202
@@ -117,20 +136,11 @@ def forward_stack(model: nn.Module, layers: nn.ModuleList, x: torch.Tensor, cos:
     """Every layer of `layers` on x (1, T, D) in one call: (the output (1, T, D), {i: the hidden
     states entering layer i (T, D)} for i in capture), or None where the C++ stack does not apply
     (the caller then runs the layers one by one)."""
-    if not enabled or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype not in _DTYPES:
-        return None
-    if x.dim() != 3 or x.shape[0] != 1 or not x.is_contiguous() or cos.dtype != x.dtype:
-        return None
-    ext = build.extension()
+    ext = _extension_for(x, cos)
     if ext is None or _global_hooks():
         return None
-    if isinstance(cache, RaggedBatch):
-        if not all(_cache_fits(c, x.dtype) for c, _, _, _ in cache.segments):
-            return None
-        segments = [(c.keys, c.values, c.length, a, b, tree) for c, a, b, tree in cache.segments]
-    elif _cache_fits(cache, x.dtype):
-        segments = [(cache.keys, cache.values, cache.length, 0, x.shape[1], None)]
-    else:
+    segments = _segments(cache, x)
+    if segments is None:
         return None
     stack = _stack(model, layers, x.dtype, ext)
     if stack is None:
@@ -143,23 +153,13 @@ def forward(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Ten
             cache: KVCache | RaggedBatch) -> torch.Tensor | None:
     """layer(x, cos, sin, cache, mask=None) in one call, or None where the C++ layer does not
     apply (the caller then runs the Python layer). x (1, T, D)."""
-    if not enabled or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype not in _DTYPES:
-        return None
-    if x.dim() != 3 or x.shape[0] != 1 or not x.is_contiguous() or cos.dtype != x.dtype:
-        return None
-    ext = build.extension()
+    ext = _extension_for(x, cos)
     args = _static_args(layer, x.dtype) if ext is not None else None
     if args is None:
         return None
     w_in, w_post, eps, qkv, o, gate_up, down, heads, kv_heads, scale = args
-    i = layer._modules["self_attn"].layer_idx
-    if isinstance(cache, RaggedBatch):
-        if not all(_cache_fits(c, x.dtype) for c, _, _, _ in cache.segments):
-            return None
-        segments = [(c.keys[i], c.values[i], c.length, a, b, tree) for c, a, b, tree in cache.segments]
-    elif _cache_fits(cache, x.dtype):
-        segments = [(cache.keys[i], cache.values[i], cache.length, 0, x.shape[1], None)]
-    else:
+    segments = _segments(cache, x, layer._modules["self_attn"].layer_idx)
+    if segments is None:
         return None
     y = ext.decoder_layer(x[0], w_in, w_post, eps, qkv, o, gate_up, down, cos, sin, segments, heads, kv_heads, scale,
                           _isa())  # (T, D)

@@ -36,6 +36,13 @@ void check_isa(int64_t isa) {
   TORCH_CHECK(isa >= kScalar && isa <= best_isa(), "kernel path ", isa, " is not supported by this CPU");
 }
 
+// x (m, K) float32 -> xq (K/32, m, 32) int8, sx and sxs (K/32, m) into the given buffers, threaded
+// over (row, block) pairs.
+void quantize_into(const float* xp, int64_t m, int64_t K, int64_t isa, int8_t* qp, float* sp, float* ssp) {
+  auto f = isa == kAvx512 ? quantize_avx512 : isa == kAvx2 ? quantize_avx2 : quantize_scalar;
+  at::parallel_for(0, m * (K / kBlock), 512, [&](int64_t r0, int64_t r1) { f(xp, m, K, r0, r1, qp, sp, ssp); });
+}
+
 // x (m, K) float32 -> xq (K/32, m, 32) int8, sx and sxs (K/32, m): x ~ sx * xq per row and block
 // of 32, sxs = sx * sum(xq); block-major (see QuantAct). Every ISA path gives the same bits.
 std::vector<torch::Tensor> quantize_act_isa(torch::Tensor x, int64_t isa) {
@@ -46,12 +53,7 @@ std::vector<torch::Tensor> quantize_act_isa(torch::Tensor x, int64_t isa) {
   auto xq = torch::empty({nb, m, kBlock}, x.options().dtype(torch::kInt8));
   auto sx = torch::empty({nb, m}, x.options());
   auto sxs = torch::empty({nb, m}, x.options());
-  const float* xp = x.data_ptr<float>();
-  int8_t* qp = xq.data_ptr<int8_t>();
-  float* sp = sx.data_ptr<float>();
-  float* ssp = sxs.data_ptr<float>();
-  auto f = isa == kAvx512 ? quantize_avx512 : isa == kAvx2 ? quantize_avx2 : quantize_scalar;
-  at::parallel_for(0, m * nb, 512, [&](int64_t r0, int64_t r1) { f(xp, m, K, r0, r1, qp, sp, ssp); });
+  quantize_into(x.data_ptr<float>(), m, K, isa, xq.data_ptr<int8_t>(), sx.data_ptr<float>(), sxs.data_ptr<float>());
   return {xq, sx, sxs};
 }
 
@@ -158,8 +160,7 @@ std::vector<torch::Tensor> linear(const torch::Tensor& x, const std::vector<Laye
     int8_t* qp = sized(scratch.xq, nb * m * kBlock);
     float* sp = sized(scratch.sx, nb * m);
     float* ssp = sized(scratch.sxs, nb * m);
-    auto f = isa == kAvx512 ? quantize_avx512 : isa == kAvx2 ? quantize_avx2 : quantize_scalar;
-    at::parallel_for(0, m * nb, 512, [&](int64_t r0, int64_t r1) { f(xp, m, K, r0, r1, qp, sp, ssp); });
+    quantize_into(xp, m, K, isa, qp, sp, ssp);
     act = QuantAct{qp, sp, ssp, m, nullptr};
     if (half_sums) {  // (nb, m, 2) sums of each half block's 16 int8 values (exact)
       int32_t* hs = sized(scratch.xs16, nb * m * 2);

@@ -24,12 +24,6 @@
 namespace skinny {
 namespace {
 
-// x (rows, ...) in `dtype` -> its element i as float.
-template <typename T>
-inline float as_float(const T* p, int64_t i) {
-  return static_cast<float>(p[i]);
-}
-
 // One request's rows of a layer's pass: its layer's key/value buffers, the cache's length before
 // the pass, its rows [a, b), its tree (null: a chain).
 struct SegmentView {
@@ -56,7 +50,8 @@ void attend_segment(const SegmentView& s, const T* q, const T* k, const T* v, T*
   std::vector<float> qs(heads * n * hd), out(heads * n * hd);  // (1, H, n, hd): the kernel's layout
   for (int64_t h = 0; h < heads; ++h)
     for (int64_t t = 0; t < n; ++t)
-      for (int64_t d = 0; d < hd; ++d) qs[(h * n + t) * hd + d] = as_float(q, (s.a + t) * heads * hd + h * hd + d);
+      for (int64_t d = 0; d < hd; ++d)
+        qs[(h * n + t) * hd + d] = static_cast<float>(q[(s.a + t) * heads * hd + h * hd + d]);
   ChainAttention att{qs.data(), kc, vc, std::is_same<T, at::BFloat16>::value, 1, heads, kv_heads, n, end, hd,
                      s.kc.stride(0), sh, sl, scale, out.data(), s.parents};
   attend_into(att, isa);
