@@ -74,14 +74,14 @@ class BenchContext:
     def _quantized_twin(self, role: str, model, mode: str, head: str = QUANT_HEAD):
         """mode "int8" / "int4": our quantization (the output layer stored as `head`); "gguf": the
         model's GGUF file's own blocks."""
-        from ..quant import quantized_copy
+        from ..quant import head_storage, quantized_copy
 
-        if (role, mode, head) not in self._quantized:
-            if mode == "gguf":
-                self._quantized[role, mode, head] = _gguf_twin(model)
-            else:
-                self._quantized[role, mode, head] = quantized_copy(model.lm, mode, head=head)
-        return self._quantized[role, mode, head]
+        # keyed by how the head is stored, as the loader's quantized-model cache is ("same" with
+        # int4 and "int4" are one model; a GGUF twin runs the file's own output layer)
+        key = (role, mode, "file" if mode == "gguf" else head_storage(mode, head))
+        if key not in self._quantized:
+            self._quantized[key] = _gguf_twin(model) if mode == "gguf" else quantized_copy(model.lm, mode, head=head)
+        return self._quantized[key]
 
     def head_drafter(self, target=None, required: bool = True, branches: int = 1):
         """A HeadDrafter on the target (or its twin `target`, sharing the embedding), from --head or
