@@ -14,7 +14,7 @@ import torch
 
 from specdecode.kernels import GGUF_LINEARS, best_isa, build, gguf_pack, pack, project
 
-from test_kernels import ISAS, TOL, outputs_by_one_pass_rows
+from test_kernels import ISAS, TOL, outputs_by_one_pass_rows, outputs_by_tile_split
 
 pytestmark = pytest.mark.usefixtures("kernels")
 TYPES = {f.name: t for t, f in gguf_pack.FORMATS.items()}
@@ -170,3 +170,16 @@ def test_layer_adds_bias_keeps_dtype_and_refuses_wrong_bytes():
         GGUF_LINEARS[TYPES["Q6_K"]](raw, N, 96, None, torch.float32)
     sd = layer.state_dict()
     assert torch.equal(sd["weight"], layer.dequantized_weight().bfloat16()) and set(sd) == {"weight", "bias"}
+
+
+def test_threads_taking_each_others_tiles_give_the_same_bits():
+    """A Q4_K q/k and a Q6_K v in one call (its tiles of different costs): the same bits whatever
+    split of the tiles between threads (test_kernels.outputs_by_tile_split)."""
+    layers = [layer_for("Q4_K", 272, 512, seed=31)[0], layer_for("Q4_K", 48, 512, seed=32)[0],
+              layer_for("Q6_K", 48, 512, seed=33)[0]]
+    x = activations(6, 512, seed=34)
+    outs = outputs_by_tile_split(lambda: [project(x[:m], *layers) for m in (1, 6)])
+    first = outs[200]
+    for got in outs.values():
+        for a, b in zip(got, first):
+            assert all(torch.equal(u, v) for u, v in zip(a, b))

@@ -69,6 +69,11 @@ SKINNY_DECLARE(avx512)
 // Outside the anonymous namespace: one variable for every ISA file (a C++17 inline variable).
 inline int prefetch_distance = 16384;
 
+// Tiles a thread claims at a time from its own share of a product, or from the back of another
+// thread's once its own is done (binding.cpp, for_tiles); 0: a static split. A run-time setting
+// (set_steal_tiles) so that both can be timed in one process; the results are the same bits.
+inline int steal_tiles = 8;
+
 // Most rows the 8-lane kernels take in one pass over a tile's two halves (for_block_halves below;
 // each format caps it further); 2 gives the two-pass order for every m > 2. A run-time setting
 // (set_one_pass_rows in binding.cpp) so that other CPUs can be measured both ways in one process.
