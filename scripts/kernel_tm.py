@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 import specdecode
-from specdecode.bench.machine import cpu_summary
+from specdecode.bench.machine import cpu_summary, kernel_prefetch
 from specdecode.kernels import ISA_NAMES, active_isa
 from specdecode.quant import weight_bytes
 
@@ -135,6 +135,7 @@ def main() -> None:
     result: dict = {"model": a.model, "threads": a.threads, "cpu": cpu_summary(), "kernel_isa": ISA_NAMES[active_isa()]
                     if active_isa() >= 0 else "none (PyTorch)", "torch": torch.__version__}
     result["read_bandwidth_gbs"] = read_bandwidth_gbs()
+    result["prefetch_bytes"] = kernel_prefetch()
     steppers, rows, stack = {}, {}, contextlib.ExitStack()
     for fmt in a.formats.split(","):
         quant = None if fmt == "bf16" else fmt
@@ -180,6 +181,8 @@ def render(r: dict) -> str:
     lines = [f"# T(m): {r['model']}, {r['threads']} threads", "",
              f"CPU: {r['cpu']}; kernel path: {r['kernel_isa']}; torch {r['torch']}; "
              f"read bandwidth (1 GiB sum) {bw:.1f} GB/s"
+             + (f"; prefetch distance {r['prefetch_bytes'] // 1024} KB (this machine's, kernels/tuning.py)"
+                if r.get("prefetch_bytes") is not None else "")
              + ("; every row timed in turns, one repeat after another" if r.get("interleaved") else ""), "",
              "| format | weights GB | T1 ms | GB/s at T1 (% of read bw) | " + " | ".join(f"T{m}/T1" for m in picks)
              + " | prefill ms/token |",

@@ -118,7 +118,7 @@ def load(
     On CPU with the kernels, a quantized model is cached in $SPECDECODE_CACHE/quantized, so only
     the first load of a (model, dtype, quantize) quantizes (specdecode.loading.quant_cache).
     """
-    from .kernels import kernels_available
+    from .kernels import kernels_available, tuned_prefetch_distance
     from .loading.tiny import TINY_NAMES, load_tiny
     from .model import build_transformer
     from .quant import head_storage, quantize_model
@@ -127,6 +127,8 @@ def load(
     head = _head_option(head)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if quantize and dev.type == "cpu" and kernels_available():
+        tuned_prefetch_distance()  # the integer kernels' prefetch distance for this machine (once)
     t0 = time.perf_counter()
     if quantize == "gguf" and source in TINY_NAMES:
         raise SpecdecodeError(f"--quantize gguf runs a GGUF file's own blocks; {source} is not a GGUF file")

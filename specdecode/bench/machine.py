@@ -50,6 +50,14 @@ def kernel_summary() -> str:
     return ISA_NAMES[isa] if isa >= 0 else "none (PyTorch linear layers)"
 
 
+def kernel_prefetch() -> int | None:
+    """The integer kernels' prefetch distance in bytes on this machine (kernels/tuning.py: what
+    every quantized load sets), or None without the kernels."""
+    from ..kernels import tuned_prefetch_distance
+
+    return tuned_prefetch_distance()
+
+
 def _ram_bytes() -> int | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -86,6 +94,7 @@ def machine_info(device: torch.device | str | None = None) -> dict[str, Any]:
         "cpu": _cpu_model(),
         "cpu_isa_flags": cpu_isa_flags(),
         "kernel_isa": kernel_summary(),
+        "kernel_prefetch_bytes": kernel_prefetch(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

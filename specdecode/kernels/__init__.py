@@ -21,9 +21,11 @@ from .linear import (
     project,
 )
 from .probe import RowInvariance, probe_row_invariance
+from .tuning import tuned_prefetch_distance
 
 __all__ = [
     "RowInvariance", "probe_row_invariance", "GGUF_LINEARS", "PackedGGUFLinear", "gguf_pack",
     "ISA_NAMES", "active_isa", "best_isa", "extension", "PACKED_LINEARS", "PackedFloatLinear",
     "PackedInt4Linear", "PackedInt8Linear", "can_pack", "kernels_available", "pack_float_linears", "project",
+    "tuned_prefetch_distance",
 ]

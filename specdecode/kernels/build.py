@@ -30,6 +30,13 @@ _SOURCES = ("binding.cpp", "skinny_scalar.cpp", "skinny_avx2.cpp", "skinny_avx51
 _HEADERS = ("skinny.h", "attention.h", "gguf.h", "layer_ops.h", "avx2_tiles.h", "ops.h")
 
 
+def kernel_cache_root() -> Path:
+    """$SPECDECODE_KERNEL_CACHE or ~/.cache/specdecode/kernels: the builds and the machine's
+    tuning (tuning.py)."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "specdecode", "kernels")
+    return Path(root)
+
+
 def _build_dir() -> Path:
     """$SPECDECODE_KERNEL_CACHE or ~/.cache/specdecode/kernels, one folder per source and torch version.
 
@@ -42,8 +49,7 @@ def _build_dir() -> Path:
     import torch
 
     digest.update(torch.__version__.encode())
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "specdecode", "kernels")
-    path = Path(root) / digest.hexdigest()[:16]
+    path = kernel_cache_root() / digest.hexdigest()[:16]
     path.mkdir(parents=True, exist_ok=True)
     return path
 
