@@ -9,3 +9,11 @@ OUT=docs/benchmarks/cpu-avx512bf16-zen4-qwen-steal
 .venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
   --methods target-int4,spec-int4-auto,spec-gguf-auto,llamacpp \
   --dataset spec-bench --limit 5 -n 96 --threads 2 --out $OUT/specbench "$@"
+# The GGUF target alone beside auto on it (its outputs' own reference) and llama.cpp again.
+.venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
+  --methods target-gguf,spec-gguf-auto,llamacpp \
+  --dataset spec-bench --limit 5 -n 96 --threads 2 --out $OUT/specbench-gguf "$@"
+# HumanEval (10 prompts), both targets alone and auto on each, llama.cpp.
+.venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
+  --methods target-int4,target-gguf,spec-int4-auto,spec-gguf-auto,llamacpp \
+  --dataset humaneval --limit 10 -n 96 --threads 2 --out $OUT/humaneval "$@"
