@@ -181,7 +181,7 @@ def render(r: dict) -> str:
     lines = [f"# T(m): {r['model']}, {r['threads']} threads", "",
              f"CPU: {r['cpu']}; kernel path: {r['kernel_isa']}; torch {r['torch']}; "
              f"read bandwidth (1 GiB sum) {bw:.1f} GB/s"
-             + (f"; prefetch distance {r['prefetch_bytes'] // 1024} KB (this machine's, kernels/tuning.py)"
+             + (f"; prefetch distance {r['prefetch_bytes']} bytes (this machine's, kernels/tuning.py)"
                 if r.get("prefetch_bytes") is not None else "")
              + ("; every row timed in turns, one repeat after another" if r.get("interleaved") else ""), "",
              "| format | weights GB | T1 ms | GB/s at T1 (% of read bw) | " + " | ".join(f"T{m}/T1" for m in picks)

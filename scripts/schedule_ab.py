@@ -1,7 +1,7 @@
-"""One process, two schedules of the same kernels, timed in turns: the whole model's T(m) with a
-static split of each product's tiles and the 16 KB default prefetch distance, against threads
-taking each other's tiles and this machine's prefetch distance (kernels/tuning.py). The results
-are the same bits either way (tests); only the time can differ.
+"""One process, three schedules of the same kernels, timed in turns: the whole model's T(m) with a
+static split of each product's tiles and the 16 KB default prefetch distance, with threads taking
+each other's tiles at 16 KB, and with both tiles taken and this machine's prefetch distance
+(kernels/tuning.py). The results are the same bits every way (tests); only the time can differ.
 
     .venv/bin/python scripts/schedule_ab.py qwen2.5-coder-1.5b --quantize gguf --out DIR
 """
@@ -37,12 +37,13 @@ def main() -> None:
         raise SystemExit("the CPU kernels are not built here: nothing to compare")
     ms = [int(v) for v in a.rows.split(",")]
     lm = specdecode.load(a.model, dtype="bfloat16", quantize=a.quantize, threads=a.threads).lm
-    tuned = kernel_prefetch()
-    schedules = {"static split, 16 KB": (0, 16384), f"tiles taken, {tuned // 1024} KB": (ext.steal_tiles(), tuned)}
+    tuned = kernel_prefetch()  # what the load above set
+    schedules = {"static split, 16 KB": (0, 16384), "tiles taken, 16 KB": (ext.steal_tiles(), 16384),
+                 f"tiles taken, {tuned} bytes (this machine's)": (ext.steal_tiles(), tuned)}
     step = model_stepper(lm, max(ms))
     times = {s: {m: [] for m in ms} for s in schedules}
     names = list(schedules)
-    for r in tqdm(range(a.repeats + 1), desc="rounds, both schedules in turn", unit="round"):
+    for r in tqdm(range(a.repeats + 1), desc="rounds, every schedule in turn", unit="round"):
         for s in names if r % 2 else names[::-1]:
             ext.set_steal_tiles(schedules[s][0])
             ext.set_prefetch_distance(schedules[s][1])
@@ -51,9 +52,9 @@ def main() -> None:
                 if r:
                     times[s][m].append(dt)
     med = {s: {m: statistics.median(v) * 1e3 for m, v in t.items()} for s, t in times.items()}
-    lines = [f"# Two schedules of the same kernels: {a.model}, {a.quantize}, {a.threads} threads", "",
+    lines = [f"# Three schedules of the same kernels: {a.model}, {a.quantize}, {a.threads} threads", "",
              f"CPU: {cpu_summary()}; kernel path: {ISA_NAMES[active_isa()]}; medians of {a.repeats} passes "
-             "each, both schedules in turns", "",
+             "each, the schedules in turns", "",
              "| schedule | " + " | ".join(f"T{m} ms" for m in ms) + " |", "|---|" + "---:|" * len(ms)]
     base = med[names[0]]
     for s in names:

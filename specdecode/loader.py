@@ -96,6 +96,14 @@ def _head_option(head: str | None) -> str:
     return head
 
 
+def tune_kernels(dev: torch.device, measure_if_unknown: bool = True) -> None:
+    """The integer kernels' prefetch distance for this machine (measured once: kernels/tuning.py)."""
+    from .kernels import kernels_available, tuned_prefetch_distance
+
+    if dev.type == "cpu" and kernels_available():
+        tuned_prefetch_distance(measure_if_unknown)
+
+
 def load(
     source: str,
     *,
@@ -118,7 +126,7 @@ def load(
     On CPU with the kernels, a quantized model is cached in $SPECDECODE_CACHE/quantized, so only
     the first load of a (model, dtype, quantize) quantizes (specdecode.loading.quant_cache).
     """
-    from .kernels import kernels_available, tuned_prefetch_distance
+    from .kernels import kernels_available
     from .loading.tiny import TINY_NAMES, load_tiny
     from .model import build_transformer
     from .quant import head_storage, quantize_model
@@ -127,14 +135,13 @@ def load(
     head = _head_option(head)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    if quantize and dev.type == "cpu" and kernels_available():
-        tuned_prefetch_distance()  # the integer kernels' prefetch distance for this machine (once)
     t0 = time.perf_counter()
     if quantize == "gguf" and source in TINY_NAMES:
         raise SpecdecodeError(f"--quantize gguf runs a GGUF file's own blocks; {source} is not a GGUF file")
     if source in TINY_NAMES:
         lm, hf_tok, eos = load_tiny(source, dt, dev)
         if quantize:
+            tune_kernels(dev)
             quantize_model(lm, quantize, head=head)
         return Model(lm, Tokenizer(hf_tok, eos), source, dt, time.perf_counter() - t0, False, quantize,
                      probe_row_invariance(lm))
@@ -150,7 +157,9 @@ def load(
         if dev.type != "cpu":
             raise SpecdecodeError("--quantize gguf runs on the CPU kernels: use --device cpu")
     cache_quantized = quantize is not None and dev.type == "cpu" and kernels_available()
-    ckpt = load_checkpoint(source, dt, weights=not cache_quantized)
+    ckpt = load_checkpoint(source, dt, weights=not cache_quantized)  # a wrong source fails here, first
+    if quantize:
+        tune_kernels(dev)
     lm, qkey = None, None
     if cache_quantized:
         # (a GGUF-native model runs the file's own output layer: head does not apply)

@@ -16,6 +16,10 @@ from specdecode.model import build_transformer
 
 # Build (or load) the CPU kernels once, before any test points caches elsewhere.
 build.extension()
+# Quantized loads take this prefetch distance instead of measuring the machine's (kernels/tuning.py):
+# tests neither spend a second on it nor write the machine's tuning.json (test_tuning.py does
+# both against a temporary folder). Subprocesses inherit it.
+os.environ.setdefault("SPECDECODE_PREFETCH_DISTANCE", "16384")
 
 _CXX = ("c++", "g++", "clang++")
 _kernel_error_shown = False

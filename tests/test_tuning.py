@@ -20,9 +20,9 @@ def isolated(monkeypatch, tmp_path):
     before = ext.prefetch_distance()
     monkeypatch.setattr(tuning, "kernel_cache_root", lambda: tmp_path)
     monkeypatch.delenv(tuning.ENV, raising=False)
-    tuning.tuned_prefetch_distance.cache_clear()
+    tuning._tuned.cache_clear()
     yield tmp_path
-    tuning.tuned_prefetch_distance.cache_clear()
+    tuning._tuned.cache_clear()
     ext.set_prefetch_distance(before)
 
 
@@ -47,7 +47,7 @@ def test_measured_once_then_read_from_the_file(isolated, monkeypatch):
     assert entry["prefetch_distance"] == 8192 and entry["medians_ms"] == {"8192": 10.0, str(tuning.DEFAULT): 12.0}
 
     build.extension().set_prefetch_distance(tuning.DEFAULT)
-    tuning.tuned_prefetch_distance.cache_clear()
+    tuning._tuned.cache_clear()
     monkeypatch.setattr(tuning, "measure", lambda: pytest.fail("measured again although the file holds it"))
     assert tuning.tuned_prefetch_distance() == 8192
     assert build.extension().prefetch_distance() == 8192
@@ -67,7 +67,7 @@ def test_the_environment_sets_it_without_measuring(isolated, monkeypatch):
     assert tuning.tuned_prefetch_distance() == 0
     assert build.extension().prefetch_distance() == 0
     assert not (isolated / tuning.FILE).exists()
-    tuning.tuned_prefetch_distance.cache_clear()
+    tuning._tuned.cache_clear()
     monkeypatch.setenv(tuning.ENV, "lots")
     with pytest.raises(SpecdecodeError, match=tuning.ENV):
         tuning.tuned_prefetch_distance()
@@ -80,3 +80,57 @@ def test_a_real_measurement_times_every_distance_and_restores_the_setting(monkey
     medians = tuning.measure((4096, 8192), rounds=2)
     assert set(medians) == {4096, 8192} and all(t > 0 for t in medians.values())
     assert ext.prefetch_distance() == before
+
+
+def test_reports_read_without_measuring(isolated, monkeypatch):
+    monkeypatch.setattr(tuning, "measure", lambda: pytest.fail("a report measured"))
+    assert tuning.known_prefetch_distance() == build.extension().prefetch_distance()
+    (isolated / tuning.FILE).write_text(json.dumps(
+        {"version": tuning.VERSION, "machines": {tuning.machine_key(): {"prefetch_distance": 12288}}}))
+    assert tuning.known_prefetch_distance() == 12288
+    monkeypatch.setenv(tuning.ENV, "4096")
+    assert tuning.known_prefetch_distance() == 4096
+
+
+@pytest.mark.parametrize("content", [{"version": 1, "machines": []}, {"version": 1, "machines": {"x": 3}},
+                                     "entry:-5", "entry:true", "entry:99999999"])
+def test_a_file_of_the_wrong_shape_is_measured_again(isolated, monkeypatch, content):
+    if isinstance(content, str):  # this machine's entry holding a value no distance can be
+        value = {"-5": -5, "true": True, "99999999": 99999999}[content.split(":")[1]]
+        content = {"version": tuning.VERSION, "machines": {tuning.machine_key(): {"prefetch_distance": value}}}
+    (isolated / tuning.FILE).write_text(json.dumps(content))
+    monkeypatch.setattr(tuning, "measure", lambda: {8192: 0.01, tuning.DEFAULT: 0.02})
+    assert tuning.tuned_prefetch_distance() == 8192
+    entry = json.loads((isolated / tuning.FILE).read_text())["machines"][tuning.machine_key()]
+    assert entry["prefetch_distance"] == 8192
+
+
+def test_tensor_parallel_ranks_read_but_never_measure(isolated, monkeypatch):
+    monkeypatch.setattr(tuning, "measure", lambda: pytest.fail("a rank measured"))
+    assert tuning.tuned_prefetch_distance(measure_if_unknown=False) == build.extension().prefetch_distance()
+    tuning._tuned.cache_clear()
+    (isolated / tuning.FILE).write_text(json.dumps(
+        {"version": tuning.VERSION, "machines": {tuning.machine_key(): {"prefetch_distance": 12288}}}))
+    assert tuning.tuned_prefetch_distance(measure_if_unknown=False) == 12288
+
+
+def test_the_scalar_path_is_not_measured(isolated, monkeypatch):
+    monkeypatch.setattr(tuning, "active_isa", lambda: 0)
+    monkeypatch.setattr(tuning, "measure", lambda: pytest.fail("measured for a path that does not prefetch"))
+    assert tuning.tuned_prefetch_distance() == build.extension().prefetch_distance()
+
+
+def test_no_room_to_measure_keeps_the_default(isolated, monkeypatch):
+    def no_memory():
+        raise MemoryError("256 MB")
+
+    monkeypatch.setattr(tuning, "measure", no_memory)
+    with pytest.warns(RuntimeWarning, match="prefetch distance"):
+        assert tuning.tuned_prefetch_distance() == tuning.DEFAULT
+    assert not (isolated / tuning.FILE).exists()
+
+
+def test_an_out_of_range_environment_value_is_refused(isolated, monkeypatch):
+    monkeypatch.setenv(tuning.ENV, str(tuning.MAX_DISTANCE + 1))
+    with pytest.raises(SpecdecodeError, match=tuning.ENV):
+        tuning.tuned_prefetch_distance()

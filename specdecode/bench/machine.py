@@ -51,11 +51,11 @@ def kernel_summary() -> str:
 
 
 def kernel_prefetch() -> int | None:
-    """The integer kernels' prefetch distance in bytes on this machine (kernels/tuning.py: what
-    every quantized load sets), or None without the kernels."""
-    from ..kernels import tuned_prefetch_distance
+    """The integer kernels' prefetch distance in bytes that quantized loads use on this machine
+    (kernels/tuning.py; read, never measured here), or None without the kernels."""
+    from ..kernels.tuning import known_prefetch_distance
 
-    return tuned_prefetch_distance()
+    return known_prefetch_distance()
 
 
 def _ram_bytes() -> int | None:

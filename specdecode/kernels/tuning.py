@@ -4,11 +4,13 @@ Each integer kernel prefetches its weights `prefetch_distance` bytes ahead into 
 a 4-bit block's decode keeps the out-of-order window busy with arithmetic, so the hardware
 prefetcher alone keeps too few lines in flight. The best distance is the machine's, not the
 code's: 16 KB on a 2-core Xeon (16 -> 25.6 GB/s at m = 1), no difference between 0 and 32 KB on
-a Zen 3, 8 KB on a Zen 4 (the whole 1.5B GGUF model's T1 4-8% below 16 KB's, 4 KB 11-19% above).
-So the first quantized load on a machine times a few distances on a stream of weights far larger
-than any cache, in the formats and shapes a model has, and keeps the fastest in `tuning.json` beside the compiled kernels (keyed
-by CPU, kernel path and threads); later loads read it. `SPECDECODE_PREFETCH_DISTANCE=<bytes>`
-(0: none) sets it without measuring.
+a Zen 3, 8 KB on a Zen 4 (the whole 1.5B GGUF model's T1 3.6-8% below 16 KB's, 4 KB 11-19%
+above). So the first quantized load on a machine times a few distances on a stream of weights
+far larger than any cache, in the formats and shapes a model has, and keeps the fastest in
+`tuning.json` beside the compiled kernels (keyed by CPU, kernel path and threads; where that
+folder cannot be written, each process measures again); later loads read it.
+`SPECDECODE_PREFETCH_DISTANCE=<bytes>` (0: none) sets it without measuring. The scalar path does
+not prefetch: nothing is measured there.
 
 Only which distance is used changes, never a result: a prefetch moves no data the kernels read.
 """
@@ -21,6 +23,7 @@ import os
 import platform
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from ..errors import SpecdecodeError
 from .build import ISA_NAMES, active_isa, extension, kernel_cache_root
 
 ENV = "SPECDECODE_PREFETCH_DISTANCE"
+MAX_DISTANCE = 2**20  # bytes: far past any useful distance, and within the kernels' int
 DEFAULT = 16384  # the kernels' own default (skinny.h), kept unless another is clearly faster
 CANDIDATES = (8192, 12288, DEFAULT, 24576)  # bytes; below 8 KB a Zen 4 lost 11-58%
 CLEAR_GAIN = 0.02  # another distance replaces the default only when its median is 2% faster
@@ -123,10 +127,15 @@ def _read(path: Path) -> dict:
 
 
 def _write(path: Path, data: dict) -> None:
-    """Atomic: a concurrent reader sees the old file or the new one."""
+    """Atomic: a concurrent reader sees the old file or the new one (two processes measuring at
+    once: the last one's file stays, each holding a measured entry)."""
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _from_env() -> int | None:
@@ -137,15 +146,50 @@ def _from_env() -> int | None:
         value = int(raw)
     except ValueError:
         value = -1
-    if value < 0:
-        raise SpecdecodeError(f"{ENV} must be a number of bytes >= 0 (0: no software prefetch), got {raw!r}")
+    if not 0 <= value <= MAX_DISTANCE:
+        raise SpecdecodeError(f"{ENV} must be a number of bytes from 0 (no software prefetch) to {MAX_DISTANCE}, "
+                              f"got {raw!r}")
     return value
 
 
-@functools.cache
-def tuned_prefetch_distance() -> int | None:
+def _valid(distance: object) -> bool:
+    return type(distance) is int and 0 <= distance <= MAX_DISTANCE
+
+
+def _cached_entry(data: dict, key: str) -> int | None:
+    machines = data.get("machines")
+    entry = machines.get(key) if isinstance(machines, dict) else None
+    distance = entry.get("prefetch_distance") if isinstance(entry, dict) else None
+    return distance if _valid(distance) else None
+
+
+def known_prefetch_distance() -> int | None:
+    """The distance a quantized load on this machine uses, without measuring anything: the
+    environment's, else the one kept in tuning.json for this machine, else the kernels' current
+    setting; None without the kernels. For reports."""
+    ext = extension()
+    if ext is None:
+        return None
+    try:
+        forced = _from_env()
+    except SpecdecodeError:
+        forced = None  # the load that uses it says what is wrong
+    if forced is not None:
+        return forced
+    cached = _cached_entry(_read(kernel_cache_root() / FILE), machine_key())
+    return cached if cached is not None else int(ext.prefetch_distance())
+
+
+def tuned_prefetch_distance(measure_if_unknown: bool = True) -> int | None:
     """Sets the kernels' prefetch distance for this machine (measured once, then read from
-    tuning.json) and returns it; None without the kernels. Once per process."""
+    tuning.json) and returns it; None without the kernels. Once per process and thread count.
+    measure_if_unknown=False keeps the current setting where nothing is kept for this machine
+    (tensor-parallel ranks, which would time each other's streams)."""
+    return _tuned(torch.get_num_threads(), measure_if_unknown)
+
+
+@functools.cache
+def _tuned(threads: int, measure_if_unknown: bool) -> int | None:
     ext = extension()
     if ext is None:
         return None
@@ -153,20 +197,31 @@ def tuned_prefetch_distance() -> int | None:
     if forced is not None:
         ext.set_prefetch_distance(forced)
         return forced
+    if active_isa() < 1:
+        return int(ext.prefetch_distance())  # the scalar path does not prefetch
     path = kernel_cache_root() / FILE
-    data = _read(path)
     key = machine_key()
-    entry = data.get("machines", {}).get(key)
-    if not (isinstance(entry, dict) and isinstance(entry.get("prefetch_distance"), int)):
-        medians = measure()
-        entry = {"prefetch_distance": choose(medians),
-                 "medians_ms": {str(d): round(t * 1e3, 3) for d, t in medians.items()},
-                 "stream_mb": STREAM_MB}
-        data = _read(path) or {"version": VERSION, "machines": {}}
-        data.setdefault("machines", {})[key] = entry
+    distance = _cached_entry(_read(path), key)
+    if distance is None and not measure_if_unknown:
+        return int(ext.prefetch_distance())
+    if distance is None:
+        try:
+            medians = measure()
+        except (MemoryError, RuntimeError) as exc:  # no room for the stream: keep the default
+            warnings.warn(f"specdecode: could not measure the kernels' prefetch distance ({exc}); "
+                          f"using {DEFAULT} bytes", RuntimeWarning, stacklevel=2)
+            ext.set_prefetch_distance(DEFAULT)
+            return DEFAULT
+        distance = choose(medians)
+        data = _read(path)
+        if not isinstance(data.get("machines"), dict):
+            data = {"version": VERSION, "machines": {}}
+        data["machines"][key] = {"prefetch_distance": distance,
+                                 "medians_ms": {str(d): round(t * 1e3, 3) for d, t in medians.items()},
+                                 "stream_mb": STREAM_MB}
         try:
             _write(path, data)
         except OSError:
-            pass  # a read-only cache: measured again next time, used now all the same
-    ext.set_prefetch_distance(entry["prefetch_distance"])
-    return entry["prefetch_distance"]
+            pass  # a cache that cannot be written: measured again by the next process, used now
+    ext.set_prefetch_distance(distance)
+    return distance

@@ -25,7 +25,7 @@ def load_sharded(source: str, group: TPGroup, *, dtype: str | torch.dtype | None
     Transformer, whose forward runs the group's collectives: call it on every rank alike)."""
     from ..errors import SpecdecodeError
     from ..kernels import probe_row_invariance
-    from ..loader import Model, apply_load_options, resolve_dtype
+    from ..loader import Model, apply_load_options, resolve_dtype, tune_kernels
     from ..loading.tiny import TINY_NAMES, tiny_args, tiny_state_dict, tiny_tokenizer
     from ..quant import quantize_model
     from ..tokenizer import Tokenizer
@@ -53,6 +53,7 @@ def load_sharded(source: str, group: TPGroup, *, dtype: str | torch.dtype | None
         tokenizer = Tokenizer(ckpt.tokenizer, ckpt.eos_token_ids)
     lm = build_sharded(args, names, get, group, dt, dev, packed=packed)
     if quantize:
+        tune_kernels(dev, measure_if_unknown=False)  # ranks measuring at once would time each other
         # Not cached on disk as a single process's quantized model is: that cache holds whole models.
         quantize_model(lm, quantize, progress=group.leader)
     return Model(lm, tokenizer, source, dt, time.perf_counter() - t0, from_cache, quantize, probe_row_invariance(lm))

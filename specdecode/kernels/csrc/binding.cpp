@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <tuple>
@@ -144,7 +145,9 @@ const float* fp32_rows(const torch::Tensor& x, std::vector<float>& buf, torch::T
 template <class Body>
 void for_tiles(int64_t total, const Body& body) {
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), (total + 3) / 4);
-  if (steal_tiles <= 0 || threads <= 1 || at::in_parallel_region()) {
+  const int64_t chunk = steal_tiles;  // read once: a claim of 0 tiles would never end a share
+  TORCH_CHECK(total < (int64_t(1) << 31), "too many output tiles for one product: ", total);
+  if (chunk <= 0 || threads <= 1 || at::in_parallel_region()) {
     at::parallel_for(0, total, 4, body);
     return;
   }
@@ -163,7 +166,7 @@ void for_tiles(int64_t total, const Body& body) {
     for (;;) {
       const int64_t lo = int64_t(old & 0xFFFFFFFFu), hi = int64_t(old >> 32);
       if (lo >= hi) return false;
-      const int64_t n = std::min<int64_t>(steal_tiles, hi - lo);
+      const int64_t n = std::min(chunk, hi - lo);
       const uint64_t next = front ? uint64_t(hi) << 32 | uint64_t(lo + n) : uint64_t(hi - n) << 32 | uint64_t(lo);
       if (sh.v.compare_exchange_weak(old, next, std::memory_order_relaxed)) {
         *t0 = front ? lo : hi - n;
@@ -393,12 +396,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &skinny::linear, "y_l = x @ W_l.T (+ b_l) for layers (format, packed, scales, bias, N) sharing x");
   m.def("attend_chain", &skinny::attend_chain, "row-invariant attention of a chain of queries over a KV prefix");
   m.def("attend_tree", &skinny::attend_tree, "row-invariant attention of a tree of queries over a KV prefix");
-  m.def("set_prefetch_distance", [](int64_t bytes) { skinny::prefetch_distance = static_cast<int>(bytes); },
+  m.def("set_prefetch_distance",
+        [](int64_t bytes) { skinny::prefetch_distance = static_cast<int>(std::clamp<int64_t>(bytes, 0, 1 << 20)); },
         "bytes ahead the integer kernels prefetch their weights (0: none)");
   m.def("prefetch_distance", []() { return static_cast<int64_t>(skinny::prefetch_distance); });
   m.def("set_one_pass_rows", [](int64_t rows) { skinny::one_pass_rows = static_cast<int>(rows); },
         "Most rows the AVX2 kernels take in one pass over both halves of a tile (2: two passes past m = 2).");
-  m.def("set_steal_tiles", [](int64_t tiles) { skinny::steal_tiles = static_cast<int>(tiles); },
+  m.def("set_steal_tiles",
+        [](int64_t tiles) { skinny::steal_tiles = static_cast<int>(std::clamp<int64_t>(tiles, 0, 1 << 20)); },
         "threads done with their share of a product's tiles take the rest of the others' (default on)");
   m.def("steal_tiles", []() { return skinny::steal_tiles; });
   m.def("one_pass_rows", []() { return static_cast<int64_t>(skinny::one_pass_rows); });
