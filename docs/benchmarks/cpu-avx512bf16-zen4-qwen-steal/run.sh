@@ -17,3 +17,11 @@ OUT=docs/benchmarks/cpu-avx512bf16-zen4-qwen-steal
 .venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
   --methods target-int4,target-gguf,spec-int4-auto,spec-gguf-auto,llamacpp \
   --dataset humaneval --limit 10 -n 96 --threads 2 --out $OUT/humaneval "$@"
+# Issue 21's tokens per pass, trees against chains: HumanEval and the multi-turn coding
+# conversations (5 x 3 turns, 160 new tokens a turn, every method's prompt cache kept).
+.venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
+  --methods target-int4,spec-int4-auto,spec-int4-auto-tree \
+  --dataset humaneval --limit 10 -n 96 --threads 2 --out $OUT/humaneval-trees "$@"
+.venv/bin/specdecode bench --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \
+  --methods target-int4,spec-int4-auto,spec-int4-auto-tree \
+  --dataset code-chat --limit 5 -n 160 --threads 2 --out $OUT/code-chat-trees "$@"
