@@ -14,7 +14,7 @@ import torch
 
 from specdecode.kernels import GGUF_LINEARS, best_isa, build, gguf_pack, pack, project
 
-from test_kernels import ISAS, TOL, outputs_by_one_pass_rows, outputs_by_tile_split
+from test_kernels import ISAS, TOL, assert_same_bits_under_every_tile_split, outputs_by_one_pass_rows
 
 pytestmark = pytest.mark.usefixtures("kernels")
 TYPES = {f.name: t for t, f in gguf_pack.FORMATS.items()}
@@ -174,12 +174,8 @@ def test_layer_adds_bias_keeps_dtype_and_refuses_wrong_bytes():
 
 def test_threads_taking_each_others_tiles_give_the_same_bits():
     """A Q4_K q/k and a Q6_K v in one call (its tiles of different costs): the same bits whatever
-    split of the tiles between threads (test_kernels.outputs_by_tile_split)."""
+    split of the tiles between threads (test_kernels.assert_same_bits_under_every_tile_split)."""
     layers = [layer_for("Q4_K", 272, 512, seed=31)[0], layer_for("Q4_K", 48, 512, seed=32)[0],
               layer_for("Q6_K", 48, 512, seed=33)[0]]
     x = activations(6, 512, seed=34)
-    outs = outputs_by_tile_split(lambda: [project(x[:m], *layers) for m in (1, 6)])
-    first = outs[200]
-    for got in outs.values():
-        for a, b in zip(got, first):
-            assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert_same_bits_under_every_tile_split(lambda: [project(x[:m], *layers) for m in (1, 6)])

@@ -299,10 +299,11 @@ def test_tree_attention_gives_each_node_the_bits_of_a_chain_along_its_path(isa, 
         ext.attend_tree(q, keys, values, scale, torch.tensor([0] * T), isa)  # a node its own parent
 
 
-def outputs_by_tile_split(fn) -> dict[int, list[torch.Tensor]]:
-    """fn() under a static split of the tiles between threads (0) and with threads taking the
-    rest of each other's shares in chunks of 1, 3 and 8 tiles, on 2 and on 3 threads (3 on a
-    2-core machine: a thread left waiting for a core has its tiles taken); settings restored."""
+def assert_same_bits_under_every_tile_split(fn) -> None:
+    """fn() (a list of lists of tensors) gives the same bits under a static split of the tiles
+    between threads (0) and with threads taking the rest of each other's shares in chunks of 1, 3
+    and 8 tiles, on 2 and on 3 threads (3 on a 2-core machine: a thread left waiting for a core
+    has its tiles taken); settings restored."""
     ext = build.extension()
     before, threads = ext.steal_tiles(), torch.get_num_threads()
     outs = {}
@@ -316,7 +317,10 @@ def outputs_by_tile_split(fn) -> dict[int, list[torch.Tensor]]:
         ext.set_steal_tiles(before)
         torch.set_num_threads(threads)
     assert ext.steal_tiles() == before
-    return outs
+    first = outs[200]
+    for got in outs.values():
+        for a, b in zip(got, first):
+            assert all(torch.equal(u, v) for u, v in zip(a, b))
 
 
 @pytest.mark.parametrize("fmt", ["int4", "int8", "bf16"])
@@ -326,8 +330,4 @@ def test_threads_taking_each_others_tiles_give_the_same_bits(fmt):
     g = torch.Generator().manual_seed(21)
     layers = [make_layer(fmt, torch.randn(n, 512, generator=g) * 0.05) for n in (400, 48, 40)]
     x = torch.randn(5, 512, generator=g).to(torch.bfloat16)
-    outs = outputs_by_tile_split(lambda: [project(x[:m], *layers) for m in (1, 5)])
-    first = outs[200]
-    for got in outs.values():
-        for a, b in zip(got, first):
-            assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert_same_bits_under_every_tile_split(lambda: [project(x[:m], *layers) for m in (1, 5)])

@@ -20,11 +20,9 @@ from __future__ import annotations
 import functools
 import json
 import os
-import platform
 import statistics
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,18 +42,11 @@ VERSION = 1
 
 
 def machine_key() -> str:
-    """The CPU (its model name), the kernel path in use and the threads: what the best distance
-    depends on."""
-    name = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{name} | {ISA_NAMES[active_isa()]} | {torch.get_num_threads()} threads"
+    """The CPU (the cost model's signature: model name, cores, vector flags), the kernel path in
+    use and the threads: what the best distance depends on."""
+    from ..cost_model import cpu_signature
+
+    return f"{cpu_signature()} | {ISA_NAMES[active_isa()]} | {torch.get_num_threads()} threads"
 
 
 def choose(medians: dict[int, float]) -> int:
@@ -92,8 +83,7 @@ def _stream_layers() -> list[torch.nn.Module]:
     return layers
 
 
-def measure(candidates: tuple[int, ...] = CANDIDATES, rounds: int = ROUNDS,
-            clock: Callable[[], float] = time.perf_counter) -> dict[int, float]:
+def measure(candidates: tuple[int, ...] = CANDIDATES, rounds: int = ROUNDS) -> dict[int, float]:
     """Median seconds of one pass over the stream (one row, as a decode step) per distance,
     every distance timed once per round in an order that alternates; the setting is restored."""
     ext = extension()
@@ -108,11 +98,11 @@ def measure(candidates: tuple[int, ...] = CANDIDATES, rounds: int = ROUNDS,
             for r in range(rounds + 1):  # round 0 warms up and is dropped
                 for d in candidates if r % 2 else tuple(reversed(candidates)):
                     ext.set_prefetch_distance(d)
-                    t0 = clock()
+                    t0 = time.perf_counter()
                     for layer in layers:
                         layer(xs[layer.in_features])
                     if r:
-                        times[d].append(clock() - t0)
+                        times[d].append(time.perf_counter() - t0)
     finally:
         ext.set_prefetch_distance(before)
     return {d: statistics.median(v) for d, v in times.items()}
