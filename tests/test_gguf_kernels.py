@@ -52,10 +52,15 @@ def run(layer, x: torch.Tensor, isa: int) -> torch.Tensor:
     return build.extension().linear(x.float(), [(fmt, packed, scales, None, n)], isa, torch.float32)[0]
 
 
+def kernel_act(name: str, x: torch.Tensor, isa: int) -> torch.Tensor:
+    """The activations the kernels multiply by for this format, (m, K) float64: a scale per block
+    of 32, or per super-block of 256 for the K-quants."""
+    xq, sx, _ = build.extension().quantize_act(x.float().contiguous(), isa, gguf_pack.FORMATS[TYPES[name]].act_group)
+    return pack.dequantized_act(xq, sx)
+
+
 def reference(layer, x: torch.Tensor, isa: int) -> torch.Tensor:
-    W = layer.dequantized_weight().double()
-    xq, sx, _ = build.extension().quantize_act(x.float().contiguous(), isa)
-    return pack.dequantized_act(xq, sx) @ W.T
+    return kernel_act(layer.gguf.name, x, isa) @ layer.dequantized_weight().double().T
 
 
 def activations(m: int, K: int, seed: int = 1) -> torch.Tensor:
@@ -135,8 +140,7 @@ def test_row_invariant_at_real_model_shapes(name, shape):
         assert torch.equal(run(layer, x[i : i + 1], isa)[0], y[i])
     rows = torch.randint(0, N, (128,), generator=torch.Generator().manual_seed(7))
     W = layer.dequantized_weight()[rows].double()
-    xq, sx, _ = build.extension().quantize_act(x.float().contiguous(), isa)
-    ref = pack.dequantized_act(xq, sx) @ W.T
+    ref = kernel_act(name, x, isa) @ W.T
     assert float((y[:, rows].double() - ref).abs().max() / ref.abs().max()) <= TOL
 
 

@@ -173,6 +173,12 @@ def test_activation_quantization_matches_its_pytorch_statement(isa):
         assert torch.equal(a, b)
     xq, sx, sxs = got
     assert int(xq.abs().max()) == 127 and bool((sx[1, 0] == 0) & (sxs[1, 0] == 0))
+    # one scale per super-block of 256 (the K-quant kernels'): the 8 blocks share it
+    got = pack.act_rows(*build.extension().quantize_act(x.contiguous(), isa, 8))
+    for a, b in zip(got, pack.quantize_act_reference(x, group=8)):
+        assert torch.equal(a, b)
+    sx8 = got[1].reshape(12, -1, 8)
+    assert torch.equal(sx8, sx8[..., :1].expand_as(sx8)) and not torch.equal(got[1], sx)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -28,6 +28,11 @@ class GGUFFormat:
     file_bytes: int  # bytes per file block
     tile_bytes: int  # bytes per packed block of 16 columns (csrc/gguf.h)
 
+    @property
+    def act_group(self) -> int:
+        """Blocks of 32 that share one activation scale in the kernels: a K-quant's super-block, else 1."""
+        return self.block_k // BLOCK
+
     def packed_shape(self, out_features: int, in_features: int) -> tuple[int, int]:
         return (-(-out_features // TILE), in_features // self.block_k * self.tile_bytes)
 

@@ -193,8 +193,9 @@ class PackedInt4Linear(PackedLinear):
 
 
 class PackedGGUFLinear(PackedLinear):
-    """A GGUF tensor's own blocks (Q4_K, Q6_K, Q5_0, Q4_0, Q8_0) x int8 activations per block of 32:
-    the file's quantized values and scales, bit for bit, repacked into tiles (gguf_pack.py).
+    """A GGUF tensor's own blocks (Q4_K, Q6_K, Q5_0, Q4_0, Q8_0) x int8 activations (a scale per block
+    of 32, per super-block of 256 for the K-quants as in llama.cpp): the file's quantized values and
+    scales, bit for bit, repacked into tiles (gguf_pack.py).
 
     One subclass per block format (GGUF_LINEARS), so that the quantized-model cache can name a
     layer's layout by its `mode` alone.

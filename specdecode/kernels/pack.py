@@ -117,11 +117,13 @@ def dequantized_act(xq: torch.Tensor, sx: torch.Tensor) -> torch.Tensor:
     return (xq.double() * sx.double()[..., None]).permute(1, 0, 2).reshape(m, nb * BLOCK)
 
 
-def quantize_act_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """What the C++ quantize_act computes, in PyTorch, row-major: x (m, K) float32 -> xq int8, sx, sxs (m, K/32)."""
+def quantize_act_reference(x: torch.Tensor, group: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the C++ quantize_act computes, in PyTorch, row-major: x (m, K) float32 -> xq int8, sx, sxs (m, K/32),
+    one scale per `group` consecutive blocks of 32 (8: the K-quants' super-blocks of 256)."""
     m, K = x.shape
     xb = x.float().reshape(m, K // BLOCK, BLOCK)
-    amax = xb.abs().amax(-1)  # (m, K/32)
+    amax = xb.reshape(m, K // (BLOCK * group), BLOCK * group).abs().amax(-1)  # (m, K/(32 group))
+    amax = amax.repeat_interleave(group, dim=1)  # (m, K/32)
     sx = amax / 127.0
     inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
     xq = torch.round(xb * inv[..., None]).clamp(-127, 127)

@@ -38,30 +38,29 @@ void check_isa(int64_t isa) {
   TORCH_CHECK(isa >= kScalar && isa <= best_isa(), "kernel path ", isa, " is not supported by this CPU");
 }
 
-// x (m, K) float32 -> xq (K/32, m, 32) int8, sx and sxs (K/32, m) into the given buffers, threaded
-// over (row, block) pairs.
-void quantize_into(const float* xp, int64_t m, int64_t K, int64_t isa, int8_t* qp, float* sp, float* ssp) {
+// x (m, K) float32 -> xq (K/32, m, 32) int8, sx and sxs (K/32, m) into the given buffers, one scale
+// per `group` blocks of a row, threaded over (row, block) pairs.
+void quantize_into(const float* xp, int64_t m, int64_t K, int64_t isa, int8_t* qp, float* sp, float* ssp, int group) {
   auto f = isa == kAvx512 ? quantize_avx512 : isa == kAvx2 ? quantize_avx2 : quantize_scalar;
-  at::parallel_for(0, m * (K / kBlock), 512, [&](int64_t r0, int64_t r1) { f(xp, m, K, r0, r1, qp, sp, ssp); });
+  at::parallel_for(0, m * (K / kBlock), 512, [&](int64_t r0, int64_t r1) { f(xp, m, K, r0, r1, qp, sp, ssp, group); });
 }
 
 // x (m, K) float32 -> xq (K/32, m, 32) int8, sx and sxs (K/32, m): x ~ sx * xq per row and block
-// of 32, sxs = sx * sum(xq); block-major (see QuantAct). Every ISA path gives the same bits.
-std::vector<torch::Tensor> quantize_act_isa(torch::Tensor x, int64_t isa) {
+// of 32 (one scale per `group` blocks: 1, or 8 as the K-quant kernels take them), sxs = sx *
+// sum(xq); block-major (see QuantAct). Every ISA path gives the same bits.
+std::vector<torch::Tensor> quantize_act(torch::Tensor x, int64_t isa, int64_t group) {
+  check_isa(isa);
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.is_contiguous(), "x must be (m, K) float32");
+  TORCH_CHECK(group == 1 || group == kActGroupK, "group must be 1 or ", kActGroupK);
   const int64_t m = x.size(0), K = x.size(1);
-  TORCH_CHECK(K % kBlock == 0, "K must be a multiple of 32");
+  TORCH_CHECK(K % (kBlock * group) == 0, "K must be a multiple of ", kBlock * group);
   const int64_t nb = K / kBlock;
   auto xq = torch::empty({nb, m, kBlock}, x.options().dtype(torch::kInt8));
   auto sx = torch::empty({nb, m}, x.options());
   auto sxs = torch::empty({nb, m}, x.options());
-  quantize_into(x.data_ptr<float>(), m, K, isa, xq.data_ptr<int8_t>(), sx.data_ptr<float>(), sxs.data_ptr<float>());
+  quantize_into(x.data_ptr<float>(), m, K, isa, xq.data_ptr<int8_t>(), sx.data_ptr<float>(), sxs.data_ptr<float>(),
+                static_cast<int>(group));
   return {xq, sx, sxs};
-}
-
-std::vector<torch::Tensor> quantize_act(torch::Tensor x, int64_t isa) {
-  check_isa(isa);
-  return quantize_act_isa(x, isa);
 }
 
 // kernels/linear.py's FORMAT_CODES. The integer formats (int8, int4 and the GGUF blocks) share
@@ -110,15 +109,46 @@ void check_layer(const LayerSpec& l, int64_t first_fmt, int64_t K) {
 // fp32 results that are rounded to bf16): kept per thread and reused, where allocating them as
 // tensors cost ~25 allocations a decoder layer (~0.5 ms of a 1.5B model's decode step).
 struct LinearScratch {
-  std::vector<float> xf, sx, sxs, y;
-  std::vector<int8_t> xq;
-  std::vector<int32_t> xs16;
+  std::vector<float> xf, y;
+  struct Act {  // one quantization of the activations (QuantAct's buffers)
+    std::vector<float> sx, sxs;
+    std::vector<int8_t> xq;
+    std::vector<int32_t> xs16, xpairs;
+  } block, super;  // a scale per block of 32 / per super-block of 256 (the K-quants)
 };
 
 template <typename V>
 typename V::value_type* sized(V& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(n);
   return v.data();
+}
+
+// x (m, K) quantized into `buf` with one scale per `group` blocks; for the K-quants (group 8) also
+// each half block's and each pair of blocks' sums of xq (exact integers, gguf.h).
+QuantAct quantize_scratch(const float* xp, int64_t m, int64_t K, int64_t isa, int group, LinearScratch::Act& buf) {
+  const int64_t nb = K / kBlock;
+  int8_t* qp = sized(buf.xq, nb * m * kBlock);
+  float* sp = sized(buf.sx, nb * m);
+  float* ssp = sized(buf.sxs, nb * m);
+  quantize_into(xp, m, K, isa, qp, sp, ssp, group);
+  QuantAct act{qp, sp, ssp, m};
+  if (group == 1) return act;
+  int32_t* hs = sized(buf.xs16, nb * m * 2);  // (nb, m, 2): the two halves of 16
+  for (int64_t i = 0; i < nb * m * 2; ++i) {
+    int32_t sum = 0;
+    for (int64_t j = 0; j < kBlock / 2; ++j) sum += qp[i * (kBlock / 2) + j];
+    hs[i] = sum;
+  }
+  int32_t* pairs = sized(buf.xpairs, nb / 2 * m);  // (nb / 2, m): blocks 2p, 2p + 1 as int16 (low, high)
+  for (int64_t p = 0; p < nb / 2; ++p)
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t lo = (2 * p * m + i) * 2, hi = ((2 * p + 1) * m + i) * 2;
+      const uint32_t a = uint16_t(int16_t(hs[lo] + hs[lo + 1])), b = uint16_t(int16_t(hs[hi] + hs[hi + 1]));
+      pairs[p * m + i] = int32_t(a | (b << 16));
+    }
+  act.xs16 = hs;
+  act.xpairs = pairs;
+  return act;
 }
 
 // x (m, K) as contiguous fp32: x itself, or converted into `buf` (bf16: exact).
@@ -197,10 +227,11 @@ std::vector<torch::Tensor> linear(const torch::Tensor& x, const std::vector<Laye
   TORCH_CHECK(x.dim() == 2 && !layers.empty(), "x must be (m, K) and at least one layer given");
   const int64_t m = x.size(0), K = x.size(1), nb = K / kBlock, fmt = std::get<0>(layers[0]);
   TORCH_CHECK(fmt == kF32 || fmt == kBf16 ? K % 2 == 0 : K % kBlock == 0, "K does not fit the format");
-  bool half_sums = false;  // Q6_K reads sum(xq) per half block
+  bool per_block = false, per_super = false;  // which activation quantizations the layers read
   for (const auto& l : layers) {
     check_layer(l, fmt, K);
-    half_sums = half_sums || std::get<0>(l) == kQ6K;
+    per_block = per_block || (integer_format(std::get<0>(l)) && !k_quant(std::get<0>(l)));
+    per_super = per_super || k_quant(std::get<0>(l));
   }
   thread_local LinearScratch scratch;
   torch::Tensor xa, xf, keep;  // the activations in the kernel's type
@@ -209,23 +240,11 @@ std::vector<torch::Tensor> linear(const torch::Tensor& x, const std::vector<Laye
     xa = x.to(torch::kBFloat16).contiguous();
     if (isa != kAvx512) xf = xa.to(torch::kFloat32);  // the FMA paths read fp32 activations (exact)
   }
-  QuantAct act{nullptr, nullptr, nullptr, m, nullptr};
+  QuantAct act{nullptr, nullptr, nullptr, m}, act_super{nullptr, nullptr, nullptr, m};
   if (integer_format(fmt)) {
     const float* xp = fp32_rows(x, scratch.xf, keep);
-    int8_t* qp = sized(scratch.xq, nb * m * kBlock);
-    float* sp = sized(scratch.sx, nb * m);
-    float* ssp = sized(scratch.sxs, nb * m);
-    quantize_into(xp, m, K, isa, qp, sp, ssp);
-    act = QuantAct{qp, sp, ssp, m, nullptr};
-    if (half_sums) {  // (nb, m, 2) sums of each half block's 16 int8 values (exact)
-      int32_t* hs = sized(scratch.xs16, nb * m * 2);
-      for (int64_t i = 0; i < nb * m * 2; ++i) {
-        int32_t sum = 0;
-        for (int64_t j = 0; j < kBlock / 2; ++j) sum += qp[i * (kBlock / 2) + j];
-        hs[i] = sum;
-      }
-      act.xs16 = hs;
-    }
+    if (per_block) act = quantize_scratch(xp, m, K, isa, 1, scratch.block);
+    if (per_super) act_super = quantize_scratch(xp, m, K, isa, kActGroupK, scratch.super);
   }
   // bf16 outputs are finished inside the parallel region: each thread adds the bias to the fp32
   // columns it just computed and rounds them (c10::BFloat16: round to nearest even, as
@@ -268,8 +287,8 @@ std::vector<torch::Tensor> linear(const torch::Tensor& x, const std::vector<Laye
       f(reinterpret_cast<const uint16_t*>(xa.data_ptr()) + r0 * K, xf.defined() ? xf.data_ptr<float>() + r0 * K : nullptr,
         rows, K, static_cast<const uint16_t*>(w), t0, t1, y, N, N);
     } else {
-      const QuantAct a = act.rows_from(r0);
       const int64_t lf = std::get<0>(l);
+      const QuantAct a = (k_quant(lf) ? act_super : act).rows_from(r0);
       using GgufKernel = void (*)(const QuantAct&, int64_t, int64_t, const uint8_t*, int64_t, int64_t, float*, int64_t, int64_t);
       GgufKernel g = nullptr;
       switch (lf) {
@@ -392,7 +411,9 @@ torch::Tensor attend(torch::Tensor q, torch::Tensor k, torch::Tensor v, double s
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("best_isa", &skinny::best_isa, "0 scalar, 1 AVX2+FMA, 2 AVX-512 with VNNI and BF16");
-  m.def("quantize_act", &skinny::quantize_act, "per-row, per-32 block int8 activation quantization (block-major)");
+  m.def("quantize_act", &skinny::quantize_act, "per-row int8 activation quantization in blocks of 32 (block-major), "
+        "one scale per `group` blocks (1, or 8: the K-quants' super-blocks)",
+        pybind11::arg("x"), pybind11::arg("isa"), pybind11::arg("group") = 1);
   m.def("linear", &skinny::linear, "y_l = x @ W_l.T (+ b_l) for layers (format, packed, scales, bias, N) sharing x");
   m.def("attend_chain", &skinny::attend_chain, "row-invariant attention of a chain of queries over a KV prefix");
   m.def("attend_tree", &skinny::attend_tree, "row-invariant attention of a tree of queries over a KV prefix");

@@ -1,19 +1,26 @@
 // GGUF block formats run as shipped: Q4_K, Q6_K, Q8_0, Q5_0 and Q4_0 weights, repacked at load
 // (kernels/gguf_pack.py) into tiles of 16 output columns, every quantized value and scale kept
-// bit for bit. Activations are the skinny kernels' (int8 per row and block of 32, skinny.h), so
-// every output is a fixed-order fp32 sum over K whatever m is: row-invariant by construction,
-// and the same bits on the scalar, AVX2 and AVX-512 paths (integer block sums are exact; the
-// float steps below are the same operations in the same order on every path).
+// bit for bit. Activations are the skinny kernels' int8 (skinny.h): one scale per row and block
+// of 32 for the 32-block formats, one per row and super-block of 256 for the K-quants (as
+// llama.cpp's Q8_K), so that a super-block's scaled sums stay integers. Every output is a
+// fixed-order fp32 sum over K whatever m is: row-invariant by construction, and the same bits on
+// the scalar, AVX2 and AVX-512 paths (integer sums are exact; the float steps below are the same
+// operations in the same order on every path).
 //
 // Per 32-block b of a column and row i (sx, sxs: the activation's scale and scale * sum(xq)):
-//   Q4_K: w = d*sc_j*q - dmin*m_j, q 0..15   acc = fma(float(S), (d*sc_j)*sx, acc); acc = fma((-dmin)*m_j, sxs, acc)
 //   Q5_0: w = d*(q - 16), q 0..31            acc = fma(float(S), d*sx, acc);        acc = fma(d*-16, sxs, acc)
 //   Q4_0: w = d*(q - 8),  q 0..15            acc = fma(float(S), d*sx, acc);        acc = fma(d*-8, sxs, acc)
 //   Q8_0: w = d*q, q -128..127 (signed)      acc = fma(float(S), d*sx, acc)
-//   Q6_K: w = d*sc_h*(q - 32), q 0..63, a scale per 16 values (halves A, B of the block):
-//         I = scA*(SA - 32*XA) + scB*(SB - 32*XB) in int32 (X: sum of xq over the half)
+// Per super-block g (blocks j = 0..7) of a column and row i (sx: the row's scale for g):
+//   Q4_K: w = d*sc_j*q - dmin*m_j, q 0..15, sc_j and m_j 0..63:
+//         P = sum_j sc_j*S_j and M = sum_j m_j*X_j in int32 (X_j: sum of xq over block j)
+//                                            acc = fma(float(P), d*sx, acc);        acc = fma(float(M), (-dmin)*sx, acc)
+//   Q6_K: w = d*sc_h*(q - 32), q 0..63, a scale per 16 values (halves A, B of each block):
+//         I = sum_j scA_j*(SA_j - 32*XA_j) + scB_j*(SB_j - 32*XB_j) in int32 (X: sum of xq over the half)
 //                                            acc = fma(float(I), d*sx, acc)
-// with S = sum(q * xq) over the block (or half). d, dmin are the file's fp16 values.
+// with S = sum(q * xq) over the block (or half). d, dmin are the file's fp16 values. Bounds:
+// |P| <= 8 * 63 * 32 * 15 * 127 < 2^25, |M| <= 8 * 63 * 32 * 127 < 2^21, |I| <= 16 * 128 * 16 * 32 * 127 < 2^28
+// (float(P), float(I) round past 2^24 the same way on every path).
 //
 // Tile layouts (T tiles of 16 columns; per tile, K/256 super-blocks or K/32 blocks, contiguous):
 //   a nibble block (256 bytes) holds 32 k x 16 columns: byte (j*64 + c*4 + r) holds value

@@ -21,67 +21,75 @@ inline __m256i pack_epi16(__m256i lo, __m256i hi) {
   return _mm256_or_si256(_mm256_and_si256(lo, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(hi, 16));
 }
 
-// Each format: Super (what a super-block shares: its fp16 factors, read once), nibble_block (where
-// block j's 256 nibble bytes start) and scale_offset (its per-column scale and offset, gguf.h).
-struct Q4K {
-  static constexpr int kK = kSuperK, kBytes = kQ4KBytes;
-  struct Super {
-    __m256 d, ndmin;  // ndmin: the file's dmin with its sign flipped at packing (exact)
-    Super(const uint8_t* sb, int h) : d(load_f16x8(sb + 2304 + 16 * h)), ndmin(load_f16x8(sb + 2336 + 16 * h)) {}
-  };
-  static const uint8_t* nibble_block(const uint8_t* sb, int j) { return sb + j * 256; }
-  static void scale_offset(const Super& c, const uint8_t* sb, int j, int h, __m256* s, __m256* o) {
-    *s = _mm256_mul_ps(c.d, _mm256_cvtepi32_ps(load_u8x8_epi32(sb + 2048 + j * 16 + 8 * h)));
-    *o = _mm256_mul_ps(c.ndmin, _mm256_cvtepi32_ps(load_u8x8_epi32(sb + 2176 + j * 16 + 8 * h)));
-  }
-};
-
-struct NoSuper {
-  NoSuper(const uint8_t*, int) {}
-};
-
+// The scale and offset (per column, gguf.h) of a 32-block format's block, for half h of the tile.
 struct Q5_0 {
-  static constexpr int kK = kBlock, kBytes = kQ5_0Bytes;
-  using Super = NoSuper;
-  static void scale_offset(const Super&, const uint8_t* blk, int, int h, __m256* s, __m256* o) {
+  static void scale_offset(const uint8_t* blk, int h, __m256* s, __m256* o) {
     *s = load_f16x8(blk + 320 + 16 * h);
     *o = _mm256_mul_ps(*s, _mm256_set1_ps(-16.f));
   }
 };
 
 struct Q4_0 {
-  static constexpr int kK = kBlock, kBytes = kQ4_0Bytes;
-  static const uint8_t* nibble_block(const uint8_t* blk, int) { return blk; }
-  using Super = NoSuper;
-  static void scale_offset(const Super&, const uint8_t* blk, int, int h, __m256* s, __m256* o) {
+  static void scale_offset(const uint8_t* blk, int h, __m256* s, __m256* o) {
     *s = load_f16x8(blk + 256 + 16 * h);
     *o = _mm256_mul_ps(*s, _mm256_set1_ps(-8.f));
   }
 };
 
-// Formats whose values fit 4 bits (Q4_K, Q4_0): a block's products per row summed in int16 by
-// nibble_block_sums (avx2_tiles.h, int4's too), then widened by one vpmaddwd.
-template <class Block, int MB>
-void nibble_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0,
-                 int64_t n_valid) {
-  constexpr int kSub = Block::kK / kBlock;
-  const __m256i ones = _mm256_set1_epi16(1);
-  for_block_halves<MB, __m256, 4>(K / Block::kK, [&](int64_t g, int h, __m256* acc) SKINNY_INLINE {
-    const uint8_t* sb = wt + g * Block::kBytes;
-    const typename Block::Super c(sb, h);
-    for (int j = 0; j < kSub; ++j) {
+// Q4_K with a scale per row and super-block (gguf.h): a block's products per row summed in int16 by
+// nibble_block_sums (avx2_tiles.h), widened and multiplied by the block's scale in one vpmaddwd
+// (the scale twice per lane) and summed in int32 over the super-block; the offsets' sum_j m_j *
+// X_j is four vpmaddwd of (m_2p, m_2p+1) pairs with the row's pairs of block sums; then two float
+// steps per 256 values.
+template <int MB>
+void q4k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
+  for_block_halves<MB, __m256, 4>(K / kSuperK, [&](int64_t g, int h, __m256* acc) SKINNY_INLINE {
+    const uint8_t* sb = wt + g * kQ4KBytes;
+    __m256i scaled[MB];
+    for (int i = 0; i < MB; ++i) scaled[i] = _mm256_setzero_si256();
+    for (int j = 0; j < 8; ++j) {
       // h = 1 reads from cache; the prefetches spread over the blocks, a few lines each
-      if (h == 0) prefetch_ahead(sb + j * (Block::kBytes / kSub), Block::kBytes / kSub);
-      const int64_t b = g * kSub + j;
+      if (h == 0) prefetch_ahead(sb + j * (kQ4KBytes / 8), kQ4KBytes / 8);
       __m256i s16[MB];
-      nibble_block_sums<MB>(Block::nibble_block(sb, j), h, a, b, s16);
-      __m256 s, o;
-      Block::scale_offset(c, sb, j, h, &s, &o);
+      nibble_block_sums<MB>(sb + j * 256, h, a, g * 8 + j, s16);
+      const __m256i sc = load_u8x8_epi32(sb + 2048 + j * 16 + 8 * h), sc16 = pack_epi16(sc, sc);
       for (int i = 0; i < MB; ++i) {
-        const __m256 scale = _mm256_mul_ps(s, _mm256_set1_ps(a.scale(b, i)));
-        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s16[i], ones)), scale, acc[i]);
-        acc[i] = _mm256_fmadd_ps(o, _mm256_set1_ps(a.scaled_sum(b, i)), acc[i]);
+        scaled[i] = _mm256_add_epi32(scaled[i], _mm256_madd_epi16(s16[i], sc16));
+        SKINNY_KEEP(scaled[i]);
       }
+    }
+    __m256i mins[4];  // lane c: (m_2p, m_2p+1) of column c as two int16
+    for (int p = 0; p < 4; ++p)
+      mins[p] = pack_epi16(load_u8x8_epi32(sb + 2176 + 2 * p * 16 + 8 * h),
+                           load_u8x8_epi32(sb + 2176 + (2 * p + 1) * 16 + 8 * h));
+    const __m256 d = load_f16x8(sb + 2304 + 16 * h), ndmin = load_f16x8(sb + 2336 + 16 * h);
+    for (int i = 0; i < MB; ++i) {
+      __m256i offsets = _mm256_setzero_si256();
+      for (int p = 0; p < 4; ++p)
+        offsets = _mm256_add_epi32(offsets, _mm256_madd_epi16(mins[p], _mm256_set1_epi32(a.pair_sums(g * 4 + p, i))));
+      const __m256 sx = _mm256_set1_ps(a.scale(g * 8, i));
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(scaled[i]), _mm256_mul_ps(d, sx), acc[i]);
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(offsets), _mm256_mul_ps(ndmin, sx), acc[i]);
+    }
+  }, [&](int h, __m256* acc) SKINNY_INLINE { store_half(acc, MB, h, y, ldy, col0, n_valid); });
+}
+
+// Q4_0 (values fit 4 bits): a block's products per row summed in int16 by nibble_block_sums
+// (avx2_tiles.h, int4's too), then widened by one vpmaddwd.
+template <int MB>
+void q4_0_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  for_block_halves<MB, __m256, 4>(K / kBlock, [&](int64_t b, int h, __m256* acc) SKINNY_INLINE {
+    const uint8_t* blk = wt + b * kQ4_0Bytes;
+    if (h == 0) prefetch_ahead(blk, kQ4_0Bytes);  // h = 1 reads from cache
+    __m256i s16[MB];
+    nibble_block_sums<MB>(blk, h, a, b, s16);
+    __m256 s, o;
+    Q4_0::scale_offset(blk, h, &s, &o);
+    for (int i = 0; i < MB; ++i) {
+      const __m256 scale = _mm256_mul_ps(s, _mm256_set1_ps(a.scale(b, i)));
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s16[i], ones)), scale, acc[i]);
+      acc[i] = _mm256_fmadd_ps(o, _mm256_set1_ps(a.scaled_sum(b, i)), acc[i]);
     }
   }, [&](int h, __m256* acc) SKINNY_INLINE { store_half(acc, MB, h, y, ldy, col0, n_valid); });
 }
@@ -107,7 +115,7 @@ inline __m256i q5_bit4_high(__m256i hb, int r) {  // (hb >> r) & 0x10
   }
 }
 
-// Q5_0 a register pair at a time, as nibble_rows: values <= 31, so a product is <= 2 * 31 * 127 =
+// Q5_0 a register pair at a time, as q4_0_rows: values <= 31, so a product is <= 2 * 31 * 127 =
 // 7874 and two j-steps' four products add in int16 (31496) before a vpmaddwd widens them.
 template <int MB>
 void q5_0_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
@@ -138,7 +146,7 @@ void q5_0_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_
       }
     }
     __m256 s, o;
-    Q5_0::scale_offset(NoSuper(blk, h), blk, 0, h, &s, &o);
+    Q5_0::scale_offset(blk, h, &s, &o);
     for (int i = 0; i < MB; ++i) {
       const __m256 scale = _mm256_mul_ps(s, _mm256_set1_ps(a.scale(b, i)));
       acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[i]), scale, acc[i]);
@@ -156,6 +164,8 @@ void q6k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t
   for_block_halves<MB, __m256, 4>(K / kSuperK, [&](int64_t g, int h, __m256* acc) SKINNY_INLINE {
     const uint8_t* sb = wt + g * kQ6KBytes;
     const __m256 d = load_f16x8(sb + 3328 + 16 * h);
+    __m256i I[MB];  // the super-block's scaled sums per row (|I| < 2^28)
+    for (int i = 0; i < MB; ++i) I[i] = _mm256_setzero_si256();
     for (int j = 0; j < 8; ++j) {
       if (h == 0) prefetch_ahead(sb + j * (kQ6KBytes / 8), kQ6KBytes / 8);  // h = 1 reads from cache
       const int64_t b = g * 8 + j;
@@ -167,8 +177,6 @@ void q6k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t
       const __m256i sca16 = pack_epi16(sca, sca), scb16 = pack_epi16(scb, scb);
       // (32 scA, 32 scB): |32 sc| <= 4096 fits int16, so the offset term is one vpmaddwd per row
       const __m256i scab32 = pack_epi16(_mm256_slli_epi32(sca, 5), _mm256_slli_epi32(scb, 5));
-      __m256i I[MB];
-      for (int i = 0; i < MB; ++i) I[i] = _mm256_setzero_si256();
       for (int jp = 0; jp < 4; jp += 2) {
         const __m256i v0 = _mm256_loadu_si256((const __m256i*)(blk + jp * 64 + h * 32));
         const __m256i v1 = _mm256_loadu_si256((const __m256i*)(blk + (jp + 1) * 64 + h * 32));
@@ -196,10 +204,12 @@ void q6k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t
         // I = scA*SA + scB*SB - 32*(scA*XA + scB*XB): the bracket is one vpmaddwd of (32 scA, 32 scB)
         // with the row's half sums (XA, XB) as int16 (|X| <= 16 * 127).
         const uint32_t xab = uint32_t(uint16_t(a.half_sum(b, i, 0))) | (uint32_t(a.half_sum(b, i, 1)) << 16);
-        const __m256i Ii = _mm256_sub_epi32(I[i], _mm256_madd_epi16(scab32, _mm256_set1_epi32(int32_t(xab))));
-        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(Ii), _mm256_mul_ps(d, _mm256_set1_ps(a.scale(b, i))), acc[i]);
+        I[i] = _mm256_sub_epi32(I[i], _mm256_madd_epi16(scab32, _mm256_set1_epi32(int32_t(xab))));
+        SKINNY_KEEP(I[i]);
       }
     }
+    for (int i = 0; i < MB; ++i)
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I[i]), _mm256_mul_ps(d, _mm256_set1_ps(a.scale(g * 8, i))), acc[i]);
   }, [&](int h, __m256* acc) SKINNY_INLINE { store_half(acc, MB, h, y, ldy, col0, n_valid); });
 }
 
@@ -239,7 +249,7 @@ void q8_0_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_
 
 void q4k_avx2(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
               int64_t ldy, int64_t n_valid) {
-#define CALL(MB) nibble_rows<Q4K, MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
+#define CALL(MB) q4k_rows<MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
   GGUF_TILES(CALL, K / kSuperK * kQ4KBytes)
 #undef CALL
 }
@@ -253,7 +263,7 @@ void q5_0_avx2(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_
 
 void q4_0_avx2(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
                int64_t ldy, int64_t n_valid) {
-#define CALL(MB) nibble_rows<Q4_0, MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
+#define CALL(MB) q4_0_rows<MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
   GGUF_TILES(CALL, K / kBlock * kQ4_0Bytes)
 #undef CALL
 }

@@ -56,28 +56,11 @@ inline void block_sums(const __m512i* R, const int8_t* xb, __m512i* s0, __m512i*
   }
 }
 
-// Each format: Super (what a super-block shares: its fp16 factors, read once), decode (a block's
-// 8 registers) and scale_offset (its per-column scale and offset, gguf.h).
-struct Q4K {
-  static constexpr int kK = kSuperK, kBytes = kQ4KBytes;
-  struct Super {
-    __m512 d, ndmin;  // ndmin: the file's dmin with its sign flipped at packing (exact)
-    explicit Super(const uint8_t* sb) : d(load_f16x16(sb + 2304)), ndmin(load_f16x16(sb + 2336)) {}
-  };
-  static void decode(const uint8_t* sb, int j, __m512i* R) { nibbles(sb + j * 256, R); }
-  static void scale_offset(const Super& c, const uint8_t* sb, int j, __m512* s, __m512* o) {
-    *s = _mm512_mul_ps(c.d, load_u8x16(sb + 2048 + j * 16));
-    *o = _mm512_mul_ps(c.ndmin, load_u8x16(sb + 2176 + j * 16));
-  }
-};
-
-struct NoSuper {
-  explicit NoSuper(const uint8_t*) {}
-};
-
+// The formats with one scale and offset per block of 32: decode (a block's 8 registers) and
+// scale_offset (its per-column scale and offset, gguf.h).
 struct Q5_0 {
-  static constexpr int kK = kBlock, kBytes = kQ5_0Bytes;
-  static void decode(const uint8_t* blk, int, __m512i* R) {
+  static constexpr int kBytes = kQ5_0Bytes;
+  static void decode(const uint8_t* blk, __m512i* R) {
     nibbles(blk, R);
     const __m512i h = _mm512_loadu_si512(blk + 256), bit4 = _mm512_set1_epi8(0x10);
     R[0] = or_masked(R[0], _mm512_slli_epi16(h, 4), bit4);
@@ -89,18 +72,16 @@ struct Q5_0 {
     R[6] = or_masked(R[6], _mm512_srli_epi16(h, 2), bit4);
     R[7] = or_masked(R[7], _mm512_srli_epi16(h, 3), bit4);
   }
-  using Super = NoSuper;
-  static void scale_offset(const Super&, const uint8_t* blk, int, __m512* s, __m512* o) {
+  static void scale_offset(const uint8_t* blk, __m512* s, __m512* o) {
     *s = load_f16x16(blk + 320);
     *o = _mm512_mul_ps(*s, _mm512_set1_ps(-16.f));
   }
 };
 
 struct Q4_0 {
-  static constexpr int kK = kBlock, kBytes = kQ4_0Bytes;
-  static void decode(const uint8_t* blk, int, __m512i* R) { nibbles(blk, R); }
-  using Super = NoSuper;
-  static void scale_offset(const Super&, const uint8_t* blk, int, __m512* s, __m512* o) {
+  static constexpr int kBytes = kQ4_0Bytes;
+  static void decode(const uint8_t* blk, __m512i* R) { nibbles(blk, R); }
+  static void scale_offset(const uint8_t* blk, __m512* s, __m512* o) {
     *s = load_f16x16(blk + 256);
     *o = _mm512_mul_ps(*s, _mm512_set1_ps(-8.f));
   }
@@ -109,24 +90,58 @@ struct Q4_0 {
 template <class Block, int MB>
 void affine_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0,
                  int64_t n_valid) {
-  constexpr int kSub = Block::kK / kBlock;
   __m512 acc[MB];
   for (int i = 0; i < MB; ++i) acc[i] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < K / Block::kK; ++g) {
-    const uint8_t* sb = wt + g * Block::kBytes;
-    const typename Block::Super c(sb);
-    for (int j = 0; j < kSub; ++j) {
-      const int64_t b = g * kSub + j;
-      prefetch_ahead(sb + j * (Block::kBytes / kSub), Block::kBytes / kSub);
+  for (int64_t b = 0; b < K / kBlock; ++b) {
+    const uint8_t* blk = wt + b * Block::kBytes;
+    prefetch_ahead(blk, Block::kBytes);
+    __m512i R[8];
+    __m512 s, o;
+    Block::decode(blk, R);
+    Block::scale_offset(blk, &s, &o);
+    for (int i = 0; i < MB; ++i) {
+      const __m512 scale = _mm512_mul_ps(s, _mm512_set1_ps(a.scale(b, i)));
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(block_sum(R, a.x(b, i))), scale, acc[i]);
+      acc[i] = _mm512_fmadd_ps(o, _mm512_set1_ps(a.scaled_sum(b, i)), acc[i]);
+    }
+  }
+  store_rows(acc, MB, y, ldy, col0, n_valid);
+}
+
+// Q4_K with a scale per row and super-block (gguf.h): per row, the super-block's scaled sums
+// sc_j * S_j in int32 (vpmulld), the offsets' sum_j m_j * X_j as four vpdpwssd of (m_2p, m_2p+1)
+// pairs with the row's pairs of block sums; then two float steps per 256 values.
+template <int MB>
+void q4k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
+  __m512 acc[MB];
+  for (int i = 0; i < MB; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < K / kSuperK; ++g) {
+    const uint8_t* sb = wt + g * kQ4KBytes;
+    __m512i scaled[MB];
+    for (int i = 0; i < MB; ++i) scaled[i] = _mm512_setzero_si512();
+    for (int j = 0; j < 8; ++j) {
+      prefetch_ahead(sb + j * (kQ4KBytes / 8), kQ4KBytes / 8);
       __m512i R[8];
-      __m512 s, o;
-      Block::decode(sb, j, R);
-      Block::scale_offset(c, sb, j, &s, &o);
+      nibbles(sb + j * 256, R);
+      const __m512i sc = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(sb + 2048 + j * 16)));
       for (int i = 0; i < MB; ++i) {
-        const __m512 scale = _mm512_mul_ps(s, _mm512_set1_ps(a.scale(b, i)));
-        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(block_sum(R, a.x(b, i))), scale, acc[i]);
-        acc[i] = _mm512_fmadd_ps(o, _mm512_set1_ps(a.scaled_sum(b, i)), acc[i]);
+        const int8_t* xb = a.x(g * 8 + j, i);
+        scaled[i] = _mm512_add_epi32(scaled[i], _mm512_mullo_epi32(block_sum(R, xb), sc));
       }
+    }
+    __m512i mins[4];  // lane c: (m_2p, m_2p+1) of column c as two int16
+    for (int p = 0; p < 4; ++p) {
+      const __m512i lo = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(sb + 2176 + 2 * p * 16)));
+      const __m512i hi = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(sb + 2176 + (2 * p + 1) * 16)));
+      mins[p] = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+    }
+    const __m512 d = load_f16x16(sb + 2304), ndmin = load_f16x16(sb + 2336);
+    for (int i = 0; i < MB; ++i) {
+      __m512i offsets = _mm512_setzero_si512();
+      for (int p = 0; p < 4; ++p) offsets = _mm512_dpwssd_epi32(offsets, mins[p], _mm512_set1_epi32(a.pair_sums(g * 4 + p, i)));
+      const __m512 sx = _mm512_set1_ps(a.scale(g * 8, i));
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(scaled[i]), _mm512_mul_ps(d, sx), acc[i]);
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(offsets), _mm512_mul_ps(ndmin, sx), acc[i]);
     }
   }
   store_rows(acc, MB, y, ldy, col0, n_valid);
@@ -140,6 +155,8 @@ void q6k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t
   for (int64_t g = 0; g < K / kSuperK; ++g) {
     const uint8_t* sb = wt + g * kQ6KBytes;
     const __m512 d = load_f16x16(sb + 3328);
+    __m512i I[MB];  // the super-block's scaled sums per row (|I| < 2^28)
+    for (int i = 0; i < MB; ++i) I[i] = _mm512_setzero_si512();
     for (int j = 0; j < 8; ++j) {
       const int64_t b = g * 8 + j;
       const uint8_t* blk = sb + j * 384;
@@ -161,10 +178,11 @@ void q6k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t
         block_sums(R, a.x(b, i), &s0, &s1);
         const __m512i ia = _mm512_sub_epi32(s0, _mm512_set1_epi32(32 * a.half_sum(b, i, 0)));
         const __m512i ib = _mm512_sub_epi32(s1, _mm512_set1_epi32(32 * a.half_sum(b, i, 1)));
-        const __m512i I = _mm512_add_epi32(_mm512_mullo_epi32(sca, ia), _mm512_mullo_epi32(scb, ib));
-        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(d, _mm512_set1_ps(a.scale(b, i))), acc[i]);
+        I[i] = _mm512_add_epi32(I[i], _mm512_add_epi32(_mm512_mullo_epi32(sca, ia), _mm512_mullo_epi32(scb, ib)));
       }
     }
+    for (int i = 0; i < MB; ++i)
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I[i]), _mm512_mul_ps(d, _mm512_set1_ps(a.scale(g * 8, i))), acc[i]);
   }
   store_rows(acc, MB, y, ldy, col0, n_valid);
 }
@@ -207,7 +225,7 @@ void q8_0_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_
 
 void q4k_avx512(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
                 int64_t ldy, int64_t n_valid) {
-#define CALL(MB) affine_rows<Q4K, MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
+#define CALL(MB) q4k_rows<MB>(a.rows_from(i0), K, wt, y + i0 * ldy, ldy, t * kTile, n_valid)
   GGUF_TILES(CALL, K / kSuperK * kQ4KBytes)
 #undef CALL
 }

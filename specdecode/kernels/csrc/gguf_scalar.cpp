@@ -53,15 +53,6 @@ void affine_tiles(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int
   }
 }
 
-struct Q4K {
-  static constexpr int kK = kSuperK, kBytes = kQ4KBytes;
-  static int32_t value(const uint8_t* sb, int j, int c, int k) { return nibble(sb + j * 256, c, k); }
-  static void scale_offset(const uint8_t* sb, int j, int c, float* s, float* o) {
-    *s = f16_at(sb + 2304, c) * float(sb[2048 + j * 16 + c]);
-    *o = f16_at(sb + 2336, c) * float(sb[2176 + j * 16 + c]);  // -dmin: sign flipped at packing
-  }
-};
-
 struct Q5_0 {
   static constexpr int kK = kBlock, kBytes = kQ5_0Bytes;
   static int32_t value(const uint8_t* blk, int, int c, int k) {
@@ -84,9 +75,33 @@ struct Q4_0 {
 
 }  // namespace
 
+// Q4_K with a scale per row and super-block (gguf.h): the scales' products and the offsets' sums in
+// int32 over the super-block, then two float steps.
 void q4k_scalar(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
                 int64_t ldy, int64_t n_valid) {
-  affine_tiles<Q4K>(a, m, K, w, t0, t1, y, ldy, n_valid);
+  const int64_t nsb = K / kSuperK, per_tile = nsb * kQ4KBytes;
+  for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t i = 0; i < m; ++i) {
+      float acc[kTile] = {0};
+      for (int64_t g = 0; g < nsb; ++g) {
+        const uint8_t* sb = w + t * per_tile + g * kQ4KBytes;
+        const float sx = a.scale(g * 8, i);
+        for (int c = 0; c < kTile; ++c) {
+          int32_t scaled = 0, offsets = 0;
+          for (int j = 0; j < 8; ++j) {
+            const int8_t* xb = a.x(g * 8 + j, i);
+            int32_t s = 0;
+            for (int k = 0; k < kBlock; ++k) s += nibble(sb + j * 256, c, k) * int32_t(xb[k]);
+            scaled += int32_t(sb[2048 + j * 16 + c]) * s;
+            offsets += int32_t(sb[2176 + j * 16 + c]) * a.block_sum(g * 8 + j, i);
+          }
+          acc[c] = std::fma(float(scaled), f16_at(sb + 2304, c) * sx, acc[c]);
+          acc[c] = std::fma(float(offsets), f16_at(sb + 2336, c) * sx, acc[c]);  // -dmin: sign flipped at packing
+        }
+      }
+      store_tile_row(acc, y + i * ldy, t * kTile, n_valid);
+    }
+  }
 }
 
 void q5_0_scalar(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
@@ -107,13 +122,13 @@ void q6k_scalar(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64
       float acc[kTile] = {0};
       for (int64_t g = 0; g < nsb; ++g) {
         const uint8_t* sb = w + t * per_tile + g * kQ6KBytes;
-        for (int j = 0; j < 8; ++j) {
-          const int64_t b = g * 8 + j;
-          const uint8_t* blk = sb + j * 384;
-          const int8_t* xb = a.x(b, i);
-          const int32_t xa = a.half_sum(b, i, 0), xbsum = a.half_sum(b, i, 1);
-          const float sx = a.scale(b, i);
-          for (int c = 0; c < kTile; ++c) {
+        const float sx = a.scale(g * 8, i);
+        for (int c = 0; c < kTile; ++c) {
+          int32_t I = 0;  // the super-block's scaled sums (|I| < 2^28)
+          for (int j = 0; j < 8; ++j) {
+            const int64_t b = g * 8 + j;
+            const uint8_t* blk = sb + j * 384;
+            const int8_t* xb = a.x(b, i);
             int32_t s[2] = {0, 0};
             for (int k = 0; k < kBlock; ++k) {
               const int reg = reg_of(k);
@@ -121,9 +136,9 @@ void q6k_scalar(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64
               s[k / 16] += (nibble(blk, c, k) | (hi << 4)) * int32_t(xb[k]);
             }
             const int32_t sca = int8_t(sb[3072 + (2 * j) * 16 + c]), scb = int8_t(sb[3072 + (2 * j + 1) * 16 + c]);
-            const int32_t I = sca * (s[0] - 32 * xa) + scb * (s[1] - 32 * xbsum);
-            acc[c] = std::fma(float(I), f16_at(sb + 3328, c) * sx, acc[c]);
+            I += sca * (s[0] - 32 * a.half_sum(b, i, 0)) + scb * (s[1] - 32 * a.half_sum(b, i, 1));
           }
+          acc[c] = std::fma(float(I), f16_at(sb + 3328, c) * sx, acc[c]);
         }
       }
       store_tile_row(acc, y + i * ldy, t * kTile, n_valid);

@@ -28,20 +28,32 @@ constexpr int kInt8BlockBytes = 512;
 
 // Activations quantized per row and per block of 32: x ~ sx * xq; sxs = sx * sum(xq). Stored
 // block-major (all rows of block b together), so a pass over K reads them in order whatever m is.
+// The K-quant kernels (gguf.h) take them with one scale per row and super-block of 256 instead
+// (kActGroupK: the 8 blocks of a super-block share sx, as llama.cpp's Q8_K activations do), which
+// lets them sum a super-block's scaled products in int32 and leave the floats to once per 256.
 struct QuantAct {
   const int8_t* xq;  // [K/32][ld][32]
   const float* sx;   // [K/32][ld]
   const float* sxs;  // [K/32][ld]
   int64_t ld;        // rows per block (the m of the whole call)
-  const int32_t* xs16 = nullptr;  // [K/32][ld][2]: sum(xq) of each half of 16 (only where Q6_K needs it)
+  const int32_t* xs16 = nullptr;  // [K/32][ld][2]: sum(xq) of each half of 16 (only where K-quants need it)
+  // [K/64][ld]: the sums of blocks 2p and 2p + 1 as two int16 (low, high; |sum| <= 32 * 127), for
+  // Q4_K's offsets as vpmaddwd / vpdpwssd operands (only with super-block scales)
+  const int32_t* xpairs = nullptr;
   const int8_t* x(int64_t b, int64_t i) const { return xq + (b * ld + i) * 32; }
   float scale(int64_t b, int64_t i) const { return sx[b * ld + i]; }
   float scaled_sum(int64_t b, int64_t i) const { return sxs[b * ld + i]; }
   int32_t half_sum(int64_t b, int64_t i, int h) const { return xs16[(b * ld + i) * 2 + h]; }
+  int32_t block_sum(int64_t b, int64_t i) const { return half_sum(b, i, 0) + half_sum(b, i, 1); }
+  int32_t pair_sums(int64_t p, int64_t i) const { return xpairs[p * ld + i]; }
   QuantAct rows_from(int64_t i0) const {
-    return QuantAct{xq + i0 * 32, sx + i0, sxs + i0, ld, xs16 ? xs16 + i0 * 2 : nullptr};
+    return QuantAct{xq + i0 * 32, sx + i0, sxs + i0, ld, xs16 ? xs16 + i0 * 2 : nullptr, xpairs ? xpairs + i0 : nullptr};
   }
 };
+
+// Blocks of 32 that share one activation scale: 1 for int8, int4 and the 32-block GGUF formats,
+// kActGroupK for the K-quants (a super-block of 256).
+constexpr int kActGroupK = 8;
 
 // Every kernel computes tiles [t0, t1) for all m rows into y[m][ldy] (columns < n_valid only).
 #define SKINNY_DECLARE(isa)                                                                        \
@@ -54,9 +66,12 @@ struct QuantAct {
   void int4_##isa(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, \
                   float* y, int64_t ldy, int64_t n_valid);
 
-// Quantizes x (m, K) float32 for flattened (row, block) indices [r0, r1), r = i * K/32 + b.
-#define SKINNY_DECLARE_QUANT(isa) \
-  void quantize_##isa(const float* x, int64_t m, int64_t K, int64_t r0, int64_t r1, int8_t* xq, float* sx, float* sxs);
+// Quantizes x (m, K) float32 for flattened (row, block) indices [r0, r1), r = i * K/32 + b, with
+// one scale per `group` consecutive blocks of a row (amax over the group's 32 * group values;
+// K a multiple of 32 * group).
+#define SKINNY_DECLARE_QUANT(isa)                                                                     \
+  void quantize_##isa(const float* x, int64_t m, int64_t K, int64_t r0, int64_t r1, int8_t* xq, float* sx, \
+                      float* sxs, int group);
 SKINNY_DECLARE_QUANT(scalar)
 SKINNY_DECLARE_QUANT(avx2)
 SKINNY_DECLARE_QUANT(avx512)

@@ -159,17 +159,17 @@ void int4_avx2(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_
 void attend_rows_avx2(const ChainAttention& a, int64_t r0, int64_t r1) { attend_rows_impl(a, r0, r1); }
 
 
-void quantize_avx2(const float* x, int64_t m, int64_t K, int64_t r0, int64_t r1, int8_t* xq, float* sx, float* sxs) {
+void quantize_avx2(const float* x, int64_t m, int64_t K, int64_t r0, int64_t r1, int8_t* xq, float* sx, float* sxs,
+                   int group) {
   const int64_t nb = K / kBlock;
   const __m256 sign = _mm256_set1_ps(-0.f), lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t i = r / nb, b = r % nb, o = b * m + i;
     const float* v = x + i * K + b * kBlock;
+    const float* gv = x + i * K + (b - b % group) * kBlock;  // the group's first value
     __m256 vv[4], mx = _mm256_setzero_ps();
-    for (int c = 0; c < 4; ++c) {
-      vv[c] = _mm256_loadu_ps(v + 8 * c);
-      mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, vv[c]));
-    }
+    for (int c = 0; c < 4; ++c) vv[c] = _mm256_loadu_ps(v + 8 * c);
+    for (int c = 0; c < 4 * group; ++c) mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_loadu_ps(gv + 8 * c)));
     alignas(32) float m8[8];
     _mm256_store_ps(m8, mx);
     float amax = 0.f;

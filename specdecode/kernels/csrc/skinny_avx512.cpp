@@ -163,14 +163,18 @@ void int4_avx512(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int6
 void attend_rows_avx512(const ChainAttention& a, int64_t r0, int64_t r1) { attend_rows_impl(a, r0, r1); }
 
 
-void quantize_avx512(const float* x, int64_t m, int64_t K, int64_t r0, int64_t r1, int8_t* xq, float* sx, float* sxs) {
+void quantize_avx512(const float* x, int64_t m, int64_t K, int64_t r0, int64_t r1, int8_t* xq, float* sx, float* sxs,
+                     int group) {
   const int64_t nb = K / kBlock;
   const __m512 lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t i = r / nb, b = r % nb, o = b * m + i;
     const float* v = x + i * K + b * kBlock;
+    const float* gv = x + i * K + (b - b % group) * kBlock;  // the group's first value
     const __m512 v0 = _mm512_loadu_ps(v), v1 = _mm512_loadu_ps(v + 16);
-    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    __m512 mx = _mm512_setzero_ps();
+    for (int c = 0; c < 2 * group; ++c) mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(gv + 16 * c)));
+    const float amax = _mm512_reduce_max_ps(mx);
     const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
     const int rn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     const __m512i q0 = _mm512_cvtps_epi32(_mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_roundscale_ps(_mm512_mul_ps(v0, inv), rn))));

@@ -100,13 +100,15 @@ void attend_rows_scalar(const ChainAttention& a, int64_t r0, int64_t r1) { atten
 
 // The reference statement of activation quantization; the SIMD versions give the same bits
 // (max and integer sums are exact, the scale is computed the same way, rounding is to nearest even).
-void quantize_scalar(const float* x, int64_t m, int64_t K, int64_t r0, int64_t r1, int8_t* xq, float* sx, float* sxs) {
+void quantize_scalar(const float* x, int64_t m, int64_t K, int64_t r0, int64_t r1, int8_t* xq, float* sx, float* sxs,
+                     int group) {
   const int64_t nb = K / kBlock;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t i = r / nb, b = r % nb, o = b * m + i;
     const float* v = x + i * K + b * kBlock;
-    float amax = 0.f;
-    for (int k = 0; k < kBlock; ++k) amax = std::fmax(amax, std::fabs(v[k]));
+    const float* gv = x + i * K + (b - b % group) * kBlock;  // the group's first value
+    float amax = 0.f;  // a max: the same in any order, so every path gets the same scale
+    for (int k = 0; k < kBlock * group; ++k) amax = std::fmax(amax, std::fabs(gv[k]));
     const float inv = amax > 0.f ? 127.f / amax : 0.f;
     int32_t sum = 0;
     for (int k = 0; k < kBlock; ++k) {
