@@ -63,8 +63,9 @@ std::vector<torch::Tensor> quantize_act(torch::Tensor x, int64_t isa, int64_t gr
   return {xq, sx, sxs};
 }
 
-// kernels/linear.py's FORMAT_CODES. The integer formats (int8, int4 and the GGUF blocks) share
-// one activation quantization, so layers of different integer formats can share a call.
+// kernels/linear.py's FORMAT_CODES. The integer formats (int8, int4 and the GGUF blocks) take int8
+// activations, so layers of different integer formats can share a call: it quantizes x once per
+// kind its layers read (a scale per block of 32; per super-block of 256 for the K-quants).
 enum Format : int64_t { kF32 = 0, kBf16 = 1, kInt8 = 2, kInt4 = 3, kQ4K = 4, kQ6K = 5, kQ5_0 = 6, kQ4_0 = 7, kQ8_0 = 8 };
 
 bool integer_format(int64_t fmt) { return fmt >= kInt8 && fmt <= kQ8_0; }
@@ -113,7 +114,7 @@ struct LinearScratch {
   struct Act {  // one quantization of the activations (QuantAct's buffers)
     std::vector<float> sx, sxs;
     std::vector<int8_t> xq;
-    std::vector<int32_t> xs16, xpairs;
+    std::vector<int32_t> xs16, xpairs, xhalves;
   } block, super;  // a scale per block of 32 / per super-block of 256 (the K-quants)
 };
 
@@ -124,7 +125,7 @@ typename V::value_type* sized(V& v, int64_t n) {
 }
 
 // x (m, K) quantized into `buf` with one scale per `group` blocks; for the K-quants (group 8) also
-// each half block's and each pair of blocks' sums of xq (exact integers, gguf.h).
+// each half block's and each pair of blocks' sums of xq, also as int16 pairs (exact integers, gguf.h).
 QuantAct quantize_scratch(const float* xp, int64_t m, int64_t K, int64_t isa, int group, LinearScratch::Act& buf) {
   const int64_t nb = K / kBlock;
   int8_t* qp = sized(buf.xq, nb * m * kBlock);
@@ -134,10 +135,12 @@ QuantAct quantize_scratch(const float* xp, int64_t m, int64_t K, int64_t isa, in
   QuantAct act{qp, sp, ssp, m};
   if (group == 1) return act;
   int32_t* hs = sized(buf.xs16, nb * m * 2);  // (nb, m, 2): the two halves of 16
+  int32_t* halves = sized(buf.xhalves, nb * m);  // (nb, m): the same two as int16 (low, high)
   for (int64_t i = 0; i < nb * m * 2; ++i) {
     int32_t sum = 0;
     for (int64_t j = 0; j < kBlock / 2; ++j) sum += qp[i * (kBlock / 2) + j];
     hs[i] = sum;
+    if (i % 2) halves[i / 2] = int32_t(uint32_t(uint16_t(int16_t(hs[i - 1]))) | (uint32_t(uint16_t(int16_t(sum))) << 16));
   }
   int32_t* pairs = sized(buf.xpairs, nb / 2 * m);  // (nb / 2, m): blocks 2p, 2p + 1 as int16 (low, high)
   for (int64_t p = 0; p < nb / 2; ++p)
@@ -148,6 +151,7 @@ QuantAct quantize_scratch(const float* xp, int64_t m, int64_t K, int64_t isa, in
     }
   act.xs16 = hs;
   act.xpairs = pairs;
+  act.xhalves = halves;
   return act;
 }
 
@@ -225,7 +229,7 @@ std::vector<torch::Tensor> linear(const torch::Tensor& x, const std::vector<Laye
                                   c10::ScalarType out_dtype) {
   check_isa(isa);
   TORCH_CHECK(x.dim() == 2 && !layers.empty(), "x must be (m, K) and at least one layer given");
-  const int64_t m = x.size(0), K = x.size(1), nb = K / kBlock, fmt = std::get<0>(layers[0]);
+  const int64_t m = x.size(0), K = x.size(1), fmt = std::get<0>(layers[0]);
   TORCH_CHECK(fmt == kF32 || fmt == kBf16 ? K % 2 == 0 : K % kBlock == 0, "K does not fit the format");
   bool per_block = false, per_super = false;  // which activation quantizations the layers read
   for (const auto& l : layers) {

@@ -203,8 +203,7 @@ void q6k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t
       for (int i = 0; i < MB; ++i) {
         // I = scA*SA + scB*SB - 32*(scA*XA + scB*XB): the bracket is one vpmaddwd of (32 scA, 32 scB)
         // with the row's half sums (XA, XB) as int16 (|X| <= 16 * 127).
-        const uint32_t xab = uint32_t(uint16_t(a.half_sum(b, i, 0))) | (uint32_t(a.half_sum(b, i, 1)) << 16);
-        I[i] = _mm256_sub_epi32(I[i], _mm256_madd_epi16(scab32, _mm256_set1_epi32(int32_t(xab))));
+        I[i] = _mm256_sub_epi32(I[i], _mm256_madd_epi16(scab32, _mm256_set1_epi32(a.half_pair(b, i))));
         SKINNY_KEEP(I[i]);
       }
     }

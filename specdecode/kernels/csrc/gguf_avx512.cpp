@@ -173,12 +173,16 @@ void q6k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t
       }
       const __m512i sca = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(sb + 3072 + 2 * j * 16)));
       const __m512i scb = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(sb + 3072 + (2 * j + 1) * 16)));
+      // (-32 scA, -32 scB) as two int16 per lane (|32 sc| <= 4096): the offset term
+      // -32 (scA XA + scB XB) is one vpdpwssd with the row's half sums (XA, XB) as int16
+      const __m512i scab32 = _mm512_or_si512(_mm512_and_si512(_mm512_slli_epi32(sca, 5), _mm512_set1_epi32(0xFFFF)),
+                                             _mm512_slli_epi32(scb, 21));
+      const __m512i nscab32 = _mm512_sub_epi16(_mm512_setzero_si512(), scab32);
       for (int i = 0; i < MB; ++i) {
         __m512i s0, s1;
         block_sums(R, a.x(b, i), &s0, &s1);
-        const __m512i ia = _mm512_sub_epi32(s0, _mm512_set1_epi32(32 * a.half_sum(b, i, 0)));
-        const __m512i ib = _mm512_sub_epi32(s1, _mm512_set1_epi32(32 * a.half_sum(b, i, 1)));
-        I[i] = _mm512_add_epi32(I[i], _mm512_add_epi32(_mm512_mullo_epi32(sca, ia), _mm512_mullo_epi32(scb, ib)));
+        I[i] = _mm512_add_epi32(I[i], _mm512_add_epi32(_mm512_mullo_epi32(sca, s0), _mm512_mullo_epi32(scb, s1)));
+        I[i] = _mm512_dpwssd_epi32(I[i], nscab32, _mm512_set1_epi32(a.half_pair(b, i)));
       }
     }
     for (int i = 0; i < MB; ++i)

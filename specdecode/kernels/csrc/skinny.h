@@ -40,14 +40,18 @@ struct QuantAct {
   // [K/64][ld]: the sums of blocks 2p and 2p + 1 as two int16 (low, high; |sum| <= 32 * 127), for
   // Q4_K's offsets as vpmaddwd / vpdpwssd operands (only with super-block scales)
   const int32_t* xpairs = nullptr;
+  // [K/32][ld]: the two half sums of a block as two int16 (low, high), Q6_K's (the same condition)
+  const int32_t* xhalves = nullptr;
   const int8_t* x(int64_t b, int64_t i) const { return xq + (b * ld + i) * 32; }
   float scale(int64_t b, int64_t i) const { return sx[b * ld + i]; }
   float scaled_sum(int64_t b, int64_t i) const { return sxs[b * ld + i]; }
   int32_t half_sum(int64_t b, int64_t i, int h) const { return xs16[(b * ld + i) * 2 + h]; }
   int32_t block_sum(int64_t b, int64_t i) const { return half_sum(b, i, 0) + half_sum(b, i, 1); }
   int32_t pair_sums(int64_t p, int64_t i) const { return xpairs[p * ld + i]; }
+  int32_t half_pair(int64_t b, int64_t i) const { return xhalves[b * ld + i]; }
   QuantAct rows_from(int64_t i0) const {
-    return QuantAct{xq + i0 * 32, sx + i0, sxs + i0, ld, xs16 ? xs16 + i0 * 2 : nullptr, xpairs ? xpairs + i0 : nullptr};
+    return QuantAct{xq + i0 * 32, sx + i0, sxs + i0, ld, xs16 ? xs16 + i0 * 2 : nullptr, xpairs ? xpairs + i0 : nullptr,
+                    xhalves ? xhalves + i0 : nullptr};
   }
 };
 
