@@ -106,11 +106,41 @@ def test_every_path_gives_the_same_bits(name):
     if best_isa() < 1:
         pytest.skip("only the scalar path runs here")
     layer, _ = layer_for(name, 48, 1024, seed=3)
-    for m in (1, 2, 3, 4, 11):  # the SIMD paths' row blocks (one pass over both halves, or a pass per half)
+    # every row block of the SIMD paths (AVX2: one pass over both halves or a pass per half;
+    # AVX-512: up to 8 rows), and past 32 rows a second chunk of the call (rows_from)
+    for m in (1, 2, 3, 4, 5, 6, 7, 11, 35):
         x = activations(m, 1024, seed=4 + m)
         outs = [run(layer, x, isa) for isa in range(best_isa() + 1)]
         for other in outs[1:]:
             assert torch.equal(outs[0], other)
+
+
+@pytest.mark.parametrize("name", ["Q4_K", "Q6_K"])
+def test_k_quant_sums_at_their_largest_give_the_same_bits_on_every_path(name):
+    """Every weight and scale at its extreme and every activation at 127: a super-block's int32
+    sums pass 2^24 (float() of them rounds) and reach their bounds (csrc/gguf.h); every path gives
+    the same bits, close to float64."""
+    N, K = 32, 512
+    fmt = gguf_pack.FORMATS[TYPES[name]]
+    raw = torch.full((N, K // fmt.block_k, fmt.file_bytes), 0xFF, dtype=torch.uint8)
+    if name == "Q4_K":  # d, dmin (fp16): small; scales and mins all 63, values all 15
+        raw[..., 0:2] = torch.tensor([1e-3], dtype=torch.float16).view(torch.uint8)
+        raw[..., 2:4] = torch.tensor([1e-3], dtype=torch.float16).view(torch.uint8)
+    else:  # values all 63; scales -128 in half the rows, 127 in the rest; d small
+        raw[..., 192:208] = 0x80
+        raw[N // 2 :, :, 192:208] = 0x7F
+        raw[..., 208:210] = torch.tensor([1e-3], dtype=torch.float16).view(torch.uint8)
+    layer = GGUF_LINEARS[TYPES[name]](raw.reshape(N, -1), N, K, None, torch.float32)
+    x = torch.ones(3, K)
+    x[1] = -1.0
+    x[2, ::2] = -1.0
+    isas = list(range(best_isa() + 1))
+    outs = [run(layer, x, isa) for isa in isas]
+    for other in outs[1:]:
+        assert torch.equal(outs[0], other)
+    ref = reference(layer, x, isas[-1])
+    assert float(ref.abs().max()) > 0
+    assert float((outs[0].double() - ref).abs().max() / ref.abs().max()) <= TOL
 
 
 @pytest.mark.parametrize("name", NAMES)

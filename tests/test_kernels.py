@@ -173,12 +173,15 @@ def test_activation_quantization_matches_its_pytorch_statement(isa):
         assert torch.equal(a, b)
     xq, sx, sxs = got
     assert int(xq.abs().max()) == 127 and bool((sx[1, 0] == 0) & (sxs[1, 0] == 0))
-    # one scale per super-block of 256 (the K-quant kernels'): the 8 blocks share it
+    # one scale per super-block of 256 (the K-quant kernels'): the 8 blocks share it; an all-zero
+    # super-block gets a zero scale
+    x[5, 256:512] = 0.0
     got = pack.act_rows(*build.extension().quantize_act(x.contiguous(), isa, 8))
     for a, b in zip(got, pack.quantize_act_reference(x, group=8)):
         assert torch.equal(a, b)
     sx8 = got[1].reshape(12, -1, 8)
     assert torch.equal(sx8, sx8[..., :1].expand_as(sx8)) and not torch.equal(got[1], sx)
+    assert bool((got[1][5, 8:16] == 0).all() & (got[0][5, 256:512] == 0).all())
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -23,8 +23,8 @@ inline float f16_at(const uint8_t* p, int c) {
   return f16_to_f32(h);
 }
 
-// Shared loop of the formats with one scale and offset per 32-block: Block::sums gives S per
-// column, Block::scale_offset the (scale, offset) of gguf.h.
+// Shared loop of the formats with one scale and offset per 32-block (Q5_0, Q4_0): Block::value
+// gives a weight's integer value, Block::scale_offset the (scale, offset) of gguf.h.
 template <class Block>
 void affine_tiles(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
                   int64_t ldy, int64_t n_valid) {

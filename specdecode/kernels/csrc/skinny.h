@@ -4,8 +4,8 @@
 // SIMD lanes are output columns, so no horizontal reduction is ever needed and every
 // output y[i, n] is a sequential fp32 accumulation over K whose operations do not depend on m
 // or on the other rows: row-invariant by construction. The integer formats take activations
-// quantized per row in blocks of 32 (symmetric int8, one fp32 scale per block); integer block
-// sums are exact, and the float steps are the same on every ISA path, so the scalar, AVX2 and
+// quantized per row in blocks of 32 (symmetric int8, one fp32 scale per block; per super-block of
+// 256 for the GGUF K-quants, gguf.h); integer block sums are exact, and the float steps are the same on every ISA path, so the scalar, AVX2 and
 // AVX-512 paths give bit-identical results. The bf16 path on AVX-512-BF16 uses vdpbf16ps,
 // whose rounding differs from the FMA paths: it is row-invariant, not bit-equal to them.
 //
