@@ -184,6 +184,14 @@ def test_activation_quantization_matches_its_pytorch_statement(isa):
     assert bool((got[1][5, 8:16] == 0).all() & (got[0][5, 256:512] == 0).all())
 
 
+def test_activation_quantization_refuses_groups_it_does_not_have():
+    x = torch.randn(2, 288)
+    with pytest.raises(RuntimeError, match="group must be 1 or 8"):
+        build.extension().quantize_act(x, build.active_isa(), 3)
+    with pytest.raises(RuntimeError, match="multiple of 256"):  # 9 blocks: no whole super-block
+        build.extension().quantize_act(x, build.active_isa(), 8)
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_pack_round_trips(fmt):
     w, _ = random_case(50, 96, 1, seed=6)
