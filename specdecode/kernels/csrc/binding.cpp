@@ -114,6 +114,7 @@ struct LinearScratch {
   struct Act {  // one quantization of the activations (QuantAct's buffers)
     std::vector<float> sx, sxs;
     std::vector<int8_t> xq;
+    std::vector<uint8_t> xu;
     std::vector<int32_t> xs16, xpairs, xhalves;
   } block, super;  // a scale per block of 32 / per super-block of 256 (the K-quants)
 };
@@ -126,13 +127,20 @@ typename V::value_type* sized(V& v, int64_t n) {
 
 // x (m, K) quantized into `buf` with one scale per `group` blocks; for the K-quants (group 8) also
 // each half block's and each pair of blocks' sums of xq, also as int16 pairs (exact integers, gguf.h).
-QuantAct quantize_scratch(const float* xp, int64_t m, int64_t K, int64_t isa, int group, LinearScratch::Act& buf) {
+// With `biased`, also xq + 128 as unsigned bytes (the AVX-512 int8 and Q8_0 kernels' operand).
+QuantAct quantize_scratch(const float* xp, int64_t m, int64_t K, int64_t isa, int group, bool biased,
+                          LinearScratch::Act& buf) {
   const int64_t nb = K / kBlock;
   int8_t* qp = sized(buf.xq, nb * m * kBlock);
   float* sp = sized(buf.sx, nb * m);
   float* ssp = sized(buf.sxs, nb * m);
   quantize_into(xp, m, K, isa, qp, sp, ssp, group);
   QuantAct act{qp, sp, ssp, m};
+  if (biased) {
+    uint8_t* up = sized(buf.xu, nb * m * kBlock);
+    for (int64_t i = 0; i < nb * m * kBlock; ++i) up[i] = uint8_t(qp[i]) ^ 0x80;
+    act.xu = up;
+  }
   if (group == 1) return act;
   int32_t* hs = sized(buf.xs16, nb * m * 2);  // (nb, m, 2): the two halves of 16
   int32_t* halves = sized(buf.xhalves, nb * m);  // (nb, m): the same two as int16 (low, high)
@@ -231,11 +239,12 @@ std::vector<torch::Tensor> linear(const torch::Tensor& x, const std::vector<Laye
   TORCH_CHECK(x.dim() == 2 && !layers.empty(), "x must be (m, K) and at least one layer given");
   const int64_t m = x.size(0), K = x.size(1), fmt = std::get<0>(layers[0]);
   TORCH_CHECK(fmt == kF32 || fmt == kBf16 ? K % 2 == 0 : K % kBlock == 0, "K does not fit the format");
-  bool per_block = false, per_super = false;  // which activation quantizations the layers read
+  bool per_block = false, per_super = false, biased = false;  // which activations the layers read
   for (const auto& l : layers) {
     check_layer(l, fmt, K);
     per_block = per_block || (integer_format(std::get<0>(l)) && !k_quant(std::get<0>(l)));
     per_super = per_super || k_quant(std::get<0>(l));
+    biased = biased || std::get<0>(l) == kInt8 || std::get<0>(l) == kQ8_0;
   }
   thread_local LinearScratch scratch;
   torch::Tensor xa, xf, keep;  // the activations in the kernel's type
@@ -247,8 +256,8 @@ std::vector<torch::Tensor> linear(const torch::Tensor& x, const std::vector<Laye
   QuantAct act{nullptr, nullptr, nullptr, m}, act_super{nullptr, nullptr, nullptr, m};
   if (integer_format(fmt)) {
     const float* xp = fp32_rows(x, scratch.xf, keep);
-    if (per_block) act = quantize_scratch(xp, m, K, isa, 1, scratch.block);
-    if (per_super) act_super = quantize_scratch(xp, m, K, isa, kActGroupK, scratch.super);
+    if (per_block) act = quantize_scratch(xp, m, K, isa, 1, biased, scratch.block);
+    if (per_super) act_super = quantize_scratch(xp, m, K, isa, kActGroupK, false, scratch.super);
   }
   // bf16 outputs are finished inside the parallel region: each thread adds the bias to the fp32
   // columns it just computed and rounds them (c10::BFloat16: round to nearest even, as

@@ -201,16 +201,17 @@ void q8_0_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_
     prefetch_ahead(blk, kQ8_0Bytes);
     __m512i wv[8];
     for (int j = 0; j < 8; ++j) wv[j] = _mm512_loadu_si512(blk + j * 64);
-    // vpdpbusd multiplies unsigned by signed bytes: feed xq + 128 and subtract 128 * sum(w).
+    // vpdpbusd multiplies unsigned by signed bytes: feed xq + 128 (precomputed with the
+    // activations, so each is one broadcast operand) and subtract 128 * sum(w).
     __m512i corr = _mm512_setzero_si512();
     for (int j = 0; j < 8; ++j) corr = _mm512_dpbusd_epi32(corr, bias, wv[j]);
     const __m512 d = load_f16x16(blk + 512);
     for (int i = 0; i < MB; ++i) {
-      const int8_t* xb = a.x(b, i);
+      const uint8_t* xb = a.x_biased(b, i);
       __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
       for (int j = 0; j < 8; j += 2) {
-        s0 = _mm512_dpbusd_epi32(s0, _mm512_xor_si512(_mm512_set1_epi32(load_i32(xb + 4 * j)), bias), wv[j]);
-        s1 = _mm512_dpbusd_epi32(s1, _mm512_xor_si512(_mm512_set1_epi32(load_i32(xb + 4 * j + 4)), bias), wv[j + 1]);
+        s0 = _mm512_dpbusd_epi32(s0, _mm512_set1_epi32(load_i32(xb + 4 * j)), wv[j]);
+        s1 = _mm512_dpbusd_epi32(s1, _mm512_set1_epi32(load_i32(xb + 4 * j + 4)), wv[j + 1]);
       }
       const __m512i s = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), corr);
       acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(d, _mm512_set1_ps(a.scale(b, i))), acc[i]);

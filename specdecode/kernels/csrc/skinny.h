@@ -42,7 +42,11 @@ struct QuantAct {
   const int32_t* xpairs = nullptr;
   // [K/32][ld]: the two half sums of a block as two int16 (low, high), Q6_K's (the same condition)
   const int32_t* xhalves = nullptr;
+  // [K/32][ld][32]: xq + 128 (xq ^ 0x80) as unsigned bytes, vpdpbusd's unsigned operand for signed
+  // int8 weights (int8, Q8_0; with per-block scales wherever such a layer is in the call)
+  const uint8_t* xu = nullptr;
   const int8_t* x(int64_t b, int64_t i) const { return xq + (b * ld + i) * 32; }
+  const uint8_t* x_biased(int64_t b, int64_t i) const { return xu + (b * ld + i) * 32; }
   float scale(int64_t b, int64_t i) const { return sx[b * ld + i]; }
   float scaled_sum(int64_t b, int64_t i) const { return sxs[b * ld + i]; }
   int32_t half_sum(int64_t b, int64_t i, int h) const { return xs16[(b * ld + i) * 2 + h]; }
@@ -51,7 +55,7 @@ struct QuantAct {
   int32_t half_pair(int64_t b, int64_t i) const { return xhalves[b * ld + i]; }
   QuantAct rows_from(int64_t i0) const {
     return QuantAct{xq + i0 * 32, sx + i0, sxs + i0, ld, xs16 ? xs16 + i0 * 2 : nullptr, xpairs ? xpairs + i0 : nullptr,
-                    xhalves ? xhalves + i0 : nullptr};
+                    xhalves ? xhalves + i0 : nullptr, xu ? xu + i0 * 32 : nullptr};
   }
 };
 
