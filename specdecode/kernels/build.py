@@ -27,7 +27,7 @@ _SRC = Path(__file__).parent / "csrc"
 _SOURCES = ("binding.cpp", "skinny_scalar.cpp", "skinny_avx2.cpp", "skinny_avx512.cpp",
             "gguf_scalar.cpp", "gguf_avx2.cpp", "gguf_avx512.cpp", "layer_ops.cpp",
             "decoder_layer.cpp")
-_HEADERS = ("skinny.h", "attention.h", "gguf.h", "layer_ops.h", "avx2_tiles.h", "ops.h")
+_HEADERS = ("skinny.h", "attention.h", "gguf.h", "layer_ops.h", "avx2_tiles.h", "avx512_tiles.h", "ops.h")
 
 
 def kernel_cache_root() -> Path:

@@ -115,7 +115,7 @@ struct LinearScratch {
     std::vector<float> sx, sxs;
     std::vector<int8_t> xq;
     std::vector<uint8_t> xu;
-    std::vector<int32_t> xs16, xpairs, xhalves;
+    std::vector<int32_t> xhalves, xpairs;
   } block, super;  // a scale per block of 32 / per super-block of 256 (the K-quants)
 };
 
@@ -126,7 +126,7 @@ typename V::value_type* sized(V& v, int64_t n) {
 }
 
 // x (m, K) quantized into `buf` with one scale per `group` blocks; for the K-quants (group 8) also
-// each half block's and each pair of blocks' sums of xq, also as int16 pairs (exact integers, gguf.h).
+// the sums of xq over each half block and over each pair of blocks, as int16 pairs (QuantAct).
 // With `biased`, also xq + 128 as unsigned bytes (the AVX-512 int8 and Q8_0 kernels' operand).
 QuantAct quantize_scratch(const float* xp, int64_t m, int64_t K, int64_t isa, int group, bool biased,
                           LinearScratch::Act& buf) {
@@ -142,24 +142,18 @@ QuantAct quantize_scratch(const float* xp, int64_t m, int64_t K, int64_t isa, in
     act.xu = up;
   }
   if (group == 1) return act;
-  int32_t* hs = sized(buf.xs16, nb * m * 2);  // (nb, m, 2): the two halves of 16
-  int32_t* halves = sized(buf.xhalves, nb * m);  // (nb, m): the same two as int16 (low, high)
-  for (int64_t i = 0; i < nb * m * 2; ++i) {
-    int32_t sum = 0;
-    for (int64_t j = 0; j < kBlock / 2; ++j) sum += qp[i * (kBlock / 2) + j];
-    hs[i] = sum;
-    if (i % 2) halves[i / 2] = int32_t(uint32_t(uint16_t(int16_t(hs[i - 1]))) | (uint32_t(uint16_t(int16_t(sum))) << 16));
+  auto int16_pair = [](int32_t lo, int32_t hi) { return int32_t(uint32_t(uint16_t(lo)) | (uint32_t(uint16_t(hi)) << 16)); };
+  int32_t* halves = sized(buf.xhalves, nb * m);  // (nb, m)
+  for (int64_t r = 0; r < nb * m; ++r) {  // r = b * m + i: (block, row), block-major as xq
+    int32_t sum[2] = {0, 0};
+    for (int64_t k = 0; k < kBlock; ++k) sum[k / (kBlock / 2)] += qp[r * kBlock + k];
+    halves[r] = int16_pair(sum[0], sum[1]);
   }
-  int32_t* pairs = sized(buf.xpairs, nb / 2 * m);  // (nb / 2, m): blocks 2p, 2p + 1 as int16 (low, high)
-  for (int64_t p = 0; p < nb / 2; ++p)
-    for (int64_t i = 0; i < m; ++i) {
-      const int64_t lo = (2 * p * m + i) * 2, hi = ((2 * p + 1) * m + i) * 2;
-      const uint32_t a = uint16_t(int16_t(hs[lo] + hs[lo + 1])), b = uint16_t(int16_t(hs[hi] + hs[hi + 1]));
-      pairs[p * m + i] = int32_t(a | (b << 16));
-    }
-  act.xs16 = hs;
-  act.xpairs = pairs;
   act.xhalves = halves;
+  int32_t* pairs = sized(buf.xpairs, nb / 2 * m);  // (nb / 2, m)
+  for (int64_t p = 0; p < nb / 2; ++p)
+    for (int64_t i = 0; i < m; ++i) pairs[p * m + i] = int16_pair(act.block_sum(2 * p, i), act.block_sum(2 * p + 1, i));
+  act.xpairs = pairs;
   return act;
 }
 

@@ -5,14 +5,12 @@
 #include <immintrin.h>
 
 #include "gguf.h"
+#include "avx512_tiles.h"
 
 namespace skinny {
 namespace {
 
 inline __m512 load_f16x16(const uint8_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
-inline __m512 load_u8x16(const uint8_t* p) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p)));
-}
 
 // The 8 registers of a nibble block's low 4 bits (gguf.h).
 inline void nibbles(const uint8_t* blk, __m512i* R) {
@@ -193,27 +191,17 @@ void q6k_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t
 
 template <int MB>
 void q8_0_rows(const QuantAct& a, int64_t K, const uint8_t* wt, float* y, int64_t ldy, int64_t col0, int64_t n_valid) {
-  const __m512i bias = _mm512_set1_epi8(char(0x80));
   __m512 acc[MB];
   for (int i = 0; i < MB; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t b = 0; b < K / kBlock; ++b) {
     const uint8_t* blk = wt + b * kQ8_0Bytes;
     prefetch_ahead(blk, kQ8_0Bytes);
-    __m512i wv[8];
+    __m512i wv[8];  // the int8 format's block layout (avx512_tiles.h)
     for (int j = 0; j < 8; ++j) wv[j] = _mm512_loadu_si512(blk + j * 64);
-    // vpdpbusd multiplies unsigned by signed bytes: feed xq + 128 (precomputed with the
-    // activations, so each is one broadcast operand) and subtract 128 * sum(w).
-    __m512i corr = _mm512_setzero_si512();
-    for (int j = 0; j < 8; ++j) corr = _mm512_dpbusd_epi32(corr, bias, wv[j]);
+    const __m512i corr = int8_block_offset(wv);
     const __m512 d = load_f16x16(blk + 512);
     for (int i = 0; i < MB; ++i) {
-      const uint8_t* xb = a.x_biased(b, i);
-      __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
-      for (int j = 0; j < 8; j += 2) {
-        s0 = _mm512_dpbusd_epi32(s0, _mm512_set1_epi32(load_i32(xb + 4 * j)), wv[j]);
-        s1 = _mm512_dpbusd_epi32(s1, _mm512_set1_epi32(load_i32(xb + 4 * j + 4)), wv[j + 1]);
-      }
-      const __m512i s = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), corr);
+      const __m512i s = int8_block_sum(wv, corr, a.x_biased(b, i));
       acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(d, _mm512_set1_ps(a.scale(b, i))), acc[i]);
     }
   }

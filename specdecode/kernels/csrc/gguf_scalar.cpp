@@ -28,24 +28,21 @@ inline float f16_at(const uint8_t* p, int c) {
 template <class Block>
 void affine_tiles(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
                   int64_t ldy, int64_t n_valid) {
-  const int64_t nsb = K / Block::kK, per_tile = nsb * Block::kBytes;
+  const int64_t nb = K / kBlock, per_tile = nb * Block::kBytes;
   for (int64_t t = t0; t < t1; ++t) {
     for (int64_t i = 0; i < m; ++i) {
       float acc[kTile] = {0};
-      for (int64_t g = 0; g < nsb; ++g) {
-        const uint8_t* sb = w + t * per_tile + g * Block::kBytes;
-        for (int j = 0; j < Block::kK / kBlock; ++j) {
-          const int64_t b = g * (Block::kK / kBlock) + j;
-          const int8_t* xb = a.x(b, i);
-          const float sx = a.scale(b, i), sxs = a.scaled_sum(b, i);
-          for (int c = 0; c < kTile; ++c) {
-            int32_t s = 0;
-            for (int k = 0; k < kBlock; ++k) s += Block::value(sb, j, c, k) * int32_t(xb[k]);
-            float scale, offset;
-            Block::scale_offset(sb, j, c, &scale, &offset);
-            acc[c] = std::fma(float(s), scale * sx, acc[c]);
-            acc[c] = std::fma(offset, sxs, acc[c]);
-          }
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = w + t * per_tile + b * Block::kBytes;
+        const int8_t* xb = a.x(b, i);
+        const float sx = a.scale(b, i), sxs = a.scaled_sum(b, i);
+        for (int c = 0; c < kTile; ++c) {
+          int32_t s = 0;
+          for (int k = 0; k < kBlock; ++k) s += Block::value(blk, c, k) * int32_t(xb[k]);
+          float scale, offset;
+          Block::scale_offset(blk, c, &scale, &offset);
+          acc[c] = std::fma(float(s), scale * sx, acc[c]);
+          acc[c] = std::fma(offset, sxs, acc[c]);
         }
       }
       store_tile_row(acc, y + i * ldy, t * kTile, n_valid);
@@ -54,24 +51,44 @@ void affine_tiles(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int
 }
 
 struct Q5_0 {
-  static constexpr int kK = kBlock, kBytes = kQ5_0Bytes;
-  static int32_t value(const uint8_t* blk, int, int c, int k) {
+  static constexpr int kBytes = kQ5_0Bytes;
+  static int32_t value(const uint8_t* blk, int c, int k) {
     return nibble(blk, c, k) | (((blk[256 + byte_of(c, k)] >> reg_of(k)) & 1) << 4);
   }
-  static void scale_offset(const uint8_t* blk, int, int c, float* s, float* o) {
+  static void scale_offset(const uint8_t* blk, int c, float* s, float* o) {
     *s = f16_at(blk + 320, c);
     *o = *s * -16.f;
   }
 };
 
 struct Q4_0 {
-  static constexpr int kK = kBlock, kBytes = kQ4_0Bytes;
-  static int32_t value(const uint8_t* blk, int, int c, int k) { return nibble(blk, c, k); }
-  static void scale_offset(const uint8_t* blk, int, int c, float* s, float* o) {
+  static constexpr int kBytes = kQ4_0Bytes;
+  static int32_t value(const uint8_t* blk, int c, int k) { return nibble(blk, c, k); }
+  static void scale_offset(const uint8_t* blk, int c, float* s, float* o) {
     *s = f16_at(blk + 256, c);
     *o = *s * -8.f;
   }
 };
+
+// Shared loop of the K-quants (a scale per row and super-block, gguf.h): for every tile, row and
+// super-block g (kBytes a tile's super-block), step(sb, g, i, c, sx, acc) adds column c's share
+// to its accumulator, sx the row's activation scale for g.
+template <int kBytes, class Step>
+void super_tiles(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
+                 int64_t ldy, int64_t n_valid, Step step) {
+  const int64_t nsb = K / kSuperK, per_tile = nsb * kBytes;
+  for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t i = 0; i < m; ++i) {
+      float acc[kTile] = {0};
+      for (int64_t g = 0; g < nsb; ++g) {
+        const uint8_t* sb = w + t * per_tile + g * kBytes;
+        const float sx = a.scale(g * 8, i);
+        for (int c = 0; c < kTile; ++c) step(sb, g, i, c, sx, acc[c]);
+      }
+      store_tile_row(acc, y + i * ldy, t * kTile, n_valid);
+    }
+  }
+}
 
 }  // namespace
 
@@ -79,29 +96,19 @@ struct Q4_0 {
 // int32 over the super-block, then two float steps.
 void q4k_scalar(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
                 int64_t ldy, int64_t n_valid) {
-  const int64_t nsb = K / kSuperK, per_tile = nsb * kQ4KBytes;
-  for (int64_t t = t0; t < t1; ++t) {
-    for (int64_t i = 0; i < m; ++i) {
-      float acc[kTile] = {0};
-      for (int64_t g = 0; g < nsb; ++g) {
-        const uint8_t* sb = w + t * per_tile + g * kQ4KBytes;
-        const float sx = a.scale(g * 8, i);
-        for (int c = 0; c < kTile; ++c) {
-          int32_t scaled = 0, offsets = 0;
-          for (int j = 0; j < 8; ++j) {
-            const int8_t* xb = a.x(g * 8 + j, i);
-            int32_t s = 0;
-            for (int k = 0; k < kBlock; ++k) s += nibble(sb + j * 256, c, k) * int32_t(xb[k]);
-            scaled += int32_t(sb[2048 + j * 16 + c]) * s;
-            offsets += int32_t(sb[2176 + j * 16 + c]) * a.block_sum(g * 8 + j, i);
-          }
-          acc[c] = std::fma(float(scaled), f16_at(sb + 2304, c) * sx, acc[c]);
-          acc[c] = std::fma(float(offsets), f16_at(sb + 2336, c) * sx, acc[c]);  // -dmin: sign flipped at packing
-        }
-      }
-      store_tile_row(acc, y + i * ldy, t * kTile, n_valid);
+  super_tiles<kQ4KBytes>(a, m, K, w, t0, t1, y, ldy, n_valid,
+                         [&](const uint8_t* sb, int64_t g, int64_t i, int c, float sx, float& acc) {
+    int32_t scaled = 0, offsets = 0;
+    for (int j = 0; j < 8; ++j) {
+      const int8_t* xb = a.x(g * 8 + j, i);
+      int32_t s = 0;
+      for (int k = 0; k < kBlock; ++k) s += nibble(sb + j * 256, c, k) * int32_t(xb[k]);
+      scaled += int32_t(sb[2048 + j * 16 + c]) * s;
+      offsets += int32_t(sb[2176 + j * 16 + c]) * a.block_sum(g * 8 + j, i);
     }
-  }
+    acc = std::fma(float(scaled), f16_at(sb + 2304, c) * sx, acc);
+    acc = std::fma(float(offsets), f16_at(sb + 2336, c) * sx, acc);  // -dmin: sign flipped at packing
+  });
 }
 
 void q5_0_scalar(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
@@ -116,34 +123,24 @@ void q4_0_scalar(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int6
 
 void q6k_scalar(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,
                 int64_t ldy, int64_t n_valid) {
-  const int64_t nsb = K / kSuperK, per_tile = nsb * kQ6KBytes;
-  for (int64_t t = t0; t < t1; ++t) {
-    for (int64_t i = 0; i < m; ++i) {
-      float acc[kTile] = {0};
-      for (int64_t g = 0; g < nsb; ++g) {
-        const uint8_t* sb = w + t * per_tile + g * kQ6KBytes;
-        const float sx = a.scale(g * 8, i);
-        for (int c = 0; c < kTile; ++c) {
-          int32_t I = 0;  // the super-block's scaled sums (|I| < 2^28)
-          for (int j = 0; j < 8; ++j) {
-            const int64_t b = g * 8 + j;
-            const uint8_t* blk = sb + j * 384;
-            const int8_t* xb = a.x(b, i);
-            int32_t s[2] = {0, 0};
-            for (int k = 0; k < kBlock; ++k) {
-              const int reg = reg_of(k);
-              const int32_t hi = (blk[256 + (reg / 4) * 64 + byte_of(c, k)] >> (2 * (reg % 4))) & 3;
-              s[k / 16] += (nibble(blk, c, k) | (hi << 4)) * int32_t(xb[k]);
-            }
-            const int32_t sca = int8_t(sb[3072 + (2 * j) * 16 + c]), scb = int8_t(sb[3072 + (2 * j + 1) * 16 + c]);
-            I += sca * (s[0] - 32 * a.half_sum(b, i, 0)) + scb * (s[1] - 32 * a.half_sum(b, i, 1));
-          }
-          acc[c] = std::fma(float(I), f16_at(sb + 3328, c) * sx, acc[c]);
-        }
+  super_tiles<kQ6KBytes>(a, m, K, w, t0, t1, y, ldy, n_valid,
+                         [&](const uint8_t* sb, int64_t g, int64_t i, int c, float sx, float& acc) {
+    int32_t I = 0;  // the super-block's scaled sums (|I| < 2^28)
+    for (int j = 0; j < 8; ++j) {
+      const int64_t b = g * 8 + j;
+      const uint8_t* blk = sb + j * 384;
+      const int8_t* xb = a.x(b, i);
+      int32_t s[2] = {0, 0};
+      for (int k = 0; k < kBlock; ++k) {
+        const int reg = reg_of(k);
+        const int32_t hi = (blk[256 + (reg / 4) * 64 + byte_of(c, k)] >> (2 * (reg % 4))) & 3;
+        s[k / 16] += (nibble(blk, c, k) | (hi << 4)) * int32_t(xb[k]);
       }
-      store_tile_row(acc, y + i * ldy, t * kTile, n_valid);
+      const int32_t sca = int8_t(sb[3072 + (2 * j) * 16 + c]), scb = int8_t(sb[3072 + (2 * j + 1) * 16 + c]);
+      I += sca * (s[0] - 32 * a.half_sum(b, i, 0)) + scb * (s[1] - 32 * a.half_sum(b, i, 1));
     }
-  }
+    acc = std::fma(float(I), f16_at(sb + 3328, c) * sx, acc);
+  });
 }
 
 void q8_0_scalar(const QuantAct& a, int64_t m, int64_t K, const uint8_t* w, int64_t t0, int64_t t1, float* y,

@@ -36,12 +36,11 @@ struct QuantAct {
   const float* sx;   // [K/32][ld]
   const float* sxs;  // [K/32][ld]
   int64_t ld;        // rows per block (the m of the whole call)
-  const int32_t* xs16 = nullptr;  // [K/32][ld][2]: sum(xq) of each half of 16 (only where K-quants need it)
-  // [K/64][ld]: the sums of blocks 2p and 2p + 1 as two int16 (low, high; |sum| <= 32 * 127), for
-  // Q4_K's offsets as vpmaddwd / vpdpwssd operands (only with super-block scales)
-  const int32_t* xpairs = nullptr;
-  // [K/32][ld]: the two half sums of a block as two int16 (low, high), Q6_K's (the same condition)
+  // Only with super-block scales (the K-quants), as two int16 per int32 (low, high), the operands
+  // of vpmaddwd / vpdpwssd: [K/32][ld] the sums of xq over each half of 16 of a block (|sum| <=
+  // 16 * 127), and [K/64][ld] the sums over blocks 2p and 2p + 1 (|sum| <= 32 * 127).
   const int32_t* xhalves = nullptr;
+  const int32_t* xpairs = nullptr;
   // [K/32][ld][32]: xq + 128 (xq ^ 0x80) as unsigned bytes, vpdpbusd's unsigned operand for signed
   // int8 weights (int8, Q8_0; with per-block scales wherever such a layer is in the call)
   const uint8_t* xu = nullptr;
@@ -49,13 +48,13 @@ struct QuantAct {
   const uint8_t* x_biased(int64_t b, int64_t i) const { return xu + (b * ld + i) * 32; }
   float scale(int64_t b, int64_t i) const { return sx[b * ld + i]; }
   float scaled_sum(int64_t b, int64_t i) const { return sxs[b * ld + i]; }
-  int32_t half_sum(int64_t b, int64_t i, int h) const { return xs16[(b * ld + i) * 2 + h]; }
+  int32_t half_sum(int64_t b, int64_t i, int h) const { return int16_t(uint32_t(half_pair(b, i)) >> (16 * h)); }
   int32_t block_sum(int64_t b, int64_t i) const { return half_sum(b, i, 0) + half_sum(b, i, 1); }
   int32_t pair_sums(int64_t p, int64_t i) const { return xpairs[p * ld + i]; }
   int32_t half_pair(int64_t b, int64_t i) const { return xhalves[b * ld + i]; }
   QuantAct rows_from(int64_t i0) const {
-    return QuantAct{xq + i0 * 32, sx + i0, sxs + i0, ld, xs16 ? xs16 + i0 * 2 : nullptr, xpairs ? xpairs + i0 : nullptr,
-                    xhalves ? xhalves + i0 : nullptr, xu ? xu + i0 * 32 : nullptr};
+    return QuantAct{xq + i0 * 32, sx + i0, sxs + i0, ld, xhalves ? xhalves + i0 : nullptr, xpairs ? xpairs + i0 : nullptr,
+                    xu ? xu + i0 * 32 : nullptr};
   }
 };
 

@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include "skinny.h"
+#include "avx512_tiles.h"
 #define SKINNY_ATTENTION_SIMD 1  // attention.h: 8-lane AVX registers
 #include "attention.h"
 
@@ -50,7 +51,6 @@ template <int MB>
 void int8_rows(const QuantAct& a, int64_t K, const int8_t* wt, const float* scales, float* y, int64_t ldy,
                int64_t col0, int64_t n_valid) {
   const int64_t nb = K / kBlock;
-  const __m512i bias = _mm512_set1_epi8(char(0x80));
   __m512 acc[MB];
   for (int i = 0; i < MB; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
@@ -58,18 +58,9 @@ void int8_rows(const QuantAct& a, int64_t K, const int8_t* wt, const float* scal
     prefetch_ahead(blk, kInt8BlockBytes);
     __m512i wv[8];
     for (int j = 0; j < 8; ++j) wv[j] = _mm512_loadu_si512(blk + j * 64);
-    // vpdpbusd multiplies unsigned by signed bytes: feed xq + 128 (precomputed with the
-    // activations, so each is one broadcast operand) and subtract 128 * sum(w).
-    __m512i corr = _mm512_setzero_si512();
-    for (int j = 0; j < 8; ++j) corr = _mm512_dpbusd_epi32(corr, bias, wv[j]);
+    const __m512i corr = int8_block_offset(wv);
     for (int i = 0; i < MB; ++i) {
-      const uint8_t* xb = a.x_biased(b, i);
-      __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
-      for (int j = 0; j < 8; j += 2) {
-        s0 = _mm512_dpbusd_epi32(s0, _mm512_set1_epi32(load_i32(xb + 4 * j)), wv[j]);
-        s1 = _mm512_dpbusd_epi32(s1, _mm512_set1_epi32(load_i32(xb + 4 * j + 4)), wv[j + 1]);
-      }
-      const __m512i s = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), corr);
+      const __m512i s = int8_block_sum(wv, corr, a.x_biased(b, i));
       acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(a.scale(b, i)), acc[i]);
     }
   }
