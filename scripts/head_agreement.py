@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--humaneval", type=int, default=10, help="HumanEval prompts")
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--sizes", default="16384,32768", help="larger draft vocabularies to try, comma-separated")
+    ap.add_argument("--windows", default="", help="catch-up windows to try with the head's own vocabulary, "
+                    "comma-separated pairs (e.g. 32,128)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = specdecode.load(args.model, quantize=None if args.quantize == "none" else args.quantize,
@@ -64,6 +66,8 @@ def main() -> None:
     rows_of = {name: W[ids] for name, ids in sets.items()}  # (|ids|, D): gathered once
     agree: dict[str, Counter] = defaultdict(Counter)
     total: Counter = Counter()
+    windows = [int(w) for w in args.windows.split(",") if w]
+    own = next(iter(sets))  # the head's own vocabulary
     for tokens, features in answers:  # in the order answers finished: find each one's prompt
         t = tokens.tolist()
         i = next(i for i, e in enumerate(encoded) if t[: len(e)] == e)
@@ -76,12 +80,19 @@ def main() -> None:
         category = prompts[i].category
         for name, ids in sets.items():
             agree[category][name] += int((ids[(rows @ rows_of[name].T).argmax(-1)] == truth).sum())
+        for w in windows:  # the first draft (context P + 1 tokens) fed pairs t in [P - w, P), then every pair since
+            s = max(P - w, 0)
+            h, _ = head.step(tokens[s + 1 : T].long(), features[s : T - 1], torch.arange(s, T - 1), head.new_cache(T + 2))
+            rows = h.float()[torch.arange(max(P - 2, s), T - 2) - s]
+            picked = sets[own][(rows @ rows_of[own].T).argmax(-1)] == truth[truth.numel() - rows.shape[0] :]
+            agree[category][f"window {w}"] += int(picked.sum())
         total[category] += truth.numel()
     spec = [c for c in total if c != "code"]
     report = {"cpu": cpu_summary(), "model": args.model, "quantize": args.quantize}
     for name, cats in [*((c, [c]) for c in total), ("Spec-Bench", spec)]:
         n = sum(total[c] for c in cats)
-        report[name] = {s: round(sum(agree[c][s] for c in cats) / n, 3) for s in sets} | {"positions": n}
+        names = [*sets, *(f"window {w}" for w in windows)]
+        report[name] = {s: round(sum(agree[c][s] for c in cats) / n, 3) for s in names} | {"positions": n}
     print(json.dumps(report, indent=1))
 
 

@@ -125,6 +125,52 @@ def test_a_batch_of_requests_and_the_auto_set_give_the_target_output(target, tra
         assert sum(s.stats.accepted_tokens for s in states) > 0
 
 
+def test_a_catch_up_longer_than_the_window_feeds_only_its_last_pairs(target, trained):
+    """window=W: a first draft after more than W pairs feeds the head only the last W (older pairs
+    leave its attention; the planner is told W): the draft is a fresh head's over those W pairs
+    alone. Without a window it is over every pair. Either way the output is the target's."""
+    sink = []
+    recorder = Engine(target, FeatureRecorder(sink), num_draft_tokens=1, prefix_cache=None)
+    recorder.generate_ids(recorder.encode(HELD_OUT[0]), SamplingParams(max_new_tokens=30, ignore_eos=True))
+    tokens, feats = sink[0]
+    ctx, n, W = tokens.tolist(), tokens.shape[0], 6
+    head, _ = load_head(trained[0])
+
+    def first_draft(window):
+        d = HeadDrafter(bind(head, target.lm, quantize=None), window=window)
+        d.begin(ctx, n + 8, torch.device("cpu"))
+        d.add_features(0, feats[: n - 1])  # f_t for t < n - 1: every pair (f_t, x_{t+1}) of ctx
+        behind = d.catch_up_tokens(ctx)
+        draft = d.propose(ctx, 1, SamplingParams(max_new_tokens=4), None)
+        return d, behind, draft.tokens
+
+    def fresh(d, start):  # a new cache fed the pairs t in [start, n - 1) only
+        m = d.model
+        _, logits = m.step(torch.tensor(ctx[start + 1 :]), d.features[start : n - 1], torch.arange(start, n - 1),
+                           m.new_cache(n + 8))  # (n - 1 - start, V_d)
+        return [int(m.head.d2t[int(logits[-1].argmax())])]
+
+    windowed, behind, drafted = first_draft(W)
+    assert behind == W and windowed.base == n - 1 - W and windowed.cache.length == W
+    assert drafted == fresh(windowed, n - 1 - W)
+    whole, behind, drafted = first_draft(None)
+    assert behind == n - 1 and whole.base == 0 and whole.cache.length == n - 1
+    assert drafted == fresh(whole, 0)
+    with pytest.raises(ValueError, match="at least one pair"):
+        HeadDrafter(bind(head, target.lm, quantize=None), window=0)
+
+    ref = Engine(target)
+    for window in (2, 5):
+        engine = Engine(target, HeadDrafter(bind(head, target.lm), window=window), num_draft_tokens=3)
+        params = SamplingParams(max_new_tokens=30, ignore_eos=True)
+        outs, drafted = [], 0
+        for p in HELD_OUT:
+            out, stats = engine.generate_ids(engine.encode(p), params)
+            outs.append(out)
+            drafted += stats.drafted_tokens
+        assert outs == [ref.generate_ids(ref.encode(p), params)[0] for p in HELD_OUT] and drafted > 0
+
+
 def test_head_trees_give_the_target_output_and_their_second_choices_are_taken(target, trained, monkeypatch, leaf_takes):
     """branches=2: greedy rounds draft the chain plus the head's second choices as leaves (k // 2 of
     them at a fixed k); the output is the target's, alone and batched beside a seeded request (which
