@@ -68,6 +68,8 @@ def _read_json_schema(path: str | None) -> dict | None:
         raise SpecdecodeError(f"cannot read the JSON schema {path}: {e.strerror}") from None
     except json.JSONDecodeError as e:
         raise SpecdecodeError(f"{path} is not JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise SpecdecodeError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not isinstance(schema, dict):
         raise SpecdecodeError(f"{path} must hold a JSON schema object")
     return schema
@@ -165,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         rc = 130
     except BrokenPipeError:
         rc = 0
+    except OSError as e:  # a file or directory the user named: missing, unwritable, a full disk
+        print(f"specdecode: error: {e}", file=sys.stderr)
+        rc = 2
     if getattr(args, "tp", 1) > 1:
         _exit_tensor_parallel_rank(rc)
     return rc

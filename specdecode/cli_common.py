@@ -147,6 +147,12 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
     if draft_branches > 1 and drafter_kind not in ("model", "head", "auto"):
         raise SpecdecodeError(f"--draft-branches applies to the draft model and the draft head, but --drafter is "
                               f"{drafter_kind!r}")
+    # checked before anything loads (the Engine would say the same after minutes of loading)
+    if isinstance(k, int) and k < 1:
+        raise SpecdecodeError(f"num_draft_tokens must be 'auto' or an integer >= 1, got {k}")
+    branches = getattr(args, "ngram_branches", 1)
+    if branches < 1:
+        raise SpecdecodeError(f"--ngram-branches must be >= 1, got {branches}")
     group = tensor_parallel_group(args)
     if group is not None:
         progress = progress and group.leader  # the other ranks work silently
@@ -158,9 +164,6 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
                       head=DRAFT_QUANT_HEAD)
         drafter = ModelDrafter(draft.lm, branches=draft_branches, vocab_rows=getattr(args, "draft_vocab", None))
         check_same_vocab(target.lm, draft.lm, target.tokenizer, draft.tokenizer)
-    branches = getattr(args, "ngram_branches", 1)
-    if branches < 1:
-        raise SpecdecodeError(f"--ngram-branches must be >= 1, got {branches}")
     head = None
     if drafter_kind == "head" or (drafter_kind == "auto" and (head_path or _has_head(target))):
         from .heads.pipeline import head_drafter_for

@@ -72,10 +72,11 @@ def _validated(build, what: str) -> str:
     try:
         grammar = build(llg)
     except (ValueError, TypeError) as e:
-        raise InvalidParameterError(f"invalid {what}: {e}") from None
+        raise InvalidParameterError(f"invalid {what}: {' '.join(str(e).split())}") from None
     is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar)
-    if is_error:
-        raise InvalidParameterError(f"invalid {what}: {messages[0] if messages else 'rejected'}")
+    if is_error:  # llguidance's message may span lines: one line, as every error of ours
+        first = " ".join(messages[0].split()) if messages else "rejected"
+        raise InvalidParameterError(f"invalid {what}: {first}")
     return grammar
 
 

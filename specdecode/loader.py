@@ -49,7 +49,10 @@ class Model:
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise SpecdecodeError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SpecdecodeError("--device cuda was asked for but no CUDA GPU is available")
     return dev

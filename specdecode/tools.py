@@ -109,7 +109,8 @@ def parse_tool_choice(choice: Any, tools: Sequence[Tool]) -> str:
         if choice not in TOOL_CHOICES:
             raise InvalidParameterError(f'tool_choice must be "none", "auto", "required" or a function, got {choice!r}')
         return choice
-    name = choice.get("function", {}).get("name") if isinstance(choice, dict) and choice.get("type") == "function" else None
+    function = choice.get("function") if isinstance(choice, dict) and choice.get("type") == "function" else None
+    name = function.get("name") if isinstance(function, dict) else None
     if not isinstance(name, str):
         raise InvalidParameterError('tool_choice must be "none", "auto", "required" or '
                                     '{"type": "function", "function": {"name": ...}}')

@@ -70,6 +70,8 @@ def test_compare_with_sampling_says_outputs_differ_by_design(capsys):
     (["generate", "hi", *TINY, "-k", "0", "--drafter", "ngram"], "num_draft_tokens"),
     (["generate", "hi", "--model", "/nonexistent/model.gguf"], "cannot load the target"),
     (["generate", "hi", *TINY, "--ngram-branches", "0"], "--ngram-branches"),
+    (["generate", "hi", *TINY, "--device", "foo"], "--device 'foo' is not a device"),
+    (["generate", "hi", *TINY, "-t", "1", "--seed", str(10**23)], "seed must be an integer that fits in 64 bits"),
 ])
 def test_user_mistakes_are_one_line_errors(capsys, argv, message):
     rc, _, err = run_cli(capsys, *argv)
@@ -77,6 +79,58 @@ def test_user_mistakes_are_one_line_errors(capsys, argv, message):
     last = err.strip().splitlines()[-1]  # progress lines ("loading ...") may come first
     assert last.startswith("specdecode: error:") and message in last
     assert "Traceback" not in err
+
+
+def test_malformed_user_files_are_one_line_errors_before_anything_loads(capsys, tmp_path, monkeypatch):
+    """Files a user names (a schema, a dataset, a results file to resume, prompts to train a head
+    on, an output path that is a file, a damaged head) are checked with a one-line error, most
+    before the target loads."""
+    import json
+    import socket
+
+    monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path / "cache"))
+    not_utf8 = tmp_path / "schema.json"
+    not_utf8.write_bytes(b"\xff\xfe{}")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+
+    def jsonl(name, *rows):
+        f = tmp_path / name
+        f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(f)
+
+    resume = tmp_path / "resume"
+    resume.mkdir()
+    (resume / "results.json").write_text("[]")
+    head = tmp_path / "head"
+    head.mkdir()
+    (head / "head.json").write_text(json.dumps({"format": "specdecode-head"}))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        cases = [
+            (["generate", "hi", *TINY, "--json-schema", str(not_utf8)], "is not UTF-8 text"),
+            (["bench", *TINY, "--methods", "target", "--dataset", jsonl("d1.jsonl", "just a string")],
+             "line 1: each line must be a JSON object, got str"),
+            (["bench", *TINY, "--methods", "target", "--dataset", jsonl("d2.jsonl", {"turns": 5})],
+             'line 1: each line needs a non-empty "prompt" string'),
+            (["bench", *TINY, "--methods", "target", "--limit", "1", "--out", str(a_file)], "is not a directory"),
+            (["bench", *TINY, "--methods", "target", "--limit", "1", "--out", str(resume), "--resume"],
+             "has schema list"),
+            (["heads", "train", *TINY, "--prompts", jsonl("p1.jsonl", {"messages": [{"role": "user", "content": 5}]})],
+             'p1.jsonl:1: expected a non-empty {"prompt"'),
+            (["heads", "train", *TINY, "--prompts", jsonl("p2.jsonl", {"prompt": ""})], 'p2.jsonl:1: expected'),
+            (["heads", "train", *TINY, "--out", str(a_file)], "--out"),
+            (["heads", "show", *TINY, "--head", str(head)], "does not hold a head this version can read: KeyError"),
+            (["serve", *TINY, "--port", port], f"cannot listen on 127.0.0.1:{port}"),
+            (["serve", *TINY, "--kv-cache-gb", "1e-12"], "--kv-cache-gb must be a number of GB >= 0.001"),
+        ]
+        for argv, message in cases:
+            rc, _, err = run_cli(capsys, *argv)
+            last = err.strip().splitlines()[-1] if err.strip() else ""
+            assert rc == 2 and last.startswith("specdecode: error:") and message in last, (argv, err)
+            assert "Traceback" not in err and "loaded target" not in err, (argv, err)
 
 
 def test_not_a_gguf_file_and_too_long_prompt(capsys, tmp_path):

@@ -431,7 +431,28 @@ def test_damaged_or_foreign_head_files_are_clear_errors(target, trained, tmp_pat
         load_head(eagle3)
     with pytest.raises(HeadFileError, match="no draft head"):
         load_head(tmp_path / "nothing")
+    (bad / "head.json").write_text(json.dumps({"format": "specdecode-head"}))  # no config
+    with pytest.raises(HeadFileError, match="does not hold a head this version can read: KeyError"):
+        load_head(bad)
+    (bad / "head.json").write_text("[1]")
+    with pytest.raises(HeadFileError, match="is not a JSON object"):
+        load_head(bad)
+    eagle1 = tmp_path / "e1"
+    eagle1.mkdir()
+    (eagle1 / "config.json").write_text(json.dumps({"vocab_size": 8, "num_attention_heads": 1}))
+    save_file({"fc.weight": torch.zeros(4, 8), "layers.0.self_attn.q_proj.weight": torch.zeros(4, 4)},
+              str(eagle1 / "model.safetensors"))  # no MLP
+    with pytest.raises(HeadFileError, match="does not hold a head this version can read"):
+        load_head(eagle1)
     head, _ = load_head(trained[0])
+    state = {k: v.float().contiguous() for k, v in head.state_dict().items() if k not in ("lm_head.weight", "d2t")}
+    state["layers.0.mlp.up_proj.weight"] = state["layers.0.mlp.up_proj.weight"][:-1].contiguous()  # a wrong shape
+    save_file(state, str(eagle1 / "model.safetensors"))
+    a = target.lm.args
+    (eagle1 / "config.json").write_text(json.dumps({"vocab_size": a.vocab_size, "num_attention_heads": a.num_attention_heads,
+                                                    "num_key_value_heads": a.num_key_value_heads}))
+    with pytest.raises(HeadFileError, match="RuntimeError: .*size mismatch for layers.0.mlp.up_proj.weight"):
+        load_head(eagle1)
     wrong = HeadConfig(**{**head.config.to_dict(), "target_vocab_size": 99})
     with pytest.raises(ValueError, match="made for hidden size"):
         bind(type(head)(wrong), target.lm)

@@ -431,6 +431,12 @@ BAD = [
     (C, {**OK_C, "logit_bias": {"abc": 1}}, 400, "logit_bias", None),
     (C, {**OK_C, "logit_bias": {"5": 150}}, 400, "logit_bias", None),
     (C, {**OK_C, "logit_bias": {"999999": 1}}, 400, "logit_bias", None),
+    (C, {**OK_C, "logit_bias": {"\u00b2": 1}}, 400, "logit_bias", None),  # a digit to str.isdigit, not to int()
+    (C, {**OK_C, "logit_bias": {"1" * 5000: 1}}, 400, "logit_bias", None),  # past int()'s digit limit
+    (CH, {**OK_CH, "tools": [{"type": "function", "function": {"name": "f"}}],
+          "tool_choice": {"type": "function", "function": "f"}}, 400, "tool_choice", None),
+    (CH, {**OK_CH, "tools": [{"type": "function", "function": {"name": "f"}}],
+          "tool_choice": {"type": "function", "function": None}}, 400, "tool_choice", None),
     (C, {**OK_C, "prompt": ""}, 400, "prompt", None),
     (C, {**OK_C, "prompt": []}, 400, "prompt", None),
     (C, {**OK_C, "prompt": ["a", "b"]}, 400, "prompt", None),

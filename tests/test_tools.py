@@ -135,7 +135,8 @@ def test_bad_tools_and_choices_are_clear_errors():
                       (TOOLS + TOOLS[:1], "distinct")]:
         with pytest.raises(InvalidParameterError, match=what):
             ToolSpec.of(bad)
-    for choice in ["maybe", {"type": "function"}, {"type": "function", "function": {"name": "nope"}}]:
+    for choice in ["maybe", {"type": "function"}, {"type": "function", "function": {"name": "nope"}},
+                   {"type": "function", "function": "f"}, {"type": "function", "function": None}, ["auto"]]:
         with pytest.raises(InvalidParameterError, match="tool_choice"):
             ToolSpec.of(TOOLS, choice)
     with pytest.raises(InvalidParameterError, match="arguments is not JSON"):

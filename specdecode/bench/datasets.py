@@ -141,8 +141,10 @@ def jsonl_prompts(path: Path) -> list[BenchPrompt]:
         raise SpecdecodeError(f"no such dataset file: {path}")
     out, seen = [], set()
     for i, row in enumerate(_read_jsonl(path)):
+        if not isinstance(row, dict):
+            raise SpecdecodeError(f"{path}, line {i + 1}: each line must be a JSON object, got {type(row).__name__}")
         text = row.get("prompt")
-        if text is None and row.get("turns"):
+        if text is None and isinstance(row.get("turns"), list) and row["turns"]:
             text = row["turns"][0]
         if not isinstance(text, str) or not text:
             raise SpecdecodeError(f"{path}, line {i + 1}: each line needs a non-empty \"prompt\" string")
@@ -168,13 +170,16 @@ def jsonl_prompts(path: Path) -> list[BenchPrompt]:
 
 
 def _read_jsonl(path: Path):
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SpecdecodeError(f"{path}, line {n}: not JSON ({e.msg})") from None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise SpecdecodeError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SpecdecodeError(f"{path}, line {n}: not JSON ({e.msg})") from None
 
 
 def all_benchmark_texts() -> list[str]:

@@ -108,8 +108,13 @@ def load_results(path: Path) -> dict[str, Any]:
             results = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise SpecdecodeError(f"cannot resume from {path}: {e}") from None
-    if results.get("schema") != SCHEMA_VERSION:
-        raise SpecdecodeError(f"{path} has schema {results.get('schema')}, expected {SCHEMA_VERSION}")
+    if not isinstance(results, dict) or results.get("schema") != SCHEMA_VERSION:
+        found = results.get("schema") if isinstance(results, dict) else type(results).__name__
+        raise SpecdecodeError(f"{path} has schema {found}, expected {SCHEMA_VERSION}")
+    missing = [k for k in ("config", "prompts", "methods", "sessions", "skipped_prompts", "skipped_methods", "machine")
+               if k not in results]
+    if missing:
+        raise SpecdecodeError(f"cannot resume from {path}: it lacks {', '.join(missing)}")
     return results
 
 
@@ -201,6 +206,8 @@ def run_bench(config: BenchConfig, *, target=None, draft=None, log: Callable[[st
     conversations = is_conversation_dataset(config.dataset)
     path = out / (CONVERSATIONS_JSON if conversations else RESULTS_JSON)
     previous = None
+    if out.exists() and not out.is_dir():
+        raise SpecdecodeError(f"--out {out} exists and is not a directory")
     if conversations and config.resume:
         raise SpecdecodeError("the conversation benchmark cannot --resume (a conversation's turns are timed together)")
     if path.exists():

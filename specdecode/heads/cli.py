@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from ..cli_common import DEFAULT_TARGET
 from ..errors import SpecdecodeError
+from .data import read_prompts
 from .pipeline import DEFAULT_SELF_WRITTEN, CorpusSpec, HeadShape, find_head, train_for_target
 from .store import load_head
 from .train import TrainConfig
@@ -98,6 +100,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise SpecdecodeError(f"--holdout must be a share in [0, 1), got {args.holdout}")
     if not args.feature_noise >= 0:
         raise SpecdecodeError(f"--feature-noise must be >= 0, got {args.feature_noise}")
+    # the user's files are checked before the target loads (minutes), not after
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise SpecdecodeError(f"--out {args.out} exists and is not a directory")
+    if args.prompts is not None and not read_prompts(Path(args.prompts)):
+        raise SpecdecodeError(f"{args.prompts} holds no prompts")
+    for f in args.text:
+        if not Path(f).is_file():
+            raise SpecdecodeError(f"--text {f}: no such file")
     model = _load_target(args)
     spec = CorpusSpec(args.prompts, list(args.text), args.num_prompts, args.max_new_tokens, args.batch,
                       self_written=args.self_written)

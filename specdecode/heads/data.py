@@ -155,6 +155,8 @@ def read_prompts(path: Path) -> list[str | list[dict]]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise SpecdecodeError(f"cannot read {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise SpecdecodeError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -162,14 +164,17 @@ def read_prompts(path: Path) -> list[str | list[dict]]:
             item = json.loads(line)
         except json.JSONDecodeError as e:
             raise SpecdecodeError(f"{path}:{n}: not JSON ({e.msg})") from e
-        if isinstance(item, str):
+        if isinstance(item, dict) and "prompt" in item:
+            item = item["prompt"]
+        if isinstance(item, str) and item.strip():
             out.append(item)
-        elif isinstance(item, dict) and isinstance(item.get("prompt"), str):
-            out.append(item["prompt"])
-        elif isinstance(item, dict) and isinstance(item.get("messages"), list):
+        elif isinstance(item, dict) and isinstance(item.get("messages"), list) and item["messages"] and all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in item["messages"]):
             out.append(item["messages"])
         else:
-            raise SpecdecodeError(f'{path}:{n}: expected {{"prompt": "..."}} or {{"messages": [...]}}')
+            raise SpecdecodeError(f'{path}:{n}: expected a non-empty {{"prompt": "..."}} or {{"messages": '
+                                  '[{"role": "...", "content": "..."}, ...]}')
     return out
 
 

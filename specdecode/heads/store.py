@@ -79,9 +79,19 @@ def load_head(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """A head from our own directory (head.json + head.safetensors) or from a published EAGLE
     checkpoint (a directory or a .safetensors file, and its config.json): EAGLE-1 (fc.*, layers.0.*;
     a DraftHead) or EAGLE-3 (fc.*, midlayer.*, norm, lm_head, d2t; an eagle3.Eagle3Head)."""
+    path = Path(path)
+    try:
+        return _load_head(path)
+    except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as e:
+        # a field missing or of the wrong kind, a tensor missing or of the wrong shape
+        # (load_state_dict raises RuntimeError on a size mismatch even when not strict)
+        raise HeadFileError(f"{path} does not hold a head this version can read: "
+                            f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
+
+
+def _load_head(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     from safetensors.torch import load_file
 
-    path = Path(path)
     if path.is_dir() and (path / "head.json").is_file():
         meta = _read_json(path / "head.json")
         if meta.get("format") != "specdecode-head":
@@ -198,9 +208,12 @@ def _load_weights(head: nn.Module, state: dict[str, torch.Tensor], where: Path, 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise HeadFileError(f"cannot read {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise HeadFileError(f"{path} is not a JSON object")
+    return data
 
 
 def _read_tensors(path: Path, load_file) -> dict[str, torch.Tensor]:

@@ -106,8 +106,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host in ("0.0.0.0", "::") and not allowed_hosts:
         print("specdecode: warning: bound to every interface, so any Host header is accepted; "
               "--allowed-hosts NAMES restricts it to the names clients use", file=sys.stderr)
-    if args.kv_cache_gb is not None and not 0 < args.kv_cache_gb < math.inf:
-        raise SpecdecodeError(f"--kv-cache-gb must be a positive number, got {args.kv_cache_gb}")
+    if args.kv_cache_gb is not None and not 0.001 <= args.kv_cache_gb < math.inf:
+        raise SpecdecodeError(f"--kv-cache-gb must be a number of GB >= 0.001, got {args.kv_cache_gb}")
+    check_can_listen(args.host, args.port)  # before the model loads (minutes), not after
     engine = build_engine(args)
     # Measured once the weights are in memory, so the default budget leaves room for them.
     kv_budget = int(args.kv_cache_gb * 2**30) if args.kv_cache_gb is not None else default_kv_budget()
@@ -136,6 +137,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if engine.lost is not None:
             raise engine.lost
     return 0
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """SpecdecodeError unless a socket can bind host:port now (a port in use, an address this machine
+    does not have). Bound with SO_REUSEADDR as uvicorn binds, then closed at once."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise SpecdecodeError(f"--host {host!r} is not an address this machine can listen on: {e}") from None
+    family, kind, proto, _, address = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(address)
+    except OSError as e:
+        raise SpecdecodeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def default_kv_budget() -> int | None:

@@ -164,7 +164,8 @@ def _logit_bias(req: _GenerationRequest, vocab_size: int) -> dict[int, float] | 
         return None
     out = {}
     for key, bias in req.logit_bias.items():
-        if not key.isdigit() or int(key) >= vocab_size:
+        # ASCII digits only ("²".isdigit() is true), and short enough for int() to take
+        if not (key.isascii() and key.isdecimal() and len(key) <= 12) or int(key) >= vocab_size:
             raise bad_request(f"logit_bias keys must be token ids in 0..{vocab_size - 1}, got {clip(key)!r}", "logit_bias")
         if not (math.isfinite(bias) and -100 <= bias <= 100):
             raise bad_request(f"logit_bias values must be in [-100, 100], got {bias}", "logit_bias")
