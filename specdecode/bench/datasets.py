@@ -12,6 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from ..constraint import json_schema_grammar
 from ..errors import InvalidParameterError, SpecdecodeError
 from ..tools import ToolSpec
 
@@ -153,8 +154,11 @@ def jsonl_prompts(path: Path) -> list[BenchPrompt]:
             raise SpecdecodeError(f"{path}, line {i + 1}: duplicate id {pid!r}")
         seen.add(pid)
         schema = row.get("json_schema")
-        if schema is not None and not isinstance(schema, dict):
-            raise SpecdecodeError(f"{path}, line {i + 1}: \"json_schema\" must be a JSON object")
+        if schema is not None:
+            try:
+                json_schema_grammar(schema)  # checked now, not midway through a run (compiled once: cached)
+            except InvalidParameterError as e:
+                raise SpecdecodeError(f"{path}, line {i + 1}: \"json_schema\": {e}") from None
         tools = row.get("tools")
         prompt = BenchPrompt(f"{path.stem}/{pid}", str(row.get("category") or "custom"), text, json_schema=schema,
                              tools=tools, tool_choice=row.get("tool_choice"))
