@@ -242,7 +242,8 @@ def test_a_failing_step_fails_its_pass_and_the_server_goes_on():
         return first, later
 
     sched, ((bad, other), later) = run(body, engine, max_batch=2, max_queue=4)
-    assert bad == [("error", "RuntimeError")] and other == [("error", "RuntimeError")]
+    # a step the two shared: neither is told the other's error, each gets a server error
+    assert bad == [("error", "SharedStepError")] and other == [("error", "SharedStepError")]
     assert ("closed", "bad") in engine.log and ("closed", "x") in engine.log  # caches released
     assert later == ["ok0", "ok1", "ok2", "done"] and sched.active == 0
 

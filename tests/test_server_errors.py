@@ -175,3 +175,41 @@ def test_an_explicit_max_tokens_or_a_prompt_too_big_for_the_kv_budget_is_still_a
     assert err["code"] == "kv_cache_budget" and "one generated token" in err["message"], err
     err = _error(client.post("/v1/completions", json={**no_room, "max_tokens": 1}), 503, "server_error")
     assert err["code"] == "kv_cache_budget" and "prompt alone does not fit" in err["message"], err
+
+
+def test_a_failed_step_shared_by_two_requests_is_a_500_for_both_with_no_ones_message(target, caplog):
+    """A step of several requests cannot say whose it was: neither client gets the other's error
+    (a 400 with someone else's grammar or prompt); both get a 500, the cause in the log."""
+    import threading
+    import time
+
+    stepped, go = threading.Event(), threading.Event()
+
+    class FailingInABatch(Engine):
+        def step(self, states):
+            if len(states) > 1:
+                raise SpecdecodeError(f"the other request's grammar failed: {SECRET}")
+            stepped.set()
+            go.wait(10)  # the first request waits here until the second is queued
+            return super().step(states)
+
+    app = create_app(FailingInABatch(target, None), ServerConfig("tiny-random", allowed_hosts=("testserver",)))
+    answers = {}
+    with TestClient(app, raise_server_exceptions=False) as client, \
+            caplog.at_level(logging.ERROR, logger="specdecode.server"):
+        def post(name):
+            answers[name] = client.post("/v1/completions", json={**COMPLETION, "max_tokens": 50})
+
+        first = threading.Thread(target=post, args=("first",))
+        first.start()
+        assert stepped.wait(10)
+        second = threading.Thread(target=post, args=("second",))
+        second.start()
+        time.sleep(0.5)  # the second request is queued; the next round takes both
+        go.set()
+        first.join(20)
+        second.join(20)
+    for name in ("first", "second"):
+        err = _error(answers[name], 500, "server_error")
+        assert SECRET not in err["message"], name
+    assert any(r.exc_info and SECRET in str(r.exc_info[1]) for r in caplog.records)

@@ -35,6 +35,10 @@ from .metrics import ServerMetrics
 log = logging.getLogger("specdecode.server")
 
 
+class SharedStepError(RuntimeError):
+    """A step of several requests failed: a server error for each (the log holds the cause)."""
+
+
 class QueueFull(Exception):
     pass
 
@@ -290,8 +294,11 @@ class Scheduler:
             info = self.engine.step([job._request.state for job in batch])
         except Exception as e:  # a bug in the step: fail the jobs of this batch (500s), keep serving
             log.exception("generation step failed")
+            # A step several requests shared cannot say whose it was, and one client's error (its
+            # grammar, its prompt) must not reach the others: each gets a server error.
+            shared = SharedStepError("a generation step this request shared with others failed") if len(batch) > 1 else None
             for job in batch:
-                self._finish(job, None, error=e)
+                self._finish(job, None, error=shared or e)
             return
         self.metrics.record_step(info)
         now = time.perf_counter()
