@@ -67,6 +67,8 @@ def main() -> None:
     agree: dict[str, Counter] = defaultdict(Counter)
     total: Counter = Counter()
     windows = [int(w) for w in args.windows.split(",") if w]
+    if any(w < 1 for w in windows):
+        ap.error(f"--windows: each window is at least one pair, got {args.windows}")
     own = next(iter(sets))  # the head's own vocabulary
     for tokens, features in answers:  # in the order answers finished: find each one's prompt
         t = tokens.tolist()

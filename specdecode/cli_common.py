@@ -148,8 +148,8 @@ def build_engine(args: argparse.Namespace, progress: bool = True):
         raise SpecdecodeError(f"--draft-branches applies to the draft model and the draft head, but --drafter is "
                               f"{drafter_kind!r}")
     # checked before anything loads (the Engine would say the same after minutes of loading)
-    if isinstance(k, int) and k < 1:
-        raise SpecdecodeError(f"num_draft_tokens must be 'auto' or an integer >= 1, got {k}")
+    if isinstance(k, int) and k < 1 and drafter_kind != "none":  # (without a drafter k is ignored)
+        raise SpecdecodeError(f"num_draft_tokens (-k) must be 'auto' or an integer >= 1, got {k}")
     branches = getattr(args, "ngram_branches", 1)
     if branches < 1:
         raise SpecdecodeError(f"--ngram-branches must be >= 1, got {branches}")

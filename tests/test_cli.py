@@ -120,8 +120,8 @@ def test_malformed_user_files_are_one_line_errors_before_anything_loads(capsys, 
              'line 1: "json_schema": invalid JSON schema'),
             (["bench", *TINY, "--methods", "target", "--limit", "1", "--out", str(a_file)], "is not a directory"),
             (["bench", *TINY, "--methods", "target", "--limit", "1", "--out", str(resume), "--resume"],
-             "has schema list"),
-            (["heads", "train", *TINY, "--prompts", jsonl("p1.jsonl", {"messages": [{"role": "user", "content": 5}]})],
+             "not a specdecode bench results file (a JSON list, not an object)"),
+            (["heads", "train", *TINY, "--prompts", jsonl("p1.jsonl", {"messages": [{"content": "no role"}]})],
              'p1.jsonl:1: expected a non-empty {"prompt"'),
             (["heads", "train", *TINY, "--prompts", jsonl("p2.jsonl", {"prompt": ""})], 'p2.jsonl:1: expected'),
             (["heads", "train", *TINY, "--out", str(a_file)], "--out"),
@@ -134,6 +134,11 @@ def test_malformed_user_files_are_one_line_errors_before_anything_loads(capsys, 
             last = err.strip().splitlines()[-1] if err.strip() else ""
             assert rc == 2 and last.startswith("specdecode: error:") and message in last, (argv, err)
             assert "Traceback" not in err and "loaded target" not in err, (argv, err)
+
+
+def test_k_is_ignored_without_a_drafter(capsys):
+    rc, _, err = run_cli(capsys, "generate", "hi", *TINY, "--drafter", "none", "-k", "0", "-n", "2")
+    assert rc == 0, err
 
 
 def test_not_a_gguf_file_and_too_long_prompt(capsys, tmp_path):

@@ -330,6 +330,29 @@ def test_corpus_parts_are_kept_and_read_back(target, tmp_path):
     assert meta["spec"]["num_prompts"] == 5 and seqs[0][1].dtype == torch.bfloat16
 
 
+def test_prompts_files_take_what_openai_messages_allow_and_refuse_empty_ones(tmp_path):
+    from specdecode.heads.data import read_prompts
+
+    tool_turns = [{"role": "user", "content": "zqxv weather in Qwertyville?"},
+                  {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {}}]},
+                  {"role": "user", "content": [{"type": "text", "text": "zqxv and tomorrow?"}]}]
+    f = tmp_path / "p.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in ["zqxv plain", {"prompt": "zqxv a prompt"}, {"messages": tool_turns},
+                                                    {"prompt": None, "messages": tool_turns[:1]}]) + "\n")
+    got = read_prompts(f)
+    assert got == ["zqxv plain", "zqxv a prompt", tool_turns, tool_turns[:1]]
+    assert benchmark_overlap(got) == 0  # text parts and null content are no benchmark prompt
+    for bad in ({"prompt": ""}, {"prompt": "  "}, {"messages": []}, {"messages": ["hello"]}, {"messages": [{"content": "x"}]},
+                {"messages": [{"role": "user", "content": 5}]},
+                {"prompt": 5}, [1]):
+        f.write_text(json.dumps(bad) + "\n")
+        with pytest.raises(SpecdecodeError, match="p.jsonl:1: expected a non-empty"):
+            read_prompts(f)
+    f.write_bytes(b"\xff\n")
+    with pytest.raises(SpecdecodeError, match="is not UTF-8 text"):
+        read_prompts(f)
+
+
 def test_a_self_written_request_ends_where_the_user_turn_ends():
     from specdecode.heads.data import finish_request
 
@@ -451,7 +474,7 @@ def test_damaged_or_foreign_head_files_are_clear_errors(target, trained, tmp_pat
     a = target.lm.args
     (eagle1 / "config.json").write_text(json.dumps({"vocab_size": a.vocab_size, "num_attention_heads": a.num_attention_heads,
                                                     "num_key_value_heads": a.num_key_value_heads}))
-    with pytest.raises(HeadFileError, match="RuntimeError: .*size mismatch for layers.0.mlp.up_proj.weight"):
+    with pytest.raises(HeadFileError, match="tensors do not match .*size mismatch for layers.0.mlp.up_proj.weight"):
         load_head(eagle1)
     wrong = HeadConfig(**{**head.config.to_dict(), "target_vocab_size": 99})
     with pytest.raises(ValueError, match="made for hidden size"):

@@ -108,9 +108,11 @@ def load_results(path: Path) -> dict[str, Any]:
             results = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise SpecdecodeError(f"cannot resume from {path}: {e}") from None
-    if not isinstance(results, dict) or results.get("schema") != SCHEMA_VERSION:
-        found = results.get("schema") if isinstance(results, dict) else type(results).__name__
-        raise SpecdecodeError(f"{path} has schema {found}, expected {SCHEMA_VERSION}")
+    if not isinstance(results, dict):
+        raise SpecdecodeError(f"cannot resume from {path}: not a specdecode bench results file "
+                              f"(a JSON {type(results).__name__}, not an object)")
+    if results.get("schema") != SCHEMA_VERSION:
+        raise SpecdecodeError(f"{path} has schema {results.get('schema')}, expected {SCHEMA_VERSION}")
     missing = [k for k in ("config", "prompts", "methods", "sessions", "skipped_prompts", "skipped_methods", "machine")
                if k not in results]
     if missing:

@@ -164,17 +164,17 @@ def read_prompts(path: Path) -> list[str | list[dict]]:
             item = json.loads(line)
         except json.JSONDecodeError as e:
             raise SpecdecodeError(f"{path}:{n}: not JSON ({e.msg})") from e
-        if isinstance(item, dict) and "prompt" in item:
+        if isinstance(item, dict) and item.get("prompt") is not None:
             item = item["prompt"]
         if isinstance(item, str) and item.strip():
             out.append(item)
         elif isinstance(item, dict) and isinstance(item.get("messages"), list) and item["messages"] and all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in item["messages"]):
-            out.append(item["messages"])
+                isinstance(m, dict) and isinstance(m.get("role"), str)
+                and (m.get("content") is None or isinstance(m["content"], (str, list))) for m in item["messages"]):
+            out.append(item["messages"])  # content as OpenAI allows it: text, parts, or null beside tool calls
         else:
             raise SpecdecodeError(f'{path}:{n}: expected a non-empty {{"prompt": "..."}} or {{"messages": '
-                                  '[{"role": "...", "content": "..."}, ...]}')
+                                  '[{"role": "...", ...}, ...]}')
     return out
 
 
@@ -189,9 +189,10 @@ def holds_benchmark_prompt(prompts: list) -> list[bool]:
     from ..bench.datasets import all_benchmark_texts
 
     texts = [t for t in all_benchmark_texts() if len(t) > 20]
-    flat = [p if isinstance(p, str) else " ".join(m.get("content", "") for m in p if isinstance(m, dict))
+    flat = [p if isinstance(p, str) else " ".join(m["content"] for m in p
+                                                  if isinstance(m, dict) and isinstance(m.get("content"), str))
             for p in prompts]
-    return [any(t in p or p in t for t in texts) for p in flat]
+    return [bool(p.strip()) and any(t in p or p in t for t in texts) for p in flat]  # ("" is in every text)
 
 
 class FeatureRecorder:

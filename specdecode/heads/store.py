@@ -82,9 +82,10 @@ def load_head(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     path = Path(path)
     try:
         return _load_head(path)
-    except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as e:
-        # a field missing or of the wrong kind, a tensor missing or of the wrong shape
-        # (load_state_dict raises RuntimeError on a size mismatch even when not strict)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError, ZeroDivisionError) as e:
+        if isinstance(e, SpecdecodeError):
+            raise
+        # a field missing or of the wrong kind or value, a tensor missing
         raise HeadFileError(f"{path} does not hold a head this version can read: "
                             f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
 
@@ -197,7 +198,10 @@ def _build(config: HeadConfig, state: dict[str, torch.Tensor], where: Path) -> D
 def _load_weights(head: nn.Module, state: dict[str, torch.Tensor], where: Path, layout: str) -> nn.Module:
     """`state` into `head`, every tensor accounted for (t2d aside: d2t says the same); a head
     without an lm_head shares the target's (bind() fills it in from the target)."""
-    missing, unexpected = head.load_state_dict({k: v for k, v in state.items() if k != "t2d"}, strict=False)
+    try:
+        missing, unexpected = head.load_state_dict({k: v for k, v in state.items() if k != "t2d"}, strict=False)
+    except RuntimeError as e:  # a tensor of another shape (raised even when not strict)
+        raise HeadFileError(f"{where}: tensors do not match {layout}: {' '.join(str(e).split())[:300]}") from None
     missing = [m for m in missing if m != "lm_head.weight"]
     if missing or unexpected:
         raise HeadFileError(f"{where}: tensors do not match {layout} (missing {missing[:4]}, "

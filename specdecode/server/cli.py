@@ -108,7 +108,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "--allowed-hosts NAMES restricts it to the names clients use", file=sys.stderr)
     if args.kv_cache_gb is not None and not 0.001 <= args.kv_cache_gb < math.inf:
         raise SpecdecodeError(f"--kv-cache-gb must be a number of GB >= 0.001, got {args.kv_cache_gb}")
-    check_can_listen(args.host, args.port)  # before the model loads (minutes), not after
+    if getattr(args, "tp", 1) <= 1 or os.environ.get("RANK", "0") == "0":  # only rank 0 serves HTTP
+        check_can_listen(args.host, args.port)  # before the model loads (minutes), not after
     engine = build_engine(args)
     # Measured once the weights are in memory, so the default budget leaves room for them.
     kv_budget = int(args.kv_cache_gb * 2**30) if args.kv_cache_gb is not None else default_kv_budget()
