@@ -141,6 +141,7 @@ def test_a_catch_up_longer_than_the_window_feeds_only_its_last_pairs(target, tra
         d.begin(ctx, n + 8, torch.device("cpu"))
         d.add_features(0, feats[: n - 1])  # f_t for t < n - 1: every pair (f_t, x_{t+1}) of ctx
         behind = d.catch_up_tokens(ctx)
+        assert d.catch_up_context(ctx) == 0  # an empty cache (and, windowed, a fresh start)
         draft = d.propose(ctx, 1, SamplingParams(max_new_tokens=4), None)
         return d, behind, draft.tokens
 
@@ -152,7 +153,17 @@ def test_a_catch_up_longer_than_the_window_feeds_only_its_last_pairs(target, tra
 
     windowed, behind, drafted = first_draft(W)
     assert behind == W and windowed.base == n - 1 - W and windowed.cache.length == W
+    assert windowed.catch_up_context(ctx) == W  # nothing to feed: it attends its cache (W pairs)
     assert drafted == fresh(windowed, n - 1 - W)
+    later = HeadDrafter(bind(head, target.lm, quantize=None), window=W)  # a sit-out longer than the window
+    later.begin(ctx, n + 8, torch.device("cpu"))
+    later.add_features(0, feats[:4])
+    later.propose(ctx[:5], 1, SamplingParams(max_new_tokens=4), None)
+    later.on_verified(0)
+    assert later.cache.length == 4 and later.catch_up_context(ctx[:5]) == 4
+    later.add_features(4, feats[4 : n - 1])  # n - 5 > W pairs behind: the next draft starts again
+    assert later.catch_up_tokens(ctx) == W and later.catch_up_context(ctx) == 0
+    assert later.propose(ctx, 1, SamplingParams(max_new_tokens=4), None).tokens == fresh(later, n - 1 - W)
     whole, behind, drafted = first_draft(None)
     assert behind == n - 1 and whole.base == 0 and whole.cache.length == n - 1
     assert drafted == fresh(whole, 0)

@@ -115,6 +115,13 @@ class HeadDrafter:
         behind = max(min(self.known, len(context) - 1) - self.base - self.cache.length, 0)
         return behind if self.window is None else min(behind, self.window)
 
+    def catch_up_context(self, context: list[int]) -> int:
+        """Pairs the catch-up pass attends besides its own: the head's cache, none after a restart."""
+        if not self.cache:
+            return 0
+        behind = max(min(self.known, len(context) - 1) - self.base - self.cache.length, 0)
+        return 0 if self.window is not None and behind > self.window else self.cache.length
+
     def propose(self, context: list[int], k: int, params: SamplingParams,
                 generator: torch.Generator | PositionNoise | None, tree_nodes: int | None = None) -> Draft:
         return propose_batch([self], [context], [k], [params], [generator], tree_nodes=[tree_nodes])[0]

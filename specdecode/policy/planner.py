@@ -290,7 +290,9 @@ class CostPlanner:
             step = self.costs.draft_step(d.name, n)
             behind_f = getattr(d, "catch_up_tokens", None)
             behind = max(behind_f(context), 1) if behind_f is not None else 1
-            catch_up = self.costs.catch_up(d.name, behind, n - behind) if step > 0.0 and behind > 1 else 0.0
+            attended_f = getattr(d, "catch_up_context", None)  # a head past its window starts a fresh cache
+            attended = attended_f(context) if attended_f is not None else n - behind
+            catch_up = self.costs.catch_up(d.name, behind, attended) if step > 0.0 and behind > 1 else 0.0
             # The prompt's catch-up is paid once and serves the rest of the request; one over tokens
             # this request produced without the model (other drafters' rounds, a grammar's forced
             # tokens) recurs whenever they run again, so the round that needs it pays all of it.
