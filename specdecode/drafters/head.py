@@ -28,8 +28,11 @@ from .model import SecondChoices, confidence
 # a short answer (a 700-token Spec-Bench summarization prompt: about 0.4 s, 0.83 ms a pair on a
 # Zen 3, so the head never drafted there). Past the window the head starts its cache again at the
 # window's first pair and attends only from there: older pairs leave its attention, which
-# changes its guesses, never the output (drafts are verified).
-CATCH_UP_WINDOW: int | None = 128
+# changes its guesses, never the output (drafts are verified). 256: teacher-forced on the benchmark
+# answers (scripts/head_agreement.py --windows, a Zen 4, docs/heads.md) the head agreed with the
+# target as often with 256 pairs as with all on HumanEval's 150- to 300-token prompts (0.414), and
+# less with 128 (0.383); on Spec-Bench 0.312 with either against 0.315 with all.
+CATCH_UP_WINDOW: int | None = 256
 
 
 class HeadDrafter:
