@@ -30,8 +30,9 @@ from .model import SecondChoices, confidence
 # window's first pair and attends only from there: older pairs leave its attention, which
 # changes its guesses, never the output (drafts are verified). 256: teacher-forced on the benchmark
 # answers (scripts/head_agreement.py --windows, a Zen 4, docs/heads.md) the head agreed with the
-# target as often with 256 pairs as with all on HumanEval's 150- to 300-token prompts (0.414), and
-# less with 128 (0.383); on Spec-Bench 0.312 with either against 0.315 with all.
+# target 0.414 of the time on HumanEval's 118- to 157-token prompts with every pair, 0.383 with the
+# last 128 (which drop the first pairs: the chat template's opening, where attention gathers), so
+# the window must hold such prompts whole; on Spec-Bench 0.312 with 128 or 256, 0.315 with all.
 CATCH_UP_WINDOW: int | None = 256
 
 
