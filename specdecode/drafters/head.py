@@ -112,19 +112,26 @@ class HeadDrafter:
         last settled token are in (a request's first round, before any target pass)."""
         return self.name, (None if self.known >= len(context) - 1 and self.known > self.base else 0)
 
+    def _unfed(self, end: int) -> int:
+        """Pairs t < end with known features that the head's cache has not been fed."""
+        return max(min(self.known, end) - self.base - self.cache.length, 0)
+
+    def _restarts(self, end: int) -> bool:
+        """Whether a draft at `end` feeds more than the window: it starts the cache again."""
+        return self.window is not None and self._unfed(end) > self.window
+
     def catch_up_tokens(self, context: list[int]) -> int:
         """Pairs the head's cache lacks of `context` (the planner prices that first pass)."""
         if not self.cache:
             return 0
-        behind = max(min(self.known, len(context) - 1) - self.base - self.cache.length, 0)
-        return behind if self.window is None else min(behind, self.window)
+        end = len(context) - 1
+        return self.window if self._restarts(end) else self._unfed(end)
 
     def catch_up_context(self, context: list[int]) -> int:
         """Pairs the catch-up pass attends besides its own: the head's cache, none after a restart."""
         if not self.cache:
             return 0
-        behind = max(min(self.known, len(context) - 1) - self.base - self.cache.length, 0)
-        return 0 if self.window is not None and behind > self.window else self.cache.length
+        return 0 if self._restarts(len(context) - 1) else self.cache.length
 
     def propose(self, context: list[int], k: int, params: SamplingParams,
                 generator: torch.Generator | PositionNoise | None, tree_nodes: int | None = None) -> Draft:
@@ -165,7 +172,7 @@ def propose_batch(drafters: list[HeadDrafter], contexts: list[list[int]], ks: li
         d._settled = min(end, d.known)
         if k <= 0 or d.known < end or d.known <= d.base:
             continue  # nothing asked, or the target's features of the last token are missing
-        if d.window is not None and end - (d.base + d.cache.length) > d.window:
+        if d._restarts(end):
             d.cache.trim(0)  # more to feed than the window: start again at its first pair
             d.base = end - d.window
         t0 = d.base + d.cache.length
