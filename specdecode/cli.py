@@ -62,14 +62,12 @@ def _read_json_schema(path: str | None) -> dict | None:
         return {"type": "object"}
     import json
 
+    from .user_files import read_user_text
+
     try:
-        schema = json.loads(open(path, encoding="utf-8").read())
-    except OSError as e:
-        raise SpecdecodeError(f"cannot read the JSON schema {path}: {e.strerror}") from None
+        schema = json.loads(read_user_text(path, "the JSON schema"))
     except json.JSONDecodeError as e:
         raise SpecdecodeError(f"{path} is not JSON: {e}") from None
-    except UnicodeDecodeError as e:
-        raise SpecdecodeError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not isinstance(schema, dict):
         raise SpecdecodeError(f"{path} must hold a JSON schema object")
     return schema

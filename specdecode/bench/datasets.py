@@ -15,6 +15,7 @@ from typing import Any
 from ..constraint import json_schema_grammar
 from ..errors import InvalidParameterError, SpecdecodeError
 from ..tools import ToolSpec
+from ..user_files import read_user_text
 
 DATA_DIR = Path(__file__).parent / "data"
 SPEC_BENCH_FILE = DATA_DIR / "spec_bench_question.jsonl"
@@ -174,11 +175,7 @@ def jsonl_prompts(path: Path) -> list[BenchPrompt]:
 
 
 def _read_jsonl(path: Path):
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise SpecdecodeError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    for n, line in enumerate(lines, 1):
+    for n, line in enumerate(read_user_text(path).splitlines(), 1):
         if line.strip():
             try:
                 yield json.loads(line)

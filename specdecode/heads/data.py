@@ -25,6 +25,7 @@ import torch
 
 from ..config import SamplingParams
 from ..errors import SpecdecodeError
+from ..user_files import read_user_text
 
 _TASKS = (
     "Explain what the Python module `{mod}` is for, with a short example.",
@@ -151,13 +152,7 @@ def default_prompts(limit: int, seed: int = 0) -> list[str]:
 def read_prompts(path: Path) -> list[str | list[dict]]:
     """A JSONL file of {"prompt": str} or {"messages": [...]} (or plain strings), one per line."""
     out: list[str | list[dict]] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise SpecdecodeError(f"cannot read {path}: {e.strerror}") from e
-    except UnicodeDecodeError as e:
-        raise SpecdecodeError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
-    for n, line in enumerate(lines, 1):
+    for n, line in enumerate(read_user_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
